@@ -1,0 +1,62 @@
+"""The I/O a cache decision needs, as values.
+
+The consistency protocol (``protocol.py``) and the Redis operations
+(``store.py``) are written once, as generators that *yield* these effects and
+receive their results. A small driver carries them out: blocking for botocore
+(``handlers.py``), awaiting for aiobotocore (``aio.py``). That is how the sync
+and async paths share every decision without sharing a line of I/O code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script, sent by SHA and loaded again when the server lost it."""
+
+    name: str
+    source: str
+    sha: str
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One Redis command of a batch: a script call (``script`` set) or a plain command."""
+
+    script: Script | None
+    args: tuple[Any, ...]
+    #: For scripts: how many of ``args`` are keys. For commands: unused.
+    numkeys: int = 0
+
+    @property
+    def first_key(self) -> str:
+        return str(self.args[0] if self.script else self.args[1])
+
+
+@dataclass(frozen=True, slots=True)
+class RedisBatch:
+    """Commands sent together: one round trip (one per node, in parallel, on a cluster)."""
+
+    calls: Sequence[Call]
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeTable:
+    """Fetch a table's key schema with the calling DynamoDB client; result may be None."""
+
+    table: str
+
+
+Effect = Union[RedisBatch, Sleep, DescribeTable]
+Op = Generator[Effect, Any, T]

@@ -1,0 +1,196 @@
+"""botocore event handlers: short functions that carry out plans.
+
+Each handler reads the plan that :meth:`Hooks.plan_call` put in the call's
+``context`` and runs one protocol step through :meth:`SyncHooks._run`, the one
+place where Redis errors are caught, counted and turned into "go to
+DynamoDB". aiobotocore's coroutine versions live in ``aio.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import BotoCoreError, ClientError
+from redis.exceptions import RedisError
+
+from . import schema as schema_mod
+from .effects import DescribeTable, Op, RedisBatch, Sleep
+from .plan import ReadPlan, WritePlan, shape_miss_request
+from .policy import CACHED_OPERATIONS, Action
+from .protocol import Protocol
+from .schema import TableSchema
+from .store import SyncTransport
+
+log = logging.getLogger("ddbcache_hooks")
+T = TypeVar("T")
+
+#: Key of the plan in botocore's per-call ``context`` dict.
+PLAN = "ddbcache"
+_FAILED: Any = object()
+_bypass: contextvars.ContextVar[bool] = contextvars.ContextVar("ddbcache_bypass", default=False)
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Reads inside this block bypass the cache (this thread or task only).
+
+    Writes inside it still invalidate, so nothing they replace is served later.
+    """
+    token = _bypass.set(True)
+    try:
+        yield
+    finally:
+        _bypass.reset(token)
+
+
+class Hooks:
+    """The handlers of one client that need no I/O (shared by sync and async)."""
+
+    def __init__(self, protocol: Protocol, client: Any) -> None:
+        self.protocol = protocol
+        self._client = weakref.ref(client)
+
+    def plan_call(self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        """before-parameter-build (registered last: after boto3 made AttributeValues)."""
+        plan = self.protocol.planner.plan(model.name, params)
+        if isinstance(plan, ReadPlan) and _bypass.get():
+            plan = None
+        if plan is None:
+            if model.name in CACHED_OPERATIONS:
+                self.protocol.stats.incr("bypasses")
+                log.debug("%s bypasses the cache", model.name)
+            return
+        context[PLAN] = plan
+
+    def _read_plan(self, context: Mapping[str, Any]) -> ReadPlan | None:
+        plan = context.get(PLAN)
+        return plan if isinstance(plan, ReadPlan) and not plan.served else None
+
+    def _write_plan(self, context: Mapping[str, Any]) -> WritePlan | None:
+        plan = context.get(PLAN)
+        return plan if isinstance(plan, WritePlan) else None
+
+    def _failed(self, exc: Exception) -> None:
+        self.protocol.breaker.failure()
+        self.protocol.stats.incr("errors")
+        self.protocol.limited.warning(
+            "redis", "Redis error (%s: %s); calls go to DynamoDB", type(exc).__name__, exc
+        )
+
+    def _describe_failed(self, table: str, exc: Exception) -> None:
+        self.protocol.limited.warning(
+            f"describe:{table}",
+            "DescribeTable %s failed (%s); writes to it invalidate the whole table. "
+            "Pass key_schema={%r: ('hash', 'range')} to avoid the call.",
+            table,
+            exc,
+            table,
+        )
+
+
+class SyncHooks(Hooks):
+    """Handlers for botocore clients."""
+
+    def __init__(self, protocol: Protocol, client: Any, transport: SyncTransport) -> None:
+        super().__init__(protocol, client)
+        self.transport = transport
+
+    def serve_cached_read(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> Any:
+        """before-call: answer from the cache, or shape the real request of a miss."""
+        plan = self._read_plan(context)
+        if plan is None:
+            return None
+        response = self._run(self.protocol.serve(plan))
+        if response is not _FAILED and response is not None:
+            return AWSResponse(None, 200, {}, None), response
+        _reshape_body(plan, params)
+        return None
+
+    def store_read_result(
+        self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any
+    ) -> None:
+        """after-call of a read: fill what this call leased."""
+        plan = self._read_plan(context)
+        if plan is not None:
+            self._run(self.protocol.store_result(plan, parsed, http_response.status_code < 300))
+
+    def release_leases(self, context: dict[str, Any], **_: Any) -> None:
+        """after-call-error of a read: the call failed, give the leases back."""
+        plan = self._read_plan(context)
+        if plan is not None:
+            self._run(self.protocol.release(plan))
+
+    def invalidate_written_items(
+        self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        """after-call and after-call-error of a write: drop what it touched, whatever the outcome."""
+        plan = self._write_plan(context)
+        if plan is None:
+            return
+        if self._run(self.protocol.invalidate(plan, parsed)) is _FAILED:
+            self.protocol.backlog.add(self.protocol.undelivered(plan, parsed))
+
+    def _run(self, op: Op[T]) -> T:
+        """Drive one protocol step; the single boundary for Redis errors."""
+        if not self.protocol.breaker.allow():
+            op.close()
+            return _FAILED  # type: ignore[no-any-return]
+        try:
+            result = self._drive(op)
+        except RedisError as exc:
+            self._failed(exc)
+            return _FAILED  # type: ignore[no-any-return]
+        self.protocol.breaker.success()
+        return result
+
+    def _drive(self, op: Op[T]) -> T:
+        return drive(op, self.transport, self._describe)
+
+    def _describe(self, table: str) -> TableSchema | None:
+        client = self._client()
+        if client is None:
+            return None
+        try:
+            return schema_mod.from_description(client.describe_table(TableName=table))
+        except (ClientError, BotoCoreError, KeyError) as exc:
+            self._describe_failed(table, exc)
+            return None
+
+
+def drive(
+    op: Op[T], transport: SyncTransport, describe: Callable[[str], TableSchema | None]
+) -> T:
+    """Carry out a protocol step's effects, blocking."""
+    try:
+        effect = next(op)
+        while True:
+            if isinstance(effect, RedisBatch):
+                result: Any = transport.execute(effect.calls)
+            elif isinstance(effect, Sleep):
+                time.sleep(effect.seconds)
+                result = None
+            elif isinstance(effect, DescribeTable):
+                result = describe(effect.table)
+            else:  # pragma: no cover - the effect set is closed
+                raise TypeError(f"unknown effect {effect!r}")
+            effect = op.send(result)
+    except StopIteration as done:
+        value: T = done.value
+        return value
+
+
+def _reshape_body(plan: ReadPlan, request: dict[str, Any]) -> None:
+    """Rewrite the serialized JSON body of a miss (only when the plan changes it)."""
+    if not plan.strict and plan.policy.action is not Action.BATCH_READ:
+        return
+    body = json.loads(request["body"])
+    if shape_miss_request(plan, body):
+        request["body"] = json.dumps(body).encode("utf-8")

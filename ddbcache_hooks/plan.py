@@ -1,0 +1,251 @@
+"""Deciding, without I/O: (operation, parameters, settings) -> a plan.
+
+A plan says whether a call is served from the cache, which entries it uses
+(Redis key, variant field, TTLs, admission) and what a write touches. The
+handlers only carry plans out. Anything the planner does not understand makes
+the call pass through untouched (botocore and DynamoDB then report bad input
+with their own errors); it never guesses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Settings, TableSettings
+from .keys import KeyLayout, NotCanonical, canonical_key, digest, item_digest, table_name, variant
+from .policy import NOT_DATA, POLICIES, Action, OperationPolicy, ReadKind
+from .resilience import Invalidation
+from .responses import capacity_mode
+
+#: Per-table parameters of a BatchGetItem that do not select data.
+_BATCH_NOT_DATA = NOT_DATA | {"Keys"}
+#: BatchGetItem accepts at most this many keys; beyond it DynamoDB rejects the call.
+BATCH_GET_LIMIT = 100
+
+
+@dataclass(slots=True)
+class Slot:
+    """One cache entry a read uses, and what happened to it during the call."""
+
+    table: str
+    key: str
+    field: str
+    token_key: str
+    token_kind: int  # 0: item token, 1: query token
+    ttl_ms: int
+    negative_ttl_ms: int
+    admission: int
+    max_entry_bytes: int
+    #: BatchGetItem: the table as the request named it, and the key's position.
+    label: str = ""
+    position: int = 0
+    # Filled in while the call runs:
+    state: str = "new"  # one of the SLOT_* states below
+    lease: str | None = None
+    token: str = ""  # the table token read with the lookup; the fill records it
+    hit: dict[str, Any] | None = None
+    created_ms: int = 0
+    size: int = 0
+
+
+#: Lookup outcomes of a slot.
+HIT = "hit"  # served from the cache
+LEASED = "leased"  # missed; this caller fills it
+WAIT = "wait"  # missed; another caller is filling it
+STALE = "stale"  # an entry that must be dropped (undecodable, or older than a table flush)
+PASS = "pass"  # missed; not filled (Scan not yet admitted)
+
+
+@dataclass(slots=True)
+class ReadPlan:
+    operation: str
+    policy: OperationPolicy
+    kind: ReadKind
+    table: str
+    #: TableName exactly as the caller wrote it (used in response shapes).
+    table_label: str
+    slots: list[Slot]
+    capacity: str | None
+    index: str | None = None
+    strict: bool = False
+    #: BatchGetItem: tables sent to DynamoDB as they are -> (key count, consistent read).
+    passthrough: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    #: BatchGetItem: every requested table in request order, and its keys.
+    tables: list[str] = field(default_factory=list)
+    request_keys: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    #: Set once the call was answered from the cache.
+    served: bool = False
+
+
+@dataclass(slots=True)
+class WritePlan:
+    operation: str
+    policy: OperationPolicy
+    params: Mapping[str, Any]
+    #: Set once computed, so that a failed delivery can be remembered as it was.
+    invalidation: Invalidation | None = None
+
+
+Plan = ReadPlan | WritePlan
+
+
+class Planner:
+    """Builds plans for one registration's settings and key layout."""
+
+    def __init__(self, settings: Settings, layout: KeyLayout) -> None:
+        self.settings = settings
+        self.layout = layout
+
+    def plan(self, operation: str, params: Mapping[str, Any]) -> Plan | None:
+        policy = POLICIES.get(operation)
+        if policy is None or policy.action is Action.BYPASS:
+            return None
+        if policy.action is Action.WRITE:
+            return WritePlan(operation, policy, params)
+        try:
+            if policy.action is Action.BATCH_READ:
+                return self._batch_read(operation, policy, params)
+            return self._read(operation, policy, params)
+        except (NotCanonical, KeyError, TypeError, AttributeError, ValueError):
+            return None
+
+    def _read(
+        self, operation: str, policy: OperationPolicy, params: Mapping[str, Any]
+    ) -> ReadPlan | None:
+        if params.get("ConsistentRead") is True:
+            return None
+        assert policy.read_kind is not None
+        label = params["TableName"]
+        table = table_name(label)
+        config = self.settings.for_table(table)
+        if config is None or not config.caches(operation):
+            return None
+        shape = variant(params, NOT_DATA | policy.identity)
+        if policy.action is Action.ITEM_READ:
+            slot = self._item_slot(table, params["Key"], shape, config)
+        else:
+            slot = self._query_slot(table, policy.read_kind, (operation, table, shape), config)
+        return ReadPlan(
+            operation,
+            policy,
+            policy.read_kind,
+            table,
+            label,
+            [slot],
+            capacity_mode(params),
+            index=params.get("IndexName"),
+            strict=self.settings.consistency == "strict",
+        )
+
+    def _batch_read(
+        self, operation: str, policy: OperationPolicy, params: Mapping[str, Any]
+    ) -> ReadPlan | None:
+        slots: list[Slot] = []
+        passthrough: dict[str, tuple[int, bool]] = {}
+        requested = params["RequestItems"]
+        total = 0
+        for label, spec in requested.items():
+            keys = spec["Keys"]
+            total += len(keys)
+            if not keys:
+                return None
+            table = table_name(label)
+            config = self.settings.for_table(table)
+            identities = {canonical_key(key) for key in keys}
+            if len(identities) != len(keys):
+                return None  # duplicate keys: DynamoDB rejects the whole call
+            consistent = spec.get("ConsistentRead") is True
+            if consistent or config is None or not config.caches(operation):
+                passthrough[label] = (len(keys), consistent)
+                continue
+            shape = variant(spec, _BATCH_NOT_DATA)
+            for position, key in enumerate(keys):
+                slot = self._item_slot(table, key, shape, config)
+                slot.label, slot.position = label, position
+                slots.append(slot)
+        if total > BATCH_GET_LIMIT:
+            return None
+        return ReadPlan(
+            operation,
+            policy,
+            ReadKind.ITEM,
+            "",
+            "",
+            slots,
+            capacity_mode(params),
+            strict=self.settings.consistency == "strict",
+            passthrough=passthrough,
+            tables=list(requested),
+            request_keys={label: spec["Keys"] for label, spec in requested.items()},
+        )
+
+    def _item_slot(
+        self, table: str, key: Mapping[str, Any], shape: Any, config: TableSettings
+    ) -> Slot:
+        return Slot(
+            table,
+            self.layout.item(table, item_digest(table, key)),
+            digest(shape) if shape else "",
+            self.layout.tokens(table),
+            0,
+            config.ttl_ms["item"],
+            config.ttl_ms["item_negative"],
+            1,
+            config.max_entry_bytes,
+        )
+
+    def _query_slot(
+        self, table: str, kind: ReadKind, shape: Any, config: TableSettings
+    ) -> Slot:
+        return Slot(
+            table,
+            self.layout.query(table, digest(shape)),
+            "",
+            self.layout.tokens(table),
+            1,
+            config.ttl_ms[kind.value],
+            config.ttl_ms[kind.value],
+            config.admission[kind],
+            config.max_entry_bytes,
+        )
+
+    def item_key(self, table: str, key: Mapping[str, Any]) -> str:
+        """Redis key of an item's entries (for invalidation)."""
+        return self.layout.item(table, item_digest(table, key))
+
+
+def same_key(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two primary keys name the same item (numbers by value)."""
+    try:
+        return canonical_key(a) == canonical_key(b)
+    except NotCanonical:
+        return False
+
+
+def shape_miss_request(plan: ReadPlan, body: dict[str, Any]) -> bool:
+    """Reshape the real request of a (partial) miss in place; True if it changed.
+
+    A BatchGetItem asks DynamoDB only for the keys the cache did not answer; in
+    strict mode every cached read misses with ``ConsistentRead=True``.
+    """
+    if plan.policy.action is not Action.BATCH_READ:
+        if plan.strict and body.get("ConsistentRead") is not True:
+            body["ConsistentRead"] = True
+            return True
+        return False
+    answered = {(s.label, s.position) for s in plan.slots if s.state == HIT}
+    if not answered and not plan.strict:
+        return False
+    requested = body["RequestItems"]
+    for label in list(requested):
+        if label in plan.passthrough:
+            continue
+        spec = requested[label]
+        spec["Keys"] = [k for i, k in enumerate(spec["Keys"]) if (label, i) not in answered]
+        if not spec["Keys"]:
+            del requested[label]
+        elif plan.strict:
+            spec["ConsistentRead"] = True
+    return True

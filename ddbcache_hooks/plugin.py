@@ -1,0 +1,339 @@
+"""``register()``: attach the handlers to a session or client; the handle it returns.
+
+The HANDLERS table below is the whole wiring: which event, which handler,
+which operations. A session gets one ``creating-client-class.dynamodb``
+handler that mixes a tiny ``__init__`` into every DynamoDB client class it
+creates afterwards; that ``__init__`` attaches the per-client handlers. An
+existing client is attached directly (a session's handlers are copied into a
+client when it is created, so registering on a session later cannot reach it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.exceptions import RedisError
+
+from . import store
+from .config import Settings, env_flag
+from .errors import CacheConnectionError, RegistrationError
+from .handlers import SyncHooks, drive
+from .keys import NotCanonical, table_name
+from .policy import POLICIES, Action
+from .protocol import Protocol
+from .resilience import Invalidation
+from .store import SyncTransport
+
+log = logging.getLogger("ddbcache_hooks")
+
+_READS = frozenset({Action.ITEM_READ, Action.BATCH_READ, Action.QUERY_READ})
+_WRITES = frozenset({Action.WRITE})
+
+#: (event, handler method, registration priority, operations the event is per).
+#: An empty action set means one event for every operation.
+HANDLERS: tuple[tuple[str, str, str, frozenset[Action]], ...] = (
+    ("before-parameter-build.dynamodb", "plan_call", "last", frozenset()),
+    ("before-call.dynamodb.{op}", "serve_cached_read", "middle", _READS),
+    ("after-call.dynamodb.{op}", "store_read_result", "middle", _READS),
+    ("after-call-error.dynamodb.{op}", "release_leases", "middle", _READS),
+    ("after-call.dynamodb.{op}", "invalidate_written_items", "middle", _WRITES),
+    ("after-call-error.dynamodb.{op}", "invalidate_written_items", "middle", _WRITES),
+)
+
+
+def handler_rows() -> list[tuple[str, str, str]]:
+    """HANDLERS expanded over the policy table: (event, method, priority)."""
+    rows = []
+    for event, method, priority, actions in HANDLERS:
+        if not actions:
+            rows.append((event, method, priority))
+            continue
+        for op, policy in POLICIES.items():
+            if policy.action in actions:
+                rows.append((event.format(op=op), method, priority))
+    return rows
+
+
+#: Every client any registration attached to, so two never attach to one client.
+_attached: weakref.WeakKeyDictionary[Any, Registration] = weakref.WeakKeyDictionary()
+#: Session event emitters registered on, so registering twice returns the same handle.
+_sessions: weakref.WeakKeyDictionary[Any, Registration] = weakref.WeakKeyDictionary()
+_lock = threading.RLock()
+
+
+class Registration:
+    """The handle ``register()`` returns."""
+
+    def __init__(self, protocol: Protocol, transport: Any, hooks_factory: Callable[..., Any]):
+        self._protocol = protocol
+        self._transport = transport
+        self._hooks_factory = hooks_factory
+        self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._sessions: list[Any] = []
+        self._active = True
+        self._uid = f"ddbcache-hooks-{id(self):x}"
+        registration = self
+
+        def __init__(client: Any, *args: Any, **kwargs: Any) -> None:
+            super(mixin, client).__init__(*args, **kwargs)
+            registration.attach_client(client)
+
+        mixin = type("DynamoDBCacheHooks", (), {"__init__": __init__})
+        self._mixin = mixin
+
+    @property
+    def settings(self) -> Settings:
+        return self._protocol.settings
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this registration (hits, misses, bypasses, fills, invalidations, errors…)."""
+        return self._protocol.stats.snapshot()
+
+    def invalidate(self, table: str, key: Mapping[str, Any]) -> bool:
+        """Drop one item's entries, e.g. after a write made outside registered clients.
+
+        Args:
+            table: table name or ARN.
+            key: the primary key, low-level (``{"pk": {"S": "a"}}``) or Python values.
+
+        Returns True when Redis took it; False when it was kept for replay.
+        """
+        name = table_name(table)
+        try:
+            item = self._protocol.planner.item_key(name, _low_level_key(key))
+        except NotCanonical as exc:
+            raise ValueError(f"invalid key for table {name}: {exc}") from None
+        return self._deliver(Invalidation(items=[(self._protocol.layout.tokens(name), item)]))
+
+    def invalidate_table(self, table: str) -> bool:
+        """Drop every entry of one table (items, queries and scans) by replacing its tokens."""
+        name = table_name(table)
+        return self._deliver(Invalidation(tables={self._protocol.layout.tokens(name): True}))
+
+    def _deliver(self, invalidation: Invalidation) -> bool:
+        if self._transport is None:
+            return False  # disabled by DDBCACHE_ENABLED=0: nothing is cached
+        try:
+            drive(self._protocol.deliver(invalidation), self._transport, lambda table: None)
+        except RedisError as exc:
+            self._protocol.backlog.add(invalidation)
+            log.warning("invalidation kept for replay, Redis failed: %s", exc)
+            return False
+        return True
+
+    # --- attaching ------------------------------------------------------------------
+
+    def attach_session(self, emitter: Any) -> None:
+        emitter.register(
+            "creating-client-class.dynamodb", self._add_mixin, unique_id=self._uid + "-class"
+        )
+        self._sessions.append(emitter)
+
+    def _add_mixin(self, base_classes: list[type], **_: Any) -> None:
+        if self._active:
+            base_classes.insert(0, self._mixin)
+
+    def attach_client(self, client: Any) -> None:
+        """Attach the handlers to one DynamoDB client (no-op if any registration has it)."""
+        with _lock:
+            if not self._active or client in _attached:
+                return
+            _attached[client] = self
+        hooks = self._hooks_factory(self._protocol, client, self._transport)
+        events = client.meta.events
+        for event, method, priority in handler_rows():
+            register = events.register_last if priority == "last" else events.register
+            register(event, getattr(hooks, method), unique_id=f"{self._uid}-{event}-{method}")
+        self._clients[client] = hooks
+        log.debug("ddbcache attached to %r", client)
+
+    def unregister(self) -> None:
+        """Remove every handler this registration added (sessions and clients)."""
+        with _lock:
+            self._active = False
+            for emitter in self._sessions:
+                emitter.unregister(
+                    "creating-client-class.dynamodb", unique_id=self._uid + "-class"
+                )
+                _sessions.pop(emitter, None)
+            self._sessions.clear()
+            for client in list(self._clients):
+                events = client.meta.events
+                for event, method, _ in handler_rows():
+                    events.unregister(event, unique_id=f"{self._uid}-{event}-{method}")
+                if _attached.get(client) is self:
+                    del _attached[client]
+            self._clients.clear()
+
+
+def _low_level_key(key: Mapping[str, Any]) -> dict[str, Any]:
+    from boto3.dynamodb.types import TypeSerializer
+
+    if not isinstance(key, Mapping) or not key:
+        raise ValueError(f"key must be a non-empty mapping, got {key!r}")
+    serializer = TypeSerializer()
+    return {
+        name: value if _is_attribute_value(value) else serializer.serialize(value)
+        for name, value in key.items()
+    }
+
+
+def _is_attribute_value(value: Any) -> bool:
+    return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in ("S", "N", "B")
+
+
+# --- register ----------------------------------------------------------------------
+
+
+def register(
+    target: Any = None,
+    redis: Any = None,
+    *,
+    ttl: int | None = None,
+    ttl_config: Mapping[str, int] | None = None,
+    namespace: str | None = None,
+    **options: Any,
+) -> Registration:
+    """Cache DynamoDB reads made through ``target`` in Redis.
+
+    Args:
+        target: a ``boto3.Session``, a ``botocore.session.Session``, an existing
+            DynamoDB client (also ``boto3.resource("dynamodb").meta.client``) or
+            None for boto3's default session. A session caches every DynamoDB
+            client created from it afterwards.
+        redis: a ``redis.Redis`` / ``redis.cluster.RedisCluster`` client
+            (``decode_responses`` either way) or a ``redis://`` / ``rediss://`` URL.
+        ttl: default TTL in seconds (3600).
+        ttl_config: TTL per read kind: ``item``, ``item_negative``, ``query``, ``scan``.
+        namespace: prefix of every key ("CC").
+        **options: see docs/configuration.md.
+
+    Registering the same session or client twice returns the first handle.
+    Raises ConfigurationError (a ValueError) for bad options and
+    CacheConnectionError when Redis does not answer.
+    """
+    for name, value in (("ttl", ttl), ("ttl_config", ttl_config), ("namespace", namespace)):
+        if value is not None:
+            options[name] = value
+    kind, resolved = _resolve_target(target)
+    with _lock:
+        existing = (_sessions if kind == "session" else _attached).get(resolved)
+        if existing is not None and existing.active:
+            log.debug("already registered on %r; returning the existing handle", resolved)
+            return existing
+    settings = Settings.resolve(options, environ=_environ())
+    if env_flag("ENABLED") is False:
+        log.info("DDBCACHE_ENABLED=0: register() leaves DynamoDB calls uncached")
+        registration = Registration(Protocol(settings), None, SyncHooks)
+        registration._active = False
+        return registration
+    client = connect(redis, settings)
+    transport = SyncTransport(client)
+    _check(transport, redis)
+    registration = Registration(
+        Protocol(settings, cluster=transport.cluster), transport, SyncHooks
+    )
+    with _lock:
+        if kind == "session":
+            registration.attach_session(resolved)
+            _sessions[resolved] = registration
+        else:
+            registration.attach_client(resolved)
+    return registration
+
+
+def _environ() -> Mapping[str, str]:
+    import os
+
+    return os.environ
+
+
+def _resolve_target(target: Any) -> tuple[str, Any]:
+    """("session", its event emitter) or ("client", the DynamoDB client)."""
+    import boto3
+    import botocore.client
+    import botocore.session
+
+    if target is None:
+        if boto3.DEFAULT_SESSION is None:
+            boto3.setup_default_session()
+        target = boto3.DEFAULT_SESSION
+    if isinstance(target, boto3.session.Session):
+        return "session", target.events
+    if isinstance(target, botocore.session.Session):
+        return "session", target.get_component("event_emitter")
+    client = getattr(getattr(target, "meta", None), "client", target)  # a ServiceResource
+    if isinstance(client, botocore.client.BaseClient):
+        service = client.meta.service_model.service_name
+        if service != "dynamodb":
+            raise RegistrationError(f"register() needs a DynamoDB client, got a {service} client")
+        return "client", client
+    raise RegistrationError(
+        "register() target must be a boto3.Session, a botocore Session, a DynamoDB client "
+        f"or None; got {type(target).__name__}"
+    )
+
+
+def connect(redis_target: Any, settings: Settings) -> Any:
+    """The Redis client to use: the one given, or one built from a URL with short time-outs."""
+    import redis as redis_lib
+
+    if redis_target is None:
+        raise RegistrationError("register() needs redis= (a redis client or a redis:// URL)")
+    if not isinstance(redis_target, str):
+        if not hasattr(redis_target, "pipeline"):
+            raise RegistrationError(
+                f"redis= must be a redis client or URL, got {type(redis_target).__name__}"
+            )
+        return redis_target
+    if urlsplit(redis_target).scheme not in ("redis", "rediss", "unix", "valkey", "valkeys"):
+        raise RegistrationError(f"redis= URL must start with redis:// or rediss://: {redact(redis_target)}")
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    url = redis_target.replace("valkey", "redis", 1) if redis_target.startswith("valkey") else redis_target
+    kwargs = {
+        "socket_timeout": settings.redis_timeout_ms / 1000,
+        "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    plain = redis_lib.Redis.from_url(url, **kwargs)
+    try:
+        cluster = plain.info("cluster").get("cluster_enabled") in (1, "1")
+    except RedisError as exc:
+        raise CacheConnectionError(f"Could not connect to Redis at {redact(url)}: {exc}") from exc
+    if not cluster:
+        return plain
+    plain.close()
+    from redis.cluster import RedisCluster
+
+    return RedisCluster.from_url(url, **kwargs)
+
+
+def _check(transport: SyncTransport, target: Any) -> None:
+    """Ping Redis and load the scripts: fail at start-up, not on the first call."""
+    try:
+        transport.ping()
+        for script in store.SCRIPTS:
+            transport.client.script_load(script.source)
+    except RedisError as exc:
+        where = redact(target) if isinstance(target, str) else repr(target)
+        raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
+
+
+def redact(url: str) -> str:
+    """A URL with its password masked, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,86 @@
+"""The policy table: DynamoDB operation name -> what the cache does with it.
+
+This literal table is the only place that knows operations by name. Handlers
+read the row; they never branch on the operation name. An operation that is
+not listed passes through untouched.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from . import writes
+
+
+class Action(enum.Enum):
+    ITEM_READ = "item read"
+    BATCH_READ = "batched item read"
+    QUERY_READ = "query read"
+    WRITE = "write"
+    BYPASS = "bypass"
+
+
+class ReadKind(str, enum.Enum):
+    """Which TTL applies and which counters a read updates."""
+
+    ITEM = "item"
+    QUERY = "query"
+    SCAN = "scan"
+
+
+#: Parameters that never change the data a read returns (the deny-list).
+NOT_DATA = frozenset({"ReturnConsumedCapacity", "ConsistentRead"})
+
+WriteExtractor = Callable[[Mapping[str, Any], "Mapping[str, Any] | None"], writes.WriteSet]
+
+
+@dataclass(frozen=True)
+class OperationPolicy:
+    """One row of the policy table."""
+
+    action: Action
+    read_kind: ReadKind | None = None
+    #: Identical calls needed before a page is stored (1 = store on first miss).
+    admission: int = 1
+    #: Parameters that identify the item or table rather than the variant.
+    identity: frozenset[str] = frozenset()
+    #: Which items a write touches, from its parameters (and response, if any).
+    writes: WriteExtractor | None = None
+
+    @property
+    def cacheable(self) -> bool:
+        return self.action in (Action.ITEM_READ, Action.BATCH_READ, Action.QUERY_READ)
+
+
+POLICIES: Mapping[str, OperationPolicy] = MappingProxyType(
+    {
+        "GetItem": OperationPolicy(
+            Action.ITEM_READ, ReadKind.ITEM, identity=frozenset({"TableName", "Key"})
+        ),
+        "BatchGetItem": OperationPolicy(
+            Action.BATCH_READ, ReadKind.ITEM, identity=frozenset({"Keys"})
+        ),
+        "Query": OperationPolicy(
+            Action.QUERY_READ, ReadKind.QUERY, admission=1, identity=frozenset({"TableName"})
+        ),
+        "Scan": OperationPolicy(
+            Action.QUERY_READ, ReadKind.SCAN, admission=2, identity=frozenset({"TableName"})
+        ),
+        "TransactGetItems": OperationPolicy(Action.BYPASS),
+        "PutItem": OperationPolicy(Action.WRITE, writes=writes.single_item),
+        "UpdateItem": OperationPolicy(Action.WRITE, writes=writes.single_key),
+        "DeleteItem": OperationPolicy(Action.WRITE, writes=writes.single_key),
+        "BatchWriteItem": OperationPolicy(Action.WRITE, writes=writes.batch_write),
+        "TransactWriteItems": OperationPolicy(Action.WRITE, writes=writes.transact_write),
+        "ExecuteStatement": OperationPolicy(Action.WRITE, writes=writes.partiql_statement),
+        "BatchExecuteStatement": OperationPolicy(Action.WRITE, writes=writes.partiql_batch),
+        "ExecuteTransaction": OperationPolicy(Action.WRITE, writes=writes.partiql_transaction),
+    }
+)
+
+#: Operations whose results the cache can hold.
+CACHED_OPERATIONS = frozenset(op for op, policy in POLICIES.items() if policy.cacheable)

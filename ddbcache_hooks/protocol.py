@@ -1,0 +1,403 @@
+"""The consistency protocol: serving, filling and invalidating, written once.
+
+Every step is a generator over :mod:`~ddbcache_hooks.effects`: it yields the
+Redis batches, sleeps and DescribeTable calls it needs and receives their
+results. ``handlers.py`` (botocore) and ``aio.py`` (aiobotocore) drive the same
+generators, blocking or awaiting. See docs/consistency.md for the guarantee.
+
+Leases (memcache's, NSDI '13 §3.2.1): a miss takes a lease on the entry in the
+same round trip as the lookup; a fill stores only while the lease is intact;
+a write deletes the item's hash, leases included, after DynamoDB answered. So a
+fill that read DynamoDB before a write and stores after it is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import responses, store
+from .codec import Codec, CorruptEntry
+from .config import Settings
+from .effects import DescribeTable, Op, Sleep
+from .keys import KeyLayout, NotCanonical, canonical_key
+from .plan import HIT, LEASED, PASS, STALE, WAIT, Planner, ReadPlan, Slot, WritePlan
+from .policy import Action
+from .resilience import Backlog, CircuitBreaker, Invalidation
+from .schema import TableSchema
+from .stats import LimitedLog, Stats, log
+
+#: First waits of a caller that finds another caller's lease (seconds); the
+#: last value repeats until ``lease_wait_ms`` is spent.
+_WAIT_STEPS = (0.001, 0.002, 0.004, 0.008, 0.016)
+#: Key schemas learned with DescribeTable are shared through Redis for a day.
+SCHEMA_TTL_S = 86400
+
+
+def _rcu(size: int) -> float:
+    """Read capacity an eventually consistent read of ``size`` bytes costs."""
+    return math.ceil(max(size, 1) / 4096) * 0.5
+
+
+def _identity(key: Mapping[str, Any]) -> Any:
+    try:
+        return canonical_key(key)
+    except NotCanonical:
+        return None
+
+
+def _index_items(
+    items: Sequence[Mapping[str, Any]], names: tuple[str, ...]
+) -> dict[Any, Mapping[str, Any]] | None:
+    """Returned items by canonical key; None when a projection left the key out."""
+    found = {}
+    for item in items:
+        if not all(name in item for name in names):
+            return None
+        found[_identity({name: item[name] for name in names})] = item
+    return found
+
+
+class Protocol:
+    """State shared by every client of one registration, and the protocol steps."""
+
+    def __init__(self, settings: Settings, *, cluster: bool = False) -> None:
+        self.settings = settings
+        self.layout = KeyLayout(settings.namespace)
+        self.planner = Planner(settings, self.layout)
+        self.codec = Codec(
+            compress_min_bytes=settings.compress_min_bytes, signing_key=settings.signing_key
+        )
+        self.stats = Stats()
+        self.breaker = CircuitBreaker(
+            settings.breaker_threshold, settings.breaker_cooldown_ms / 1000, self.stats
+        )
+        self.backlog = Backlog(settings.backlog_size, self.stats)
+        self.limited = LimitedLog()
+        self.cluster = cluster
+        self.token_ttl_ms = 2 * settings.max_ttl_ms
+        self._schemas: dict[str, TableSchema] = {
+            table: TableSchema(key) for table, key in settings.key_schema.items()
+        }
+
+    # --- reads ---------------------------------------------------------------------
+
+    def serve(self, plan: ReadPlan) -> Op[dict[str, Any] | None]:
+        """Look the plan's entries up; the response when the cache answers it all, else None.
+
+        Each slot ends up HIT, LEASED (this caller fills it after DynamoDB
+        answers), WAIT (another caller's fill did not come in time) or PASS.
+        """
+        yield from self.replay_backlog()
+        yield from self._lookup(plan.slots, drop=False)
+        stale = [s for s in plan.slots if s.state == STALE]
+        if stale:
+            yield from self._lookup(stale, drop=True)
+        if len(plan.slots) == 1 and plan.slots[0].state == WAIT:
+            yield from self._wait_for_fill(plan.slots[0])
+        hits = [s for s in plan.slots if s.state == HIT]
+        self.stats.hit(plan.kind, len(hits), sum(_rcu(s.size) for s in hits))
+        self.stats.miss(plan.kind, len(plan.slots) - len(hits))
+        if len(hits) < len(plan.slots) or plan.passthrough:
+            return None
+        plan.served = True
+        if plan.policy.action is Action.BATCH_READ:
+            answer: dict[str, Any] = {"Responses": {}, "UnprocessedKeys": {}}
+            self._merge_hits(plan, answer)
+            return answer
+        return (yield from self._respond(plan, hits[0]))
+
+    def _lookup(self, slots: Sequence[Slot], *, drop: bool) -> Op[None]:
+        requests = [
+            store.LookupRequest(
+                s.key,
+                s.field,
+                s.lease or store.new_token(),
+                self.settings.lease_ms,
+                s.admission,
+                s.ttl_ms,
+                drop,
+            )
+            for s in slots
+        ]
+        token_keys = list(dict.fromkeys(s.token_key for s in slots))
+        replies, tokens = yield from store.lookup(requests, token_keys, self.token_ttl_ms)
+        for slot, request, reply in zip(slots, requests, replies):
+            slot.token = tokens[slot.token_key][slot.token_kind]
+            slot.lease = None
+            if reply.corrupt:
+                self._corrupt(slot, "the key held another Redis type")
+            if reply.status == store.LEASED:
+                slot.state, slot.lease = LEASED, request.lease_token
+            elif reply.status == store.WAIT:
+                slot.state = WAIT
+            elif reply.status == store.HIT:
+                slot.state = HIT if self._decode(slot, reply.entry or b"") else STALE
+            else:
+                slot.state = PASS
+
+    def _decode(self, slot: Slot, blob: bytes) -> bool:
+        try:
+            entry = self.codec.decode(blob, context=slot.key + "\x00" + slot.field)
+        except CorruptEntry as exc:
+            self._corrupt(slot, str(exc))
+            return False
+        if entry.token != slot.token:
+            return False  # filled before its table was invalidated
+        slot.hit, slot.created_ms, slot.size = entry.payload, entry.created_ms, len(blob)
+        return True
+
+    def _corrupt(self, slot: Slot, reason: str) -> None:
+        self.stats.incr("corrupt_entries")
+        self.limited.warning("corrupt", "dropped an unusable cache entry at %s: %s", slot.key, reason)
+
+    def _wait_for_fill(self, slot: Slot) -> Op[None]:
+        """Another caller holds the lease: poll briefly for its fill, then give up.
+
+        Giving up means reading DynamoDB without filling; a lost filler thus
+        costs at most ``lease_wait_ms``, never an error.
+        """
+        self.stats.incr("lease_waits")
+        deadline = time.monotonic() + self.settings.lease_wait_ms / 1000
+        step = 0
+        while slot.state == WAIT:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.stats.incr("lease_wait_timeouts")
+                return
+            yield Sleep(min(_WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)], remaining))
+            step += 1
+            yield from self._lookup([slot], drop=False)
+            if slot.state == STALE:
+                yield from self._lookup([slot], drop=True)
+
+    def _respond(self, plan: ReadPlan, slot: Slot) -> Op[dict[str, Any]]:
+        assert slot.hit is not None
+        index_kind = None
+        if responses.needs_index_kind(slot.hit, plan.capacity, plan.index):
+            schema = yield from self.describe(plan.table)
+            index_kind = schema.index_kind(plan.index or "") if schema else None
+        return responses.hit_response(
+            slot.hit, slot.created_ms, plan.capacity, plan.table_label, plan.index, index_kind
+        )
+
+    def _merge_hits(self, plan: ReadPlan, parsed: dict[str, Any]) -> None:
+        """Complete a BatchGetItem response: cache hits, capacity, CacheMetadata."""
+        answers = parsed.setdefault("Responses", {})
+        for table in plan.tables:
+            answers.setdefault(table, [])
+        for slot in plan.slots:
+            if slot.state == HIT and slot.hit is not None and "Item" in slot.hit:
+                answers[slot.label].append(slot.hit["Item"])
+        parsed.setdefault("UnprocessedKeys", {})
+        parsed.pop("ResponseMetadata", None)
+        if plan.capacity is None:
+            parsed.pop("ConsumedCapacity", None)
+        else:
+            parsed["ConsumedCapacity"] = responses.batch_capacity(
+                plan.capacity, plan.tables, parsed.get("ConsumedCapacity")
+            )
+        hits = sum(1 for s in plan.slots if s.state == HIT)
+        consistent = sum(n for n, strong in plan.passthrough.values() if strong)
+        uncached = sum(n for n, strong in plan.passthrough.values() if not strong)
+        parsed["CacheMetadata"] = responses.batch_metadata(
+            hits, len(plan.slots) - hits + uncached, consistent
+        )
+
+    def store_result(self, plan: ReadPlan, parsed: dict[str, Any], ok: bool) -> Op[None]:
+        """After DynamoDB answered a miss: fill the leased entries, or release them.
+
+        Serializes at once: the resource layer transforms ``parsed`` in place next.
+        """
+        if plan.policy.action is Action.BATCH_READ:
+            fills = self._batch_fills(plan, parsed) if ok else self._releases(plan.slots)
+            if ok:
+                self._merge_hits(plan, parsed)
+        elif plan.slots[0].state == LEASED:
+            fills = [self._fill(plan.slots[0], responses.entry_payload(parsed), ok)]
+        else:
+            fills = []
+        if not fills:
+            return
+        outcomes = yield from store.fill(fills)
+        for outcome, _ in outcomes:
+            if outcome == store.FILL_STORED:
+                self.stats.incr("fills")
+            elif outcome == store.FILL_LOST:
+                self.stats.incr("fills_discarded")
+                log.debug("fill discarded: a write invalidated the entry meanwhile")
+
+    def _fill(self, slot: Slot, payload: dict[str, Any], ok: bool) -> store.FillRequest:
+        assert slot.lease is not None
+        blob = b""
+        if ok:
+            blob = self.codec.encode(
+                payload,
+                token=slot.token,
+                created_ms=int(time.time() * 1000),
+                context=slot.key + "\x00" + slot.field,
+            )
+            if len(blob) > slot.max_entry_bytes:
+                self.stats.incr("fills_skipped")
+                log.debug("not caching %s: %d bytes > max_entry_bytes", slot.key, len(blob))
+                blob = b""
+        ttl = slot.ttl_ms if "Item" in payload else slot.negative_ttl_ms
+        return store.FillRequest(slot.key, slot.field, slot.lease, blob, ttl)
+
+    @staticmethod
+    def _releases(slots: Sequence[Slot]) -> list[store.FillRequest]:
+        return [store.FillRequest(s.key, s.field, s.lease, b"", 0) for s in slots if s.lease]
+
+    def _batch_fills(self, plan: ReadPlan, parsed: Mapping[str, Any]) -> list[store.FillRequest]:
+        """Match the real BatchGetItem's items to the missed keys; absent keys fill negative.
+
+        Keys DynamoDB left unprocessed, and tables whose projection dropped the
+        key attributes (items cannot be matched to keys), are never cached as absent.
+        """
+        leased = [s for s in plan.slots if s.state == LEASED]
+        unprocessed = parsed.get("UnprocessedKeys") or {}
+        fills = []
+        for label in dict.fromkeys(s.label for s in leased):
+            keys = plan.request_keys[label]
+            found = _index_items(parsed.get("Responses", {}).get(label, []), tuple(keys[0]))
+            skipped = {_identity(k) for k in unprocessed.get(label, {}).get("Keys", [])}
+            for slot in (s for s in leased if s.label == label):
+                identity = _identity(keys[slot.position])
+                if found is None or identity is None or identity in skipped:
+                    fills.extend(self._releases([slot]))
+                elif identity in found:
+                    fills.append(self._fill(slot, {"Item": found[identity]}, True))
+                else:
+                    fills.append(self._fill(slot, {}, True))
+        return fills
+
+    def release(self, plan: ReadPlan) -> Op[None]:
+        """The call failed: give leases back so that waiting callers need not time out."""
+        fills = self._releases(plan.slots)
+        if fills:
+            yield from store.fill(fills)
+
+    # --- writes --------------------------------------------------------------------
+
+    def invalidate(self, plan: WritePlan, parsed: Mapping[str, Any] | None) -> Op[None]:
+        """After a write returned (or failed): drop what it touched."""
+        plan.invalidation = yield from self.invalidation(plan, parsed)
+        yield from self.replay_backlog()
+        yield from self.deliver(plan.invalidation)
+
+    def undelivered(self, plan: WritePlan, parsed: Mapping[str, Any] | None) -> Invalidation:
+        """The invalidation to remember when Redis cannot take it now.
+
+        Computed without I/O: items whose key schema this process does not know
+        fall back to their whole table.
+        """
+        if plan.invalidation is not None:
+            return plan.invalidation
+        offline = self.invalidation(plan, parsed, offline=True)
+        try:
+            next(offline)
+        except StopIteration as done:
+            result: Invalidation = done.value
+            return result
+        raise AssertionError("offline invalidation yielded an effect")
+
+    def invalidation(
+        self, plan: WritePlan, parsed: Mapping[str, Any] | None, *, offline: bool = False
+    ) -> Op[Invalidation]:
+        """What a write must drop (may read key schemas unless ``offline``)."""
+        assert plan.policy.writes is not None
+        written = plan.policy.writes(plan.params, parsed)
+        result = Invalidation()
+        for table, reason in written.tables.items():
+            self._whole_table(result, table, reason)
+        for ref in written.items:
+            key: Mapping[str, Any] | None = ref.attrs
+            if not ref.is_key:
+                if offline:
+                    schema = self._schemas.get(ref.table)
+                else:
+                    schema = yield from self.key_schema(ref.table)
+                if schema is None:
+                    self._whole_table(result, ref.table, "its key schema is unknown")
+                    continue
+                key = schema.project(ref.attrs)
+                if key is None:
+                    self._whole_table(result, ref.table, "a write did not name a whole key")
+                    continue
+            try:
+                item_key = self.planner.item_key(ref.table, key)
+            except NotCanonical:
+                log.debug("write to %s with an invalid key; DynamoDB rejects it", ref.table)
+                continue
+            result.items.append((self.layout.tokens(ref.table), item_key))
+        for table in {ref.table for ref in written.items}:
+            config = self.settings.for_table(table)
+            if config is not None and config.query_invalidation == "write":
+                result.tables.setdefault(self.layout.tokens(table), False)
+        return result
+
+    def _whole_table(self, result: Invalidation, table: str, reason: str) -> None:
+        if table == "*":
+            self.limited.warning(
+                "partiql", "cannot tell which table a write changed; nothing invalidated: %s", reason
+            )
+            return
+        self.limited.warning(
+            f"table:{table}", "invalidating every entry of table %s: %s", table, reason
+        )
+        result.tables[self.layout.tokens(table)] = True
+
+    def deliver(self, invalidation: Invalidation) -> Op[None]:
+        """Drop the items and replace the tokens: one round trip."""
+        keys = list(dict.fromkeys(key for _, key in invalidation.items))
+        yield from store.invalidate(
+            keys,
+            self.settings.settle_ms,
+            list(invalidation.tables.items()),
+            self.token_ttl_ms,
+            cluster=self.cluster,
+        )
+        self.stats.incr("invalidations", len(keys))
+        self.stats.incr("table_invalidations", sum(invalidation.tables.values()))
+
+    def replay_backlog(self) -> Op[None]:
+        """Deliver what outages left undelivered, before anything is served."""
+        if not self.backlog:
+            return
+        pending = self.backlog.take()
+        try:
+            yield from self.deliver(pending)
+        except BaseException:
+            self.backlog.add(pending)
+            raise
+        self.stats.incr("backlog_replayed", len(pending.items) + len(pending.tables))
+        log.info("replayed %d undelivered invalidations", len(pending.items) + len(pending.tables))
+
+    # --- schemas -------------------------------------------------------------------
+
+    def key_schema(self, table: str) -> Op[TableSchema | None]:
+        """The table's key names: option, process memory, Redis, then DescribeTable."""
+        known = self._schemas.get(table)
+        if known is not None:
+            return known
+        return (yield from self.describe(table))
+
+    def describe(self, table: str) -> Op[TableSchema | None]:
+        known = self._schemas.get(table)
+        if known is not None and known.described:
+            return known
+        blob = yield from store.get_value(self.layout.schema(table))
+        schema = TableSchema.decode(blob) if blob else None
+        learned = schema is None
+        if schema is None:
+            schema = yield DescribeTable(table)
+            if schema is None:
+                return None
+        if known is not None:  # keep the configured key names, learn the indexes
+            schema = TableSchema(known.key, schema.global_indexes, schema.local_indexes, True)
+        self._schemas[table] = schema
+        if learned:
+            yield from store.set_value(self.layout.schema(table), schema.encode(), SCHEMA_TTL_S)
+        return schema

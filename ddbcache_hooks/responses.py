@@ -1,0 +1,133 @@
+"""What a cached response looks like to the caller (pure functions).
+
+A hit has no ``ResponseMetadata``, ``ConsumedCapacity`` only when the request
+asked for it (DynamoDB's shape, every unit 0.0) and ``CacheMetadata``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from ._version import __version__
+from .schema import GSI, LSI
+
+CLIENT = f"Python {__version__}"
+CAPACITY_MODES = ("TOTAL", "INDEXES")
+_UNIT_FIELDS = ("CapacityUnits", "ReadCapacityUnits", "WriteCapacityUnits")
+
+
+def timestamp(ms: float | None = None) -> str:
+    """UTC time in the reference format, e.g. ``2026-11-27 08:00:00Z``."""
+    seconds = time.time() if ms is None else ms / 1000
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def capacity_mode(params: Mapping[str, Any]) -> str | None:
+    mode = params.get("ReturnConsumedCapacity")
+    return mode if mode in CAPACITY_MODES else None
+
+
+def zeroed(capacity: Any) -> Any:
+    """A copy of a ConsumedCapacity structure with every unit set to 0.0."""
+    if isinstance(capacity, list):
+        return [zeroed(c) for c in capacity]
+    if not isinstance(capacity, Mapping):
+        return capacity
+    return {
+        k: (0.0 if k in _UNIT_FIELDS else zeroed(v) if isinstance(v, (dict, list)) else v)
+        for k, v in capacity.items()
+    }
+
+
+def entry_payload(parsed: Mapping[str, Any]) -> dict[str, Any]:
+    """What is stored for a response: no ResponseMetadata, capacity only as a zeroed shape.
+
+    The zeroed ConsumedCapacity is kept as a template, so a hit that asks for the
+    same mode gets exactly DynamoDB's shape.
+    """
+    payload = {k: v for k, v in parsed.items() if k not in ("ResponseMetadata", "CacheMetadata")}
+    if "ConsumedCapacity" in payload:
+        payload["ConsumedCapacity"] = zeroed(payload["ConsumedCapacity"])
+    return payload
+
+
+def needs_index_kind(payload: Mapping[str, Any], mode: str | None, index: str | None) -> bool:
+    """Whether building the hit's capacity requires knowing if ``index`` is a GSI or LSI."""
+    if mode != "INDEXES" or index is None:
+        return False
+    template = payload.get("ConsumedCapacity")
+    return not (isinstance(template, Mapping) and "Table" in template)
+
+
+def item_capacity(
+    template: Any, mode: str, table: str, index: str | None = None, index_kind: str | None = None
+) -> dict[str, Any]:
+    """A zero ConsumedCapacity of the requested ``mode`` for one table."""
+    if isinstance(template, Mapping) and template.get("TableName") == table:
+        has_indexes = "Table" in template
+        if mode == "INDEXES" and has_indexes:
+            return dict(template)
+        if mode == "TOTAL":
+            return {k: v for k, v in template.items() if k not in ("Table", GSI, LSI)}
+    capacity: dict[str, Any] = {"TableName": table, "CapacityUnits": 0.0}
+    if mode == "INDEXES":
+        capacity["Table"] = {"CapacityUnits": 0.0}
+        if index is not None:
+            capacity[index_kind or GSI] = {index: {"CapacityUnits": 0.0}}
+    return capacity
+
+
+def hit_response(
+    payload: dict[str, Any],
+    created_ms: int,
+    mode: str | None,
+    table: str,
+    index: str | None = None,
+    index_kind: str | None = None,
+) -> dict[str, Any]:
+    """Turn a decoded entry into the response of a hit (mutates and returns ``payload``)."""
+    template = payload.pop("ConsumedCapacity", None)
+    if mode is not None:
+        payload["ConsumedCapacity"] = item_capacity(template, mode, table, index, index_kind)
+    payload["CacheMetadata"] = {
+        "CacheHit": True,
+        "CachedTime": timestamp(created_ms),
+        "Client": CLIENT,
+    }
+    return payload
+
+
+def batch_metadata(hits: int, misses: int, consistent: int) -> dict[str, Any]:
+    return {
+        "CacheHitCount": hits,
+        "CacheMissCount": misses,
+        "StronglyConsistentCount": consistent,
+        "Time": timestamp(),
+        "Client": CLIENT,
+    }
+
+
+def batch_capacity(
+    mode: str, tables: Iterable[str], real: Iterable[Mapping[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """One ConsumedCapacity entry per requested table, zero for tables served from cache.
+
+    ``real`` is what DynamoDB reported for the tables of the real call, if any.
+    """
+    reported = {c["TableName"]: dict(c) for c in real or () if "TableName" in c}
+    shape = next(iter(reported.values()), None)
+    out = []
+    for table in tables:
+        if table in reported:
+            out.append(reported[table])
+        elif shape is not None:
+            zero = zeroed(copy.deepcopy(shape))
+            zero["TableName"] = table
+            out.append(zero)
+        else:
+            out.append(item_capacity(None, mode, table))
+    return out

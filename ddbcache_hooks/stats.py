@@ -1,0 +1,101 @@
+"""Per-registration counters, and a log that does not flood."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from .policy import ReadKind
+
+log = logging.getLogger("ddbcache_hooks")
+
+#: Counter names, in display order. Per read kind: ``<kind>_hits`` / ``<kind>_misses``.
+COUNTERS = (
+    "hits",
+    "misses",
+    "bypasses",
+    "fills",
+    "fills_discarded",
+    "fills_skipped",
+    "invalidations",
+    "table_invalidations",
+    "errors",
+    "corrupt_entries",
+    "lease_waits",
+    "lease_wait_timeouts",
+    "breaker_opened",
+    "backlog_replayed",
+    "backlog_overflows",
+)
+
+#: DynamoDB Accelerator's metric names for the same numbers.
+DAX_NAMES = {
+    "item_hits": "ItemCacheHits",
+    "item_misses": "ItemCacheMisses",
+    "query_hits": "QueryCacheHits",
+    "query_misses": "QueryCacheMisses",
+    "scan_hits": "ScanCacheHits",
+    "scan_misses": "ScanCacheMisses",
+}
+
+
+class Stats:
+    """Thread-safe counters; :meth:`snapshot` is what ``Registration.stats()`` returns."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._rcu_saved = 0.0
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += amount
+
+    def hit(self, kind: ReadKind, count: int = 1, rcu: float = 0.0) -> None:
+        with self._lock:
+            self._counts[f"{kind.value}_hits"] += count
+            self._rcu_saved += rcu
+
+    def miss(self, kind: ReadKind, count: int = 1) -> None:
+        with self._lock:
+            self._counts[f"{kind.value}_misses"] += count
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            counts = dict(self._counts)
+            rcu = self._rcu_saved
+        out: dict[str, Any] = {name: counts.get(name, 0) for name in COUNTERS}
+        for kind in ReadKind:
+            for outcome in ("hits", "misses"):
+                name = f"{kind.value}_{outcome}"
+                out[name] = counts.get(name, 0)
+                out[outcome] += out[name]
+        out["rcu_saved"] = rcu
+        return out
+
+
+class LimitedLog:
+    """Logs a recurring problem at most once per ``interval`` seconds per kind."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def warning(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.interval:
+                self._suppressed[kind] += 1
+                return
+            self._last[kind] = now
+            suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            message += " (%d similar messages suppressed)"
+            args = (*args, suppressed)
+        log.warning(message, *args)

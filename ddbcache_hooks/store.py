@@ -1,0 +1,417 @@
+"""Everything that talks to Redis: the Lua scripts, the operations, the transports.
+
+Cache state of one item lives in one hash (all its request variants, their
+leases, the settle marker), so one script on one slot does each step of the
+protocol and a write drops every variant with one ``DEL``:
+
+===============  =====================================================
+field            meaning
+===============  =====================================================
+``e:<v>``        encoded entry of variant ``v``
+``x:<v>``        its expiry, server time in ms (variants share a key TTL)
+``l:<v>``        lease token of the caller filling ``v``
+``m:<v>``        lease expiry
+``a:<v>``        admission counter (Scan), ``ax:<v>`` its window end
+``s``            end of the settle window after the last invalidation
+===============  =====================================================
+
+A Query or Scan variant has a hash of its own with the same fields (``v`` is
+empty). Per table, a small hash holds two random version tokens (``i`` for
+item entries, ``q`` for query entries). All times are the server's (``TIME``),
+so processes with skewed clocks agree. Every key gets a TTL.
+
+The operations are generators yielding :class:`~ddbcache_hooks.effects.RedisBatch`;
+a transport (sync or async, at the bottom) executes a batch as one pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.client import NEVER_DECODE
+from redis.exceptions import NoScriptError, RedisError
+
+from .effects import Call, Op, RedisBatch, Script
+
+log = logging.getLogger("ddbcache_hooks")
+
+_PRELUDE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function keep_until(key, deadline, now)
+  local want = deadline - now
+  if want > 0 and redis.call('PTTL', key) < want then redis.call('PEXPIRE', key, want) end
+end
+"""
+
+
+def _script(name: str, body: str) -> Script:
+    source = _PRELUDE + body
+    return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
+
+
+HIT, LEASED, WAIT, NOT_ADMITTED = 1, 2, 3, 4
+
+#: KEYS[1] entry hash. ARGV: field, lease token, lease ms, admission count,
+#: admission window ms, drop (1: discard the current entry first).
+#: Returns {status, entry or nil, 1 if the key held garbage and was deleted}.
+LOOKUP_OR_LEASE = _script(
+    "lookup_or_lease",
+    """
+local key, f, token = KEYS[1], ARGV[1], ARGV[2]
+local now = now_ms()
+local corrupt = 0
+local r = redis.pcall('HMGET', key, 'e:'..f, 'x:'..f, 'l:'..f, 'm:'..f)
+if r['err'] then
+  redis.call('DEL', key)
+  corrupt = 1
+  r = {}
+end
+if ARGV[6] == '1' then
+  redis.call('HDEL', key, 'e:'..f, 'x:'..f)
+  r[1] = false
+end
+local expires = tonumber(r[2])
+if r[1] and expires and expires > now then return {1, r[1], corrupt} end
+local admission = tonumber(ARGV[4])
+if admission > 1 then
+  local a = redis.call('HMGET', key, 'a:'..f, 'ax:'..f)
+  local count, window = tonumber(a[1]), tonumber(a[2])
+  if not count or not window or window <= now then
+    count, window = 0, now + tonumber(ARGV[5])
+  end
+  count = count + 1
+  redis.call('HSET', key, 'a:'..f, count, 'ax:'..f, window)
+  keep_until(key, window, now)
+  if count < admission then return {4, false, corrupt} end
+end
+local lease_end = tonumber(r[4])
+if r[3] and r[3] ~= token and lease_end and lease_end > now then return {3, false, corrupt} end
+lease_end = now + tonumber(ARGV[3])
+redis.call('HSET', key, 'l:'..f, token, 'm:'..f, lease_end)
+keep_until(key, lease_end, now)
+return {2, false, corrupt}
+""",
+)
+
+#: KEYS[1] entry hash. ARGV: field, lease token, entry ('' = only release), ttl ms.
+#: Stores only while the caller's lease is intact: a write since the lookup
+#: deleted it. Within a settle window the TTL is cut to the window's rest.
+#: Returns {1 stored | 0 lease lost | 2 released | -1 key is garbage, ttl ms}.
+FILL_IF_LEASED = _script(
+    "fill_if_leased",
+    """
+local key, f = KEYS[1], ARGV[1]
+local r = redis.pcall('HMGET', key, 'l:'..f, 's')
+if r['err'] then return {-1, 0} end
+if r[1] ~= ARGV[2] then return {0, 0} end
+redis.call('HDEL', key, 'l:'..f, 'm:'..f)
+if ARGV[3] == '' then return {2, 0} end
+local now = now_ms()
+local ttl = tonumber(ARGV[4])
+local settle_end = tonumber(r[2])
+if settle_end and settle_end > now and settle_end - now < ttl then ttl = settle_end - now end
+redis.call('HSET', key, 'e:'..f, ARGV[3], 'x:'..f, now + ttl)
+keep_until(key, now + ttl, now)
+return {1, ttl}
+""",
+)
+
+#: KEYS: entry hashes (one slot). ARGV[1]: settle window ms.
+#: Drops every variant and lease, then marks the settle window.
+INVALIDATE_ITEMS = _script(
+    "invalidate_items",
+    """
+local settle = tonumber(ARGV[1])
+local now = 0
+if settle > 0 then now = now_ms() end
+for _, key in ipairs(KEYS) do
+  redis.call('DEL', key)
+  if settle > 0 then
+    redis.call('HSET', key, 's', now + settle)
+    redis.call('PEXPIRE', key, settle)
+  end
+end
+return #KEYS
+""",
+)
+
+#: KEYS[1] token hash. ARGV: fresh item token, fresh query token, ttl ms.
+#: Returns {item token, query token}, creating both when either is missing
+#: (new table, or evicted: then every older entry must miss).
+TABLE_TOKENS = _script(
+    "table_tokens",
+    """
+local key = KEYS[1]
+local t = redis.pcall('HMGET', key, 'i', 'q')
+if t['err'] then redis.call('DEL', key); t = {} end
+local ttl = tonumber(ARGV[3])
+if not t[1] or not t[2] then
+  t = {ARGV[1], ARGV[2]}
+  redis.call('HSET', key, 'i', t[1], 'q', t[2])
+  redis.call('PEXPIRE', key, ttl)
+elseif redis.call('PTTL', key) < ttl / 2 then
+  redis.call('PEXPIRE', key, ttl)
+end
+return t
+""",
+)
+
+#: KEYS[1] token hash. ARGV: fresh item token, fresh query token, '1' to replace
+#: the item token too (else only query entries go), ttl ms.
+REPLACE_TOKENS = _script(
+    "replace_tokens",
+    """
+local key = KEYS[1]
+local kind = redis.call('TYPE', key)['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', key) end
+if ARGV[3] == '1' or redis.call('HEXISTS', key, 'i') == 0 then
+  redis.call('HSET', key, 'i', ARGV[1])
+end
+redis.call('HSET', key, 'q', ARGV[2])
+redis.call('PEXPIRE', key, ARGV[4])
+return 1
+""",
+)
+
+SCRIPTS = (LOOKUP_OR_LEASE, FILL_IF_LEASED, INVALIDATE_ITEMS, TABLE_TOKENS, REPLACE_TOKENS)
+
+
+@dataclass(frozen=True, slots=True)
+class LookupRequest:
+    key: str
+    field: str
+    lease_token: str
+    lease_ms: int
+    admission: int = 1
+    admission_window_ms: int = 0
+    drop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LookupReply:
+    status: int
+    entry: bytes | None
+    corrupt: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FillRequest:
+    key: str
+    field: str
+    lease_token: str
+    entry: bytes  # b"" releases the lease without storing
+    ttl_ms: int
+
+
+FILL_STORED, FILL_LOST, FILL_RELEASED, FILL_GARBAGE = 1, 0, 2, -1
+
+
+def new_token() -> str:
+    """A random version token or lease token (never a counter: see docs/design.md)."""
+    return os.urandom(8).hex()
+
+
+def lookup(
+    requests: Sequence[LookupRequest], token_keys: Sequence[str], token_ttl_ms: int
+) -> Op[tuple[list[LookupReply], dict[str, tuple[str, str]]]]:
+    """Look up entries (taking leases on misses) and read table tokens: one round trip."""
+    calls = [
+        Call(
+            LOOKUP_OR_LEASE,
+            (
+                r.key,
+                r.field,
+                r.lease_token,
+                r.lease_ms,
+                r.admission,
+                r.admission_window_ms,
+                1 if r.drop else 0,
+            ),
+            1,
+        )
+        for r in requests
+    ]
+    calls += [
+        Call(TABLE_TOKENS, (key, new_token(), new_token(), token_ttl_ms), 1) for key in token_keys
+    ]
+    replies = yield RedisBatch(calls)
+    entries = [
+        LookupReply(int(reply[0]), reply[1] or None, bool(reply[2]))
+        for reply in replies[: len(requests)]
+    ]
+    tokens = {
+        key: (_text(reply[0]), _text(reply[1]))
+        for key, reply in zip(token_keys, replies[len(requests) :])
+    }
+    return entries, tokens
+
+
+def fill(requests: Sequence[FillRequest]) -> Op[list[tuple[int, int]]]:
+    """Store entries whose lease is intact (or release leases): one round trip."""
+    if not requests:
+        return []
+    calls = [
+        Call(FILL_IF_LEASED, (r.key, r.field, r.lease_token, r.entry, r.ttl_ms), 1)
+        for r in requests
+    ]
+    replies = yield RedisBatch(calls)
+    return [(int(reply[0]), int(reply[1])) for reply in replies]
+
+
+def invalidate(
+    keys: Sequence[str],
+    settle_ms: int,
+    tokens: Sequence[tuple[str, bool]] = (),
+    token_ttl_ms: int = 0,
+    cluster: bool = False,
+) -> Op[None]:
+    """Drop items and replace table tokens: one round trip.
+
+    ``tokens`` holds (token key, True to drop item entries too, not only queries).
+    On a cluster, keys are grouped by slot (a script touches one slot).
+    """
+    groups = group_by_slot(keys) if cluster else [list(keys)]
+    calls = [Call(INVALIDATE_ITEMS, (*g, settle_ms), len(g)) for g in groups if g]
+    calls += [
+        Call(REPLACE_TOKENS, (key, new_token(), new_token(), int(items), token_ttl_ms), 1)
+        for key, items in tokens
+    ]
+    if calls:
+        yield RedisBatch(calls)
+
+
+def get_value(key: str) -> Op[bytes | None]:
+    replies = yield RedisBatch([Call(None, ("GET", key))])
+    value = replies[0]
+    return value if isinstance(value, bytes) else None
+
+
+def set_value(key: str, value: bytes, ttl_s: int) -> Op[None]:
+    yield RedisBatch([Call(None, ("SET", key, value, "EX", ttl_s))])
+
+
+def _text(value: Any) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+# --- transports --------------------------------------------------------------------
+
+
+def is_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
+def group_by_slot(keys: Sequence[str]) -> list[list[str]]:
+    """Split keys into same-slot groups, for multi-key scripts on a cluster."""
+    from redis.crc import key_slot
+
+    groups: dict[int, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key_slot(key.encode("utf-8")), []).append(key)
+    return list(groups.values())
+
+
+def _queue(pipe: Any, call: Call) -> None:
+    # NEVER_DECODE: entries are binary even when the caller's client was made
+    # with decode_responses=True (redis-py's own DUMP command uses the same).
+    if call.script is not None:
+        pipe.execute_command("EVALSHA", call.script.sha, call.numkeys, *call.args, **{NEVER_DECODE: []})
+    else:
+        pipe.execute_command(*call.args, **{NEVER_DECODE: []})
+
+
+def _first_error(replies: Sequence[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
+
+
+class SyncTransport:
+    """Executes a batch on a ``redis.Redis`` / ``RedisCluster`` as one pipeline."""
+
+    def __init__(self, client: redis.Redis | Any) -> None:
+        self.client = client
+        self.cluster = is_cluster(client)
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    def execute(self, calls: Sequence[Call]) -> list[Any]:
+        replies = self._pipeline(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # The server restarted or flushed its script cache: load and resend those.
+            for script in {calls[i].script for i in missing if calls[i].script}:
+                assert script is not None
+                self.client.script_load(script.source)
+            for i, reply in zip(missing, self._pipeline([calls[i] for i in missing])):
+                replies[i] = reply
+        _first_error(replies)
+        return replies
+
+    def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            _queue(pipe, call)
+        return list(pipe.execute(raise_on_error=False))
+
+    def scan_delete(self, pattern: str, batch: int = 500) -> int:
+        """Delete every key matching ``pattern`` (on every primary of a cluster)."""
+        deleted = 0
+        keys: list[Any] = []
+        for key in self.client.scan_iter(match=pattern, count=batch):
+            keys.append(key)
+            if len(keys) >= batch:
+                deleted += self._unlink(keys)
+                keys = []
+        if keys:
+            deleted += self._unlink(keys)
+        return deleted
+
+    def _unlink(self, keys: list[Any]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.unlink(key)
+        return sum(int(n) for n in pipe.execute())
+
+
+class AsyncTransport:
+    """Executes a batch on a ``redis.asyncio`` client as one pipeline."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.cluster = is_cluster(client)
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def execute(self, calls: Sequence[Call]) -> list[Any]:
+        replies = await self._pipeline(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            for script in {calls[i].script for i in missing if calls[i].script}:
+                assert script is not None
+                await self.client.script_load(script.source)
+            for i, reply in zip(missing, await self._pipeline([calls[i] for i in missing])):
+                replies[i] = reply
+        _first_error(replies)
+        return replies
+
+    async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            _queue(pipe, call)
+        return list(await pipe.execute(raise_on_error=False))

@@ -1,0 +1,225 @@
+"""Shared fixtures: real Redis servers, moto, registered sessions, counters.
+
+Real servers are started on free ports by the fixtures and stopped at the end.
+A missing server binary fails the run (it never skips): the behaviour under
+test is Redis's.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import fakeredis
+import pytest
+import redis
+import redis.cluster
+from moto import mock_aws
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+import ddbcache_hooks
+from ddbcache_hooks._redis_server import RedisServer, find_server_binary
+from tests.servers import RedisCluster
+
+REGION = "us-east-1"
+
+
+def _binary() -> str:
+    binary = find_server_binary()
+    if binary is None:
+        pytest.fail(
+            "no redis-server or valkey-server binary found (PATH or DDBCACHE_REDIS_SERVER): "
+            "the Redis behaviour tests need a real server"
+        )
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer(_binary()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    _binary()
+    with RedisCluster(masters=3) as cluster:
+        yield cluster
+
+
+class CountingConnection(redis.Connection):
+    """Counts network round trips: one per command, one per pipeline."""
+
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sends += 1
+        super().send_packed_command(command, check_health)
+
+
+@dataclass
+class Backend:
+    """One kind of Redis the behavioural suite runs against."""
+
+    name: str
+    make: Callable[..., Any]
+
+    def client(self, decode_responses: bool = False) -> Any:
+        return self.make(decode_responses)
+
+
+_NO_RETRY = {"retry": Retry(NoBackoff(), 0)}
+
+
+def _real(server: RedisServer) -> Callable[[bool], redis.Redis]:
+    return lambda decode: redis.Redis(
+        host=server.host, port=server.port, decode_responses=decode, **_NO_RETRY
+    )
+
+
+def _cluster(cluster: RedisCluster) -> Callable[[bool], redis.cluster.RedisCluster]:
+    host, port = cluster.startup_nodes[0]
+    return lambda decode: redis.cluster.RedisCluster(
+        host=host, port=port, decode_responses=decode, **_NO_RETRY
+    )
+
+
+def _fake() -> Callable[[bool], fakeredis.FakeRedis]:
+    server = fakeredis.FakeServer()
+    return lambda decode: fakeredis.FakeRedis(server=server, decode_responses=decode)
+
+
+@pytest.fixture(params=["redis", "cluster", "fakeredis"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The behavioural suite runs once per backend."""
+    if request.param == "redis":
+        return Backend("redis", _real(request.getfixturevalue("redis_server")))
+    if request.param == "cluster":
+        return Backend("cluster", _cluster(request.getfixturevalue("redis_cluster")))
+    return Backend("fakeredis", _fake())
+
+
+@pytest.fixture
+def real_redis(redis_server: RedisServer) -> Backend:
+    return Backend("redis", _real(redis_server))
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in list(os.environ):
+        if name.startswith("DDBCACHE_"):
+            monkeypatch.delenv(name)
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def session(aws: None) -> boto3.Session:
+    return boto3.Session(region_name=REGION)
+
+
+@pytest.fixture
+def namespace() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def make_table(
+    client: Any,
+    name: str,
+    hash_key: tuple[str, str] = ("pk", "S"),
+    range_key: tuple[str, str] | None = None,
+    gsi: tuple[str, str, str] | None = None,
+    lsi: tuple[str, str, str] | None = None,
+) -> None:
+    """Create a PAY_PER_REQUEST table; gsi/lsi are (index name, attribute, type)."""
+    keys = [{"AttributeName": hash_key[0], "KeyType": "HASH"}]
+    attrs = {hash_key[0]: hash_key[1]}
+    if range_key:
+        keys.append({"AttributeName": range_key[0], "KeyType": "RANGE"})
+        attrs[range_key[0]] = range_key[1]
+    extra: dict[str, Any] = {}
+    if gsi:
+        attrs[gsi[1]] = gsi[2]
+        extra["GlobalSecondaryIndexes"] = [
+            {
+                "IndexName": gsi[0],
+                "KeySchema": [{"AttributeName": gsi[1], "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ]
+    if lsi:
+        attrs[lsi[1]] = lsi[2]
+        extra["LocalSecondaryIndexes"] = [
+            {
+                "IndexName": lsi[0],
+                "KeySchema": [
+                    {"AttributeName": hash_key[0], "KeyType": "HASH"},
+                    {"AttributeName": lsi[1], "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ]
+    client.create_table(
+        TableName=name,
+        KeySchema=keys,
+        AttributeDefinitions=[{"AttributeName": k, "AttributeType": t} for k, t in attrs.items()],
+        BillingMode="PAY_PER_REQUEST",
+        **extra,
+    )
+
+
+class CallCounter:
+    """Counts DynamoDB requests that really went out, per operation."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.bodies: list[tuple[str, bytes]] = []
+
+    def __call__(self, request: Any, event_name: str, **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        self.calls[operation] += 1
+        self.bodies.append((operation, request.body))
+
+    def attach(self, target: Any) -> CallCounter:
+        events = target.meta.events if hasattr(target, "meta") else target.events
+        events.register("before-send.dynamodb", self)
+        return self
+
+    def __getitem__(self, operation: str) -> int:
+        return self.calls[operation]
+
+
+@pytest.fixture
+def cache(
+    session: boto3.Session, backend: Backend, namespace: str
+) -> Iterator[ddbcache_hooks.Registration]:
+    """The session, registered against the parametrized backend."""
+    registration = ddbcache_hooks.register(session, backend.client(), namespace=namespace)
+    yield registration
+    registration.unregister()
+
+
+@pytest.fixture
+def client(session: boto3.Session, cache: ddbcache_hooks.Registration) -> Any:
+    c = session.client("dynamodb")
+    make_table(c, "items")
+    make_table(c, "pairs", ("pk", "S"), ("sk", "N"))
+    return c
+
+
+@pytest.fixture
+def calls(client: Any) -> CallCounter:
+    return CallCounter().attach(client)
