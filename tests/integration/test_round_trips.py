@@ -1,0 +1,185 @@
+"""Exact Redis round-trip counts (DESIGN §7) and the lease race, on a real server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import redis
+
+import ddbcache_hooks
+from ddbcache_hooks._redis_server import RedisServer
+from tests.conftest import CallCounter, CountingConnection, make_table
+
+KEY = {"pk": {"S": "a"}}
+
+
+@pytest.fixture
+def counted(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> Iterator[tuple[Any, type[CountingConnection]]]:
+    """A client registered with a Redis client that counts round trips."""
+
+    class Counting(CountingConnection):
+        sends = 0
+
+    pool = redis.ConnectionPool(
+        connection_class=Counting, host=redis_server.host, port=redis_server.port
+    )
+    registration = ddbcache_hooks.register(
+        session,
+        redis.Redis(connection_pool=pool),
+        namespace=namespace,
+        key_schema={"items": "pk", "pairs": ("pk", "sk")},
+    )
+    c = session.client("dynamodb")
+    make_table(c, "items")
+    make_table(c, "pairs", ("pk", "S"), ("sk", "N"))
+    Counting.sends = 0
+    yield c, Counting
+    registration.unregister()
+
+
+def rounds(counter: type[CountingConnection], action: Any) -> int:
+    before = counter.sends
+    action()
+    return counter.sends - before
+
+
+def test_hit_is_one_round_trip_miss_two(counted: tuple[Any, Any]) -> None:
+    c, counter = counted
+    c.put_item(TableName="items", Item=KEY)
+    assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 2
+    assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 1
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda c: c.put_item(TableName="items", Item={**KEY, "v": {"S": "x"}}),
+        lambda c: c.update_item(
+            TableName="items",
+            Key=KEY,
+            UpdateExpression="SET v = :v",
+            ExpressionAttributeValues={":v": {"S": "y"}},
+        ),
+        lambda c: c.delete_item(TableName="items", Key=KEY),
+    ],
+    ids=["put", "update", "delete"],
+)
+def test_single_item_write_is_one_round_trip(counted: tuple[Any, Any], write: Any) -> None:
+    c, counter = counted
+    assert rounds(counter, lambda: write(c)) == 1
+
+
+def test_batched_writes_are_one_round_trip(counted: tuple[Any, Any]) -> None:
+    c, counter = counted
+    items = [{"PutRequest": {"Item": {"pk": {"S": str(i)}}}} for i in range(25)]
+    assert rounds(counter, lambda: c.batch_write_item(RequestItems={"items": items})) == 1
+    transaction = [{"Delete": {"TableName": "items", "Key": {"pk": {"S": str(i)}}}} for i in range(10)]
+    assert rounds(counter, lambda: c.transact_write_items(TransactItems=transaction)) == 1
+
+
+def test_put_learns_the_key_schema_once(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> None:
+    """Without key_schema, the first PutItem of a table costs one DescribeTable."""
+    registration = ddbcache_hooks.register(
+        session, redis.Redis(port=redis_server.port), namespace=namespace
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "items")
+        calls = CallCounter().attach(c)
+        for value in "abc":
+            c.put_item(TableName="items", Item={**KEY, "v": {"S": value}})
+        assert calls["DescribeTable"] == 1
+        # A second process (a new registration) finds the schema in Redis.
+        other = boto3.Session(region_name="us-east-1")
+        second = ddbcache_hooks.register(
+            other, redis.Redis(port=redis_server.port), namespace=namespace
+        )
+        try:
+            c2 = other.client("dynamodb")
+            calls2 = CallCounter().attach(c2)
+            c2.put_item(TableName="items", Item=KEY)
+            assert calls2["DescribeTable"] == 0
+        finally:
+            second.unregister()
+    finally:
+        registration.unregister()
+
+
+def test_fill_racing_a_write_is_discarded(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> None:
+    """Reader reads the old value, a write lands and invalidates, then the reader fills.
+
+    The interleaving is forced with a handler registered before the library's:
+    it runs after DynamoDB answered the read and before the fill.
+    """
+    writer = boto3.Session(region_name="us-east-1").client("dynamodb")
+    raced = []
+
+    def write_between_read_and_fill(**_: Any) -> None:
+        if not raced:
+            raced.append(True)
+            writer.put_item(TableName="items", Item={**KEY, "v": {"S": "new"}})
+
+    session.events.register("after-call.dynamodb.GetItem", write_between_read_and_fill)
+    registration = ddbcache_hooks.register(
+        session, redis.Redis(port=redis_server.port), namespace=namespace
+    )
+    ddbcache_hooks.register(writer, redis.Redis(port=redis_server.port), namespace=namespace)
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "items")
+        c.put_item(TableName="items", Item={**KEY, "v": {"S": "old"}})
+        first = c.get_item(TableName="items", Key=KEY)
+        assert first["Item"]["v"] == {"S": "old"}  # what DynamoDB returned before the write
+        assert registration.stats()["fills_discarded"] == 1
+        after = c.get_item(TableName="items", Key=KEY)
+        assert "CacheMetadata" not in after and after["Item"]["v"] == {"S": "new"}
+    finally:
+        registration.unregister()
+
+
+def test_concurrent_misses_wait_for_one_filler(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> None:
+    """The first miss holds the lease while DynamoDB answers slowly; the others wait for it."""
+    registration = ddbcache_hooks.register(
+        session, redis.Redis(port=redis_server.port), namespace=namespace, lease_wait_ms=5000
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "items")
+        c.put_item(TableName="items", Item=KEY)
+        calls = CallCounter().attach(c)
+        release = threading.Event()
+        # Runs before the library's handler: the filler holds its lease until released.
+        c.meta.events.register_first("after-call.dynamodb.GetItem", lambda **_: release.wait(5))
+        results: list[dict[str, Any]] = []
+
+        def read() -> None:
+            results.append(c.get_item(TableName="items", Key=KEY))
+
+        threads = [threading.Thread(target=read) for _ in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while registration.stats()["lease_waits"] < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert registration.stats()["lease_waits"] == 7, registration.stats()
+        release.set()
+        for t in threads:
+            t.join()
+        assert calls["GetItem"] == 1
+        assert sum("CacheMetadata" in r for r in results) == 7
+        assert all(r["Item"] == KEY for r in results)
+    finally:
+        registration.unregister()

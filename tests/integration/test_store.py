@@ -1,0 +1,162 @@
+"""The Lua scripts, driven directly, against every backend."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from ddbcache_hooks import store
+from ddbcache_hooks.effects import Op
+from ddbcache_hooks.handlers import drive
+from ddbcache_hooks.store import FillRequest, LookupRequest, SyncTransport
+
+
+@pytest.fixture(params=[False, True], ids=["bytes", "decoded"])
+def transport(backend: Any, request: pytest.FixtureRequest) -> SyncTransport:
+    return SyncTransport(backend.client(decode_responses=request.param))
+
+
+@pytest.fixture
+def key(namespace: str) -> str:
+    return f"{namespace}:i:{{item}}:t"
+
+
+def run(transport: SyncTransport, op: Op[Any]) -> Any:
+    return drive(op, transport, lambda table: None)
+
+
+def lookup(transport: SyncTransport, key: str, lease: str, **kw: Any) -> store.LookupReply:
+    replies, _ = run(
+        transport, store.lookup([LookupRequest(key, "v", lease, kw.pop("lease_ms", 5000), **kw)], [], 1000)
+    )
+    reply: store.LookupReply = replies[0]
+    return reply
+
+
+def fill(transport: SyncTransport, key: str, lease: str, entry: bytes, ttl_ms: int = 60_000) -> tuple[int, int]:
+    result: tuple[int, int] = run(transport, store.fill([FillRequest(key, "v", lease, entry, ttl_ms)]))[0]
+    return result
+
+
+def test_miss_lease_fill_hit(transport: SyncTransport, key: str) -> None:
+    assert lookup(transport, key, "L1").status == store.LEASED
+    assert lookup(transport, key, "L2").status == store.WAIT  # someone else fills
+    assert lookup(transport, key, "L1").status == store.LEASED  # idempotent for the holder
+    assert fill(transport, key, "L1", b"\x00\xffentry")[0] == store.FILL_STORED
+    hit = lookup(transport, key, "L3")
+    assert hit.status == store.HIT and hit.entry == b"\x00\xffentry"
+
+
+def test_write_between_lookup_and_fill_discards_the_fill(transport: SyncTransport, key: str) -> None:
+    assert lookup(transport, key, "L1").status == store.LEASED
+    run(transport, store.invalidate([key], settle_ms=0, cluster=transport.cluster))
+    assert fill(transport, key, "L1", b"old")[0] == store.FILL_LOST
+    assert lookup(transport, key, "L2").status == store.LEASED
+
+
+def test_settle_window_caps_the_ttl(transport: SyncTransport, key: str) -> None:
+    run(transport, store.invalidate([key], settle_ms=300, cluster=transport.cluster))
+    lookup(transport, key, "L1")
+    stored, ttl = fill(transport, key, "L1", b"maybe-stale", ttl_ms=60_000)
+    assert stored == store.FILL_STORED and 0 < ttl <= 300
+    time.sleep(0.35)
+    assert lookup(transport, key, "L2").status == store.LEASED
+
+
+def test_expired_variant_is_a_miss_even_if_the_key_lives(transport: SyncTransport, key: str) -> None:
+    lookup(transport, key, "L1")
+    fill(transport, key, "L1", b"short", ttl_ms=100)
+    replies, _ = run(transport, store.lookup([LookupRequest(key, "w", "Lw", 5000)], [], 1000))
+    run(transport, store.fill([FillRequest(key, "w", "Lw", b"long", 60_000)]))
+    time.sleep(0.15)
+    assert lookup(transport, key, "L2").status == store.LEASED
+
+
+def test_lost_lease_expires(transport: SyncTransport, key: str) -> None:
+    assert lookup(transport, key, "L1", lease_ms=100).status == store.LEASED
+    time.sleep(0.15)
+    assert lookup(transport, key, "L2").status == store.LEASED
+
+
+def test_release_without_storing(transport: SyncTransport, key: str) -> None:
+    lookup(transport, key, "L1")
+    assert fill(transport, key, "L1", b"")[0] == store.FILL_RELEASED
+    assert lookup(transport, key, "L2").status == store.LEASED
+
+
+def test_admission_counts_identical_misses(transport: SyncTransport, key: str) -> None:
+    first = lookup(transport, key, "L1", admission=2, admission_window_ms=10_000)
+    assert first.status == store.NOT_ADMITTED
+    second = lookup(transport, key, "L2", admission=2, admission_window_ms=10_000)
+    assert second.status == store.LEASED
+    fill(transport, key, "L2", b"page")
+    assert lookup(transport, key, "L3", admission=2, admission_window_ms=10_000).status == store.HIT
+
+
+def test_wrong_type_at_the_key_is_deleted_and_reported(
+    transport: SyncTransport, key: str, backend: Any
+) -> None:
+    raw = backend.client()
+    raw.set(key, "someone wrote a string here")
+    reply = lookup(transport, key, "L1")
+    assert reply.corrupt and reply.status == store.LEASED
+    assert raw.type(key) in (b"hash", "hash")
+    raw.delete(key)
+    raw.rpush(key, "x")
+    assert fill(transport, key, "L1", b"x")[0] == store.FILL_GARBAGE
+
+
+def test_drop_discards_the_current_entry(transport: SyncTransport, key: str) -> None:
+    lookup(transport, key, "L1")
+    fill(transport, key, "L1", b"bad")
+    assert lookup(transport, key, "L2", drop=True).status == store.LEASED
+
+
+def test_table_tokens_are_created_and_replaced(transport: SyncTransport, namespace: str) -> None:
+    tokens_key = f"{namespace}:t:{{t}}"
+
+    def tokens() -> tuple[str, str]:
+        _, found = run(transport, store.lookup([], [tokens_key], 60_000))
+        pair: tuple[str, str] = found[tokens_key]
+        return pair
+
+    first = tokens()
+    assert tokens() == first and first[0] != first[1]
+    run(transport, store.invalidate([], 0, [(tokens_key, False)], 60_000, transport.cluster))
+    queries_only = tokens()
+    assert queries_only[0] == first[0] and queries_only[1] != first[1]
+    run(transport, store.invalidate([], 0, [(tokens_key, True)], 60_000, transport.cluster))
+    both = tokens()
+    assert both[0] != first[0] and both[1] != queries_only[1]
+
+
+def test_every_key_written_has_a_ttl(transport: SyncTransport, namespace: str, backend: Any) -> None:
+    keys = [f"{namespace}:i:{{item{i}}}:t" for i in range(5)]
+    for i, k in enumerate(keys):
+        lookup(transport, k, f"L{i}", admission=3, admission_window_ms=10_000)
+        lookup(transport, k, f"L{i}", admission=3, admission_window_ms=10_000)
+        lookup(transport, k, f"L{i}", admission=3, admission_window_ms=10_000)
+        fill(transport, k, f"L{i}", b"e")
+    run(transport, store.invalidate(keys[:2], 1000, [(f"{namespace}:t:{{t}}", True)], 60_000, transport.cluster))
+    raw = backend.client()
+    for k in [*keys, f"{namespace}:t:{{t}}"]:
+        assert raw.pttl(k) > 0, k
+
+
+def test_invalidating_many_items_across_slots(transport: SyncTransport, namespace: str) -> None:
+    keys = [f"{namespace}:i:{{item{i}}}:t" for i in range(50)]  # spread over the cluster
+    for k in keys:
+        lookup(transport, k, "L")
+        fill(transport, k, "L", b"e")
+    run(transport, store.invalidate(keys, 0, cluster=transport.cluster))
+    assert all(lookup(transport, k, "M").status == store.LEASED for k in keys)
+
+
+def test_scripts_are_reloaded_after_a_script_flush(
+    transport: SyncTransport, key: str, backend: Any
+) -> None:
+    transport.client.script_flush()  # on a cluster: every node
+    keys = [key.replace("{item}", f"{{item{i}}}") for i in range(20)]  # on every cluster node
+    assert all(lookup(transport, k, "L1").status == store.LEASED for k in keys)

@@ -1,0 +1,104 @@
+"""The entry format: exact round trips, compression, signatures, corruption."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import pytest
+
+from ddbcache_hooks.codec import COMPRESSED, Codec, CorruptEntry
+
+PAYLOAD: dict[str, Any] = {
+    "Item": {
+        "pk": {"S": "a"},
+        "bin": {"B": bytes(range(256))},
+        "set": {"BS": [b"\x00", b"\xff"]},
+        "n": {"N": "1.50"},
+        "m": {"M": {"s": {"S": "\x00text"}, "l": {"L": [{"NULL": True}, {"BOOL": False}]}}},
+    }
+}
+
+
+def encode(codec: Codec, payload: dict[str, Any] = PAYLOAD, context: str = "k") -> bytes:
+    return codec.encode(payload, token="tok", created_ms=1_700_000_000_123, context=context)
+
+
+def test_round_trip_is_exact() -> None:
+    codec = Codec()
+    entry = codec.decode(encode(codec), context="k")
+    assert entry.payload == PAYLOAD
+    assert entry.token == "tok" and entry.created_ms == 1_700_000_000_123
+    assert isinstance(entry.payload["Item"]["bin"]["B"], bytes)
+    assert isinstance(entry.payload["Item"]["m"]["M"]["s"]["S"], str)
+
+
+def test_each_decode_builds_fresh_objects() -> None:
+    codec = Codec()
+    blob = encode(codec)
+    first = codec.decode(blob, context="k").payload
+    first["Item"]["pk"]["S"] = "mutated"
+    assert codec.decode(blob, context="k").payload == PAYLOAD
+
+
+def test_large_entries_are_compressed_and_flagged() -> None:
+    codec = Codec(compress_min_bytes=100)
+    big = {"Items": [{"pk": {"S": "x" * 50}} for _ in range(20)]}
+    blob = encode(codec, big)
+    assert blob[2] & COMPRESSED
+    assert len(blob) < len(encode(Codec(), big))
+    assert codec.decode(blob, context="k").payload == big
+    assert not encode(codec, {"Item": {}})[2] & COMPRESSED
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b"",
+        lambda b: b[:5],
+        lambda b: b[:-3],
+        lambda b: b"X" + b[1:],  # another magic
+        lambda b: b[:1] + bytes([9]) + b[2:],  # another format version
+        lambda b: b[:-1] + b"\xc1",  # invalid msgpack byte
+        lambda b: b + b"extra",
+        lambda b: b"garbage bytes that are not an entry",
+        lambda b: b[:2] + bytes([COMPRESSED]) + b[3:],  # claims compression it lacks
+    ],
+)
+def test_corrupt_entries_raise_corrupt_entry(mangle: Any) -> None:
+    codec = Codec()
+    with pytest.raises(CorruptEntry):
+        codec.decode(mangle(encode(codec)), context="k")
+
+
+def test_non_map_payload_is_corrupt() -> None:
+    import msgpack
+
+    codec = Codec()
+    header = encode(codec)[:15]  # 12-byte header + the 3-byte token
+    with pytest.raises(CorruptEntry, match="not a map"):
+        codec.decode(header + msgpack.packb([1, 2, 3]), context="k")
+
+
+def test_signed_entries_verify_key_context_and_payload() -> None:
+    signer = Codec(signing_key=b"k" * 32)
+    blob = encode(signer, context="CC:i:{x}:t\x00")
+    assert signer.decode(blob, context="CC:i:{x}:t\x00").payload == PAYLOAD
+    with pytest.raises(CorruptEntry, match="signature"):
+        signer.decode(blob, context="CC:i:{y}:t\x00")  # moved to another key
+    tampered = bytearray(blob)
+    tampered[20] ^= 0x01
+    with pytest.raises(CorruptEntry):
+        signer.decode(bytes(tampered), context="CC:i:{x}:t\x00")
+    with pytest.raises(CorruptEntry, match="signature"):
+        Codec(signing_key=b"w" * 32).decode(blob, context="CC:i:{x}:t\x00")
+    with pytest.raises(CorruptEntry, match="unsigned"):
+        signer.decode(encode(Codec()), context="k")
+
+
+def test_compressed_and_signed() -> None:
+    codec = Codec(compress_min_bytes=10, signing_key=b"s" * 16)
+    blob = encode(codec)
+    assert codec.decode(blob, context="k").compressed
+    body = blob[15:-32]
+    assert zlib.decompress(body)

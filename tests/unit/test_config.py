@@ -1,0 +1,75 @@
+"""Options: defaults, validation, environment parsing, precedence."""
+
+from __future__ import annotations
+
+import pytest
+
+from ddbcache_hooks.config import OPTIONS, Settings, TablePolicy, from_environment
+from ddbcache_hooks.errors import ConfigurationError
+
+
+def test_defaults_match_the_reference() -> None:
+    settings = Settings.resolve({})
+    assert settings.ttl == 3600 and settings.namespace == "CC"
+    assert {k: settings.ttl_seconds(k) for k in ("item", "item_negative", "query", "scan")} == {
+        "item": 3600,
+        "item_negative": 3600,
+        "query": 3600,
+        "scan": 3600,
+    }
+
+
+def test_ttl_config_overrides_per_kind() -> None:
+    settings = Settings.resolve({"ttl": 100, "ttl_config": {"query": 5}})
+    assert settings.ttl_seconds("query") == 5 and settings.ttl_seconds("item") == 100
+
+
+def test_every_option_has_a_documented_variable_and_valid_default() -> None:
+    names = [o.name for o in OPTIONS]
+    assert len(names) == len(set(names))
+    for option in OPTIONS:
+        assert option.env == "DDBCACHE_" + option.name.upper() and option.doc
+        option.check(option.name, option.default)  # defaults validate
+
+
+def test_environment_values_are_parsed_and_named_on_error() -> None:
+    env = {
+        "DDBCACHE_TTL": "60",
+        "DDBCACHE_TTL_CONFIG": "item=5, query=7",
+        "DDBCACHE_NAMESPACE": "app",
+        "DDBCACHE_EXCLUDE_TABLES": "audit*, logs",
+        "DDBCACHE_KEY_SCHEMA": "orders=pk:sk,users=id",
+        "DDBCACHE_CONSISTENCY": "strict",
+    }
+    values = from_environment(env)
+    assert values["ttl"] == 60 and values["ttl_config"] == {"item": 5, "query": 7}
+    assert values["exclude_tables"] == ("audit*", "logs")
+    assert values["key_schema"] == {"orders": ("pk", "sk"), "users": ("id",)}
+    for bad, name in (
+        ({"DDBCACHE_TTL": "abc"}, "DDBCACHE_TTL"),
+        ({"DDBCACHE_TTL": "-1"}, "DDBCACHE_TTL"),
+        ({"DDBCACHE_TTL_CONFIG": "item"}, "DDBCACHE_TTL_CONFIG"),
+        ({"DDBCACHE_TTL_CONFIG": "bogus=1"}, "DDBCACHE_TTL_CONFIG"),
+        ({"DDBCACHE_CONSISTENCY": "maybe"}, "DDBCACHE_CONSISTENCY"),
+    ):
+        with pytest.raises(ConfigurationError, match=name):
+            from_environment(bad)
+
+
+def test_code_wins_over_environment_wins_over_default() -> None:
+    env = {"DDBCACHE_TTL": "60", "DDBCACHE_NAMESPACE": "fromenv"}
+    settings = Settings.resolve({"ttl": 5}, environ=env)
+    assert settings.ttl == 5 and settings.namespace == "fromenv"
+    assert Settings.resolve({}, environ={}).namespace == "CC"
+
+
+def test_table_policy_validation() -> None:
+    with pytest.raises(ConfigurationError, match=r"tables\['t'\].query_invalidation"):
+        Settings.resolve({"tables": {"t": TablePolicy(query_invalidation="always")}})
+    with pytest.raises(ConfigurationError, match="must be a TablePolicy"):
+        Settings.resolve({"tables": {"t": 5}})
+
+
+def test_describe_masks_secrets() -> None:
+    shown = Settings.resolve({"signing_key": "0123456789abcdef"}).describe()
+    assert shown["signing_key"] == "****"

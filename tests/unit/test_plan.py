@@ -1,0 +1,166 @@
+"""Planning without I/O: plain dicts in, plans out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ddbcache_hooks.config import Settings, TablePolicy
+from ddbcache_hooks.keys import KeyLayout
+from ddbcache_hooks.plan import HIT, Planner, ReadPlan, WritePlan, shape_miss_request
+from ddbcache_hooks.policy import ReadKind
+from ddbcache_hooks.writes import WriteSet
+
+KEY = {"pk": {"S": "a"}}
+
+
+def planner(**options: Any) -> Planner:
+    settings = Settings.resolve(options)
+    return Planner(settings, KeyLayout(settings.namespace))
+
+
+def test_get_item_plan() -> None:
+    plan = planner(ttl_config={"item": 10, "item_negative": 5}).plan(
+        "GetItem", {"TableName": "t", "Key": KEY, "ReturnConsumedCapacity": "TOTAL"}
+    )
+    assert isinstance(plan, ReadPlan)
+    (slot,) = plan.slots
+    assert slot.ttl_ms == 10_000 and slot.negative_ttl_ms == 5_000 and slot.field == ""
+    assert plan.capacity == "TOTAL" and plan.kind is ReadKind.ITEM
+    projected = planner().plan("GetItem", {"TableName": "t", "Key": KEY, "ProjectionExpression": "a"})
+    assert isinstance(projected, ReadPlan)
+    assert projected.slots[0].key == slot.key and projected.slots[0].field != ""
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"TableName": "t", "Key": KEY, "ConsistentRead": True},
+        {"TableName": "t", "Key": {"pk": "not an attribute value"}},
+        {"TableName": "t"},
+        {"Key": KEY},
+        {"TableName": "t", "Key": {"pk": {"N": "NaN"}}},
+    ],
+)
+def test_uncacheable_reads_pass_through(params: dict[str, Any]) -> None:
+    assert planner().plan("GetItem", params) is None
+
+
+def test_unknown_and_bypass_operations_have_no_plan() -> None:
+    assert planner().plan("DescribeTable", {"TableName": "t"}) is None
+    assert planner().plan("TransactGetItems", {"TransactItems": []}) is None
+
+
+def test_writes_plan_lazily() -> None:
+    plan = planner().plan("PutItem", {"TableName": "t", "Item": KEY})
+    assert isinstance(plan, WritePlan) and plan.invalidation is None
+
+
+def test_table_filters_and_policies() -> None:
+    p = planner(
+        include_tables=["orders*", "users"],
+        exclude_tables=["orders_archive"],
+        tables={
+            "orders*": TablePolicy(ttl=60, operations={"Scan": False}),
+            "orders_hot": TablePolicy(ttl_config={"item": 5}, scan_admission=3),
+        },
+    )
+    assert p.plan("GetItem", {"TableName": "other", "Key": KEY}) is None
+    assert p.plan("GetItem", {"TableName": "orders_archive", "Key": KEY}) is None
+    assert p.plan("Scan", {"TableName": "orders"}) is None
+    hot = p.plan("GetItem", {"TableName": "orders_hot", "Key": KEY})
+    assert isinstance(hot, ReadPlan) and hot.slots[0].ttl_ms == 5_000
+    assert hot.slots[0].negative_ttl_ms == 60_000  # from the less specific pattern
+    users = p.plan("Scan", {"TableName": "users"})
+    assert isinstance(users, ReadPlan) and users.slots[0].admission == 2
+
+
+def test_query_and_scan_slots() -> None:
+    p = planner(ttl_config={"query": 7, "scan": 9})
+    query = p.plan("Query", {"TableName": "t", "KeyConditionExpression": "pk = :p",
+                             "ExpressionAttributeValues": {":p": {"S": "a"}}})
+    scan = p.plan("Scan", {"TableName": "t"})
+    assert isinstance(query, ReadPlan) and isinstance(scan, ReadPlan)
+    assert query.slots[0].ttl_ms == 7_000 and query.slots[0].admission == 1
+    assert scan.slots[0].ttl_ms == 9_000 and scan.slots[0].admission == 2
+    segment0 = p.plan("Scan", {"TableName": "t", "Segment": 0, "TotalSegments": 2})
+    segment1 = p.plan("Scan", {"TableName": "t", "Segment": 1, "TotalSegments": 2})
+    assert isinstance(segment0, ReadPlan) and isinstance(segment1, ReadPlan)
+    assert segment0.slots[0].key != segment1.slots[0].key
+
+
+def test_batch_plan_and_miss_request() -> None:
+    params = {
+        "RequestItems": {
+            "a": {"Keys": [{"pk": {"S": "1"}}, {"pk": {"S": "2"}}]},
+            "b": {"Keys": [{"pk": {"S": "3"}}], "ConsistentRead": True},
+        }
+    }
+    plan = planner().plan("BatchGetItem", params)
+    assert isinstance(plan, ReadPlan)
+    assert [(s.label, s.position) for s in plan.slots] == [("a", 0), ("a", 1)]
+    assert plan.passthrough == {"b": (1, True)}
+    plan.slots[0].state = HIT
+    body = {"RequestItems": {k: dict(v) for k, v in params["RequestItems"].items()}}
+    assert shape_miss_request(plan, body)
+    assert body["RequestItems"]["a"]["Keys"] == [{"pk": {"S": "2"}}]
+    assert body["RequestItems"]["b"]["Keys"] == [{"pk": {"S": "3"}}]
+
+
+@pytest.mark.parametrize(
+    "request_items",
+    [
+        {"a": {"Keys": [{"pk": {"S": "1"}}, {"pk": {"S": "1"}}]}},  # duplicate keys
+        {"a": {"Keys": [{"pk": {"N": "1"}}, {"pk": {"N": "1.0"}}]}},  # duplicate by value
+        {"a": {"Keys": []}},
+        {"a": {"Keys": [{"pk": {"S": str(i)}} for i in range(101)]}},  # over the limit
+    ],
+)
+def test_batches_dynamodb_rejects_pass_through(request_items: dict[str, Any]) -> None:
+    assert planner().plan("BatchGetItem", {"RequestItems": request_items}) is None
+
+
+def test_strict_mode_reads_misses_consistently() -> None:
+    plan = planner(consistency="strict").plan("GetItem", {"TableName": "t", "Key": KEY})
+    assert isinstance(plan, ReadPlan)
+    body: dict[str, Any] = {"TableName": "t", "Key": KEY}
+    assert shape_miss_request(plan, body) and body["ConsistentRead"] is True
+    eventual = planner().plan("GetItem", {"TableName": "t", "Key": KEY})
+    assert isinstance(eventual, ReadPlan)
+    assert not shape_miss_request(eventual, {"TableName": "t", "Key": KEY})
+
+
+def test_write_extractors() -> None:
+    from ddbcache_hooks.policy import POLICIES
+
+    def written(op: str, params: dict[str, Any], response: Any = None) -> WriteSet:
+        extractor = POLICIES[op].writes
+        assert extractor is not None
+        return extractor(params, response)
+
+    assert written("DeleteItem", {"TableName": "arn:aws:dynamodb:r:1:table/t", "Key": KEY}).items[0].table == "t"
+    batch = {
+        "RequestItems": {
+            "t": [
+                {"PutRequest": {"Item": {"pk": {"S": "1"}, "v": {"S": "x"}}}},
+                {"DeleteRequest": {"Key": {"pk": {"N": "2.0"}}}},
+            ]
+        }
+    }
+    assert len(written("BatchWriteItem", batch).items) == 2
+    unprocessed = {"UnprocessedItems": {"t": [{"DeleteRequest": {"Key": {"pk": {"N": "2"}}}}]}}
+    remaining = written("BatchWriteItem", batch, unprocessed).items
+    assert [r.is_key for r in remaining] == [False]
+    transact = {
+        "TransactItems": [
+            {"ConditionCheck": {"TableName": "t", "Key": KEY, "ConditionExpression": "x"}},
+            {"Update": {"TableName": "t", "Key": KEY, "UpdateExpression": "SET a = :a"}},
+        ]
+    }
+    assert [(r.table, r.is_key) for r in written("TransactWriteItems", transact).items] == [("t", True)]
+    partiql = written("ExecuteStatement", {"Statement": "DELETE FROM t WHERE pk = 'a'"})
+    assert partiql.items[0].attrs == {"pk": {"S": "a"}}
+    assert not written("ExecuteStatement", {"Statement": "SELECT * FROM t"})
+    unresolved = written("ExecuteStatement", {"Statement": "DELETE FROM t WHERE pk > 'a'"})
+    assert "t" in unresolved.tables and not unresolved.items
