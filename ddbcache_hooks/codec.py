@@ -54,8 +54,10 @@ class Codec:
         self.compress_min_bytes = compress_min_bytes
         self._key = signing_key
 
-    def encode(self, payload: dict[str, Any], *, token: str, created_ms: int, context: str) -> bytes:
-        body = msgpack.packb(payload, use_bin_type=True)
+    def encode(
+        self, payload: dict[str, Any], *, token: str, created_ms: int, context: str
+    ) -> bytes:
+        body: bytes = msgpack.packb(payload, use_bin_type=True)
         flags = 0
         if len(body) >= self.compress_min_bytes:
             body = zlib.compress(body, 1)

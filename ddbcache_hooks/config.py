@@ -207,7 +207,9 @@ class TablePolicy:
                 _positive_int(f"{where}.{name}", getattr(self, name))
         _ttl_config(f"{where}.ttl_config", self.ttl_config)
         if self.query_invalidation is not None:
-            _one_of(*QUERY_INVALIDATION_MODES)(f"{where}.query_invalidation", self.query_invalidation)
+            _one_of(*QUERY_INVALIDATION_MODES)(
+                f"{where}.query_invalidation", self.query_invalidation
+            )
         for op, on in (self.operations or {}).items():
             policy = POLICIES.get(op)
             if policy is None or not policy.cacheable:
@@ -236,9 +238,7 @@ OPTIONS: tuple[Option, ...] = (
         "Primary key names per table, instead of a DescribeTable call.",
         _env_key_schema,
     ),
-    Option(
-        "include_tables", ("*",), _patterns, "Tables to cache (names or * patterns).", _env_str
-    ),
+    Option("include_tables", ("*",), _patterns, "Tables to cache (names or * patterns).", _env_str),
     Option("exclude_tables", (), _patterns, "Tables never cached (wins over include).", _env_str),
     Option("tables", None, _tables, "Per-table TablePolicy overrides, by name or pattern.", None),
     Option(
@@ -260,9 +260,7 @@ OPTIONS: tuple[Option, ...] = (
         _one_of(*QUERY_INVALIDATION_MODES),
         "'write' makes every write drop the table's Query/Scan entries.",
     ),
-    Option(
-        "query_admission", 1, _positive_int, "Identical Query misses before storing.", _env_int
-    ),
+    Option("query_admission", 1, _positive_int, "Identical Query misses before storing.", _env_int),
     Option("scan_admission", 2, _positive_int, "Identical Scan misses before storing.", _env_int),
     Option("lease_ms", 2000, _positive_int, "How long a fill lease is held at most.", _env_int),
     Option(
@@ -272,11 +270,13 @@ OPTIONS: tuple[Option, ...] = (
         "How long a miss waits for another caller's fill before reading DynamoDB itself.",
         _env_int,
     ),
+    Option("max_entry_bytes", 1 << 20, _positive_int, "Larger entries are not cached.", _env_int),
     Option(
-        "max_entry_bytes", 1 << 20, _positive_int, "Larger entries are not cached.", _env_int
-    ),
-    Option(
-        "compress_min_bytes", 16384, _positive_int, "Entries from this size are compressed.", _env_int
+        "compress_min_bytes",
+        16384,
+        _positive_int,
+        "Entries from this size are compressed.",
+        _env_int,
     ),
     Option(
         "signing_key",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -58,5 +58,5 @@ class DescribeTable:
     table: str
 
 
-Effect = Union[RedisBatch, Sleep, DescribeTable]
+Effect = RedisBatch | Sleep | DescribeTable
 Op = Generator[Effect, Any, T]

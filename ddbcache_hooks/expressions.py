@@ -96,3 +96,29 @@ def _tokenize(expression: str) -> list[tuple[str, str]] | None:
         out.append((match.lastgroup, match.group(match.lastgroup)))
         pos = match.end()
     return out
+
+
+def top_level_names(projection: str, names: Mapping[str, Any]) -> set[str] | None:
+    """Attribute names a ProjectionExpression returns whole (``a`` in ``a, b.c``).
+
+    None when the projection cannot be read.
+    """
+    tokens = _tokenize(projection)
+    if tokens is None:
+        return None
+    found: set[str] = set()
+    path: list[tuple[str, str]] = []
+    for kind, text in [*tokens, ("punct", ",")]:
+        if kind == "punct" and text == ",":
+            if len(path) == 1:
+                name_kind, name = path[0]
+                if name_kind == "name":
+                    if name not in names:
+                        return None
+                    found.add(str(names[name]))
+                elif name_kind == "word":
+                    found.add(name)
+            path = []
+        else:
+            path.append((kind, text))
+    return found

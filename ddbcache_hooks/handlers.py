@@ -58,7 +58,9 @@ class Hooks:
         self.protocol = protocol
         self._client = weakref.ref(client)
 
-    def plan_call(self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+    def plan_call(
+        self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any
+    ) -> None:
         """before-parameter-build (registered last: after boto3 made AttributeValues)."""
         plan = self.protocol.planner.plan(model.name, params)
         if isinstance(plan, ReadPlan) and _bypass.get():
@@ -120,7 +122,9 @@ class SyncHooks(Hooks):
         """after-call of a read: fill what this call leased."""
         plan = self._read_plan(context)
         if plan is not None:
-            self._run(self.protocol.store_result(plan, parsed, http_response.status_code < 300))
+            fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
+            if fills:
+                self._run(self.protocol.fill(fills))
 
     def release_leases(self, context: dict[str, Any], **_: Any) -> None:
         """after-call-error of a read: the call failed, give the leases back."""
@@ -131,7 +135,7 @@ class SyncHooks(Hooks):
     def invalidate_written_items(
         self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
     ) -> None:
-        """after-call and after-call-error of a write: drop what it touched, whatever the outcome."""
+        """after-call / after-call-error of a write: drop what it touched, whatever the outcome."""
         plan = self._write_plan(context)
         if plan is None:
             return
@@ -165,9 +169,7 @@ class SyncHooks(Hooks):
             return None
 
 
-def drive(
-    op: Op[T], transport: SyncTransport, describe: Callable[[str], TableSchema | None]
-) -> T:
+def drive(op: Op[T], transport: SyncTransport, describe: Callable[[str], TableSchema | None]) -> T:
     """Carry out a protocol step's effects, blocking."""
     try:
         effect = next(op)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import expressions
 from .config import Settings, TableSettings
 from .keys import KeyLayout, NotCanonical, canonical_key, digest, item_digest, table_name, variant
 from .policy import NOT_DATA, POLICIES, Action, OperationPolicy, ReadKind
@@ -75,6 +76,8 @@ class ReadPlan:
     #: BatchGetItem: every requested table in request order, and its keys.
     tables: list[str] = field(default_factory=list)
     request_keys: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    #: BatchGetItem: key attributes added to a table's projection for the real call.
+    added_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Set once the call was answered from the cache.
     served: bool = False
 
@@ -196,9 +199,7 @@ class Planner:
             config.max_entry_bytes,
         )
 
-    def _query_slot(
-        self, table: str, kind: ReadKind, shape: Any, config: TableSettings
-    ) -> Slot:
+    def _query_slot(self, table: str, kind: ReadKind, shape: Any, config: TableSettings) -> Slot:
         return Slot(
             table,
             self.layout.query(table, digest(shape)),
@@ -227,8 +228,10 @@ def same_key(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 def shape_miss_request(plan: ReadPlan, body: dict[str, Any]) -> bool:
     """Reshape the real request of a (partial) miss in place; True if it changed.
 
-    A BatchGetItem asks DynamoDB only for the keys the cache did not answer; in
-    strict mode every cached read misses with ``ConsistentRead=True``.
+    A BatchGetItem asks DynamoDB only for the keys the cache did not answer,
+    with the key attributes added to a projection that left them out (so items
+    can be matched to keys; they are removed again from the answer). In strict
+    mode every cached read misses with ``ConsistentRead=True``.
     """
     if plan.policy.action is not Action.BATCH_READ:
         if plan.strict and body.get("ConsistentRead") is not True:
@@ -236,16 +239,44 @@ def shape_miss_request(plan: ReadPlan, body: dict[str, Any]) -> bool:
             return True
         return False
     answered = {(s.label, s.position) for s in plan.slots if s.state == HIT}
-    if not answered and not plan.strict:
-        return False
+    leased = {s.label for s in plan.slots if s.state == LEASED}
+    changed = False
     requested = body["RequestItems"]
     for label in list(requested):
         if label in plan.passthrough:
             continue
         spec = requested[label]
-        spec["Keys"] = [k for i, k in enumerate(spec["Keys"]) if (label, i) not in answered]
-        if not spec["Keys"]:
+        keys = [k for i, k in enumerate(spec["Keys"]) if (label, i) not in answered]
+        if len(keys) != len(spec["Keys"]):
+            spec["Keys"], changed = keys, True
+        if not keys:
             del requested[label]
-        elif plan.strict:
-            spec["ConsistentRead"] = True
-    return True
+            continue
+        if plan.strict:
+            spec["ConsistentRead"], changed = True, True
+        if label in leased:
+            added = _add_key_attributes(spec, tuple(plan.request_keys[label][0]))
+            if added:
+                plan.added_keys[label], changed = added, True
+    return changed
+
+
+def _add_key_attributes(spec: dict[str, Any], names: tuple[str, ...]) -> tuple[str, ...]:
+    """Make a projection return the key attributes; the ones it had to add."""
+    if "AttributesToGet" in spec:
+        missing = tuple(n for n in names if n not in spec["AttributesToGet"])
+        spec["AttributesToGet"] = [*spec["AttributesToGet"], *missing]
+        return missing
+    projection = spec.get("ProjectionExpression")
+    if not projection:
+        return ()
+    aliases = spec.get("ExpressionAttributeNames") or {}
+    present = expressions.top_level_names(projection, aliases)
+    if present is None:
+        return ()  # unreadable projection: leave it; those keys are simply not filled
+    missing = tuple(n for n in names if n not in present)
+    if missing:
+        placeholders = {f"#ddbcache_key{i}": name for i, name in enumerate(missing)}
+        spec["ProjectionExpression"] = ", ".join([projection, *placeholders])
+        spec["ExpressionAttributeNames"] = {**aliases, **placeholders}
+    return missing

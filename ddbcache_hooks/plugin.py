@@ -77,14 +77,8 @@ class Registration:
         self._sessions: list[Any] = []
         self._active = True
         self._uid = f"ddbcache-hooks-{id(self):x}"
-        registration = self
-
-        def __init__(client: Any, *args: Any, **kwargs: Any) -> None:
-            super(mixin, client).__init__(*args, **kwargs)
-            registration.attach_client(client)
-
-        mixin = type("DynamoDBCacheHooks", (), {"__init__": __init__})
-        self._mixin = mixin
+        # Mixed into every DynamoDB client class the registered sessions create.
+        self._mixin = type("DynamoDBCacheHooks", (_ClientMixin,), {"_ddbcache": self})
 
     @property
     def settings(self) -> Settings:
@@ -161,9 +155,7 @@ class Registration:
         with _lock:
             self._active = False
             for emitter in self._sessions:
-                emitter.unregister(
-                    "creating-client-class.dynamodb", unique_id=self._uid + "-class"
-                )
+                emitter.unregister("creating-client-class.dynamodb", unique_id=self._uid + "-class")
                 _sessions.pop(emitter, None)
             self._sessions.clear()
             for client in list(self._clients):
@@ -173,6 +165,16 @@ class Registration:
                 if _attached.get(client) is self:
                     del _attached[client]
             self._clients.clear()
+
+
+class _ClientMixin:
+    """Attaches the handlers as soon as a client of a registered session exists."""
+
+    _ddbcache: Registration
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ddbcache.attach_client(self)
 
 
 def _low_level_key(key: Mapping[str, Any]) -> dict[str, Any]:
@@ -239,9 +241,7 @@ def register(
     client = connect(redis, settings)
     transport = SyncTransport(client)
     _check(transport, redis)
-    registration = Registration(
-        Protocol(settings, cluster=transport.cluster), transport, SyncHooks
-    )
+    registration = Registration(Protocol(settings, cluster=transport.cluster), transport, SyncHooks)
     with _lock:
         if kind == "session":
             registration.attach_session(resolved)
@@ -296,11 +296,17 @@ def connect(redis_target: Any, settings: Settings) -> Any:
             )
         return redis_target
     if urlsplit(redis_target).scheme not in ("redis", "rediss", "unix", "valkey", "valkeys"):
-        raise RegistrationError(f"redis= URL must start with redis:// or rediss://: {redact(redis_target)}")
+        raise RegistrationError(
+            f"redis= URL must start with redis:// or rediss://: {redact(redis_target)}"
+        )
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    url = redis_target.replace("valkey", "redis", 1) if redis_target.startswith("valkey") else redis_target
+    url = (
+        redis_target.replace("valkey", "redis", 1)
+        if redis_target.startswith("valkey")
+        else redis_target
+    )
     kwargs = {
         "socket_timeout": settings.redis_timeout_ms / 1000,
         "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000,

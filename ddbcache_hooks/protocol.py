@@ -124,7 +124,7 @@ class Protocol:
         ]
         token_keys = list(dict.fromkeys(s.token_key for s in slots))
         replies, tokens = yield from store.lookup(requests, token_keys, self.token_ttl_ms)
-        for slot, request, reply in zip(slots, requests, replies):
+        for slot, request, reply in zip(slots, requests, replies, strict=True):
             slot.token = tokens[slot.token_key][slot.token_kind]
             slot.lease = None
             if reply.corrupt:
@@ -151,7 +151,9 @@ class Protocol:
 
     def _corrupt(self, slot: Slot, reason: str) -> None:
         self.stats.incr("corrupt_entries")
-        self.limited.warning("corrupt", "dropped an unusable cache entry at %s: %s", slot.key, reason)
+        self.limited.warning(
+            "corrupt", "dropped an unusable cache entry at %s: %s", slot.key, reason
+        )
 
     def _wait_for_fill(self, slot: Slot) -> Op[None]:
         """Another caller holds the lease: poll briefly for its fill, then give up.
@@ -206,19 +208,26 @@ class Protocol:
             hits, len(plan.slots) - hits + uncached, consistent
         )
 
-    def store_result(self, plan: ReadPlan, parsed: dict[str, Any], ok: bool) -> Op[None]:
-        """After DynamoDB answered a miss: fill the leased entries, or release them.
+    def completed(
+        self, plan: ReadPlan, parsed: dict[str, Any], ok: bool
+    ) -> list[store.FillRequest]:
+        """After DynamoDB answered a miss: the fills (or lease releases) to send.
 
+        No I/O, so a BatchGetItem response is completed even when Redis is down.
         Serializes at once: the resource layer transforms ``parsed`` in place next.
         """
         if plan.policy.action is Action.BATCH_READ:
-            fills = self._batch_fills(plan, parsed) if ok else self._releases(plan.slots)
-            if ok:
-                self._merge_hits(plan, parsed)
-        elif plan.slots[0].state == LEASED:
-            fills = [self._fill(plan.slots[0], responses.entry_payload(parsed), ok)]
-        else:
-            fills = []
+            if not ok:
+                return self._releases(plan.slots)
+            fills = self._batch_fills(plan, parsed)
+            self._merge_hits(plan, parsed)
+            return fills
+        if plan.slots[0].state == LEASED:
+            return [self._fill(plan.slots[0], responses.entry_payload(parsed), ok)]
+        return []
+
+    def fill(self, fills: Sequence[store.FillRequest]) -> Op[None]:
+        """Store entries whose lease is intact: one round trip."""
         if not fills:
             return
         outcomes = yield from store.fill(fills)
@@ -253,15 +262,21 @@ class Protocol:
     def _batch_fills(self, plan: ReadPlan, parsed: Mapping[str, Any]) -> list[store.FillRequest]:
         """Match the real BatchGetItem's items to the missed keys; absent keys fill negative.
 
-        Keys DynamoDB left unprocessed, and tables whose projection dropped the
-        key attributes (items cannot be matched to keys), are never cached as absent.
+        Keys DynamoDB left unprocessed are never cached as absent. Key attributes
+        the request's projection did not ask for (added so that items can be
+        matched to keys) are removed from the items again here.
         """
         leased = [s for s in plan.slots if s.state == LEASED]
+        answered = parsed.get("Responses", {})
         unprocessed = parsed.get("UnprocessedKeys") or {}
         fills = []
-        for label in dict.fromkeys(s.label for s in leased):
+        for label in dict.fromkeys(s.label for s in plan.slots):
             keys = plan.request_keys[label]
-            found = _index_items(parsed.get("Responses", {}).get(label, []), tuple(keys[0]))
+            items = answered.get(label, [])
+            found = _index_items(items, tuple(keys[0]))
+            for item in items:
+                for name in plan.added_keys.get(label, ()):
+                    item.pop(name, None)
             skipped = {_identity(k) for k in unprocessed.get(label, {}).get("Keys", [])}
             for slot in (s for s in leased if s.label == label):
                 identity = _identity(keys[slot.position])
@@ -275,9 +290,7 @@ class Protocol:
 
     def release(self, plan: ReadPlan) -> Op[None]:
         """The call failed: give leases back so that waiting callers need not time out."""
-        fills = self._releases(plan.slots)
-        if fills:
-            yield from store.fill(fills)
+        yield from self.fill(self._releases(plan.slots))
 
     # --- writes --------------------------------------------------------------------
 
@@ -313,7 +326,7 @@ class Protocol:
         for table, reason in written.tables.items():
             self._whole_table(result, table, reason)
         for ref in written.items:
-            key: Mapping[str, Any] | None = ref.attrs
+            key = ref.attrs
             if not ref.is_key:
                 if offline:
                     schema = self._schemas.get(ref.table)
@@ -322,10 +335,11 @@ class Protocol:
                 if schema is None:
                     self._whole_table(result, ref.table, "its key schema is unknown")
                     continue
-                key = schema.project(ref.attrs)
-                if key is None:
+                projected = schema.project(ref.attrs)
+                if projected is None:
                     self._whole_table(result, ref.table, "a write did not name a whole key")
                     continue
+                key = projected
             try:
                 item_key = self.planner.item_key(ref.table, key)
             except NotCanonical:
@@ -341,7 +355,9 @@ class Protocol:
     def _whole_table(self, result: Invalidation, table: str, reason: str) -> None:
         if table == "*":
             self.limited.warning(
-                "partiql", "cannot tell which table a write changed; nothing invalidated: %s", reason
+                "partiql",
+                "cannot tell which table a write changed; nothing invalidated: %s",
+                reason,
             )
             return
         self.limited.warning(

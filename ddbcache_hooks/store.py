@@ -251,7 +251,7 @@ def lookup(
     ]
     tokens = {
         key: (_text(reply[0]), _text(reply[1]))
-        for key, reply in zip(token_keys, replies[len(requests) :])
+        for key, reply in zip(token_keys, replies[len(requests) :], strict=True)
     }
     return entries, tokens
 
@@ -328,7 +328,9 @@ def _queue(pipe: Any, call: Call) -> None:
     # NEVER_DECODE: entries are binary even when the caller's client was made
     # with decode_responses=True (redis-py's own DUMP command uses the same).
     if call.script is not None:
-        pipe.execute_command("EVALSHA", call.script.sha, call.numkeys, *call.args, **{NEVER_DECODE: []})
+        pipe.execute_command(
+            "EVALSHA", call.script.sha, call.numkeys, *call.args, **{NEVER_DECODE: []}
+        )
     else:
         pipe.execute_command(*call.args, **{NEVER_DECODE: []})
 
@@ -357,7 +359,7 @@ class SyncTransport:
             for script in {calls[i].script for i in missing if calls[i].script}:
                 assert script is not None
                 self.client.script_load(script.source)
-            for i, reply in zip(missing, self._pipeline([calls[i] for i in missing])):
+            for i, reply in zip(missing, self._pipeline([calls[i] for i in missing]), strict=True):
                 replies[i] = reply
         _first_error(replies)
         return replies
@@ -405,7 +407,9 @@ class AsyncTransport:
             for script in {calls[i].script for i in missing if calls[i].script}:
                 assert script is not None
                 await self.client.script_load(script.source)
-            for i, reply in zip(missing, await self._pipeline([calls[i] for i in missing])):
+            for i, reply in zip(
+                missing, await self._pipeline([calls[i] for i in missing]), strict=True
+            ):
                 replies[i] = reply
         _first_error(replies)
         return replies

@@ -182,9 +182,7 @@ def test_unprocessed_batch_items_are_not_invalidated(
 
     client.meta.events.register_first("after-call.dynamodb.BatchWriteItem", leave_b_unprocessed)
     client.batch_write_item(
-        RequestItems={
-            "items": [{"DeleteRequest": {"Key": KEY}}, {"DeleteRequest": {"Key": other}}]
-        }
+        RequestItems={"items": [{"DeleteRequest": {"Key": KEY}}, {"DeleteRequest": {"Key": other}}]}
     )
     assert "CacheMetadata" not in get(client)
     assert "CacheMetadata" in client.get_item(TableName="items", Key=other)
@@ -301,7 +299,9 @@ def test_numbers_are_keys_by_value(client: Any, calls: CallCounter) -> None:
         assert response["Item"]["v"] == {"S": "x"}
     assert calls["GetItem"] == 1
     client.delete_item(TableName="pairs", Key={"pk": {"S": "a"}, "sk": {"N": "1.00"}})
-    assert "Item" not in client.get_item(TableName="pairs", Key={"pk": {"S": "a"}, "sk": {"N": "1"}})
+    assert "Item" not in client.get_item(
+        TableName="pairs", Key={"pk": {"S": "a"}, "sk": {"N": "1"}}
+    )
 
 
 def test_table_arn_shares_entries_with_name(client: Any, calls: CallCounter) -> None:

@@ -80,7 +80,9 @@ def test_batched_writes_are_one_round_trip(counted: tuple[Any, Any]) -> None:
     c, counter = counted
     items = [{"PutRequest": {"Item": {"pk": {"S": str(i)}}}} for i in range(25)]
     assert rounds(counter, lambda: c.batch_write_item(RequestItems={"items": items})) == 1
-    transaction = [{"Delete": {"TableName": "items", "Key": {"pk": {"S": str(i)}}}} for i in range(10)]
+    transaction = [
+        {"Delete": {"TableName": "items", "Key": {"pk": {"S": str(i)}}}} for i in range(10)
+    ]
     assert rounds(counter, lambda: c.transact_write_items(TransactItems=transaction)) == 1
 
 

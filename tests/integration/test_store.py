@@ -29,14 +29,19 @@ def run(transport: SyncTransport, op: Op[Any]) -> Any:
 
 def lookup(transport: SyncTransport, key: str, lease: str, **kw: Any) -> store.LookupReply:
     replies, _ = run(
-        transport, store.lookup([LookupRequest(key, "v", lease, kw.pop("lease_ms", 5000), **kw)], [], 1000)
+        transport,
+        store.lookup([LookupRequest(key, "v", lease, kw.pop("lease_ms", 5000), **kw)], [], 1000),
     )
     reply: store.LookupReply = replies[0]
     return reply
 
 
-def fill(transport: SyncTransport, key: str, lease: str, entry: bytes, ttl_ms: int = 60_000) -> tuple[int, int]:
-    result: tuple[int, int] = run(transport, store.fill([FillRequest(key, "v", lease, entry, ttl_ms)]))[0]
+def fill(
+    transport: SyncTransport, key: str, lease: str, entry: bytes, ttl_ms: int = 60_000
+) -> tuple[int, int]:
+    result: tuple[int, int] = run(
+        transport, store.fill([FillRequest(key, "v", lease, entry, ttl_ms)])
+    )[0]
     return result
 
 
@@ -49,7 +54,9 @@ def test_miss_lease_fill_hit(transport: SyncTransport, key: str) -> None:
     assert hit.status == store.HIT and hit.entry == b"\x00\xffentry"
 
 
-def test_write_between_lookup_and_fill_discards_the_fill(transport: SyncTransport, key: str) -> None:
+def test_write_between_lookup_and_fill_discards_the_fill(
+    transport: SyncTransport, key: str
+) -> None:
     assert lookup(transport, key, "L1").status == store.LEASED
     run(transport, store.invalidate([key], settle_ms=0, cluster=transport.cluster))
     assert fill(transport, key, "L1", b"old")[0] == store.FILL_LOST
@@ -65,10 +72,12 @@ def test_settle_window_caps_the_ttl(transport: SyncTransport, key: str) -> None:
     assert lookup(transport, key, "L2").status == store.LEASED
 
 
-def test_expired_variant_is_a_miss_even_if_the_key_lives(transport: SyncTransport, key: str) -> None:
+def test_expired_variant_is_a_miss_even_if_the_key_lives(
+    transport: SyncTransport, key: str
+) -> None:
     lookup(transport, key, "L1")
     fill(transport, key, "L1", b"short", ttl_ms=100)
-    replies, _ = run(transport, store.lookup([LookupRequest(key, "w", "Lw", 5000)], [], 1000))
+    run(transport, store.lookup([LookupRequest(key, "w", "Lw", 5000)], [], 1000))
     run(transport, store.fill([FillRequest(key, "w", "Lw", b"long", 60_000)]))
     time.sleep(0.15)
     assert lookup(transport, key, "L2").status == store.LEASED
@@ -132,14 +141,21 @@ def test_table_tokens_are_created_and_replaced(transport: SyncTransport, namespa
     assert both[0] != first[0] and both[1] != queries_only[1]
 
 
-def test_every_key_written_has_a_ttl(transport: SyncTransport, namespace: str, backend: Any) -> None:
+def test_every_key_written_has_a_ttl(
+    transport: SyncTransport, namespace: str, backend: Any
+) -> None:
     keys = [f"{namespace}:i:{{item{i}}}:t" for i in range(5)]
     for i, k in enumerate(keys):
         lookup(transport, k, f"L{i}", admission=3, admission_window_ms=10_000)
         lookup(transport, k, f"L{i}", admission=3, admission_window_ms=10_000)
         lookup(transport, k, f"L{i}", admission=3, admission_window_ms=10_000)
         fill(transport, k, f"L{i}", b"e")
-    run(transport, store.invalidate(keys[:2], 1000, [(f"{namespace}:t:{{t}}", True)], 60_000, transport.cluster))
+    run(
+        transport,
+        store.invalidate(
+            keys[:2], 1000, [(f"{namespace}:t:{{t}}", True)], 60_000, transport.cluster
+        ),
+    )
     raw = backend.client()
     for k in [*keys, f"{namespace}:t:{{t}}"]:
         assert raw.pttl(k) > 0, k

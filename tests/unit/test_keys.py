@@ -44,8 +44,12 @@ def test_item_digest_ignores_attribute_order_and_number_spelling() -> None:
 
 
 def test_binary_keys_compare_by_bytes() -> None:
-    assert keys.item_digest("t", {"pk": {"B": b"abc"}}) == keys.item_digest("t", {"pk": {"B": "abc"}})
-    assert keys.item_digest("t", {"pk": {"B": b"abc"}}) != keys.item_digest("t", {"pk": {"S": "abc"}})
+    assert keys.item_digest("t", {"pk": {"B": b"abc"}}) == keys.item_digest(
+        "t", {"pk": {"B": "abc"}}
+    )
+    assert keys.item_digest("t", {"pk": {"B": b"abc"}}) != keys.item_digest(
+        "t", {"pk": {"S": "abc"}}
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,7 +119,10 @@ QUERY = {
 
 def test_variant_ignores_only_the_deny_list() -> None:
     base = keys.variant(QUERY, ["ReturnConsumedCapacity"])
-    assert keys.variant({**QUERY, "ReturnConsumedCapacity": "TOTAL"}, ["ReturnConsumedCapacity"]) == base
+    assert (
+        keys.variant({**QUERY, "ReturnConsumedCapacity": "TOTAL"}, ["ReturnConsumedCapacity"])
+        == base
+    )
     for changed in (
         {"Limit": 1},
         {"ScanIndexForward": False},

@@ -28,7 +28,9 @@ def test_get_item_plan() -> None:
     (slot,) = plan.slots
     assert slot.ttl_ms == 10_000 and slot.negative_ttl_ms == 5_000 and slot.field == ""
     assert plan.capacity == "TOTAL" and plan.kind is ReadKind.ITEM
-    projected = planner().plan("GetItem", {"TableName": "t", "Key": KEY, "ProjectionExpression": "a"})
+    projected = planner().plan(
+        "GetItem", {"TableName": "t", "Key": KEY, "ProjectionExpression": "a"}
+    )
     assert isinstance(projected, ReadPlan)
     assert projected.slots[0].key == slot.key and projected.slots[0].field != ""
 
@@ -78,8 +80,14 @@ def test_table_filters_and_policies() -> None:
 
 def test_query_and_scan_slots() -> None:
     p = planner(ttl_config={"query": 7, "scan": 9})
-    query = p.plan("Query", {"TableName": "t", "KeyConditionExpression": "pk = :p",
-                             "ExpressionAttributeValues": {":p": {"S": "a"}}})
+    query = p.plan(
+        "Query",
+        {
+            "TableName": "t",
+            "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": {":p": {"S": "a"}},
+        },
+    )
     scan = p.plan("Scan", {"TableName": "t"})
     assert isinstance(query, ReadPlan) and isinstance(scan, ReadPlan)
     assert query.slots[0].ttl_ms == 7_000 and query.slots[0].admission == 1
@@ -139,7 +147,12 @@ def test_write_extractors() -> None:
         assert extractor is not None
         return extractor(params, response)
 
-    assert written("DeleteItem", {"TableName": "arn:aws:dynamodb:r:1:table/t", "Key": KEY}).items[0].table == "t"
+    assert (
+        written("DeleteItem", {"TableName": "arn:aws:dynamodb:r:1:table/t", "Key": KEY})
+        .items[0]
+        .table
+        == "t"
+    )
     batch = {
         "RequestItems": {
             "t": [
@@ -158,7 +171,9 @@ def test_write_extractors() -> None:
             {"Update": {"TableName": "t", "Key": KEY, "UpdateExpression": "SET a = :a"}},
         ]
     }
-    assert [(r.table, r.is_key) for r in written("TransactWriteItems", transact).items] == [("t", True)]
+    assert [(r.table, r.is_key) for r in written("TransactWriteItems", transact).items] == [
+        ("t", True)
+    ]
     partiql = written("ExecuteStatement", {"Statement": "DELETE FROM t WHERE pk = 'a'"})
     assert partiql.items[0].attrs == {"pk": {"S": "a"}}
     assert not written("ExecuteStatement", {"Statement": "SELECT * FROM t"})

@@ -37,7 +37,7 @@ def test_identity_parameters_exist_in_the_input_shape(operation: str) -> None:
 
 
 def test_reads_and_writes() -> None:
-    assert CACHED_OPERATIONS == {"GetItem", "BatchGetItem", "Query", "Scan"}
+    assert {"GetItem", "BatchGetItem", "Query", "Scan"} == CACHED_OPERATIONS
     assert POLICIES["Scan"].read_kind is ReadKind.SCAN and POLICIES["Scan"].admission == 2
     assert POLICIES["Query"].admission == 1
     assert POLICIES["TransactGetItems"].action is Action.BYPASS
