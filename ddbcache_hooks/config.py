@@ -168,6 +168,15 @@ def _env_key_schema(text: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _env_json(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -240,7 +249,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("include_tables", ("*",), _patterns, "Tables to cache (names or * patterns).", _env_str),
     Option("exclude_tables", (), _patterns, "Tables never cached (wins over include).", _env_str),
-    Option("tables", None, _tables, "Per-table TablePolicy overrides, by name or pattern.", None),
+    Option(
+        "tables",
+        None,
+        _tables,
+        "Per-table TablePolicy overrides, by name or pattern (JSON in the variable).",
+        _env_json,
+    ),
     Option(
         "consistency",
         "eventual",
@@ -502,3 +517,17 @@ def option_names() -> Sequence[str]:
 
 
 __all__ = ["OPTIONS", "Option", "Settings", "TablePolicy", "TableSettings"]
+
+
+def options_table() -> str:
+    """The option reference as a Markdown table (docs/configuration.md embeds it)."""
+    lines = [
+        "| option | variable | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for option in OPTIONS:
+        default = option.default
+        shown = "—" if default in (None, ()) else f"`{default!r}`"
+        variable = f"`{option.env}`" if option.from_env is not None else "— (code only)"
+        lines.append(f"| `{option.name}` | {variable} | {shown} | {option.doc} |")
+    return "\n".join(lines)

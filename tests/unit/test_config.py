@@ -73,3 +73,15 @@ def test_table_policy_validation() -> None:
 def test_describe_masks_secrets() -> None:
     shown = Settings.resolve({"signing_key": "0123456789abcdef"}).describe()
     assert shown["signing_key"] == "****"
+
+
+def test_configuration_doc_lists_every_option() -> None:
+    from pathlib import Path
+
+    from ddbcache_hooks.config import options_table
+
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    assert options_table() in doc, (
+        "docs/configuration.md is stale: replace its table with the output of\n"
+        'python -c "from ddbcache_hooks.config import options_table; print(options_table())"'
+    )

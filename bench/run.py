@@ -1,0 +1,159 @@
+"""Benchmarks of ddbcache-hooks: ``python bench/run.py [--only NAME ...] [--quick]``.
+
+Everything runs in one process against moto (in-process DynamoDB) and one
+real Redis server started for the run. Results are medians, p99 and ratios
+measured in the same run; see docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import boto3
+import redis
+from moto import mock_aws
+
+import ddbcache_hooks
+from bench.harness import Series, machine, measure, table
+from ddbcache_hooks._redis_server import RedisServer
+
+
+@dataclass
+class Env:
+    server: RedisServer
+    rounds: int
+    per_round: int
+
+    def redis(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(port=self.server.port, **kwargs)
+
+    def session(self) -> boto3.Session:
+        return boto3.Session(region_name="us-east-1")
+
+    def register(self, session: Any, **options: Any) -> ddbcache_hooks.Registration:
+        return ddbcache_hooks.register(
+            session, self.redis(), namespace="bench-" + uuid.uuid4().hex[:8], **options
+        )
+
+
+def make_table(client: Any, name: str, items: int = 0, size: int = 100) -> None:
+    client.create_table(
+        TableName=name,
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "N"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for i in range(items):
+        client.put_item(
+            TableName=name,
+            Item={"pk": {"S": f"k{i}"}, "sk": {"N": "0"}, "data": {"S": "x" * size}},
+        )
+
+
+def key(i: int) -> dict[str, Any]:
+    return {"pk": {"S": f"k{i}"}, "sk": {"N": "0"}}
+
+
+def rows_for(series: dict[str, Series], baseline: str) -> list[tuple[str, ...]]:
+    base = series[baseline].median_us
+    return [
+        (s.name, f"{s.median_us:9.1f}", f"{s.p99_us:9.1f}", f"{s.median_us / base:6.2f}x")
+        for s in series.values()
+    ]
+
+
+HEADERS = ("case", "median µs", "p99 µs", "ratio")
+
+
+def bench_batch(env: Env) -> dict[str, float]:
+    """100-key BatchGetItem, all hits, against 100 sequential cached GetItem calls."""
+    session = env.session()
+    registration = env.register(session)
+    client = session.client("dynamodb")
+    make_table(client, "batch", items=100)
+    keys = [key(i) for i in range(100)]
+    request = {"batch": {"Keys": keys}}
+    client.batch_get_item(RequestItems=request)
+    for k in keys:
+        client.get_item(TableName="batch", Key=k)
+
+    def sequential() -> None:
+        for k in keys:
+            client.get_item(TableName="batch", Key=k)
+
+    half = {"batch": {"Keys": keys}}
+
+    def half_hits() -> None:
+        for k in keys[::2]:
+            registration.invalidate("batch", k)
+        client.batch_get_item(RequestItems=half)
+
+    series = measure(
+        {
+            "100 sequential GetItem hits (reference strategy)": sequential,
+            "BatchGetItem 100 keys, all hits": lambda: client.batch_get_item(RequestItems=request),
+            "BatchGetItem 100 keys, half hits (incl. 50 invalidations)": half_hits,
+        },
+        rounds=max(3, env.rounds // 4),
+        per_round=max(3, env.per_round // 10),
+        warmup=3,
+    )
+    registration.unregister()
+    print(table(rows_for(series, "100 sequential GetItem hits (reference strategy)"), HEADERS))
+    seq = series["100 sequential GetItem hits (reference strategy)"].median_us
+    batch = series["BatchGetItem 100 keys, all hits"].median_us
+    return {"batch all-hit vs 100 sequential hits": batch / seq}
+
+
+BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
+    "batch": bench_batch,
+}
+
+
+@contextlib.contextmanager
+def environment(rounds: int, per_round: int) -> Iterator[Env]:
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "bench"),
+        ("AWS_SECRET_ACCESS_KEY", "bench"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ.setdefault(name, value)
+    with RedisServer() as server, mock_aws():
+        yield Env(server, rounds, per_round)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), default=None)
+    parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
+    args = parser.parse_args(argv)
+    rounds, per_round = (4, 20) if args.quick else (20, 100)
+    print(f"machine: {machine()}")
+    summary: dict[str, float] = {}
+    with environment(rounds, per_round) as env:
+        print(f"redis: {env.server.binary} on :{env.server.port}; DynamoDB: moto (in-process)")
+        for name in args.only or list(BENCHMARKS):
+            print(f"\n== {name}: {BENCHMARKS[name].__doc__}")
+            summary.update(BENCHMARKS[name](env))
+    print("\n== summary (ratios measured in this run)")
+    print(table([(k, f"{v:.3f}") for k, v in summary.items()], ("ratio", "value")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
