@@ -223,3 +223,34 @@ def client(session: boto3.Session, cache: ddbcache_hooks.Registration) -> Any:
 @pytest.fixture
 def calls(client: Any) -> CallCounter:
     return CallCounter().attach(client)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto over real HTTP, for several threads or processes sharing one DynamoDB."""
+    from moto.server import ThreadedMotoServer
+
+    from ddbcache_hooks._redis_server import free_port
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def moto_url(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The shared moto server, emptied, with credentials for it in the environment."""
+    import urllib.request
+
+    urllib.request.urlopen(
+        urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")
+    ).close()
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    return moto_server

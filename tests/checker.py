@@ -1,0 +1,235 @@
+"""A randomized staleness checker for the consistency guarantee (docs/consistency.md).
+
+Worker processes run threads that call GetItem, BatchGetItem, PutItem,
+UpdateItem, DeleteItem and PartiQL writes on a few hot keys through
+registered boto3 clients (moto over HTTP, a real Redis). Handlers registered
+*before* the library's inject random delays between DynamoDB's answer and the
+fill (reads) or the invalidation (writes), and make some writes fail after
+DynamoDB applied them. Every operation is recorded with its invocation and
+completion time (``time.monotonic_ns``, one clock for all processes on Linux).
+
+:func:`find_stale` then checks the guarantee: no read that began after a
+write completed returns a value older than that write.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+TABLE = "hot"
+DELETED = None  # the value a read of an absent item returns
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: str  # "read" or "write"
+    key: str
+    value: str | None  # written / read value; None for a delete / an absent item
+    invoked: int
+    completed: int
+    source: str  # operation name, for reports
+
+
+@dataclass(frozen=True)
+class Config:
+    moto_url: str
+    redis_url: str
+    namespace: str
+    keys: tuple[str, ...]
+    seconds: float
+    threads: int
+    seed: int
+    naive: bool = False
+    fail_rate: float = 0.05
+    max_delay_ms: float = 15.0
+
+
+#: A fill that ignores leases: what the checker must catch.
+NAIVE_FILL_SOURCE = """
+local key, f = KEYS[1], ARGV[1]
+if ARGV[3] == '' then return {2, 0} end
+local now = now_ms()
+redis.call('HSET', key, 'e:'..f, ARGV[3], 'x:'..f, now + tonumber(ARGV[4]))
+keep_until(key, now + tonumber(ARGV[4]), now)
+return {1, tonumber(ARGV[4])}
+"""
+
+
+def run_worker(config: Config, worker: int) -> list[Record]:
+    """One process of the workload (module-level, so it can be spawned)."""
+    import boto3
+    from botocore.exceptions import ClientError, ReadTimeoutError
+
+    import ddbcache_hooks
+    from ddbcache_hooks import store
+
+    if config.naive:
+        store.FILL_IF_LEASED = store._script("naive_fill", NAIVE_FILL_SOURCE)
+    rng = random.Random(config.seed * 1000 + worker)
+    rng_lock = threading.Lock()
+
+    def chance(p: float) -> bool:
+        with rng_lock:
+            return rng.random() < p
+
+    def delay(**_: Any) -> None:
+        with rng_lock:
+            pause = rng.random() * config.max_delay_ms / 1000
+        time.sleep(pause)
+
+    def maybe_fail(**_: Any) -> None:
+        if chance(config.fail_rate):
+            raise ReadTimeoutError(endpoint_url=config.moto_url)  # applied, answer lost
+
+    session = boto3.Session(region_name="us-east-1")
+    writes = ("PutItem", "UpdateItem", "DeleteItem", "ExecuteStatement")
+    for op in ("GetItem", "BatchGetItem", *writes):
+        session.events.register(f"after-call.dynamodb.{op}", delay)
+    for op in writes:
+        session.events.register_first(f"needs-retry.dynamodb.{op}", maybe_fail)
+    ddbcache_hooks.register(
+        session,
+        config.redis_url,
+        namespace=config.namespace,
+        key_schema={TABLE: "pk"},
+        redis_timeout_ms=2000,
+        lease_wait_ms=100,
+    )
+    records: list[Record] = []
+    records_lock = threading.Lock()
+    deadline = time.monotonic() + config.seconds
+
+    def thread_main(index: int) -> None:
+        client = session.client("dynamodb", endpoint_url=config.moto_url)
+        local_rng = random.Random(config.seed * 1_000_000 + worker * 1000 + index)
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            key = local_rng.choice(config.keys)
+            value = f"{worker}-{index}-{n}"
+            roll = local_rng.random()
+            out: list[Record] = []
+            started = time.monotonic_ns()
+            try:
+                if roll < 0.35:
+                    response = client.get_item(TableName=TABLE, Key={"pk": {"S": key}})
+                    out.append(_read(key, response.get("Item"), started, "GetItem"))
+                elif roll < 0.50:
+                    keys = local_rng.sample(config.keys, k=min(2, len(config.keys)))
+                    response = client.batch_get_item(
+                        RequestItems={TABLE: {"Keys": [{"pk": {"S": k}} for k in keys]}}
+                    )
+                    if response.get("UnprocessedKeys"):
+                        continue
+                    found = {i["pk"]["S"]: i for i in response["Responses"].get(TABLE, [])}
+                    out.extend(_read(k, found.get(k), started, "BatchGetItem") for k in keys)
+                elif roll < 0.65:
+                    op = "PutItem"
+                    client.put_item(TableName=TABLE, Item={"pk": {"S": key}, "v": {"S": value}})
+                    out.append(_write(key, value, started, op))
+                elif roll < 0.80:
+                    op = "UpdateItem"
+                    client.update_item(
+                        TableName=TABLE,
+                        Key={"pk": {"S": key}},
+                        UpdateExpression="SET v = :v",
+                        ExpressionAttributeValues={":v": {"S": value}},
+                    )
+                    out.append(_write(key, value, started, op))
+                elif roll < 0.88:
+                    op = "DeleteItem"
+                    client.delete_item(TableName=TABLE, Key={"pk": {"S": key}})
+                    out.append(_write(key, DELETED, started, op))
+                elif roll < 0.96:
+                    op = "ExecuteStatement UPDATE"
+                    client.execute_statement(
+                        Statement=f'UPDATE "{TABLE}" SET v = ? WHERE pk = ?',
+                        Parameters=[{"S": value}, {"S": key}],
+                    )
+                    out.append(_write(key, value, started, op))
+                else:
+                    op = "ExecuteStatement DELETE"
+                    client.execute_statement(Statement=f"DELETE FROM {TABLE} WHERE pk = '{key}'")
+                    out.append(_write(key, DELETED, started, op))
+            except ReadTimeoutError:
+                # Injected after DynamoDB applied the write: it happened, and it ended now.
+                if roll >= 0.50:
+                    applied = DELETED if op.endswith(("DeleteItem", "DELETE")) else value
+                    out.append(_write(key, applied, started, op))
+            except ClientError:
+                continue  # rejected by DynamoDB: nothing was written
+            with records_lock:
+                records.extend(out)
+
+    threads = [threading.Thread(target=thread_main, args=(i,)) for i in range(config.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return records
+
+
+def _read(key: str, item: dict[str, Any] | None, started: int, source: str) -> Record:
+    value = item["v"]["S"] if item and "v" in item else DELETED
+    return Record("read", key, value, started, time.monotonic_ns(), source)
+
+
+def _write(key: str, value: str | None, started: int, source: str) -> Record:
+    return Record("write", key, value, started, time.monotonic_ns(), source)
+
+
+@dataclass(frozen=True)
+class Stale:
+    read: Record
+    newer: Record  # a write that completed before the read began, after the read's source
+
+
+def find_stale(records: Iterable[Record], initial: dict[str, str]) -> list[Stale]:
+    """Reads that returned a value some completed write had already replaced.
+
+    A write S "is older than" W when S completed before W was invoked; writes
+    that overlap are unordered. A read R returning S's value is stale when some
+    W newer than S completed before R was invoked. An absent item may come from
+    any delete: the read is stale only if every delete it could come from is.
+    """
+    writes: dict[str, list[Record]] = defaultdict(list)
+    reads: list[Record] = []
+    for record in records:
+        (writes[record.key] if record.kind == "write" else reads).append(record)
+    for key, value in initial.items():
+        writes[key].append(Record("write", key, value, 0, 0, "initial"))
+    stale = []
+    for read in reads:
+        candidates = [w for w in writes[read.key] if w.value == read.value]
+        if not candidates:
+            raise AssertionError(f"read of a value nobody wrote: {read}")
+        newer_by_candidate = [_superseded_by(c, writes[read.key], read) for c in candidates]
+        if all(newer is not None for newer in newer_by_candidate):
+            newer = newer_by_candidate[0]
+            assert newer is not None
+            stale.append(Stale(read, newer))
+    return stale
+
+
+def _superseded_by(source: Record, writes: list[Record], read: Record) -> Record | None:
+    for write in writes:
+        if (
+            write is not source
+            and source.completed < write.invoked
+            and write.completed < read.invoked
+        ):
+            return write
+    return None
+
+
+def workload_size() -> tuple[float, int, int]:
+    """(seconds, processes, threads): moderate by default, larger with DDBCACHE_CHECKER_SCALE."""
+    scale = float(os.environ.get("DDBCACHE_CHECKER_SCALE", "1"))
+    return 3.0 * scale, max(2, int(2 * scale**0.5)), 4

@@ -1,0 +1,180 @@
+"""The consistency guarantee under concurrency, threads and processes (docs/consistency.md)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import threading
+import time
+import uuid
+from typing import Any
+
+import boto3
+
+import ddbcache_hooks
+from ddbcache_hooks._redis_server import RedisServer
+from tests import checker
+from tests.conftest import CallCounter, make_table
+
+
+def run_checker(
+    moto_url: str, redis_url: str, *, naive: bool, seed: int
+) -> tuple[int, int, list[checker.Stale]]:
+    """Run the randomized workload; (reads, writes, stale reads)."""
+    seconds, processes, threads = checker.workload_size()
+    keys = ("k1", "k2", "k3")
+    admin = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
+    if checker.TABLE not in admin.list_tables()["TableNames"]:
+        make_table(admin, checker.TABLE)
+    initial = {}
+    for key in keys:
+        initial[key] = f"init-{seed}-{key}"
+        admin.put_item(TableName=checker.TABLE, Item={"pk": {"S": key}, "v": {"S": initial[key]}})
+    config = checker.Config(
+        moto_url, redis_url, "chk" + uuid.uuid4().hex[:8], keys, seconds, threads, seed, naive
+    )
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        parts = list(pool.map(checker.run_worker, [config] * processes, range(processes)))
+    records = [r for part in parts for r in part]
+    stale = checker.find_stale(records, initial)
+    reads = sum(r.kind == "read" for r in records)
+    return reads, len(records) - reads, stale
+
+
+def test_no_stale_reads_with_leases(moto_url: str, redis_server: RedisServer) -> None:
+    total_reads = total_writes = 0
+    for seed in (1, 2):
+        reads, writes, stale = run_checker(moto_url, redis_server.url, naive=False, seed=seed)
+        total_reads, total_writes = total_reads + reads, total_writes + writes
+        assert not stale, f"{len(stale)} stale reads, e.g. {stale[:3]}"
+    print(f"checked {total_reads} reads against {total_writes} writes: 0 stale")
+    assert total_reads > 200 and total_writes > 100
+
+
+def test_the_checker_catches_fills_without_leases(moto_url: str, redis_server: RedisServer) -> None:
+    reads, writes, stale = run_checker(moto_url, redis_server.url, naive=True, seed=3)
+    print(f"naive fills: {len(stale)} stale of {reads} reads ({writes} writes)")
+    assert stale, "the checker did not catch the naive configuration"
+
+
+def test_find_stale_logic() -> None:
+    R = checker.Record
+    initial = {"k": "v0"}
+    writes = [R("write", "k", "v1", 10, 20, "put"), R("write", "k", None, 30, 40, "delete")]
+    ok = [
+        R("read", "k", "v0", 5, 50, "get"),
+        R("read", "k", "v1", 35, 60, "get"),
+        R("read", "k", None, 45, 60, "get"),
+    ]
+    bad = [R("read", "k", "v0", 25, 30, "get"), R("read", "k", "v1", 45, 50, "get")]
+    assert checker.find_stale(writes + ok, initial) == []
+    found = checker.find_stale(writes + bad, initial)
+    assert [s.read for s in found] == bad
+
+
+def test_stampede_of_threads_costs_one_read(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> None:
+    session.events.register("after-call.dynamodb.GetItem", lambda **_: time.sleep(0.3))
+    registration = ddbcache_hooks.register(
+        session, redis_server.url, namespace=namespace, lease_wait_ms=3000
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "items")
+        c.put_item(TableName="items", Item={"pk": {"S": "hot"}})
+        calls = CallCounter().attach(c)
+        barrier = threading.Barrier(32)
+        results: list[dict[str, Any]] = []
+
+        def read() -> None:
+            barrier.wait()
+            results.append(c.get_item(TableName="items", Key={"pk": {"S": "hot"}}))
+
+        threads = [threading.Thread(target=read) for _ in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert calls["GetItem"] == 1
+        assert len(results) == 32 and all(r["Item"] == {"pk": {"S": "hot"}} for r in results)
+        assert registration.stats()["lease_waits"] == 31
+    finally:
+        registration.unregister()
+
+
+def _stampede_process(moto_url: str, redis_url: str, namespace: str, start_at: float) -> int:
+    session = boto3.Session(region_name="us-east-1")
+    session.events.register("after-call.dynamodb.GetItem", lambda **_: time.sleep(0.3))
+    ddbcache_hooks.register(session, redis_url, namespace=namespace, lease_wait_ms=5000)
+    client = session.client("dynamodb", endpoint_url=moto_url)
+    calls = CallCounter().attach(client)
+    barrier = threading.Barrier(8)
+
+    def read() -> None:
+        barrier.wait()
+        while time.time() < start_at:
+            time.sleep(0.001)
+        client.get_item(TableName="items", Key={"pk": {"S": "hot"}})
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return calls["GetItem"]
+
+
+def test_stampede_across_processes_costs_one_read(
+    moto_url: str, redis_server: RedisServer, namespace: str
+) -> None:
+    admin = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
+    make_table(admin, "items")
+    admin.put_item(TableName="items", Item={"pk": {"S": "hot"}})
+    context = multiprocessing.get_context("spawn")
+    start_at = time.time() + 4  # after every process imported and registered
+    with concurrent.futures.ProcessPoolExecutor(4, mp_context=context) as pool:
+        counts = list(
+            pool.map(
+                _stampede_process,
+                *zip(*[(moto_url, redis_server.url, namespace, start_at)] * 4, strict=True),
+            )
+        )
+    assert sum(counts) == 1, counts
+
+
+def test_waiters_give_up_and_read_without_filling(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> None:
+    """A filler that never fills costs the others lease_wait_ms, then a plain read."""
+    registration = ddbcache_hooks.register(
+        session, redis_server.url, namespace=namespace, lease_wait_ms=50, lease_ms=10_000
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "items")
+        c.put_item(TableName="items", Item={"pk": {"S": "k"}})
+        stuck = threading.Event()
+        release = threading.Event()
+
+        def hang(**_: Any) -> None:
+            if not stuck.is_set():
+                stuck.set()
+                release.wait(10)
+
+        c.meta.events.register_first("after-call.dynamodb.GetItem", hang)
+        first = threading.Thread(
+            target=lambda: c.get_item(TableName="items", Key={"pk": {"S": "k"}})
+        )
+        first.start()
+        stuck.wait(5)
+        started = time.monotonic()
+        second = c.get_item(TableName="items", Key={"pk": {"S": "k"}})
+        assert 0.05 <= time.monotonic() - started < 2
+        assert second["Item"] == {"pk": {"S": "k"}} and "CacheMetadata" not in second
+        assert registration.stats()["lease_wait_timeouts"] == 1
+        release.set()
+        first.join()
+    finally:
+        registration.unregister()

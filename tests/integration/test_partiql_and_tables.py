@@ -1,0 +1,244 @@
+"""PartiQL writes, table-wide invalidation, query invalidation, settle window, strict mode."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import boto3
+import pytest
+
+import ddbcache_hooks
+from ddbcache_hooks import TablePolicy
+from tests.conftest import CallCounter, make_table
+
+
+@pytest.fixture
+def c(session: boto3.Session, cache: ddbcache_hooks.Registration) -> Any:
+    client = session.client("dynamodb")
+    make_table(client, "single")
+    make_table(client, "my-table")
+    make_table(client, "pairs", ("pk", "S"), ("sk", "S"))
+    for table in ("single", "my-table"):
+        for pk in ("a", "b"):
+            client.put_item(TableName=table, Item={"pk": {"S": pk}, "v": {"S": "old"}})
+    for pk in ("a", "b"):
+        client.put_item(
+            TableName="pairs", Item={"pk": {"S": pk}, "sk": {"S": "1"}, "v": {"S": "old"}}
+        )
+    return client
+
+
+def cached_value(client: Any, table: str, key: dict[str, Any]) -> tuple[bool, Any]:
+    """(was it a hit, the item's v) after warming the entry."""
+    response = client.get_item(TableName=table, Key=key)
+    item = response.get("Item")
+    return "CacheMetadata" in response, item.get("v", {}).get("S") if item else None
+
+
+def warm(client: Any, table: str, key: dict[str, Any]) -> None:
+    client.get_item(TableName=table, Key=key)
+    assert cached_value(client, table, key)[0]
+
+
+A = {"pk": {"S": "a"}}
+B = {"pk": {"S": "b"}}
+PAIR = {"pk": {"S": "a"}, "sk": {"S": "1"}}
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "statement", "parameters", "expected"),
+    [
+        ("single", A, "UPDATE single SET v = 'new' WHERE pk = 'a'", None, "new"),
+        ("my-table", A, "UPDATE \"my-table\" SET v = 'new' WHERE pk = 'a'", None, "new"),
+        ("single", A, 'UPDATE "single" SET v = ? WHERE pk = ?', [{"S": "new"}, {"S": "a"}], "new"),
+        (
+            "pairs",
+            PAIR,
+            "UPDATE pairs SET v = ? WHERE pk = ? AND sk = ?",
+            [{"S": "new"}, {"S": "a"}, {"S": "1"}],
+            "new",
+        ),
+        ("pairs", PAIR, "UPDATE pairs SET v = 'new' WHERE sk = '1' AND pk = 'a'", None, "new"),
+        ("single", A, "DELETE FROM single WHERE pk = 'a'", None, None),
+        ("my-table", A, "DELETE FROM \"my-table\" WHERE pk = 'a'", None, None),
+        (
+            "single",
+            {"pk": {"S": "c"}},
+            "INSERT INTO single VALUE {'pk': 'c', 'v': 'new'}",
+            None,
+            "new",
+        ),
+        (
+            "my-table",
+            {"pk": {"S": "c"}},
+            "INSERT INTO \"my-table\" VALUE {'pk': 'c', 'v': 'new'}",
+            None,
+            "new",
+        ),
+    ],
+)
+def test_partiql_statement_invalidates_its_item(
+    c: Any, table: str, key: dict[str, Any], statement: str, parameters: Any, expected: Any
+) -> None:
+    other = {"pk": {"S": "b"}, "sk": {"S": "1"}} if table == "pairs" else B
+    warm(c, table, key)
+    warm(c, table, other)
+    c.execute_statement(Statement=statement, **({"Parameters": parameters} if parameters else {}))
+    assert cached_value(c, table, key) == (False, expected)
+    assert cached_value(c, table, other) == (True, "old")  # other items keep their entries
+
+
+def test_batch_execute_statement_and_transaction(c: Any) -> None:
+    warm(c, "single", A)
+    warm(c, "my-table", A)
+    c.batch_execute_statement(
+        Statements=[
+            {"Statement": "UPDATE single SET v = 'batch' WHERE pk = 'a'"},
+            {"Statement": "SELECT * FROM single WHERE pk = 'b'"},
+        ]
+    )
+    assert cached_value(c, "single", A) == (False, "batch")
+    c.execute_transaction(
+        TransactStatements=[{"Statement": "UPDATE \"my-table\" SET v = 'tx' WHERE pk = 'a'"}]
+    )
+    assert cached_value(c, "my-table", A) == (False, "tx")
+
+
+def test_unresolvable_statement_invalidates_the_whole_table(
+    c: Any, cache: ddbcache_hooks.Registration, caplog: pytest.LogCaptureFixture
+) -> None:
+    warm(c, "pairs", PAIR)
+    warm(c, "single", A)
+    with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
+        # No sort key in the WHERE: it does not pin one item of "pairs".
+        c.execute_statement(Statement="UPDATE pairs SET v = 'all' WHERE pk = 'a'")
+    assert "invalidating every entry of table pairs" in caplog.text
+    assert cached_value(c, "pairs", PAIR) == (False, "all")
+    assert cached_value(c, "single", A) == (True, "old")  # other tables untouched
+    assert cache.stats()["table_invalidations"] == 1
+
+
+def test_select_statements_pass_through_and_invalidate_nothing(
+    c: Any, cache: ddbcache_hooks.Registration
+) -> None:
+    warm(c, "single", A)
+    before = cache.stats()["invalidations"]
+    for _ in range(2):
+        out = c.execute_statement(Statement="SELECT * FROM single WHERE pk = 'a'")
+        assert "CacheMetadata" not in out
+    assert cache.stats()["invalidations"] == before
+    assert cached_value(c, "single", A) == (True, "old")
+
+
+def test_invalidate_table_drops_items_queries_and_scans(
+    c: Any, cache: ddbcache_hooks.Registration
+) -> None:
+    query = {
+        "TableName": "single",
+        "KeyConditionExpression": "pk = :p",
+        "ExpressionAttributeValues": {":p": {"S": "a"}},
+    }
+    warm(c, "single", A)
+    c.query(**query)
+    for _ in range(2):
+        c.scan(TableName="single")
+    assert "CacheMetadata" in c.query(**query) and "CacheMetadata" in c.scan(TableName="single")
+    warm(c, "my-table", A)
+    assert cache.invalidate_table("single") is True
+    assert not cached_value(c, "single", A)[0]
+    assert "CacheMetadata" not in c.query(**query)
+    assert "CacheMetadata" not in c.scan(TableName="single")
+    assert cached_value(c, "my-table", A)[0]
+
+
+@pytest.fixture
+def write_invalidated(session: boto3.Session, backend: Any, namespace: str) -> Any:
+    registration = ddbcache_hooks.register(
+        session,
+        backend.client(),
+        namespace=namespace,
+        tables={"live": TablePolicy(query_invalidation="write")},
+    )
+    client = session.client("dynamodb")
+    make_table(client, "live")
+    make_table(client, "other")
+    yield client
+    registration.unregister()
+
+
+def test_query_invalidation_write_mode(write_invalidated: Any) -> None:
+    c = write_invalidated
+    for table in ("live", "other"):
+        q = {
+            "TableName": table,
+            "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": {":p": {"S": "a"}},
+        }
+        assert c.query(**q)["Count"] == 0
+        assert "CacheMetadata" in c.query(**q)
+        c.put_item(TableName=table, Item={"pk": {"S": "a"}, "v": {"S": "new"}})
+        after = c.query(**q)
+        if table == "live":
+            assert "CacheMetadata" not in after and after["Items"][0]["v"] == {"S": "new"}
+        else:
+            assert "CacheMetadata" in after and after["Count"] == 0  # TTL-bounded (default)
+
+
+def test_query_invalidation_write_keeps_item_entries(write_invalidated: Any) -> None:
+    c = write_invalidated
+    c.put_item(TableName="live", Item={"pk": {"S": "x"}})
+    c.put_item(TableName="live", Item={"pk": {"S": "y"}})
+    warm(c, "live", {"pk": {"S": "x"}})
+    c.put_item(TableName="live", Item={"pk": {"S": "y"}, "v": {"S": "2"}})
+    assert "CacheMetadata" in c.get_item(TableName="live", Key={"pk": {"S": "x"}})
+
+
+def test_settle_window_bounds_fills_after_a_write(
+    session: boto3.Session, backend: Any, namespace: str
+) -> None:
+    registration = ddbcache_hooks.register(
+        session, backend.client(), namespace=namespace, settle_ms=400
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "t")
+        c.put_item(TableName="t", Item=A)  # opens a 400 ms window for A
+        c.get_item(TableName="t", Key=A)  # filled with at most the rest of the window
+        assert "CacheMetadata" in c.get_item(TableName="t", Key=A)
+        time.sleep(0.45)
+        assert "CacheMetadata" not in c.get_item(TableName="t", Key=A)  # expired with the window
+        assert "CacheMetadata" in c.get_item(TableName="t", Key=A)  # now with the full TTL
+        time.sleep(0.45)
+        assert "CacheMetadata" in c.get_item(TableName="t", Key=A)
+    finally:
+        registration.unregister()
+
+
+def test_strict_mode_reads_misses_consistently(
+    session: boto3.Session, backend: Any, namespace: str
+) -> None:
+    registration = ddbcache_hooks.register(
+        session, backend.client(), namespace=namespace, consistency="strict"
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "t")
+        c.put_item(TableName="t", Item=A)
+        calls = CallCounter().attach(c)
+        c.get_item(TableName="t", Key=A)
+        c.query(
+            TableName="t",
+            KeyConditionExpression="pk = :p",
+            ExpressionAttributeValues={":p": {"S": "a"}},
+        )
+        c.batch_get_item(RequestItems={"t": {"Keys": [B]}})
+        sent = [json.loads(body) for _, body in calls.bodies]
+        assert sent[0]["ConsistentRead"] is True and sent[1]["ConsistentRead"] is True
+        assert sent[2]["RequestItems"]["t"]["ConsistentRead"] is True
+        hit = c.get_item(TableName="t", Key=A)
+        assert "CacheMetadata" in hit and len(calls.bodies) == 3  # hits cost nothing more
+    finally:
+        registration.unregister()
