@@ -382,14 +382,12 @@ class Protocol:
         """Deliver what outages left undelivered, before anything is served."""
         if not self.backlog:
             return
-        pending = self.backlog.take()
-        try:
-            yield from self.deliver(pending)
-        except BaseException:
-            self.backlog.add(pending)
-            raise
-        self.stats.incr("backlog_replayed", len(pending.items) + len(pending.tables))
-        log.info("replayed %d undelivered invalidations", len(pending.items) + len(pending.tables))
+        pending, upto = self.backlog.snapshot()
+        yield from self.deliver(pending)
+        self.backlog.discard(pending, upto)
+        count = len(pending.items) + len(pending.tables)
+        self.stats.incr("backlog_replayed", count)
+        log.warning("replayed %d invalidations that an outage had held back", count)
 
     # --- schemas -------------------------------------------------------------------
 

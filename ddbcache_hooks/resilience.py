@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .stats import Stats
@@ -49,7 +49,8 @@ class CircuitBreaker:
         with self._lock:
             if self._state == OPEN and self._clock() - self._opened_at >= self.cooldown:
                 self._state = HALF_OPEN
-                log.info("Redis circuit breaker half-open: probing")
+                self._stats.incr("breaker_half_opened")
+                log.info("Redis circuit breaker half-open: probing with one call")
                 return True
             return False
 
@@ -58,6 +59,7 @@ class CircuitBreaker:
             return
         with self._lock:
             if self._state != CLOSED:
+                self._stats.incr("breaker_closed")
                 log.warning("Redis circuit breaker closed: Redis answers again")
             self._state = CLOSED
             self._failures = 0
@@ -101,45 +103,67 @@ class Invalidation:
 class Backlog:
     """Invalidations that could not be delivered, replayed when Redis answers again.
 
-    Bounded: past ``limit`` item keys, the oldest items are folded into a
-    replacement of their table's tokens, which drops every entry of the table.
+    Entries stay until a delivery that included them succeeded, so a reader
+    never finds the backlog empty while a replay is still on its way (it
+    replays too: invalidations are idempotent). Each entry carries the sequence
+    number of its last addition, so one re-added during a replay survives it.
+    Bounded: past ``limit`` items, the oldest are folded into a replacement of
+    their table's tokens, which drops every entry of the table.
     """
 
     def __init__(self, limit: int, stats: Stats) -> None:
         self.limit = limit
         self._stats = stats
         self._lock = threading.Lock()
-        self._pending = Invalidation()
+        self._seq = 0
+        #: item hash key -> (table token key, sequence number)
+        self._items: dict[str, tuple[str, int]] = {}
+        #: table token key -> (drop item entries too, sequence number)
+        self._tables: dict[str, tuple[bool, int]] = {}
 
     def __bool__(self) -> bool:
-        return bool(self._pending)
+        return bool(self._items or self._tables)
 
     def __len__(self) -> int:
-        return len(self._pending.items) + len(self._pending.tables)
+        return len(self._items) + len(self._tables)
 
     def add(self, invalidation: Invalidation) -> None:
         with self._lock:
-            self._pending.merge(invalidation)
-            overflow = len(self._pending.items) - self.limit
-            if overflow > 0:
-                dropped, self._pending.items = (
-                    self._pending.items[:overflow],
-                    self._pending.items[overflow:],
-                )
-                for token_key, _ in dropped:
-                    self._pending.tables[token_key] = True
-                self._stats.incr("backlog_overflows")
-                log.warning(
-                    "invalidation backlog full (%d items): %d tables will be flushed on recovery",
-                    self.limit,
-                    len(self._pending.tables),
-                )
+            self._seq += 1
+            for token_key, item_key in invalidation.items:
+                self._items.pop(item_key, None)  # re-adding moves it to the newest end
+                self._items[item_key] = (token_key, self._seq)
+            for token_key, items in invalidation.tables.items():
+                held = self._tables.get(token_key, (False, 0))[0]
+                self._tables[token_key] = (held or items, self._seq)
+            overflow = len(self._items) - self.limit
+            if overflow <= 0:
+                return
+            for item_key in list(self._items)[:overflow]:
+                token_key, _ = self._items.pop(item_key)
+                self._tables[token_key] = (True, self._seq)
+        self._stats.incr("backlog_overflows")
+        log.warning(
+            "invalidation backlog full (%d items): %d tables will be flushed on recovery",
+            self.limit,
+            len(self._tables),
+        )
 
-    def take(self) -> Invalidation:
-        """Everything pending; on failure to deliver it, :meth:`add` it back."""
+    def snapshot(self) -> tuple[Invalidation, int]:
+        """Everything pending, and the sequence number it covers (for :meth:`discard`)."""
         with self._lock:
-            pending, self._pending = self._pending, Invalidation()
-        return pending
+            pending = Invalidation(
+                items=[(token_key, key) for key, (token_key, _) in self._items.items()],
+                tables={key: items for key, (items, _) in self._tables.items()},
+            )
+            return pending, self._seq
 
-    def tables(self) -> Iterable[str]:
-        return list(self._pending.tables)
+    def discard(self, delivered: Invalidation, upto: int) -> None:
+        """Forget what a successful delivery of a snapshot covered."""
+        with self._lock:
+            for _, item_key in delivered.items:
+                if item_key in self._items and self._items[item_key][1] <= upto:
+                    del self._items[item_key]
+            for token_key in delivered.tables:
+                if token_key in self._tables and self._tables[token_key][1] <= upto:
+                    del self._tables[token_key]

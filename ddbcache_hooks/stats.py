@@ -27,6 +27,8 @@ COUNTERS = (
     "lease_waits",
     "lease_wait_timeouts",
     "breaker_opened",
+    "breaker_half_opened",
+    "breaker_closed",
     "backlog_replayed",
     "backlog_overflows",
 )

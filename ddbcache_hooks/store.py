@@ -324,15 +324,21 @@ def group_by_slot(keys: Sequence[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-def _queue(pipe: Any, call: Call) -> None:
-    # NEVER_DECODE: entries are binary even when the caller's client was made
-    # with decode_responses=True (redis-py's own DUMP command uses the same).
+def _queue(pipe: Any, call: Call, cluster: Any = None) -> None:
+    """Add one call to a pipeline.
+
+    NEVER_DECODE: entries are binary even when the caller's client was made
+    with ``decode_responses=True`` (redis-py's own DUMP command does the same).
+    On a cluster, the target node is named: otherwise redis-py asks the server
+    (COMMAND GETKEYS) where each EVALSHA goes, one extra round trip per script.
+    """
+    options: dict[str, Any] = {NEVER_DECODE: []}
+    if cluster is not None:
+        options["target_nodes"] = cluster.get_node_from_key(call.first_key)
     if call.script is not None:
-        pipe.execute_command(
-            "EVALSHA", call.script.sha, call.numkeys, *call.args, **{NEVER_DECODE: []}
-        )
+        pipe.execute_command("EVALSHA", call.script.sha, call.numkeys, *call.args, **options)
     else:
-        pipe.execute_command(*call.args, **{NEVER_DECODE: []})
+        pipe.execute_command(*call.args, **options)
 
 
 def _first_error(replies: Sequence[Any]) -> None:
@@ -366,8 +372,9 @@ class SyncTransport:
 
     def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
+        cluster = self.client if self.cluster else None
         for call in calls:
-            _queue(pipe, call)
+            _queue(pipe, call, cluster)
         return list(pipe.execute(raise_on_error=False))
 
     def scan_delete(self, pattern: str, batch: int = 500) -> int:
@@ -416,6 +423,7 @@ class AsyncTransport:
 
     async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
+        cluster = self.client if self.cluster else None
         for call in calls:
-            _queue(pipe, call)
+            _queue(pipe, call, cluster)
         return list(await pipe.execute(raise_on_error=False))

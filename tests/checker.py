@@ -35,6 +35,10 @@ class Record:
     invoked: int
     completed: int
     source: str  # operation name, for reports
+    #: False for a write that may not have changed anything: a PartiQL UPDATE of an
+    #: item that a concurrent delete removed does nothing (DynamoDB rejects it, moto
+    #: ignores it). It can be the source of a read, but never proves a read stale.
+    certain: bool = True
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,7 @@ def run_worker(config: Config, worker: int) -> list[Record]:
                         Statement=f'UPDATE "{TABLE}" SET v = ? WHERE pk = ?',
                         Parameters=[{"S": value}, {"S": key}],
                     )
-                    out.append(_write(key, value, started, op))
+                    out.append(_write(key, value, started, op, certain=False))
                 else:
                     op = "ExecuteStatement DELETE"
                     client.execute_statement(Statement=f"DELETE FROM {TABLE} WHERE pk = '{key}'")
@@ -162,7 +166,9 @@ def run_worker(config: Config, worker: int) -> list[Record]:
                 # Injected after DynamoDB applied the write: it happened, and it ended now.
                 if roll >= 0.50:
                     applied = DELETED if op.endswith(("DeleteItem", "DELETE")) else value
-                    out.append(_write(key, applied, started, op))
+                    out.append(
+                        _write(key, applied, started, op, certain=op != "ExecuteStatement UPDATE")
+                    )
             except ClientError:
                 continue  # rejected by DynamoDB: nothing was written
             with records_lock:
@@ -181,8 +187,8 @@ def _read(key: str, item: dict[str, Any] | None, started: int, source: str) -> R
     return Record("read", key, value, started, time.monotonic_ns(), source)
 
 
-def _write(key: str, value: str | None, started: int, source: str) -> Record:
-    return Record("write", key, value, started, time.monotonic_ns(), source)
+def _write(key: str, value: str | None, started: int, source: str, certain: bool = True) -> Record:
+    return Record("write", key, value, started, time.monotonic_ns(), source, certain)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import boto3
+import pytest
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
@@ -53,9 +54,17 @@ def test_no_stale_reads_with_leases(moto_url: str, redis_server: RedisServer) ->
 
 
 def test_the_checker_catches_fills_without_leases(moto_url: str, redis_server: RedisServer) -> None:
-    reads, writes, stale = run_checker(moto_url, redis_server.url, naive=True, seed=3)
-    print(f"naive fills: {len(stale)} stale of {reads} reads ({writes} writes)")
-    assert stale, "the checker did not catch the naive configuration"
+    """The same checker, pointed at fills that ignore leases, must find stale reads.
+
+    Timing decides how many; every run so far found some, and up to three runs
+    are allowed so that a quiet run cannot make the check itself flaky.
+    """
+    for seed in (3, 4, 5):
+        reads, writes, stale = run_checker(moto_url, redis_server.url, naive=True, seed=seed)
+        print(f"naive fills: {len(stale)} stale of {reads} reads ({writes} writes)")
+        if stale:
+            return
+    pytest.fail("the checker did not catch the naive configuration")
 
 
 def test_find_stale_logic() -> None:

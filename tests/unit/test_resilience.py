@@ -1,0 +1,87 @@
+"""Circuit breaker and invalidation backlog."""
+
+from __future__ import annotations
+
+from ddbcache_hooks.resilience import CLOSED, HALF_OPEN, OPEN, Backlog, CircuitBreaker, Invalidation
+from ddbcache_hooks.stats import Stats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_threshold_and_probes_after_cooldown() -> None:
+    clock, stats = Clock(), Stats()
+    breaker = CircuitBreaker(3, 5.0, stats, clock)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.failure()
+    assert breaker.state == CLOSED
+    breaker.failure()
+    assert breaker.state == OPEN and not breaker.allow()
+    clock.now = 4.9
+    assert not breaker.allow()
+    clock.now = 5.0
+    assert breaker.allow() and breaker.state == HALF_OPEN  # the one probe
+    assert not breaker.allow()  # nobody else while it runs
+    breaker.failure()
+    assert breaker.state == OPEN and not breaker.allow()
+    clock.now = 10.0
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == CLOSED and breaker.allow()
+    counts = stats.snapshot()
+    assert (counts["breaker_opened"], counts["breaker_half_opened"], counts["breaker_closed"]) == (
+        2,
+        2,
+        1,
+    )
+
+
+def test_success_resets_the_failure_count() -> None:
+    breaker = CircuitBreaker(2, 1.0, Stats(), Clock())
+    breaker.failure()
+    breaker.success()
+    breaker.failure()
+    assert breaker.state == CLOSED
+
+
+def inv(*items: str, tables: dict[str, bool] | None = None) -> Invalidation:
+    return Invalidation(items=[("tok", key) for key in items], tables=tables or {})
+
+
+def test_backlog_keeps_entries_until_delivered() -> None:
+    backlog = Backlog(100, Stats())
+    backlog.add(inv("a", "b"))
+    pending, upto = backlog.snapshot()
+    assert {key for _, key in pending.items} == {"a", "b"}
+    backlog.add(inv("a", "c"))  # "a" written again while the replay is on its way
+    backlog.discard(pending, upto)
+    remaining, _ = backlog.snapshot()
+    assert {key for _, key in remaining.items} == {"a", "c"}
+
+
+def test_backlog_overflow_folds_items_into_table_tokens() -> None:
+    stats = Stats()
+    backlog = Backlog(3, stats)
+    backlog.add(Invalidation(items=[("t1", "a"), ("t1", "b"), ("t2", "c")]))
+    backlog.add(Invalidation(items=[("t2", "d"), ("t2", "e")]))
+    pending, _ = backlog.snapshot()
+    assert [key for _, key in pending.items] == ["c", "d", "e"]
+    assert pending.tables == {"t1": True}
+    assert stats.snapshot()["backlog_overflows"] == 1
+
+
+def test_backlog_table_entries_merge() -> None:
+    backlog = Backlog(10, Stats())
+    backlog.add(inv(tables={"t": False}))
+    backlog.add(inv(tables={"t": True}))
+    backlog.add(inv(tables={"t": False}))
+    pending, upto = backlog.snapshot()
+    assert pending.tables == {"t": True}
+    backlog.discard(pending, upto)
+    assert not backlog
