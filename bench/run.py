@@ -120,8 +120,98 @@ def bench_batch(env: Env) -> dict[str, float]:
     return {"batch all-hit vs 100 sequential hits": batch / seq}
 
 
+def bench_outage(env: Env) -> dict[str, float]:
+    """What a GetItem pays while Redis is down: breaker closed vs open, against no cache."""
+    import signal
+
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    results: dict[str, Series] = {}
+    with RedisServer() as down:
+        # Two registrations on the same doomed server: one whose breaker never opens.
+        clients = {}
+        for label, threshold in (("breaker closed", 10**9), ("breaker open", 1)):
+            session = env.session()
+            ddbcache_hooks.register(
+                session,
+                redis.Redis(
+                    port=down.port,
+                    socket_timeout=0.05,
+                    socket_connect_timeout=0.05,
+                    retry=Retry(NoBackoff(), 0),
+                ),
+                namespace="bench-" + uuid.uuid4().hex[:8],
+                breaker_threshold=threshold,
+                breaker_cooldown_ms=3_600_000,
+            )
+            clients[label] = session.client("dynamodb")
+        plain = env.session().client("dynamodb")
+        make_table(plain, "outage", items=1)
+        k = key(0)
+
+        def call(client: Any) -> Callable[[], object]:
+            return lambda: client.get_item(TableName="outage", Key=k)
+
+        assert down.pid is not None
+        os.kill(down.pid, signal.SIGSTOP)  # unresponsive: connected, no answers (time-outs)
+        try:
+            for label in clients:
+                call(clients[label])()  # opens the second breaker
+            paused = measure(
+                {
+                    "no cache (moto GetItem)": call(plain),
+                    "Redis unresponsive, breaker closed (50 ms time-out)": call(
+                        clients["breaker closed"]
+                    ),
+                    "Redis unresponsive, breaker open": call(clients["breaker open"]),
+                },
+                rounds=3,
+                per_round=5,
+                warmup=1,
+            )
+        finally:
+            os.kill(down.pid, signal.SIGCONT)
+        down.kill()  # gone: connections refused at once
+        refused = measure(
+            {
+                "no cache (moto GetItem) ": call(plain),
+                "Redis refusing, breaker closed": call(clients["breaker closed"]),
+                "Redis refusing, breaker open": call(clients["breaker open"]),
+            },
+            rounds=max(3, env.rounds // 2),
+            per_round=max(5, env.per_round // 5),
+            warmup=5,
+        )
+    results.update(paused)
+    print(table(rows_for(paused, "no cache (moto GetItem)"), HEADERS))
+    print()
+    print(table(rows_for(refused, "no cache (moto GetItem) "), HEADERS))
+    base, base2 = (
+        paused["no cache (moto GetItem)"].median_us,
+        refused["no cache (moto GetItem) "].median_us,
+    )
+    return {
+        "Redis unresponsive, breaker closed / uncached": paused[
+            "Redis unresponsive, breaker closed (50 ms time-out)"
+        ].median_us
+        / base,
+        "Redis unresponsive, breaker open / uncached": paused[
+            "Redis unresponsive, breaker open"
+        ].median_us
+        / base,
+        "Redis refusing, breaker closed / uncached": refused[
+            "Redis refusing, breaker closed"
+        ].median_us
+        / base2,
+        "Redis refusing, breaker open / uncached": refused["Redis refusing, breaker open"].median_us
+        / base2,
+    }
+
+
 BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
     "batch": bench_batch,
+    "outage": bench_outage,
 }
 
 
@@ -143,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     args = parser.parse_args(argv)
     rounds, per_round = (4, 20) if args.quick else (20, 100)
+    import logging
+
+    logging.getLogger("ddbcache_hooks").setLevel(logging.ERROR)  # outages are on purpose here
     print(f"machine: {machine()}")
     summary: dict[str, float] = {}
     with environment(rounds, per_round) as env:

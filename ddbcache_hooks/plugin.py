@@ -294,6 +294,7 @@ def connect(redis_target: Any, settings: Settings) -> Any:
             raise RegistrationError(
                 f"redis= must be a redis client or URL, got {type(redis_target).__name__}"
             )
+        _warn_without_timeout(redis_target)
         return redis_target
     if urlsplit(redis_target).scheme not in ("redis", "rediss", "unix", "valkey", "valkeys"):
         raise RegistrationError(
@@ -315,6 +316,8 @@ def connect(redis_target: Any, settings: Settings) -> Any:
     plain = redis_lib.Redis.from_url(url, **kwargs)
     try:
         cluster = plain.info("cluster").get("cluster_enabled") in (1, "1")
+    except redis_lib.exceptions.NoPermissionError:
+        cluster = False  # an ACL user without INFO: pass a RedisCluster client for cluster mode
     except RedisError as exc:
         raise CacheConnectionError(f"Could not connect to Redis at {redact(url)}: {exc}") from exc
     if not cluster:
@@ -323,6 +326,25 @@ def connect(redis_target: Any, settings: Settings) -> Any:
     from redis.cluster import RedisCluster
 
     return RedisCluster.from_url(url, **kwargs)
+
+
+def _warn_without_timeout(client: Any) -> None:
+    """A client without a socket time-out lets a hung Redis hold every DynamoDB call."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if kwargs is None:  # a cluster client
+        kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return
+    timeout = kwargs.get("socket_timeout")
+    if timeout is None or timeout > 1:
+        log.warning(
+            "the Redis client's socket_timeout is %s: a hung Redis server would stall "
+            "DynamoDB calls that long until the circuit breaker opens. Create it with "
+            "socket_timeout=0.05, socket_connect_timeout=0.1 and retry=Retry(NoBackoff(), 0) "
+            "(see docs/operations.md), or pass a redis:// URL.",
+            "unset" if timeout is None else f"{timeout} s",
+        )
 
 
 def _check(transport: SyncTransport, target: Any) -> None:
