@@ -4,13 +4,33 @@
     ddbcache_hooks.register(boto3.Session(), redis="redis://localhost:6379")
 
 See README.md and docs/ for the guarantees and every option.
+
+The public names are imported on first use, so that importing the package
+(which the start-up hook does when DDBCACHE_ENABLED is set) stays cheap.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .config import TablePolicy
-from .errors import CacheConnectionError, ConfigurationError, RegistrationError
-from .handlers import disabled
-from .plugin import Registration, register
+
+if TYPE_CHECKING:
+    from .config import TablePolicy
+    from .errors import CacheConnectionError, ConfigurationError, RegistrationError
+    from .handlers import disabled
+    from .plugin import Registration, register
+
+_PUBLIC = {
+    "CacheConnectionError": ".errors",
+    "ConfigurationError": ".errors",
+    "RegistrationError": ".errors",
+    "Registration": ".plugin",
+    "TablePolicy": ".config",
+    "disabled": ".handlers",
+    "register": ".plugin",
+}
 
 __all__ = [
     "CacheConnectionError",
@@ -22,3 +42,16 @@ __all__ = [
     "disabled",
     "register",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ddbcache_hooks' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

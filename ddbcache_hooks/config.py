@@ -335,6 +335,13 @@ OPTIONS: tuple[Option, ...] = (
         "Undelivered invalidations remembered while Redis is down.",
         _env_int,
     ),
+    Option(
+        "metrics_flush_s",
+        0,
+        _non_negative_int,
+        "Write this process's counters to Redis every N seconds for `ddbcache stats` (0: off).",
+        _env_int,
+    ),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -380,6 +387,7 @@ class Settings:
     breaker_threshold: int = 5
     breaker_cooldown_ms: int = 5000
     backlog_size: int = 10000
+    metrics_flush_s: int = 0
     _table_cache: dict[str, TableSettings | None] = field(
         default_factory=dict, repr=False, compare=False
     )

@@ -63,7 +63,7 @@ def run(operations: int = 2000, items: int = 200, seed: int = 7, out: TextIO = s
         print("the demo needs moto: pip install 'ddbcache-hooks[demo]'", file=sys.stderr)
         return 2
 
-    from . import register
+    from .plugin import register
 
     for name, value in (
         ("AWS_ACCESS_KEY_ID", "demo"),

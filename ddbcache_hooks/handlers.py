@@ -65,10 +65,13 @@ class Hooks:
         plan = self.protocol.planner.plan(model.name, params)
         if isinstance(plan, ReadPlan) and _bypass.get():
             plan = None
+            log.debug("%s bypasses the cache: inside ddbcache_hooks.disabled()", model.name)
         if plan is None:
             if model.name in CACHED_OPERATIONS:
                 self.protocol.stats.incr("bypasses")
-                log.debug("%s bypasses the cache", model.name)
+                log.debug(
+                    "%s bypasses the cache (consistent, excluded or not cacheable)", model.name
+                )
             return
         context[PLAN] = plan
 

@@ -69,7 +69,16 @@ _lock = threading.RLock()
 class Registration:
     """The handle ``register()`` returns."""
 
-    def __init__(self, protocol: Protocol, transport: Any, hooks_factory: Callable[..., Any]):
+    def __init__(
+        self,
+        protocol: Protocol,
+        transport: Any,
+        hooks_factory: Callable[..., Any],
+        *,
+        from_environment: bool = False,
+    ):
+        #: Made by environment activation; a registration made in code takes over its clients.
+        self.from_environment = from_environment
         self._protocol = protocol
         self._transport = transport
         self._hooks_factory = hooks_factory
@@ -77,8 +86,19 @@ class Registration:
         self._sessions: list[Any] = []
         self._active = True
         self._uid = f"ddbcache-hooks-{id(self):x}"
+        self._flusher: Any = None
         # Mixed into every DynamoDB client class the registered sessions create.
         self._mixin = type("DynamoDBCacheHooks", (_ClientMixin,), {"_ddbcache": self})
+
+    def _start_metrics(self, client: Any) -> None:
+        from . import metrics
+
+        settings = self._protocol.settings
+        if settings.metrics_flush_s:
+            self._flusher = metrics.Flusher(
+                self.stats, client, settings.namespace, settings.metrics_flush_s
+            )
+        metrics.export_opentelemetry(self.stats, lambda: self._active, settings.namespace)
 
     @property
     def settings(self) -> Settings:
@@ -137,10 +157,19 @@ class Registration:
             base_classes.insert(0, self._mixin)
 
     def attach_client(self, client: Any) -> None:
-        """Attach the handlers to one DynamoDB client (no-op if any registration has it)."""
+        """Attach the handlers to one DynamoDB client.
+
+        A no-op if a registration has it already, except that a registration
+        made in code takes a client over from environment activation.
+        """
         with _lock:
-            if not self._active or client in _attached:
+            owner = _attached.get(client)
+            if not self._active or owner is self:
                 return
+            if owner is not None:
+                if self.from_environment or not owner.from_environment:
+                    return
+                owner._detach(client)
             _attached[client] = self
         hooks = self._hooks_factory(self._protocol, client, self._transport)
         events = client.meta.events
@@ -154,17 +183,26 @@ class Registration:
         """Remove every handler this registration added (sessions and clients)."""
         with _lock:
             self._active = False
+            if self._flusher is not None:
+                self._flusher.stop()
             for emitter in self._sessions:
                 emitter.unregister("creating-client-class.dynamodb", unique_id=self._uid + "-class")
                 _sessions.pop(emitter, None)
             self._sessions.clear()
             for client in list(self._clients):
-                events = client.meta.events
-                for event, method, _ in handler_rows():
-                    events.unregister(event, unique_id=f"{self._uid}-{event}-{method}")
-                if _attached.get(client) is self:
-                    del _attached[client]
-            self._clients.clear()
+                self._detach(client)
+            if self.from_environment:
+                from . import _autoload
+
+                _autoload.unpatch()
+
+    def _detach(self, client: Any) -> None:
+        events = client.meta.events
+        for event, method, _ in handler_rows():
+            events.unregister(event, unique_id=f"{self._uid}-{event}-{method}")
+        self._clients.pop(client, None)
+        if _attached.get(client) is self:
+            del _attached[client]
 
 
 class _ClientMixin:
@@ -229,7 +267,7 @@ def register(
     kind, resolved = _resolve_target(target)
     with _lock:
         existing = (_sessions if kind == "session" else _attached).get(resolved)
-        if existing is not None and existing.active:
+        if existing is not None and existing.active and not existing.from_environment:
             log.debug("already registered on %r; returning the existing handle", resolved)
             return existing
     settings = Settings.resolve(options, environ=_environ())
@@ -242,12 +280,37 @@ def register(
     transport = SyncTransport(client)
     _check(transport, redis)
     registration = Registration(Protocol(settings, cluster=transport.cluster), transport, SyncHooks)
+    registration._start_metrics(client)
     with _lock:
         if kind == "session":
             registration.attach_session(resolved)
             _sessions[resolved] = registration
         else:
             registration.attach_client(resolved)
+    return registration
+
+
+def register_from_environment(environ: Mapping[str, str]) -> Registration | None:
+    """The registration of environment activation (``DDBCACHE_*``); None when it cannot be made.
+
+    Never raises: a problem is logged once, clearly, and the application runs uncached.
+    """
+    url = environ.get("DDBCACHE_REDIS_URL", "")
+    try:
+        settings = Settings.resolve({}, environ=environ)
+        transport = SyncTransport(connect(url, settings))
+        _check(transport, url)
+    except Exception as exc:
+        log.warning("ddbcache-hooks: caching is off: %s", exc)
+        return None
+    log.info("ddbcache-hooks: caching DynamoDB reads in %s (from the environment)", redact(url))
+    registration = Registration(
+        Protocol(settings, cluster=transport.cluster),
+        transport,
+        SyncHooks,
+        from_environment=True,
+    )
+    registration._start_metrics(transport.client)
     return registration
 
 

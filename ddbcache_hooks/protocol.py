@@ -13,6 +13,7 @@ fill that read DynamoDB before a write and stores after it is dropped.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -98,6 +99,13 @@ class Protocol:
         if len(plan.slots) == 1 and plan.slots[0].state == WAIT:
             yield from self._wait_for_fill(plan.slots[0])
         hits = [s for s in plan.slots if s.state == HIT]
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s: %s",
+                plan.operation,
+                plan.table or plan.tables,
+                [s.state for s in plan.slots],
+            )
         self.stats.hit(plan.kind, len(hits), sum(_rcu(s.size) for s in hits))
         self.stats.miss(plan.kind, len(plan.slots) - len(hits))
         if len(hits) < len(plan.slots) or plan.passthrough:
@@ -231,7 +239,9 @@ class Protocol:
         if not fills:
             return
         outcomes = yield from store.fill(fills)
-        for outcome, _ in outcomes:
+        for fill, (outcome, ttl) in zip(fills, outcomes, strict=True):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("fill %s: outcome %d, ttl %d ms", fill.key, outcome, ttl)
             if outcome == store.FILL_STORED:
                 self.stats.incr("fills")
             elif outcome == store.FILL_LOST:
@@ -368,6 +378,8 @@ class Protocol:
     def deliver(self, invalidation: Invalidation) -> Op[None]:
         """Drop the items and replace the tokens: one round trip."""
         keys = list(dict.fromkeys(key for _, key in invalidation.items))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("invalidating %d items, tables %s", len(keys), list(invalidation.tables))
         yield from store.invalidate(
             keys,
             self.settings.settle_ms,

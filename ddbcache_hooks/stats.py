@@ -75,6 +75,8 @@ class Stats:
                 name = f"{kind.value}_{outcome}"
                 out[name] = counts.get(name, 0)
                 out[outcome] += out[name]
+        for name, dax in DAX_NAMES.items():
+            out[dax] = out[name]
         out["rcu_saved"] = rcu
         return out
 
