@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import sys
 import uuid
@@ -78,6 +79,107 @@ def rows_for(series: dict[str, Series], baseline: str) -> list[tuple[str, ...]]:
 
 
 HEADERS = ("case", "median µs", "p99 µs", "ratio")
+
+
+class Replaying:
+    """A transport that answers every batch with replies recorded from a real one.
+
+    With it, a cached read runs all of the library's own code but no network:
+    the difference to botocore's floor is the library's own work on a hit.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.cluster = real.cluster
+        self.replies: list[Any] = []
+        self.recording = True
+
+    def execute(self, calls: Any) -> list[Any]:
+        if self.recording:
+            self.replies = self.real.execute(calls)
+        return list(self.replies)
+
+
+def canned_client(session: boto3.Session, response: dict[str, Any]) -> Any:
+    """A client whose GetItem is answered by a handler: botocore's own cost of a call."""
+    from botocore.awsrequest import AWSResponse
+
+    client = session.client("dynamodb")
+    client.meta.events.register(
+        "before-call.dynamodb.GetItem",
+        lambda **_: (AWSResponse(None, 200, {}, None), copy.deepcopy(response)),
+    )
+    return client
+
+
+def bench_hits(env: Env) -> dict[str, float]:
+    """A cached GetItem against its floor: botocore's own work and one Redis round trip."""
+    session = env.session()
+    registration = env.register(session, key_schema={"hits": ("pk", "sk")})
+    client = session.client("dynamodb")
+    table = session.resource("dynamodb").Table("hits")
+    make_table(client, "hits", items=1, size=200)
+    k = key(0)
+    client.get_item(TableName="hits", Key=k)
+    blob = env.redis().hget(registration._protocol.planner.item_key("hits", k), "e:")
+    raw = env.redis()
+    raw.set("bench:payload", blob)
+    floor = canned_client(env.session(), client.get_item(TableName="hits", Key=k))
+    plain = env.session().client("dynamodb")  # not registered: moto in-process
+    misses = iter(range(10**9))
+    writes = iter(range(10**9))
+
+    # The same hit with Redis replaced by recorded replies: only the library's own work.
+    replayed_session = env.session()
+    replayed = env.register(replayed_session)
+    replayed_client = replayed_session.client("dynamodb")
+    hooks = replayed._clients[replayed_client]
+    hooks.transport = Replaying(hooks.transport)
+    replayed_client.get_item(TableName="hits", Key=k)
+    replayed_client.get_item(TableName="hits", Key=k)
+    hooks.transport.recording = False
+    assert "CacheMetadata" in replayed_client.get_item(TableName="hits", Key=k)
+
+    series = measure(
+        {
+            "floor: botocore call answered by a handler": lambda: floor.get_item(
+                TableName="hits", Key=k
+            ),
+            "floor: redis-py GET of the entry": lambda: raw.get("bench:payload"),
+            "hit, client": lambda: client.get_item(TableName="hits", Key=k),
+            "hit, Table resource": lambda: table.get_item(Key={"pk": "k0", "sk": 0}),
+            "hit, Redis replies replayed (own work)": lambda: replayed_client.get_item(
+                TableName="hits", Key=k
+            ),
+            "miss (absent item), client": lambda: client.get_item(
+                TableName="hits", Key={"pk": {"S": f"miss{next(misses)}"}, "sk": {"N": "0"}}
+            ),
+            "write (PutItem), client": lambda: client.put_item(
+                TableName="hits", Item={"pk": {"S": "w"}, "sk": {"N": str(next(writes))}}
+            ),
+            "uncached moto GetItem (in-process!)": lambda: plain.get_item(TableName="hits", Key=k),
+        },
+        rounds=env.rounds,
+        per_round=env.per_round,
+    )
+    registration.unregister()
+    replayed.unregister()
+    print(table_of(series, "floor: botocore call answered by a handler"))
+    f = series["floor: botocore call answered by a handler"].median_us
+    rtt = series["floor: redis-py GET of the entry"].median_us
+    own = series["hit, Redis replies replayed (own work)"].median_us - f
+    return {
+        "client hit / botocore floor": series["hit, client"].median_us / f,
+        "client hit / (botocore floor + Redis GET)": series["hit, client"].median_us / (f + rtt),
+        "Table hit / botocore floor": series["hit, Table resource"].median_us / f,
+        "own work per hit / Redis round trip": own / rtt,
+        "miss / botocore floor": series["miss (absent item), client"].median_us / f,
+        "write / botocore floor": series["write (PutItem), client"].median_us / f,
+    }
+
+
+def table_of(series: dict[str, Series], baseline: str) -> str:
+    return table(rows_for(series, baseline), HEADERS)
 
 
 def bench_batch(env: Env) -> dict[str, float]:
@@ -210,6 +312,7 @@ def bench_outage(env: Env) -> dict[str, float]:
 
 
 BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
+    "hits": bench_hits,
     "batch": bench_batch,
     "outage": bench_outage,
 }

@@ -20,12 +20,14 @@ if TYPE_CHECKING:
     from .config import TablePolicy
     from .errors import CacheConnectionError, ConfigurationError, RegistrationError
     from .handlers import disabled
+    from .near import NearCache
     from .plugin import Registration, register
 
 _PUBLIC = {
     "CacheConnectionError": ".errors",
     "ConfigurationError": ".errors",
     "RegistrationError": ".errors",
+    "NearCache": ".near",
     "Registration": ".plugin",
     "TablePolicy": ".config",
     "disabled": ".handlers",
@@ -35,6 +37,7 @@ _PUBLIC = {
 __all__ = [
     "CacheConnectionError",
     "ConfigurationError",
+    "NearCache",
     "Registration",
     "RegistrationError",
     "TablePolicy",

@@ -20,8 +20,7 @@ import hashlib
 import hmac
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -37,8 +36,7 @@ class CorruptEntry(ValueError):
     """An entry that cannot be trusted; treat as a miss and delete it."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     payload: dict[str, Any]
     token: str
     created_ms: int

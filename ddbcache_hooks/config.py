@@ -168,6 +168,35 @@ def _env_key_schema(text: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _near_cache(name: str, value: Any) -> Any:
+    from .near import NearCache
+
+    if value is None or isinstance(value, NearCache):
+        return value
+    raise ConfigurationError(f"{name} must be a NearCache(max_items=..., ttl_ms=...) or None")
+
+
+def _env_near_cache(text: str) -> Any:
+    """``max_items=10000,ttl_ms=500`` (or ``off``)."""
+    from .near import NearCache
+
+    if text.strip().lower() in ("", "0", "off", "no", "false"):
+        return None
+    values = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, number = part.partition("=")
+        if not sep or name.strip() not in ("max_items", "ttl_ms"):
+            raise ValueError(f"expected max_items=N,ttl_ms=N, got {part!r}")
+        values[name.strip()] = int(number)
+    return NearCache(**values)
+
+
 def _env_json(text: str) -> Any:
     import json
 
@@ -336,6 +365,20 @@ OPTIONS: tuple[Option, ...] = (
         _env_int,
     ),
     Option(
+        "near_cache",
+        None,
+        _near_cache,
+        "An in-process NearCache(max_items, ttl_ms) in front of Redis (opt-in, bounded staleness).",
+        _env_near_cache,
+    ),
+    Option(
+        "publish_invalidations",
+        True,
+        _boolean,
+        "Publish every invalidation for the near caches of other processes.",
+        _env_bool,
+    ),
+    Option(
         "metrics_flush_s",
         0,
         _non_negative_int,
@@ -387,6 +430,8 @@ class Settings:
     breaker_threshold: int = 5
     breaker_cooldown_ms: int = 5000
     backlog_size: int = 10000
+    near_cache: Any = None
+    publish_invalidations: bool = True
     metrics_flush_s: int = 0
     _table_cache: dict[str, TableSettings | None] = field(
         default_factory=dict, repr=False, compare=False

@@ -10,14 +10,12 @@ and async paths share every decision without sharing a line of I/O code.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Script:
+class Script(NamedTuple):
     """A Lua script, sent by SHA and loaded again when the server lost it."""
 
     name: str
@@ -25,8 +23,7 @@ class Script:
     sha: str
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     """One Redis command of a batch: a script call (``script`` set) or a plain command."""
 
     script: Script | None
@@ -39,20 +36,17 @@ class Call:
         return str(self.args[0] if self.script else self.args[1])
 
 
-@dataclass(frozen=True, slots=True)
-class RedisBatch:
+class RedisBatch(NamedTuple):
     """Commands sent together: one round trip (one per node, in parallel, on a cluster)."""
 
     calls: Sequence[Call]
 
 
-@dataclass(frozen=True, slots=True)
-class Sleep:
+class Sleep(NamedTuple):
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class DescribeTable:
+class DescribeTable(NamedTuple):
     """Fetch a table's key schema with the calling DynamoDB client; result may be None."""
 
     table: str

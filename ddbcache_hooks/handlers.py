@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from . import schema as schema_mod
 from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .plan import ReadPlan, WritePlan, shape_miss_request
-from .policy import CACHED_OPERATIONS, Action
+from .policy import CACHED_OPERATIONS
 from .protocol import Protocol
 from .schema import TableSchema
 from .store import SyncTransport
@@ -194,7 +194,7 @@ def drive(op: Op[T], transport: SyncTransport, describe: Callable[[str], TableSc
 
 def _reshape_body(plan: ReadPlan, request: dict[str, Any]) -> None:
     """Rewrite the serialized JSON body of a miss (only when the plan changes it)."""
-    if not plan.strict and plan.policy.action is not Action.BATCH_READ:
+    if not plan.strict and plan.batch is None:
         return
     body = json.loads(request["body"])
     if shape_miss_request(plan, body):

@@ -17,7 +17,8 @@ that it may answer differently must never do so. Hence:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -43,11 +44,19 @@ def table_name(name_or_arn: str) -> str:
     return name_or_arn
 
 
+_PLAIN_INTEGER = re.compile(r"-?[1-9][0-9]*")
+
+
 def canonical_number(text: str) -> str:
     """Render a DynamoDB number so that equal values give equal strings.
 
     Exact for the 38 significant digits DynamoDB allows: no context rounding.
     """
+    if isinstance(text, str) and _PLAIN_INTEGER.fullmatch(text):  # the common key: no Decimal
+        significant = text.rstrip("0")
+        return f"{significant}e{len(text) - len(significant)}"
+    if text == "0":
+        return "0"
     try:
         sign, digits, exponent = Decimal(text).as_tuple()
     except (InvalidOperation, TypeError, ValueError):
@@ -102,7 +111,11 @@ def canonical_key(key: Mapping[str, Any]) -> tuple[tuple[str, tuple[Any, ...]], 
     """Canonical primary key: attribute names sorted, values canonical."""
     if not isinstance(key, Mapping) or not key:
         raise NotCanonical(f"not a primary key: {key!r}")
-    return tuple(sorted((str(name), canonical_value(av)) for name, av in key.items()))
+    try:
+        names = sorted(key)
+    except TypeError:
+        raise NotCanonical(f"attribute names must be strings: {key!r}") from None
+    return tuple([(name, canonical_value(key[name])) for name in names])
 
 
 def canonical_param(value: Any) -> Any:
@@ -134,11 +147,37 @@ def digest(structure: Any) -> str:
 
 
 def item_digest(table: str, key: Mapping[str, Any]) -> str:
-    """Identity of one item: table name plus canonical primary key."""
-    return digest(("item", table, canonical_key(key)))
+    """Identity of one item: table name plus canonical primary key.
+
+    Key attributes are S, N or B (DynamoDB rejects anything else), so the
+    digest is fed length-prefixed parts directly: the same guarantees as the
+    msgpack'd structure (nothing can forge a separator) at half the cost,
+    which matters on every hit.
+    """
+    if not isinstance(key, Mapping) or not key:
+        raise NotCanonical(f"not a primary key: {key!r}")
+    parts = [_prefixed(table.encode("utf-8"))]
+    try:
+        names = sorted(key)
+    except TypeError:
+        raise NotCanonical(f"attribute names must be strings: {key!r}") from None
+    for name in names:
+        tag, value = canonical_value(key[name])
+        if tag == "B":
+            raw = value
+        elif tag in ("S", "N"):
+            raw = value.encode("utf-8")
+        else:
+            raise NotCanonical(f"key attribute {name!r} has type {tag}; keys are S, N or B")
+        parts += (_prefixed(name.encode("utf-8")), tag.encode("ascii"), _prefixed(raw))
+    return hashlib.blake2b(b"".join(parts), digest_size=16, person=b"ddbcache-item").hexdigest()
 
 
-def variant(params: Mapping[str, Any], skip: Iterable[str]) -> Any:
+def _prefixed(raw: bytes) -> bytes:
+    return len(raw).to_bytes(4, "big") + raw
+
+
+def variant(params: Mapping[str, Any], skip: frozenset[str] | set[str]) -> Any:
     """Canonical request variant: every parameter except those in ``skip``.
 
     Expressions have their ``#name`` / ``:value`` placeholders substituted, so
@@ -147,7 +186,8 @@ def variant(params: Mapping[str, Any], skip: Iterable[str]) -> Any:
     used, the raw expressions and placeholder maps are kept instead: such a
     request gets an entry of its own (and DynamoDB will reject it anyway).
     """
-    skipped = set(skip)
+    if skip.issuperset(params):  # a plain GetItem / BatchGetItem: one variant
+        return ()
     names = params.get("ExpressionAttributeNames") or {}
     values = params.get("ExpressionAttributeValues") or {}
     raw: list[tuple[str, Any]] = []
@@ -155,7 +195,7 @@ def variant(params: Mapping[str, Any], skip: Iterable[str]) -> Any:
     used: set[str] = set()
     resolved = True
     for name in sorted(params):
-        if name in skipped or name in PLACEHOLDER_PARAMS:
+        if name in skip or name in PLACEHOLDER_PARAMS:
             continue
         value = params[name]
         if name in expressions.EXPRESSION_PARAMS and isinstance(value, str):

@@ -48,7 +48,7 @@ class Slot:
     token: str = ""  # the table token read with the lookup; the fill records it
     hit: dict[str, Any] | None = None
     created_ms: int = 0
-    size: int = 0
+    blob: bytes = b""
 
 
 #: Lookup outcomes of a slot.
@@ -57,6 +57,22 @@ LEASED = "leased"  # missed; this caller fills it
 WAIT = "wait"  # missed; another caller is filling it
 STALE = "stale"  # an entry that must be dropped (undecodable, or older than a table flush)
 PASS = "pass"  # missed; not filled (Scan not yet admitted)
+
+
+@dataclass(slots=True)
+class Batch:
+    """What a BatchGetItem plan needs beyond its slots."""
+
+    #: Every requested table in request order, with its keys as the caller sent them.
+    request_keys: dict[str, list[Mapping[str, Any]]]
+    #: Tables sent to DynamoDB as they are -> (key count, read with ConsistentRead).
+    passthrough: dict[str, tuple[int, bool]]
+    #: Key attributes added to a table's projection for the real call.
+    added_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def tables(self) -> list[str]:
+        return list(self.request_keys)
 
 
 @dataclass(slots=True)
@@ -71,13 +87,7 @@ class ReadPlan:
     capacity: str | None
     index: str | None = None
     strict: bool = False
-    #: BatchGetItem: tables sent to DynamoDB as they are -> (key count, consistent read).
-    passthrough: dict[str, tuple[int, bool]] = field(default_factory=dict)
-    #: BatchGetItem: every requested table in request order, and its keys.
-    tables: list[str] = field(default_factory=list)
-    request_keys: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
-    #: BatchGetItem: key attributes added to a table's projection for the real call.
-    added_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    batch: Batch | None = None
     #: Set once the call was answered from the cache.
     served: bool = False
 
@@ -125,7 +135,7 @@ class Planner:
         config = self.settings.for_table(table)
         if config is None or not config.caches(operation):
             return None
-        shape = variant(params, NOT_DATA | policy.identity)
+        shape = variant(params, policy.skip)
         if policy.action is Action.ITEM_READ:
             slot = self._item_slot(table, params["Key"], shape, config)
         else:
@@ -179,9 +189,7 @@ class Planner:
             slots,
             capacity_mode(params),
             strict=self.settings.consistency == "strict",
-            passthrough=passthrough,
-            tables=list(requested),
-            request_keys={label: spec["Keys"] for label, spec in requested.items()},
+            batch=Batch({label: spec["Keys"] for label, spec in requested.items()}, passthrough),
         )
 
     def _item_slot(
@@ -233,7 +241,8 @@ def shape_miss_request(plan: ReadPlan, body: dict[str, Any]) -> bool:
     can be matched to keys; they are removed again from the answer). In strict
     mode every cached read misses with ``ConsistentRead=True``.
     """
-    if plan.policy.action is not Action.BATCH_READ:
+    batch = plan.batch
+    if batch is None:
         if plan.strict and body.get("ConsistentRead") is not True:
             body["ConsistentRead"] = True
             return True
@@ -243,7 +252,7 @@ def shape_miss_request(plan: ReadPlan, body: dict[str, Any]) -> bool:
     changed = False
     requested = body["RequestItems"]
     for label in list(requested):
-        if label in plan.passthrough:
+        if label in batch.passthrough:
             continue
         spec = requested[label]
         keys = [k for i, k in enumerate(spec["Keys"]) if (label, i) not in answered]
@@ -255,9 +264,9 @@ def shape_miss_request(plan: ReadPlan, body: dict[str, Any]) -> bool:
         if plan.strict:
             spec["ConsistentRead"], changed = True, True
         if label in leased:
-            added = _add_key_attributes(spec, tuple(plan.request_keys[label][0]))
+            added = _add_key_attributes(spec, tuple(batch.request_keys[label][0]))
             if added:
-                plan.added_keys[label], changed = added, True
+                batch.added_keys[label], changed = added, True
     return changed
 
 

@@ -87,13 +87,26 @@ class Registration:
         self._active = True
         self._uid = f"ddbcache-hooks-{id(self):x}"
         self._flusher: Any = None
+        self._subscriber: Any = None
         # Mixed into every DynamoDB client class the registered sessions create.
         self._mixin = type("DynamoDBCacheHooks", (_ClientMixin,), {"_ddbcache": self})
 
-    def _start_metrics(self, client: Any) -> None:
+    def _start_background(self, client: Any) -> None:
+        """Counters flushed to Redis and OpenTelemetry, the near cache's subscription."""
         from . import metrics
 
         settings = self._protocol.settings
+        near = self._protocol.near
+        if near is not None and self._protocol.channel is not None:
+            from .near import Subscriber
+
+            self._subscriber = Subscriber(near, client, self._protocol.channel)
+        elif near is not None:
+            log.warning(
+                "near_cache without publish_invalidations: other processes' writes "
+                "are only bounded by ttl_ms"
+            )
+            near.online = True
         if settings.metrics_flush_s:
             self._flusher = metrics.Flusher(
                 self.stats, client, settings.namespace, settings.metrics_flush_s
@@ -185,6 +198,8 @@ class Registration:
             self._active = False
             if self._flusher is not None:
                 self._flusher.stop()
+            if self._subscriber is not None:
+                self._subscriber.stop()
             for emitter in self._sessions:
                 emitter.unregister("creating-client-class.dynamodb", unique_id=self._uid + "-class")
                 _sessions.pop(emitter, None)
@@ -280,7 +295,7 @@ def register(
     transport = SyncTransport(client)
     _check(transport, redis)
     registration = Registration(Protocol(settings, cluster=transport.cluster), transport, SyncHooks)
-    registration._start_metrics(client)
+    registration._start_background(client)
     with _lock:
         if kind == "session":
             registration.attach_session(resolved)
@@ -310,7 +325,7 @@ def register_from_environment(environ: Mapping[str, str]) -> Registration | None
         SyncHooks,
         from_environment=True,
     )
-    registration._start_metrics(transport.client)
+    registration._start_background(transport.client)
     return registration
 
 

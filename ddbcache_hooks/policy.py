@@ -8,6 +8,7 @@ not listed passes through untouched.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -39,7 +40,7 @@ WriteExtractor = Callable[[Mapping[str, Any], "Mapping[str, Any] | None"], write
 
 
 @dataclass(frozen=True)
-class OperationPolicy:
+class OperationPolicy:  # not slots: cached_property needs a __dict__
     """One row of the policy table."""
 
     action: Action
@@ -54,6 +55,11 @@ class OperationPolicy:
     @property
     def cacheable(self) -> bool:
         return self.action in (Action.ITEM_READ, Action.BATCH_READ, Action.QUERY_READ)
+
+    @functools.cached_property
+    def skip(self) -> frozenset[str]:
+        """Parameters left out of the request variant: the deny-list and the identity."""
+        return NOT_DATA | self.identity
 
 
 POLICIES: Mapping[str, OperationPolicy] = MappingProxyType(

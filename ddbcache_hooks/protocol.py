@@ -24,8 +24,8 @@ from .codec import Codec, CorruptEntry
 from .config import Settings
 from .effects import DescribeTable, Op, Sleep
 from .keys import KeyLayout, NotCanonical, canonical_key
-from .plan import HIT, LEASED, PASS, STALE, WAIT, Planner, ReadPlan, Slot, WritePlan
-from .policy import Action
+from .near import CHANNEL_SUFFIX, NearCache
+from .plan import HIT, LEASED, PASS, STALE, WAIT, Batch, Planner, ReadPlan, Slot, WritePlan
 from .resilience import Backlog, CircuitBreaker, Invalidation
 from .schema import TableSchema
 from .stats import LimitedLog, Stats, log
@@ -79,6 +79,9 @@ class Protocol:
         self.limited = LimitedLog()
         self.cluster = cluster
         self.token_ttl_ms = 2 * settings.max_ttl_ms
+        self.near: NearCache | None = settings.near_cache
+        #: Pub/sub channel that near caches listen on.
+        self.channel = settings.namespace + CHANNEL_SUFFIX
         self._schemas: dict[str, TableSchema] = {
             table: TableSchema(key) for table, key in settings.key_schema.items()
         }
@@ -91,37 +94,57 @@ class Protocol:
         Each slot ends up HIT, LEASED (this caller fills it after DynamoDB
         answers), WAIT (another caller's fill did not come in time) or PASS.
         """
-        yield from self.replay_backlog()
-        yield from self._lookup(plan.slots, drop=False)
-        stale = [s for s in plan.slots if s.state == STALE]
-        if stale:
-            yield from self._lookup(stale, drop=True)
+        if self.backlog:
+            yield from self.replay_backlog()
+        pending = plan.slots if self.near is None else self._near_hits(plan.slots)
+        if pending:
+            epoch = self.near.epoch() if self.near is not None else 0
+            yield from self._lookup(pending, drop=False)
+            stale = [s for s in pending if s.state == STALE]
+            if stale:
+                yield from self._lookup(stale, drop=True)
+            if self.near is not None:
+                for slot in pending:
+                    if slot.state == HIT:
+                        self.near.put(slot.key, slot.field, slot.token_key, slot.blob, epoch)
         if len(plan.slots) == 1 and plan.slots[0].state == WAIT:
             yield from self._wait_for_fill(plan.slots[0])
         hits = [s for s in plan.slots if s.state == HIT]
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s %s: %s",
-                plan.operation,
-                plan.table or plan.tables,
-                [s.state for s in plan.slots],
-            )
-        self.stats.hit(plan.kind, len(hits), sum(_rcu(s.size) for s in hits))
-        self.stats.miss(plan.kind, len(plan.slots) - len(hits))
-        if len(hits) < len(plan.slots) or plan.passthrough:
+            where = plan.batch.tables if plan.batch else plan.table
+            log.debug("%s %s: %s", plan.operation, where, [s.state for s in plan.slots])
+        if hits:
+            self.stats.hit(plan.kind, len(hits), sum(_rcu(len(s.blob)) for s in hits))
+        if len(hits) < len(plan.slots):
+            self.stats.miss(plan.kind, len(plan.slots) - len(hits))
+        if len(hits) < len(plan.slots) or (plan.batch and plan.batch.passthrough):
             return None
         plan.served = True
-        if plan.policy.action is Action.BATCH_READ:
+        if plan.batch is not None:
             answer: dict[str, Any] = {"Responses": {}, "UnprocessedKeys": {}}
-            self._merge_hits(plan, answer)
+            self._merge_hits(plan, plan.batch, answer)
             return answer
         return (yield from self._respond(plan, hits[0]))
+
+    def _near_hits(self, slots: list[Slot]) -> list[Slot]:
+        """Serve what the near cache holds; the slots it does not."""
+        assert self.near is not None
+        pending = []
+        for slot in slots:
+            blob = self.near.get(slot.key, slot.field)
+            if blob is not None and self._decode(slot, blob, check_token=False):
+                slot.state = HIT
+                self.stats.incr("near_hits")
+            else:
+                pending.append(slot)
+        return pending
 
     def _lookup(self, slots: Sequence[Slot], *, drop: bool) -> Op[None]:
         requests = [
             store.LookupRequest(
                 s.key,
                 s.field,
+                s.token_key,
                 s.lease or store.new_token(),
                 self.settings.lease_ms,
                 s.admission,
@@ -130,8 +153,7 @@ class Protocol:
             )
             for s in slots
         ]
-        token_keys = list(dict.fromkeys(s.token_key for s in slots))
-        replies, tokens = yield from store.lookup(requests, token_keys, self.token_ttl_ms)
+        replies, tokens = yield from store.lookup(requests, self.token_ttl_ms, cluster=self.cluster)
         for slot, request, reply in zip(slots, requests, replies, strict=True):
             slot.token = tokens[slot.token_key][slot.token_kind]
             slot.lease = None
@@ -146,15 +168,15 @@ class Protocol:
             else:
                 slot.state = PASS
 
-    def _decode(self, slot: Slot, blob: bytes) -> bool:
+    def _decode(self, slot: Slot, blob: bytes, *, check_token: bool = True) -> bool:
         try:
             entry = self.codec.decode(blob, context=slot.key + "\x00" + slot.field)
         except CorruptEntry as exc:
             self._corrupt(slot, str(exc))
             return False
-        if entry.token != slot.token:
+        if check_token and entry.token != slot.token:
             return False  # filled before its table was invalidated
-        slot.hit, slot.created_ms, slot.size = entry.payload, entry.created_ms, len(blob)
+        slot.hit, slot.created_ms, slot.blob = entry.payload, entry.created_ms, blob
         return True
 
     def _corrupt(self, slot: Slot, reason: str) -> None:
@@ -193,10 +215,10 @@ class Protocol:
             slot.hit, slot.created_ms, plan.capacity, plan.table_label, plan.index, index_kind
         )
 
-    def _merge_hits(self, plan: ReadPlan, parsed: dict[str, Any]) -> None:
+    def _merge_hits(self, plan: ReadPlan, batch: Batch, parsed: dict[str, Any]) -> None:
         """Complete a BatchGetItem response: cache hits, capacity, CacheMetadata."""
         answers = parsed.setdefault("Responses", {})
-        for table in plan.tables:
+        for table in batch.request_keys:
             answers.setdefault(table, [])
         for slot in plan.slots:
             if slot.state == HIT and slot.hit is not None and "Item" in slot.hit:
@@ -207,11 +229,11 @@ class Protocol:
             parsed.pop("ConsumedCapacity", None)
         else:
             parsed["ConsumedCapacity"] = responses.batch_capacity(
-                plan.capacity, plan.tables, parsed.get("ConsumedCapacity")
+                plan.capacity, batch.tables, parsed.get("ConsumedCapacity")
             )
         hits = sum(1 for s in plan.slots if s.state == HIT)
-        consistent = sum(n for n, strong in plan.passthrough.values() if strong)
-        uncached = sum(n for n, strong in plan.passthrough.values() if not strong)
+        consistent = sum(n for n, strong in batch.passthrough.values() if strong)
+        uncached = sum(n for n, strong in batch.passthrough.values() if not strong)
         parsed["CacheMetadata"] = responses.batch_metadata(
             hits, len(plan.slots) - hits + uncached, consistent
         )
@@ -224,11 +246,11 @@ class Protocol:
         No I/O, so a BatchGetItem response is completed even when Redis is down.
         Serializes at once: the resource layer transforms ``parsed`` in place next.
         """
-        if plan.policy.action is Action.BATCH_READ:
+        if plan.batch is not None:
             if not ok:
                 return self._releases(plan.slots)
-            fills = self._batch_fills(plan, parsed)
-            self._merge_hits(plan, parsed)
+            fills = self._batch_fills(plan, plan.batch, parsed)
+            self._merge_hits(plan, plan.batch, parsed)
             return fills
         if plan.slots[0].state == LEASED:
             return [self._fill(plan.slots[0], responses.entry_payload(parsed), ok)]
@@ -269,7 +291,9 @@ class Protocol:
     def _releases(slots: Sequence[Slot]) -> list[store.FillRequest]:
         return [store.FillRequest(s.key, s.field, s.lease, b"", 0) for s in slots if s.lease]
 
-    def _batch_fills(self, plan: ReadPlan, parsed: Mapping[str, Any]) -> list[store.FillRequest]:
+    def _batch_fills(
+        self, plan: ReadPlan, batch: Batch, parsed: Mapping[str, Any]
+    ) -> list[store.FillRequest]:
         """Match the real BatchGetItem's items to the missed keys; absent keys fill negative.
 
         Keys DynamoDB left unprocessed are never cached as absent. Key attributes
@@ -281,11 +305,11 @@ class Protocol:
         unprocessed = parsed.get("UnprocessedKeys") or {}
         fills = []
         for label in dict.fromkeys(s.label for s in plan.slots):
-            keys = plan.request_keys[label]
+            keys = batch.request_keys[label]
             items = answered.get(label, [])
             found = _index_items(items, tuple(keys[0]))
             for item in items:
-                for name in plan.added_keys.get(label, ()):
+                for name in batch.added_keys.get(label, ()):
                     item.pop(name, None)
             skipped = {_identity(k) for k in unprocessed.get(label, {}).get("Keys", [])}
             for slot in (s for s in leased if s.label == label):
@@ -316,15 +340,22 @@ class Protocol:
         Computed without I/O: items whose key schema this process does not know
         fall back to their whole table.
         """
-        if plan.invalidation is not None:
-            return plan.invalidation
-        offline = self.invalidation(plan, parsed, offline=True)
-        try:
-            next(offline)
-        except StopIteration as done:
-            result: Invalidation = done.value
-            return result
-        raise AssertionError("offline invalidation yielded an effect")
+        if plan.invalidation is None:
+            offline = self.invalidation(plan, parsed, offline=True)
+            try:
+                next(offline)
+            except StopIteration as done:
+                plan.invalidation = done.value
+            else:
+                raise AssertionError("offline invalidation yielded an effect")
+        assert plan.invalidation is not None
+        self.forget_locally(plan.invalidation)
+        return plan.invalidation
+
+    def forget_locally(self, invalidation: Invalidation) -> None:
+        """Evict from this process's near cache, at once and whether or not Redis answers."""
+        if self.near is not None:
+            self.near.evict((key for _, key in invalidation.items), invalidation.tables)
 
     def invalidation(
         self, plan: WritePlan, parsed: Mapping[str, Any] | None, *, offline: bool = False
@@ -380,13 +411,18 @@ class Protocol:
         keys = list(dict.fromkeys(key for _, key in invalidation.items))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("invalidating %d items, tables %s", len(keys), list(invalidation.tables))
+        # Evicted from the near cache before and after Redis: a lookup that began in
+        # between may have read the old entry, and must not park it here afterwards.
+        self.forget_locally(invalidation)
         yield from store.invalidate(
             keys,
             self.settings.settle_ms,
             list(invalidation.tables.items()),
             self.token_ttl_ms,
             cluster=self.cluster,
+            channel=self.channel if self.settings.publish_invalidations else None,
         )
+        self.forget_locally(invalidation)
         self.stats.incr("invalidations", len(keys))
         self.stats.incr("table_invalidations", sum(invalidation.tables.values()))
 

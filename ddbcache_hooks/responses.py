@@ -7,6 +7,7 @@ asked for it (DynamoDB's shape, every unit 0.0) and ``CacheMetadata``.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
@@ -22,8 +23,14 @@ _UNIT_FIELDS = ("CapacityUnits", "ReadCapacityUnits", "WriteCapacityUnits")
 
 def timestamp(ms: float | None = None) -> str:
     """UTC time in the reference format, e.g. ``2026-11-27 08:00:00Z``."""
-    seconds = time.time() if ms is None else ms / 1000
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    second = int(time.time() if ms is None else ms // 1000)
+    return _format_second(second)
+
+
+@functools.lru_cache(maxsize=256)
+def _format_second(second: int) -> str:
+    # Formatting costs more than the rest of a hit's metadata; entries share seconds.
+    return datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def capacity_mode(params: Mapping[str, Any]) -> str | None:

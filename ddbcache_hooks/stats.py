@@ -24,6 +24,7 @@ COUNTERS = (
     "table_invalidations",
     "errors",
     "corrupt_entries",
+    "near_hits",
     "lease_waits",
     "lease_wait_timeouts",
     "breaker_opened",

@@ -27,17 +27,18 @@ a transport (sync or async, at the bottom) executes a batch as one pipeline.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError, RedisError
 
 from .effects import Call, Op, RedisBatch, Script
+from .near import encode_message
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -51,6 +52,20 @@ local function keep_until(key, deadline, now)
   local want = deadline - now
   if want > 0 and redis.call('PTTL', key) < want then redis.call('PEXPIRE', key, want) end
 end
+-- A table's {item token, query token}; both are created (from fresh, a random
+-- value) when either is missing: a new table, or an evicted token hash.
+local function table_tokens(key, fresh, ttl)
+  local t = redis.pcall('HMGET', key, 'i', 'q')
+  if t['err'] then redis.call('DEL', key); t = {} end
+  if not t[1] or not t[2] then
+    t = {fresh .. 'i', fresh .. 'q'}
+    redis.call('HSET', key, 'i', t[1], 'q', t[2])
+    redis.call('PEXPIRE', key, ttl)
+  elseif redis.call('PTTL', key) < ttl / 2 then
+    redis.call('PEXPIRE', key, ttl)
+  end
+  return t
+end
 """
 
 
@@ -61,13 +76,17 @@ def _script(name: str, body: str) -> Script:
 
 HIT, LEASED, WAIT, NOT_ADMITTED = 1, 2, 3, 4
 
-#: KEYS[1] entry hash. ARGV: field, lease token, lease ms, admission count,
-#: admission window ms, drop (1: discard the current entry first).
-#: Returns {status, entry or nil, 1 if the key held garbage and was deleted}.
+#: KEYS[1] entry hash, KEYS[2] (optional, same node) the table's token hash.
+#: ARGV: field, lease token, lease ms, admission count, admission window ms,
+#: drop (1: discard the current entry first), token ttl ms.
+#: Returns {status, entry or nil, 1 if the key held garbage and was deleted,
+#: item token, query token} (tokens only with KEYS[2]).
 LOOKUP_OR_LEASE = _script(
     "lookup_or_lease",
     """
 local key, f, token = KEYS[1], ARGV[1], ARGV[2]
+local tokens = {false, false}
+if KEYS[2] then tokens = table_tokens(KEYS[2], token, tonumber(ARGV[7])) end
 local now = now_ms()
 local corrupt = 0
 local r = redis.pcall('HMGET', key, 'e:'..f, 'x:'..f, 'l:'..f, 'm:'..f)
@@ -81,7 +100,7 @@ if ARGV[6] == '1' then
   r[1] = false
 end
 local expires = tonumber(r[2])
-if r[1] and expires and expires > now then return {1, r[1], corrupt} end
+if r[1] and expires and expires > now then return {1, r[1], corrupt, tokens[1], tokens[2]} end
 local admission = tonumber(ARGV[4])
 if admission > 1 then
   local a = redis.call('HMGET', key, 'a:'..f, 'ax:'..f)
@@ -92,14 +111,16 @@ if admission > 1 then
   count = count + 1
   redis.call('HSET', key, 'a:'..f, count, 'ax:'..f, window)
   keep_until(key, window, now)
-  if count < admission then return {4, false, corrupt} end
+  if count < admission then return {4, false, corrupt, tokens[1], tokens[2]} end
 end
 local lease_end = tonumber(r[4])
-if r[3] and r[3] ~= token and lease_end and lease_end > now then return {3, false, corrupt} end
+if r[3] and r[3] ~= token and lease_end and lease_end > now then
+  return {3, false, corrupt, tokens[1], tokens[2]}
+end
 lease_end = now + tonumber(ARGV[3])
 redis.call('HSET', key, 'l:'..f, token, 'm:'..f, lease_end)
 keep_until(key, lease_end, now)
-return {2, false, corrupt}
+return {2, false, corrupt, tokens[1], tokens[2]}
 """,
 )
 
@@ -145,24 +166,12 @@ return #KEYS
 """,
 )
 
-#: KEYS[1] token hash. ARGV: fresh item token, fresh query token, ttl ms.
-#: Returns {item token, query token}, creating both when either is missing
-#: (new table, or evicted: then every older entry must miss).
+#: KEYS[1] token hash. ARGV: a fresh random value, ttl ms. Returns {item token,
+#: query token}. Used on a cluster, where the token hash is on another node.
 TABLE_TOKENS = _script(
     "table_tokens",
     """
-local key = KEYS[1]
-local t = redis.pcall('HMGET', key, 'i', 'q')
-if t['err'] then redis.call('DEL', key); t = {} end
-local ttl = tonumber(ARGV[3])
-if not t[1] or not t[2] then
-  t = {ARGV[1], ARGV[2]}
-  redis.call('HSET', key, 'i', t[1], 'q', t[2])
-  redis.call('PEXPIRE', key, ttl)
-elseif redis.call('PTTL', key) < ttl / 2 then
-  redis.call('PEXPIRE', key, ttl)
-end
-return t
+return table_tokens(KEYS[1], ARGV[1], tonumber(ARGV[2]))
 """,
 )
 
@@ -186,10 +195,10 @@ return 1
 SCRIPTS = (LOOKUP_OR_LEASE, FILL_IF_LEASED, INVALIDATE_ITEMS, TABLE_TOKENS, REPLACE_TOKENS)
 
 
-@dataclass(frozen=True, slots=True)
-class LookupRequest:
+class LookupRequest(NamedTuple):
     key: str
     field: str
+    token_key: str
     lease_token: str
     lease_ms: int
     admission: int = 1
@@ -197,15 +206,13 @@ class LookupRequest:
     drop: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class LookupReply:
+class LookupReply(NamedTuple):
     status: int
     entry: bytes | None
     corrupt: bool
 
 
-@dataclass(frozen=True, slots=True)
-class FillRequest:
+class FillRequest(NamedTuple):
     key: str
     field: str
     lease_token: str
@@ -216,43 +223,72 @@ class FillRequest:
 FILL_STORED, FILL_LOST, FILL_RELEASED, FILL_GARBAGE = 1, 0, 2, -1
 
 
+_PROCESS = os.urandom(6).hex()
+_sequence = itertools.count()
+
+
 def new_token() -> str:
-    """A random version token or lease token (never a counter: see docs/design.md)."""
-    return os.urandom(8).hex()
+    """A lease token or version token that no process ever made before.
+
+    A random per-process prefix and a counter: unique like a random value
+    (never a counter that restarts, see docs/design.md), at a fraction of the
+    cost of ``os.urandom`` on every lookup. Forked children draw a new prefix.
+    """
+    return f"{_PROCESS}{next(_sequence):x}"
+
+
+def _reseed() -> None:
+    global _PROCESS
+    _PROCESS = os.urandom(6).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed)
 
 
 def lookup(
-    requests: Sequence[LookupRequest], token_keys: Sequence[str], token_ttl_ms: int
+    requests: Sequence[LookupRequest], token_ttl_ms: int, *, cluster: bool = False
 ) -> Op[tuple[list[LookupReply], dict[str, tuple[str, str]]]]:
-    """Look up entries (taking leases on misses) and read table tokens: one round trip."""
+    """Look up entries (taking leases on misses) and read table tokens: one round trip.
+
+    On one node each script also reads its table's tokens; on a cluster they
+    live on other nodes, so each table's tokens are one more call of the batch.
+    """
     calls = [
         Call(
             LOOKUP_OR_LEASE,
             (
                 r.key,
+                *(() if cluster else (r.token_key,)),
                 r.field,
                 r.lease_token,
                 r.lease_ms,
                 r.admission,
                 r.admission_window_ms,
                 1 if r.drop else 0,
+                token_ttl_ms,
             ),
-            1,
+            1 if cluster else 2,
         )
         for r in requests
     ]
-    calls += [
-        Call(TABLE_TOKENS, (key, new_token(), new_token(), token_ttl_ms), 1) for key in token_keys
-    ]
+    token_keys = list(dict.fromkeys(r.token_key for r in requests)) if cluster else []
+    calls += [Call(TABLE_TOKENS, (key, new_token(), token_ttl_ms), 1) for key in token_keys]
     replies = yield RedisBatch(calls)
     entries = [
         LookupReply(int(reply[0]), reply[1] or None, bool(reply[2]))
         for reply in replies[: len(requests)]
     ]
-    tokens = {
-        key: (_text(reply[0]), _text(reply[1]))
-        for key, reply in zip(token_keys, replies[len(requests) :], strict=True)
-    }
+    if cluster:
+        tokens = {
+            key: (_text(reply[0]), _text(reply[1]))
+            for key, reply in zip(token_keys, replies[len(requests) :], strict=True)
+        }
+    else:
+        tokens = {
+            r.token_key: (_text(reply[3]), _text(reply[4]))
+            for r, reply in zip(requests, replies, strict=True)
+        }
     return entries, tokens
 
 
@@ -274,8 +310,9 @@ def invalidate(
     tokens: Sequence[tuple[str, bool]] = (),
     token_ttl_ms: int = 0,
     cluster: bool = False,
+    channel: str | None = None,
 ) -> Op[None]:
-    """Drop items and replace table tokens: one round trip.
+    """Drop items and replace table tokens, and tell the near caches: one round trip.
 
     ``tokens`` holds (token key, True to drop item entries too, not only queries).
     On a cluster, keys are grouped by slot (a script touches one slot).
@@ -286,6 +323,9 @@ def invalidate(
         Call(REPLACE_TOKENS, (key, new_token(), new_token(), int(items), token_ttl_ms), 1)
         for key, items in tokens
     ]
+    if calls and channel is not None:
+        message = encode_message(keys, [key for key, _ in tokens])
+        calls.append(Call(None, ("PUBLISH", channel, message)))
     if calls:
         yield RedisBatch(calls)
 
@@ -324,8 +364,8 @@ def group_by_slot(keys: Sequence[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-def _queue(pipe: Any, call: Call, cluster: Any = None) -> None:
-    """Add one call to a pipeline.
+def _queue(pipe: Any, call: Call, cluster: Any = None) -> Any:
+    """Add one call to a pipeline (or, given a client, run it).
 
     NEVER_DECODE: entries are binary even when the caller's client was made
     with ``decode_responses=True`` (redis-py's own DUMP command does the same).
@@ -336,9 +376,8 @@ def _queue(pipe: Any, call: Call, cluster: Any = None) -> None:
     if cluster is not None:
         options["target_nodes"] = cluster.get_node_from_key(call.first_key)
     if call.script is not None:
-        pipe.execute_command("EVALSHA", call.script.sha, call.numkeys, *call.args, **options)
-    else:
-        pipe.execute_command(*call.args, **options)
+        return pipe.execute_command("EVALSHA", call.script.sha, call.numkeys, *call.args, **options)
+    return pipe.execute_command(*call.args, **options)
 
 
 def _first_error(replies: Sequence[Any]) -> None:
@@ -358,6 +397,8 @@ class SyncTransport:
         self.client.ping()
 
     def execute(self, calls: Sequence[Call]) -> list[Any]:
+        if len(calls) == 1 and not self.cluster:
+            return [self._single(calls[0])]
         replies = self._pipeline(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
@@ -369,6 +410,15 @@ class SyncTransport:
                 replies[i] = reply
         _first_error(replies)
         return replies
+
+    def _single(self, call: Call) -> Any:
+        """One command without a pipeline object: the common hit costs less."""
+        try:
+            return _queue(self.client, call)
+        except NoScriptError:
+            assert call.script is not None
+            self.client.script_load(call.script.source)
+            return _queue(self.client, call)
 
     def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)

@@ -27,11 +27,12 @@ def run(transport: SyncTransport, op: Op[Any]) -> Any:
     return drive(op, transport, lambda table: None)
 
 
+TOKENS = "tok:{t}"
+
+
 def lookup(transport: SyncTransport, key: str, lease: str, **kw: Any) -> store.LookupReply:
-    replies, _ = run(
-        transport,
-        store.lookup([LookupRequest(key, "v", lease, kw.pop("lease_ms", 5000), **kw)], [], 1000),
-    )
+    request = LookupRequest(key, "v", TOKENS, lease, kw.pop("lease_ms", 5000), **kw)
+    replies, _ = run(transport, store.lookup([request], 1000, cluster=transport.cluster))
     reply: store.LookupReply = replies[0]
     return reply
 
@@ -77,7 +78,12 @@ def test_expired_variant_is_a_miss_even_if_the_key_lives(
 ) -> None:
     lookup(transport, key, "L1")
     fill(transport, key, "L1", b"short", ttl_ms=100)
-    run(transport, store.lookup([LookupRequest(key, "w", "Lw", 5000)], [], 1000))
+    run(
+        transport,
+        store.lookup(
+            [LookupRequest(key, "w", TOKENS, "Lw", 5000)], 1000, cluster=transport.cluster
+        ),
+    )
     run(transport, store.fill([FillRequest(key, "w", "Lw", b"long", 60_000)]))
     time.sleep(0.15)
     assert lookup(transport, key, "L2").status == store.LEASED
@@ -127,7 +133,8 @@ def test_table_tokens_are_created_and_replaced(transport: SyncTransport, namespa
     tokens_key = f"{namespace}:t:{{t}}"
 
     def tokens() -> tuple[str, str]:
-        _, found = run(transport, store.lookup([], [tokens_key], 60_000))
+        request = LookupRequest(f"{namespace}:i:{{x}}:t", "", tokens_key, "L", 1000)
+        _, found = run(transport, store.lookup([request], 60_000, cluster=transport.cluster))
         pair: tuple[str, str] = found[tokens_key]
         return pair
 

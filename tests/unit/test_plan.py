@@ -108,7 +108,7 @@ def test_batch_plan_and_miss_request() -> None:
     plan = planner().plan("BatchGetItem", params)
     assert isinstance(plan, ReadPlan)
     assert [(s.label, s.position) for s in plan.slots] == [("a", 0), ("a", 1)]
-    assert plan.passthrough == {"b": (1, True)}
+    assert plan.batch is not None and plan.batch.passthrough == {"b": (1, True)}
     plan.slots[0].state = HIT
     body = {"RequestItems": {k: dict(v) for k, v in params["RequestItems"].items()}}
     assert shape_miss_request(plan, body)

@@ -1,0 +1,196 @@
+"""The opt-in near cache, against a real Redis: local and remote eviction, the TTL bound."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import redis
+
+import ddbcache_hooks
+from ddbcache_hooks import NearCache
+from ddbcache_hooks._redis_server import RedisServer
+from tests.conftest import CountingConnection, make_table
+
+KEY = {"pk": {"S": "a"}}
+
+
+class Counting(CountingConnection):
+    sends = 0
+
+
+@pytest.fixture
+def near_client(
+    moto_url: str, redis_server: RedisServer, namespace: str
+) -> Iterator[tuple[Any, ddbcache_hooks.Registration, NearCache]]:
+    near = NearCache(max_items=100, ttl_ms=2000)
+    pool = redis.ConnectionPool(connection_class=Counting, port=redis_server.port)
+    session = boto3.Session(region_name="us-east-1")
+    registration = ddbcache_hooks.register(
+        session, redis.Redis(connection_pool=pool), namespace=namespace, near_cache=near
+    )
+    client = session.client("dynamodb", endpoint_url=moto_url)
+    make_table(client, "items")
+    client.put_item(TableName="items", Item={**KEY, "v": {"S": "1"}})
+    deadline = time.monotonic() + 5
+    while not near.online and time.monotonic() < deadline:  # subscribed
+        time.sleep(0.01)
+    assert near.online
+    yield client, registration, near
+    registration.unregister()
+
+
+def value(client: Any) -> tuple[str, str]:
+    response = client.get_item(TableName="items", Key=KEY)
+    return ("hit" if "CacheMetadata" in response else "miss"), response["Item"]["v"]["S"]
+
+
+def test_near_hits_cost_no_round_trip(near_client: Any) -> None:
+    client, registration, _ = near_client
+    assert value(client) == ("miss", "1")
+    assert value(client) == ("hit", "1")  # from Redis, now also held in the process
+    before = Counting.sends
+    for _ in range(5):
+        hit = client.get_item(TableName="items", Key=KEY)
+        assert hit["CacheMetadata"]["CacheHit"] and hit["Item"]["v"] == {"S": "1"}
+    assert Counting.sends == before
+    assert registration.stats()["near_hits"] == 5
+
+
+def test_each_near_hit_is_a_fresh_object(near_client: Any) -> None:
+    client, _, _ = near_client
+    value(client)
+    value(client)
+    first = client.get_item(TableName="items", Key=KEY)
+    first["Item"]["v"]["S"] = "mutated by the caller"
+    assert client.get_item(TableName="items", Key=KEY)["Item"]["v"] == {"S": "1"}
+
+
+def test_local_writes_evict_at_once(near_client: Any) -> None:
+    client, _, near = near_client
+    value(client)
+    value(client)
+    assert len(near) == 1
+    client.put_item(TableName="items", Item={**KEY, "v": {"S": "2"}})
+    assert len(near) == 0
+    assert value(client) == ("miss", "2")
+
+
+def test_entries_are_never_served_after_ttl(
+    moto_url: str, redis_server: RedisServer, namespace: str
+) -> None:
+    near = NearCache(max_items=10, ttl_ms=300)
+    session = boto3.Session(region_name="us-east-1")
+    registration = ddbcache_hooks.register(
+        session, redis_server.url, namespace=namespace, near_cache=near
+    )
+    try:
+        client = session.client("dynamodb", endpoint_url=moto_url)
+        make_table(client, "items")
+        client.put_item(TableName="items", Item={**KEY, "v": {"S": "1"}})
+        while not near.online:
+            time.sleep(0.01)
+        value(client)
+        value(client)
+        # A write nobody hears about (as when a message is lost): only the TTL bounds it.
+        redis.Redis(port=redis_server.port).hset(
+            registration._protocol.planner.item_key("items", KEY), "e:", b"x"
+        )
+        started = time.monotonic()
+        assert registration.stats()["near_hits"] == 0
+        while near.get(registration._protocol.planner.item_key("items", KEY), ""):
+            assert time.monotonic() - started < 0.35
+            time.sleep(0.01)
+        assert time.monotonic() - started >= 0.2
+    finally:
+        registration.unregister()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, boto3, ddbcache_hooks
+    moto_url, redis_url, namespace, value = sys.argv[1:]
+    session = boto3.Session(region_name="us-east-1")
+    ddbcache_hooks.register(session, redis_url, namespace=namespace)
+    session.client("dynamodb", endpoint_url=moto_url).put_item(
+        TableName="items", Item={"pk": {"S": "a"}, "v": {"S": value}})
+    """
+)
+
+
+def test_remote_writes_evict_through_pub_sub(
+    near_client: Any, moto_url: str, redis_server: RedisServer, namespace: str
+) -> None:
+    client, _, near = near_client
+    value(client)
+    value(client)
+    assert len(near) == 1
+    subprocess.run(
+        [sys.executable, "-c", WRITER, moto_url, redis_server.url, namespace, "remote"],
+        check=True,
+        timeout=60,
+    )
+    deadline = time.monotonic() + 2
+    while len(near) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(near) == 0, "the invalidation message did not arrive"
+    assert value(client) == ("miss", "remote")
+
+
+def test_a_dropped_subscription_clears_and_stops_caching(
+    near_client: Any, redis_server: RedisServer
+) -> None:
+    client, _, near = near_client
+    value(client)
+    value(client)
+    assert len(near) == 1
+    redis.Redis(port=redis_server.port).client_kill_filter(_type="pubsub")
+    deadline = time.monotonic() + 3
+    while len(near) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(near) == 0  # whatever was cached may have missed messages: gone
+    deadline = time.monotonic() + 5  # the subscriber comes back by itself
+    while not near.online and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert near.online
+    value(client)  # (the first entry was filled inside the put's settle window: it may be gone)
+    value(client)
+    assert len(near) == 1
+
+
+def test_memory_is_bounded_by_max_items(
+    moto_url: str, redis_server: RedisServer, namespace: str
+) -> None:
+    near = NearCache(max_items=10, ttl_ms=10_000)
+    session = boto3.Session(region_name="us-east-1")
+    registration = ddbcache_hooks.register(
+        session, redis_server.url, namespace=namespace, near_cache=near
+    )
+    try:
+        client = session.client("dynamodb", endpoint_url=moto_url)
+        make_table(client, "items")
+        while not near.online:
+            time.sleep(0.01)
+        for i in range(40):
+            key = {"pk": {"S": str(i)}}
+            client.get_item(TableName="items", Key=key)
+            client.get_item(TableName="items", Key=key)
+        assert len(near) == 10
+    finally:
+        registration.unregister()
+
+
+def test_near_cache_from_the_environment() -> None:
+    from ddbcache_hooks.config import from_environment
+
+    near = from_environment({"DDBCACHE_NEAR_CACHE": "max_items=50,ttl_ms=250"})["near_cache"]
+    assert (near.max_items, near.ttl_ms) == (50, 250)
+    assert from_environment({"DDBCACHE_NEAR_CACHE": "off"})["near_cache"] is None
+    with pytest.raises(ValueError, match="DDBCACHE_NEAR_CACHE"):
+        from_environment({"DDBCACHE_NEAR_CACHE": "size=5"})
