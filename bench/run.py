@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -178,6 +180,144 @@ def bench_hits(env: Env) -> dict[str, float]:
     }
 
 
+def bench_near(env: Env) -> dict[str, float]:
+    """The opt-in near cache: a hit served in-process, against the floor."""
+    from ddbcache_hooks import NearCache
+
+    session = env.session()
+    near = NearCache(max_items=1000, ttl_ms=60_000)
+    registration = env.register(session, near_cache=near)
+    client = session.client("dynamodb")
+    make_table(client, "near", items=1, size=200)
+    k = key(0)
+    deadline = time.monotonic() + 5
+    while not near.online and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.get_item(TableName="near", Key=k)
+    client.get_item(TableName="near", Key=k)
+    floor = canned_client(env.session(), client.get_item(TableName="near", Key=k))
+    plain_session = env.session()
+    plain_registration = env.register(plain_session)
+    plain = plain_session.client("dynamodb")
+    plain.get_item(TableName="near", Key=k)
+    series = measure(
+        {
+            "floor: botocore call answered by a handler": lambda: floor.get_item(
+                TableName="near", Key=k
+            ),
+            "hit through Redis": lambda: plain.get_item(TableName="near", Key=k),
+            "near-cache hit": lambda: client.get_item(TableName="near", Key=k),
+        },
+        rounds=env.rounds,
+        per_round=env.per_round,
+    )
+    assert registration.stats()["near_hits"] > 0
+    registration.unregister()
+    plain_registration.unregister()
+    print(table_of(series, "floor: botocore call answered by a handler"))
+    f = series["floor: botocore call answered by a handler"].median_us
+    return {
+        "near-cache hit / botocore floor": series["near-cache hit"].median_us / f,
+        "near-cache hit / Redis hit": series["near-cache hit"].median_us
+        / series["hit through Redis"].median_us,
+    }
+
+
+def bench_pages(env: Env) -> dict[str, float]:
+    """Query page hits of 1 KB, 100 KB and 1 MB (incompressible data): the codec's cost."""
+    import base64
+
+    session = env.session()
+    registration = env.register(session, max_entry_bytes=4 << 20)
+    client = session.client("dynamodb")
+    make_table(client, "pages")
+    cases = {}
+    ratios = {}
+    for label, total in (("1 KB", 1 << 10), ("100 KB", 100 << 10), ("1 MB", 1000 << 10)):
+        per_item = min(total, 32 << 10)
+        for i in range(max(1, total // per_item)):
+            data = base64.b64encode(os.urandom(per_item * 3 // 4)).decode()
+            client.put_item(
+                TableName="pages",
+                Item={"pk": {"S": label}, "sk": {"N": str(i)}, "data": {"S": data}},
+            )
+        params = {
+            "TableName": "pages",
+            "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": {":p": {"S": label}},
+        }
+        client.query(**params)
+        assert "CacheMetadata" in client.query(**params), label
+        cases[f"Query page hit, {label}"] = functools.partial(client.query, **params)
+    series = measure(cases, rounds=max(3, env.rounds // 2), per_round=max(3, env.per_round // 10))
+    registration.unregister()
+    print(table_of(series, "Query page hit, 1 KB"))
+    for name, s in series.items():
+        ratios[f"{name} / 1 KB page hit"] = s.median_us / series["Query page hit, 1 KB"].median_us
+    return ratios
+
+
+def bench_codec(env: Env) -> dict[str, float]:
+    """Entry codecs compared on a 1 KB item and a 100 KB page: why msgpack."""
+    import base64
+    import json
+
+    import msgpack
+
+    def to_json(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return {"__b": base64.b64encode(value).decode()}
+        if isinstance(value, dict):
+            return {k: to_json(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [to_json(v) for v in value]
+        return value
+
+    def from_json(value: Any) -> Any:
+        if isinstance(value, dict):
+            if len(value) == 1 and "__b" in value:
+                return base64.b64decode(value["__b"])
+            return {k: from_json(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [from_json(v) for v in value]
+        return value
+
+    def item(i: int) -> dict[str, Any]:
+        return {
+            "pk": {"S": f"customer-{i}"},
+            "sk": {"N": str(i)},
+            "name": {"S": "x" * 600},
+            "blob": {"B": os.urandom(200)},
+            "tags": {"SS": ["a", "b", "c"]},
+            "nested": {"M": {"n": {"N": "1.5"}, "l": {"L": [{"BOOL": True}, {"NULL": True}]}}},
+        }
+
+    one = {"Item": item(0)}
+    page = {"Items": [item(i) for i in range(100)], "Count": 100, "ScannedCount": 100}
+    results = {}
+    cases: dict[str, Callable[[], object]] = {}
+    for label, payload in (("1 KB item", one), ("100 KB page", page)):
+        packed = msgpack.packb(payload, use_bin_type=True)
+        dumped = json.dumps(to_json(payload)).encode()
+        assert msgpack.unpackb(packed, raw=False) == payload == from_json(json.loads(dumped))
+        cases[f"msgpack decode, {label}"] = functools.partial(msgpack.unpackb, packed, raw=False)
+        cases[f"json+base64 decode, {label}"] = lambda d=dumped: from_json(json.loads(d))
+        cases[f"msgpack encode, {label}"] = functools.partial(
+            msgpack.packb, payload, use_bin_type=True
+        )
+        cases[f"json+base64 encode, {label}"] = lambda p=payload: json.dumps(to_json(p))
+        results[label] = (len(packed), len(dumped))
+    series = measure(cases, rounds=max(3, env.rounds // 2), per_round=max(5, env.per_round // 4))
+    print(table_of(series, "msgpack decode, 1 KB item"))
+    for label, (m, j) in results.items():
+        print(f"size of {label}: msgpack {m} bytes, json+base64 {j} bytes")
+    return {
+        f"json+base64 / msgpack decode, {label}": series[f"json+base64 decode, {label}"].median_us
+        / series[f"msgpack decode, {label}"].median_us
+        for label in results
+    }
+
+
 def table_of(series: dict[str, Series], baseline: str) -> str:
     return table(rows_for(series, baseline), HEADERS)
 
@@ -313,7 +453,10 @@ def bench_outage(env: Env) -> dict[str, float]:
 
 BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
     "hits": bench_hits,
+    "near": bench_near,
     "batch": bench_batch,
+    "pages": bench_pages,
+    "codec": bench_codec,
     "outage": bench_outage,
 }
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .aio import AsyncRegistration, register_async
     from .config import TablePolicy
     from .errors import CacheConnectionError, ConfigurationError, RegistrationError
     from .handlers import disabled
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from .plugin import Registration, register
 
 _PUBLIC = {
+    "AsyncRegistration": ".aio",
+    "register_async": ".aio",
     "CacheConnectionError": ".errors",
     "ConfigurationError": ".errors",
     "RegistrationError": ".errors",
@@ -35,6 +38,7 @@ _PUBLIC = {
 }
 
 __all__ = [
+    "AsyncRegistration",
     "CacheConnectionError",
     "ConfigurationError",
     "NearCache",
@@ -44,6 +48,7 @@ __all__ = [
     "__version__",
     "disabled",
     "register",
+    "register_async",
 ]
 
 

@@ -83,6 +83,24 @@ class Hooks:
         plan = context.get(PLAN)
         return plan if isinstance(plan, WritePlan) else None
 
+    def _answer(self, plan: ReadPlan, response: Any, request: dict[str, Any]) -> Any:
+        """before-call's result: a hit short-circuits the HTTP call; a miss may reshape it."""
+        if response is not _FAILED and response is not None:
+            return AWSResponse(None, 200, {}, None), response
+        _reshape_body(plan, request)
+        return None
+
+    def _remember(self, plan: WritePlan, parsed: dict[str, Any] | None) -> None:
+        """A write whose invalidation Redis did not take: keep it for replay."""
+        self.protocol.backlog.add(self.protocol.undelivered(plan, parsed))
+
+    def _schema(self, table: str, describe: Callable[[], Any]) -> TableSchema | None:
+        try:
+            return schema_mod.from_description(describe())
+        except (ClientError, BotoCoreError, KeyError) as exc:
+            self._describe_failed(table, exc)
+            return None
+
     def _failed(self, exc: Exception) -> None:
         self.protocol.breaker.failure()
         self.protocol.stats.incr("errors")
@@ -113,11 +131,7 @@ class SyncHooks(Hooks):
         plan = self._read_plan(context)
         if plan is None:
             return None
-        response = self._run(self.protocol.serve(plan))
-        if response is not _FAILED and response is not None:
-            return AWSResponse(None, 200, {}, None), response
-        _reshape_body(plan, params)
-        return None
+        return self._answer(plan, self._run(self.protocol.serve(plan)), params)
 
     def store_read_result(
         self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any
@@ -143,7 +157,7 @@ class SyncHooks(Hooks):
         if plan is None:
             return
         if self._run(self.protocol.invalidate(plan, parsed)) is _FAILED:
-            self.protocol.backlog.add(self.protocol.undelivered(plan, parsed))
+            self._remember(plan, parsed)
 
     def _run(self, op: Op[T]) -> T:
         """Drive one protocol step; the single boundary for Redis errors."""
@@ -165,11 +179,7 @@ class SyncHooks(Hooks):
         client = self._client()
         if client is None:
             return None
-        try:
-            return schema_mod.from_description(client.describe_table(TableName=table))
-        except (ClientError, BotoCoreError, KeyError) as exc:
-            self._describe_failed(table, exc)
-            return None
+        return self._schema(table, lambda: client.describe_table(TableName=table))
 
 
 def drive(op: Op[T], transport: SyncTransport, describe: Callable[[str], TableSchema | None]) -> T:

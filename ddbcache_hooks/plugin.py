@@ -335,12 +335,24 @@ def _environ() -> Mapping[str, str]:
     return os.environ
 
 
+def is_async(obj: Any) -> bool:
+    """Whether an object comes from aiobotocore / aioboto3 (their classes subclass botocore's)."""
+    return any(
+        klass.__module__.split(".")[0] in ("aiobotocore", "aioboto3") for klass in type(obj).__mro__
+    )
+
+
 def _resolve_target(target: Any) -> tuple[str, Any]:
     """("session", its event emitter) or ("client", the DynamoDB client)."""
     import boto3
     import botocore.client
     import botocore.session
 
+    if target is not None and is_async(getattr(getattr(target, "meta", None), "client", target)):
+        raise RegistrationError(
+            "this is an aiobotocore / aioboto3 object: use "
+            "`await ddbcache_hooks.register_async(...)` with a redis.asyncio client"
+        )
     if target is None:
         if boto3.DEFAULT_SESSION is None:
             boto3.setup_default_session()
@@ -371,6 +383,11 @@ def connect(redis_target: Any, settings: Settings) -> Any:
         if not hasattr(redis_target, "pipeline"):
             raise RegistrationError(
                 f"redis= must be a redis client or URL, got {type(redis_target).__name__}"
+            )
+        if type(redis_target).__module__.startswith("redis.asyncio"):
+            raise RegistrationError(
+                "register() needs a synchronous redis client; this redis.asyncio client is for "
+                "register_async() with aiobotocore / aioboto3"
             )
         _warn_without_timeout(redis_target)
         return redis_target

@@ -458,6 +458,8 @@ class AsyncTransport:
         await self.client.ping()
 
     async def execute(self, calls: Sequence[Call]) -> list[Any]:
+        if len(calls) == 1 and not self.cluster:
+            return [await self._single(calls[0])]
         replies = await self._pipeline(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
@@ -470,6 +472,14 @@ class AsyncTransport:
                 replies[i] = reply
         _first_error(replies)
         return replies
+
+    async def _single(self, call: Call) -> Any:
+        try:
+            return await _queue(self.client, call)
+        except NoScriptError:
+            assert call.script is not None
+            await self.client.script_load(call.script.source)
+            return await _queue(self.client, call)
 
     async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
