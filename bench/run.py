@@ -318,6 +318,65 @@ def bench_codec(env: Env) -> dict[str, float]:
     }
 
 
+def bench_async(env: Env) -> dict[str, float]:
+    """Cached GetItem hits: aioboto3 (awaited) against boto3, on the same data."""
+    import asyncio
+
+    import aioboto3
+    import redis.asyncio as aredis
+    from moto.server import ThreadedMotoServer
+
+    from ddbcache_hooks._redis_server import free_port
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    namespace = "bench-" + uuid.uuid4().hex[:8]
+    sync_session = env.session()
+    sync_registration = ddbcache_hooks.register(sync_session, env.redis(), namespace=namespace)
+    sync_client = sync_session.client("dynamodb", endpoint_url=url)
+    make_table(sync_client, "async", items=1, size=200)
+    k = key(0)
+
+    async def run() -> dict[str, Series]:
+        session = aioboto3.Session(region_name="us-east-1")
+        registration = await ddbcache_hooks.register_async(
+            session, aredis.Redis(port=env.server.port), namespace=namespace
+        )
+        async with session.client("dynamodb", endpoint_url=url) as client:
+            await client.get_item(TableName="async", Key=k)
+            sync_client.get_item(TableName="async", Key=k)
+            assert "CacheMetadata" in await client.get_item(TableName="async", Key=k)
+            series = {name: Series(name) for name in ("sync hit (boto3)", "async hit (aioboto3)")}
+            clock = time.perf_counter_ns
+            for _ in range(10):
+                await client.get_item(TableName="async", Key=k)
+                sync_client.get_item(TableName="async", Key=k)
+            for _ in range(env.rounds):
+                for _ in range(env.per_round):
+                    started = clock()
+                    sync_client.get_item(TableName="async", Key=k)
+                    series["sync hit (boto3)"].samples_ns.append(clock() - started)
+                for _ in range(env.per_round):
+                    started = clock()
+                    await client.get_item(TableName="async", Key=k)
+                    series["async hit (aioboto3)"].samples_ns.append(clock() - started)
+        registration.unregister()
+        return series
+
+    try:
+        series = asyncio.run(run())
+    finally:
+        sync_registration.unregister()
+        server.stop()
+    print(table_of(series, "sync hit (boto3)"))
+    return {
+        "async hit / sync hit": series["async hit (aioboto3)"].median_us
+        / series["sync hit (boto3)"].median_us
+    }
+
+
 def table_of(series: dict[str, Series], baseline: str) -> str:
     return table(rows_for(series, baseline), HEADERS)
 
@@ -457,6 +516,7 @@ BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
     "batch": bench_batch,
     "pages": bench_pages,
     "codec": bench_codec,
+    "async": bench_async,
     "outage": bench_outage,
 }
 
@@ -482,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("ddbcache_hooks").setLevel(logging.ERROR)  # outages are on purpose here
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server access log
     print(f"machine: {machine()}")
     summary: dict[str, float] = {}
     with environment(rounds, per_round) as env:
