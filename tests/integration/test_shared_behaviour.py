@@ -455,3 +455,39 @@ def test_async_invalidate_and_table(
             assert "CacheMetadata" not in await get(f)
 
     asyncio.run(main())
+
+
+def test_async_near_cache_and_counter_flush(
+    moto_url: str, redis_server: RedisServer, namespace: str
+) -> None:
+    from ddbcache_hooks import NearCache
+    from ddbcache_hooks.metrics import aggregate
+
+    near = NearCache(max_items=10, ttl_ms=5000)
+
+    async def main() -> None:
+        async with open_flavor(
+            "async", moto_url, redis_server.url, namespace, near_cache=near, metrics_flush_s=1
+        ) as f:
+            await f.call(
+                "create_table",
+                TableName="items",
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            deadline = time.monotonic() + 5
+            while not near.online and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert near.online
+            for _ in range(4):
+                await get(f)
+            assert f.registration.stats()["near_hits"] == 2 and len(near) == 1
+            await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "new"}})
+            assert len(near) == 0
+            assert (await get(f))["Item"]["v"] == {"S": "new"}
+            await asyncio.sleep(1.3)  # one flush period
+            processes, totals = aggregate(redis.Redis(port=redis_server.port), namespace)
+            assert processes == 1 and totals["near_hits"] == 2
+
+    asyncio.run(main())
