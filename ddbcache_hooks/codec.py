@@ -38,7 +38,7 @@ class CorruptEntry(ValueError):
 
 class Entry(NamedTuple):
     payload: dict[str, Any]
-    token: str
+    token: bytes
     created_ms: int
     compressed: bool = False
 
@@ -52,8 +52,12 @@ class Codec:
         self.compress_min_bytes = compress_min_bytes
         self._key = signing_key
 
+    @property
+    def signs(self) -> bool:
+        return self._key is not None
+
     def encode(
-        self, payload: dict[str, Any], *, token: str, created_ms: int, context: str
+        self, payload: dict[str, Any], *, token: bytes, created_ms: int, context: str
     ) -> bytes:
         body: bytes = msgpack.packb(payload, use_bin_type=True)
         flags = 0
@@ -62,8 +66,7 @@ class Codec:
             flags |= COMPRESSED
         if self._key is not None:
             flags |= SIGNED
-        raw_token = token.encode("ascii")
-        header = _HEADER.pack(MAGIC, VERSION, flags, created_ms, len(raw_token)) + raw_token
+        header = _HEADER.pack(MAGIC, VERSION, flags, created_ms, len(token)) + token
         if self._key is None:
             return header + body
         return header + body + self._sign(context, header, body)
@@ -91,7 +94,7 @@ class Codec:
             raise CorruptEntry("truncated entry")
         body = blob[start:end]
         try:
-            token = blob[_HEADER.size : start].decode("ascii")
+            token = blob[_HEADER.size : start]
             if flags & COMPRESSED:
                 body = zlib.decompress(body)
             payload = msgpack.unpackb(body, raw=False)

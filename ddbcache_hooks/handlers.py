@@ -57,15 +57,19 @@ class Hooks:
     def __init__(self, protocol: Protocol, client: Any) -> None:
         self.protocol = protocol
         self._client = weakref.ref(client)
+        #: When set, reads are cached only while it returns True (compat.CacheClient).
+        self.gate: Callable[[], bool] | None = None
 
     def plan_call(
         self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any
     ) -> None:
         """before-parameter-build (registered last: after boto3 made AttributeValues)."""
         plan = self.protocol.planner.plan(model.name, params)
-        if isinstance(plan, ReadPlan) and _bypass.get():
+        if isinstance(plan, ReadPlan) and (
+            _bypass.get() or (self.gate is not None and not self.gate())
+        ):
             plan = None
-            log.debug("%s bypasses the cache: inside ddbcache_hooks.disabled()", model.name)
+            log.debug("%s bypasses the cache: disabled() or not through a CacheClient", model.name)
         if plan is None:
             if model.name in CACHED_OPERATIONS:
                 self.protocol.stats.incr("bypasses")

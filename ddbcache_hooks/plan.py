@@ -45,7 +45,7 @@ class Slot:
     # Filled in while the call runs:
     state: str = "new"  # one of the SLOT_* states below
     lease: str | None = None
-    token: str = ""  # the table token read with the lookup; the fill records it
+    token: bytes = b""  # the table token read with the lookup; the fill records it
     hit: dict[str, Any] | None = None
     created_ms: int = 0
     blob: bytes = b""

@@ -153,9 +153,9 @@ class Protocol:
             )
             for s in slots
         ]
-        replies, tokens = yield from store.lookup(requests, self.token_ttl_ms, cluster=self.cluster)
+        replies = yield from store.lookup(requests, self.token_ttl_ms, cluster=self.cluster)
         for slot, request, reply in zip(slots, requests, replies, strict=True):
-            slot.token = tokens[slot.token_key][slot.token_kind]
+            slot.token = reply.query_token if slot.token_kind else reply.item_token
             slot.lease = None
             if reply.corrupt:
                 self._corrupt(slot, "the key held another Redis type")
@@ -170,7 +170,7 @@ class Protocol:
 
     def _decode(self, slot: Slot, blob: bytes, *, check_token: bool = True) -> bool:
         try:
-            entry = self.codec.decode(blob, context=slot.key + "\x00" + slot.field)
+            entry = self.codec.decode(blob, context=self._context(slot))
         except CorruptEntry as exc:
             self._corrupt(slot, str(exc))
             return False
@@ -178,6 +178,10 @@ class Protocol:
             return False  # filled before its table was invalidated
         slot.hit, slot.created_ms, slot.blob = entry.payload, entry.created_ms, blob
         return True
+
+    def _context(self, slot: Slot) -> str:
+        """What a signature covers besides the entry: where it is stored."""
+        return slot.key + "\x00" + slot.field if self.codec.signs else ""
 
     def _corrupt(self, slot: Slot, reason: str) -> None:
         self.stats.incr("corrupt_entries")
@@ -278,7 +282,7 @@ class Protocol:
                 payload,
                 token=slot.token,
                 created_ms=int(time.time() * 1000),
-                context=slot.key + "\x00" + slot.field,
+                context=self._context(slot),
             )
             if len(blob) > slot.max_entry_bytes:
                 self.stats.incr("fills_skipped")

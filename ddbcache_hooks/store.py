@@ -210,6 +210,9 @@ class LookupReply(NamedTuple):
     status: int
     entry: bytes | None
     corrupt: bool
+    #: The table's version tokens, read in the same round trip.
+    item_token: bytes
+    query_token: bytes
 
 
 class FillRequest(NamedTuple):
@@ -248,7 +251,7 @@ if hasattr(os, "register_at_fork"):
 
 def lookup(
     requests: Sequence[LookupRequest], token_ttl_ms: int, *, cluster: bool = False
-) -> Op[tuple[list[LookupReply], dict[str, tuple[str, str]]]]:
+) -> Op[list[LookupReply]]:
     """Look up entries (taking leases on misses) and read table tokens: one round trip.
 
     On one node each script also reads its table's tokens; on a cluster they
@@ -272,24 +275,17 @@ def lookup(
         )
         for r in requests
     ]
-    token_keys = list(dict.fromkeys(r.token_key for r in requests)) if cluster else []
+    if not cluster:
+        replies = yield RedisBatch(calls)
+        return [LookupReply(r[0], r[1] or None, bool(r[2]), r[3], r[4]) for r in replies]
+    token_keys = list(dict.fromkeys(r.token_key for r in requests))
     calls += [Call(TABLE_TOKENS, (key, new_token(), token_ttl_ms), 1) for key in token_keys]
     replies = yield RedisBatch(calls)
-    entries = [
-        LookupReply(int(reply[0]), reply[1] or None, bool(reply[2]))
-        for reply in replies[: len(requests)]
+    tokens = dict(zip(token_keys, replies[len(requests) :], strict=True))
+    return [
+        LookupReply(reply[0], reply[1] or None, bool(reply[2]), *tokens[request.token_key])
+        for request, reply in zip(requests, replies[: len(requests)], strict=True)
     ]
-    if cluster:
-        tokens = {
-            key: (_text(reply[0]), _text(reply[1]))
-            for key, reply in zip(token_keys, replies[len(requests) :], strict=True)
-        }
-    else:
-        tokens = {
-            r.token_key: (_text(reply[3]), _text(reply[4]))
-            for r, reply in zip(requests, replies, strict=True)
-        }
-    return entries, tokens
 
 
 def fill(requests: Sequence[FillRequest]) -> Op[list[tuple[int, int]]]:
@@ -338,10 +334,6 @@ def get_value(key: str) -> Op[bytes | None]:
 
 def set_value(key: str, value: bytes, ttl_s: int) -> Op[None]:
     yield RedisBatch([Call(None, ("SET", key, value, "EX", ttl_s))])
-
-
-def _text(value: Any) -> str:
-    return value.decode("ascii") if isinstance(value, bytes) else str(value)
 
 
 # --- transports --------------------------------------------------------------------

@@ -169,7 +169,7 @@ def test_injected_entries_without_the_key_are_ignored(
 
     key = entry_key(registration, "items", KEY)
     token = raw.hget(registration._protocol.layout.tokens("items"), "i")
-    token = token.decode() if isinstance(token, bytes) else token
+    token = token if isinstance(token, bytes) else token.encode()
     forged_payload = {"Item": {**KEY, "v": {"S": "FORGED"}}}
     for codec in (Codec(), Codec(signing_key=b"w" * 32)):  # unsigned, and signed with a wrong key
         forged = codec.encode(forged_payload, token=token, created_ms=0, context=key + "\x00")

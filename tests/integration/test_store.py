@@ -32,7 +32,7 @@ TOKENS = "tok:{t}"
 
 def lookup(transport: SyncTransport, key: str, lease: str, **kw: Any) -> store.LookupReply:
     request = LookupRequest(key, "v", TOKENS, lease, kw.pop("lease_ms", 5000), **kw)
-    replies, _ = run(transport, store.lookup([request], 1000, cluster=transport.cluster))
+    replies = run(transport, store.lookup([request], 1000, cluster=transport.cluster))
     reply: store.LookupReply = replies[0]
     return reply
 
@@ -132,11 +132,10 @@ def test_drop_discards_the_current_entry(transport: SyncTransport, key: str) -> 
 def test_table_tokens_are_created_and_replaced(transport: SyncTransport, namespace: str) -> None:
     tokens_key = f"{namespace}:t:{{t}}"
 
-    def tokens() -> tuple[str, str]:
+    def tokens() -> tuple[bytes, bytes]:
         request = LookupRequest(f"{namespace}:i:{{x}}:t", "", tokens_key, "L", 1000)
-        _, found = run(transport, store.lookup([request], 60_000, cluster=transport.cluster))
-        pair: tuple[str, str] = found[tokens_key]
-        return pair
+        (reply,) = run(transport, store.lookup([request], 60_000, cluster=transport.cluster))
+        return reply.item_token, reply.query_token
 
     first = tokens()
     assert tokens() == first and first[0] != first[1]

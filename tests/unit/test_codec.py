@@ -21,14 +21,14 @@ PAYLOAD: dict[str, Any] = {
 
 
 def encode(codec: Codec, payload: dict[str, Any] = PAYLOAD, context: str = "k") -> bytes:
-    return codec.encode(payload, token="tok", created_ms=1_700_000_000_123, context=context)
+    return codec.encode(payload, token=b"tok", created_ms=1_700_000_000_123, context=context)
 
 
 def test_round_trip_is_exact() -> None:
     codec = Codec()
     entry = codec.decode(encode(codec), context="k")
     assert entry.payload == PAYLOAD
-    assert entry.token == "tok" and entry.created_ms == 1_700_000_000_123
+    assert entry.token == b"tok" and entry.created_ms == 1_700_000_000_123
     assert isinstance(entry.payload["Item"]["bin"]["B"], bytes)
     assert isinstance(entry.payload["Item"]["m"]["M"]["s"]["S"], str)
 
