@@ -68,14 +68,11 @@ class Hooks:
         if isinstance(plan, ReadPlan) and (
             _bypass.get() or (self.gate is not None and not self.gate())
         ):
-            plan = None
-            log.debug("%s bypasses the cache: disabled() or not through a CacheClient", model.name)
+            plan = None  # inside disabled(), or not called through a compat.CacheClient
         if plan is None:
             if model.name in CACHED_OPERATIONS:
                 self.protocol.stats.incr("bypasses")
-                log.debug(
-                    "%s bypasses the cache (consistent, excluded or not cacheable)", model.name
-                )
+                log.debug("%s bypasses the cache", model.name)
             return
         context[PLAN] = plan
 
