@@ -21,16 +21,14 @@ DEMO_TABLE = "demo-orders"
 
 @contextlib.contextmanager
 def embedded_redis(out: TextIO) -> Iterator[tuple[Any, str]]:
-    """A Redis client for the demo and a description of what serves it."""
-    import redis
-
+    """Redis for the demo (a URL, or a fakeredis client) and a description of it."""
     from ._redis_server import RedisServer, RedisServerError, find_server_binary
 
     binary = find_server_binary()
     if binary is not None:
         try:
             with RedisServer(binary) as server:
-                yield redis.Redis(port=server.port), f"{os.path.basename(binary)} on :{server.port}"
+                yield server.url, f"{os.path.basename(binary)} on :{server.port}"
                 return
         except RedisServerError as exc:
             print(f"could not start {binary} ({exc}); using fakeredis", file=out)
