@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
-from .config import Settings, env_flag
+from .config import Settings
 from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .errors import CacheConnectionError, RegistrationError
 from .handlers import _FAILED, Hooks
@@ -33,14 +33,15 @@ from .keys import NotCanonical, table_name
 from .near import NearCache, decode_message
 from .plugin import (
     Registration,
-    _attached,
-    _environ,
-    _lock,
     _low_level_key,
-    _sessions,
     _warn_without_timeout,
+    already_registered,
+    inactive,
+    install,
     is_async,
     redact,
+    resolve_settings,
+    switched_off,
 )
 from .protocol import Protocol
 from .resilience import Invalidation
@@ -263,20 +264,13 @@ async def register_async(
 
     Registering the same session or client twice returns the first handle.
     """
-    for name, value in (("ttl", ttl), ("ttl_config", ttl_config), ("namespace", namespace)):
-        if value is not None:
-            options[name] = value
     kind, resolved = _resolve_async_target(target)
-    with _lock:
-        existing = (_sessions if kind == "session" else _attached).get(resolved)
-        if existing is not None and existing.active and not existing.from_environment:
-            return existing  # type: ignore[return-value]
-    settings = Settings.resolve(options, environ=_environ())
-    if env_flag("ENABLED") is False:
-        log.info("DDBCACHE_ENABLED=0: register_async() leaves DynamoDB calls uncached")
-        registration = AsyncRegistration(Protocol(settings), None, AsyncHooks)
-        registration._active = False
-        return registration
+    existing = already_registered(kind, resolved)
+    if existing is not None:
+        return existing  # type: ignore[return-value]
+    settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
+    if switched_off(settings):
+        return inactive(AsyncRegistration, settings, AsyncHooks)
     client = await connect_async(redis, settings)
     transport = AsyncTransport(client)
     try:
@@ -290,12 +284,7 @@ async def register_async(
         Protocol(settings, cluster=transport.cluster), transport, AsyncHooks
     )
     registration._start_background(client)
-    with _lock:
-        if kind == "session":
-            registration.attach_session(resolved)
-            _sessions[resolved] = registration
-        else:
-            registration.attach_client(resolved)
+    install(registration, kind, resolved)
     return registration
 
 

@@ -109,13 +109,17 @@ def canonical_value(av: Any) -> tuple[Any, ...]:
 
 def canonical_key(key: Mapping[str, Any]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     """Canonical primary key: attribute names sorted, values canonical."""
+    return tuple([(name, canonical_value(key[name])) for name in _key_names(key)])
+
+
+def _key_names(key: Mapping[str, Any]) -> list[str]:
+    """A primary key's attribute names, sorted."""
     if not isinstance(key, Mapping) or not key:
         raise NotCanonical(f"not a primary key: {key!r}")
     try:
-        names = sorted(key)
+        return sorted(key)
     except TypeError:
         raise NotCanonical(f"attribute names must be strings: {key!r}") from None
-    return tuple([(name, canonical_value(key[name])) for name in names])
 
 
 def canonical_param(value: Any) -> Any:
@@ -153,14 +157,8 @@ def item_digest(table: str, key: Mapping[str, Any]) -> str:
     covers the msgpack'd flat list ``[table, name, type, value, …]`` — each part
     typed and length-prefixed, so no value can forge a separator.
     """
-    if not isinstance(key, Mapping) or not key:
-        raise NotCanonical(f"not a primary key: {key!r}")
-    try:
-        names = sorted(key)
-    except TypeError:
-        raise NotCanonical(f"attribute names must be strings: {key!r}") from None
     parts: list[Any] = [table]
-    for name in names:
+    for name in _key_names(key):
         tag, value = canonical_value(key[name])
         if tag not in _KEY_TYPES:
             raise NotCanonical(f"key attribute {name!r} has type {tag}; keys are S, N or B")

@@ -14,7 +14,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
@@ -30,6 +30,7 @@ from .resilience import Invalidation
 from .store import SyncTransport
 
 log = logging.getLogger("ddbcache_hooks")
+R = TypeVar("R", bound="Registration")
 
 _READS = frozenset({Action.ITEM_READ, Action.BATCH_READ, Action.QUERY_READ})
 _WRITES = frozenset({Action.WRITE})
@@ -276,33 +277,62 @@ def register(
     Raises ConfigurationError (a ValueError) for bad options and
     CacheConnectionError when Redis does not answer.
     """
-    for name, value in (("ttl", ttl), ("ttl_config", ttl_config), ("namespace", namespace)):
-        if value is not None:
-            options[name] = value
     kind, resolved = _resolve_target(target)
-    with _lock:
-        existing = (_sessions if kind == "session" else _attached).get(resolved)
-        if existing is not None and existing.active and not existing.from_environment:
-            log.debug("already registered on %r; returning the existing handle", resolved)
-            return existing
-    settings = Settings.resolve(options, environ=_environ())
-    if env_flag("ENABLED") is False:
-        log.info("DDBCACHE_ENABLED=0: register() leaves DynamoDB calls uncached")
-        registration = Registration(Protocol(settings), None, SyncHooks)
-        registration._active = False
-        return registration
+    existing = already_registered(kind, resolved)
+    if existing is not None:
+        return existing
+    settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
+    if switched_off(settings):
+        return inactive(Registration, settings, SyncHooks)
     client = connect(redis, settings)
     transport = SyncTransport(client)
     _check(transport, redis)
     registration = Registration(Protocol(settings, cluster=transport.cluster), transport, SyncHooks)
     registration._start_background(client)
+    install(registration, kind, resolved)
+    return registration
+
+
+# Steps register() and register_async() share.
+
+
+def already_registered(kind: str, resolved: Any) -> Registration | None:
+    """The handle of an earlier registration in code on the same session or client."""
+    with _lock:
+        existing = (_sessions if kind == "session" else _attached).get(resolved)
+    if existing is not None and existing.active and not existing.from_environment:
+        log.debug("already registered on %r; returning the existing handle", resolved)
+        return existing
+    return None
+
+
+def resolve_settings(options: dict[str, Any], **named: Any) -> Settings:
+    """The named arguments and **options, over DDBCACHE_* variables, over the defaults."""
+    options.update({name: value for name, value in named.items() if value is not None})
+    return Settings.resolve(options, environ=_environ())
+
+
+def switched_off(settings: Settings) -> bool:
+    """An explicit DDBCACHE_ENABLED=0 wins over code."""
+    if env_flag("ENABLED") is False:
+        log.info("DDBCACHE_ENABLED=0: DynamoDB calls stay uncached")
+        return True
+    return False
+
+
+def inactive(cls: type[R], settings: Settings, hooks: Callable[..., Any]) -> R:
+    registration = cls(Protocol(settings), None, hooks)
+    registration._active = False
+    return registration
+
+
+def install(registration: Registration, kind: str, resolved: Any) -> None:
     with _lock:
         if kind == "session":
             registration.attach_session(resolved)
             _sessions[resolved] = registration
         else:
             registration.attach_client(resolved)
-    return registration
 
 
 def register_from_environment(environ: Mapping[str, str]) -> Registration | None:

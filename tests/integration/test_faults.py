@@ -207,108 +207,110 @@ def fault_client(port: int) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-def test_outage_workload(session: boto3.Session, namespace: str, tmp_path: Any) -> None:
-    """Stop, restart and stop again a real server that keeps its data (AOF) across restarts."""
+@pytest.fixture
+def persistent_server(tmp_path: Any) -> Iterator[RedisServer]:
+    """A real server that keeps its data (AOF) across kill and restart, like a replica would."""
     server = RedisServer(
         extra_args=["--appendonly", "yes", "--appendfsync", "always"], workdir=str(tmp_path)
     ).start()
-    try:
-        registration = ddbcache_hooks.register(
-            session,
-            fault_client(server.port),
-            namespace=namespace,
-            breaker_threshold=2,
-            breaker_cooldown_ms=300,
-            settle_ms=0,
-        )
-        c = session.client("dynamodb")
-        make_table(c, "items")
-        truth = boto3.Session(region_name="us-east-1").client("dynamodb")  # uncached
-        keys = [{"pk": {"S": f"k{i}"}} for i in range(8)]
-        rng = random.Random(5)
+    yield server
+    server.stop()
 
-        def workload(rounds: int) -> None:
-            for n in range(rounds):
-                key = rng.choice(keys)
-                if rng.random() < 0.3:
-                    c.put_item(TableName="items", Item={**key, "v": {"S": f"{time.time()}-{n}"}})
-                elif rng.random() < 0.5:
-                    response = c.batch_get_item(RequestItems={"items": {"Keys": [key]}})
-                    assert response["Responses"]["items"] == current(key, as_list=True)
-                else:
-                    assert c.get_item(TableName="items", Key=key).get("Item") == current(key)
 
-        def current(key: Any, as_list: bool = False) -> Any:
-            item = truth.get_item(TableName="items", Key=key, ConsistentRead=True).get("Item")
-            return ([item] if item else []) if as_list else item
+def test_outage_workload(
+    session: boto3.Session, namespace: str, persistent_server: RedisServer
+) -> None:
+    """Stop, restart and stop again a real server that keeps its data across restarts."""
+    server = persistent_server
+    registration = ddbcache_hooks.register(
+        session,
+        fault_client(server.port),
+        namespace=namespace,
+        breaker_threshold=2,
+        breaker_cooldown_ms=300,
+        settle_ms=0,
+    )
+    c = session.client("dynamodb")
+    make_table(c, "items")
+    truth = boto3.Session(region_name="us-east-1").client("dynamodb")  # uncached
+    keys = [{"pk": {"S": f"k{i}"}} for i in range(8)]
+    rng = random.Random(5)
 
-        for key in keys:
-            c.put_item(TableName="items", Item={**key, "v": {"S": "before"}})
-            c.get_item(TableName="items", Key=key)  # every item cached before the outage
-        workload(50)
+    def workload(rounds: int) -> None:
+        for n in range(rounds):
+            key = rng.choice(keys)
+            if rng.random() < 0.3:
+                c.put_item(TableName="items", Item={**key, "v": {"S": f"{time.time()}-{n}"}})
+            elif rng.random() < 0.5:
+                response = c.batch_get_item(RequestItems={"items": {"Keys": [key]}})
+                assert response["Responses"]["items"] == current(key, as_list=True)
+            else:
+                assert c.get_item(TableName="items", Key=key).get("Item") == current(key)
 
-        server.kill()
-        workload(60)  # writes during the outage change cached items
-        stats = registration.stats()
-        assert stats["breaker_opened"] >= 1 and stats["errors"] >= 2
-        assert len(registration._protocol.backlog) > 0
-        before = AttemptCounting.attempts
-        c.get_item(TableName="items", Key=keys[0])  # the breaker is open: no attempt at all
-        c.put_item(TableName="items", Item={**keys[0], "v": {"S": "while-open"}})
-        assert AttemptCounting.attempts == before
+    def current(key: Any, as_list: bool = False) -> Any:
+        item = truth.get_item(TableName="items", Key=key, ConsistentRead=True).get("Item")
+        return ([item] if item else []) if as_list else item
 
-        server.restart()  # the old entries come back from the AOF
-        time.sleep(0.35)
-        workload(80)
-        assert registration.stats()["backlog_replayed"] > 0
-        assert len(registration._protocol.backlog) == 0
+    for key in keys:
+        c.put_item(TableName="items", Item={**key, "v": {"S": "before"}})
+        c.get_item(TableName="items", Key=key)  # every item cached before the outage
+    workload(50)
 
-        server.kill()
-        workload(40)
-        server.restart()
-        time.sleep(0.35)
-        workload(40)
-        for key in keys:  # no stale entry survived, including items written while Redis was down
-            assert c.get_item(TableName="items", Key=key).get("Item") == current(key)
-            assert c.get_item(TableName="items", Key=key).get("Item") == current(key)
-        assert registration.stats()["hits"] > 0
-        registration.unregister()
-    finally:
-        server.stop()
+    server.kill()
+    workload(60)  # writes during the outage change cached items
+    stats = registration.stats()
+    assert stats["breaker_opened"] >= 1 and stats["errors"] >= 2
+    assert len(registration._protocol.backlog) > 0
+    before = AttemptCounting.attempts
+    c.get_item(TableName="items", Key=keys[0])  # the breaker is open: no attempt at all
+    c.put_item(TableName="items", Item={**keys[0], "v": {"S": "while-open"}})
+    assert AttemptCounting.attempts == before
+
+    server.restart()  # the old entries come back from the AOF
+    time.sleep(0.35)
+    workload(80)
+    assert registration.stats()["backlog_replayed"] > 0
+    assert len(registration._protocol.backlog) == 0
+
+    server.kill()
+    workload(40)
+    server.restart()
+    time.sleep(0.35)
+    workload(40)
+    for key in keys:  # no stale entry survived, including items written while Redis was down
+        assert c.get_item(TableName="items", Key=key).get("Item") == current(key)
+        assert c.get_item(TableName="items", Key=key).get("Item") == current(key)
+    assert registration.stats()["hits"] > 0
+    registration.unregister()
 
 
 def test_backlog_overflow_flushes_the_table(
-    session: boto3.Session, namespace: str, tmp_path: Any
+    session: boto3.Session, namespace: str, persistent_server: RedisServer
 ) -> None:
-    server = RedisServer(
-        extra_args=["--appendonly", "yes", "--appendfsync", "always"], workdir=str(tmp_path)
-    ).start()
-    try:
-        registration = ddbcache_hooks.register(
-            session,
-            fault_client(server.port),
-            namespace=namespace,
-            breaker_threshold=1,
-            breaker_cooldown_ms=200,
-            backlog_size=2,
-        )
-        c = session.client("dynamodb")
-        make_table(c, "items")
-        keys = [{"pk": {"S": f"k{i}"}} for i in range(6)]
-        for key in keys:
-            c.put_item(TableName="items", Item=key)
-            c.get_item(TableName="items", Key=key)
-        server.kill()
-        for key in keys[:4]:  # four writes, room for two
-            c.put_item(TableName="items", Item={**key, "v": {"S": "new"}})
-        assert registration.stats()["backlog_overflows"] >= 1
-        server.restart()
-        time.sleep(0.25)
-        for key in keys:  # even the items that were not written miss once: the table was flushed
-            assert "CacheMetadata" not in c.get_item(TableName="items", Key=key)
-        registration.unregister()
-    finally:
-        server.stop()
+    server = persistent_server
+    registration = ddbcache_hooks.register(
+        session,
+        fault_client(server.port),
+        namespace=namespace,
+        breaker_threshold=1,
+        breaker_cooldown_ms=200,
+        backlog_size=2,
+    )
+    c = session.client("dynamodb")
+    make_table(c, "items")
+    keys = [{"pk": {"S": f"k{i}"}} for i in range(6)]
+    for key in keys:
+        c.put_item(TableName="items", Item=key)
+        c.get_item(TableName="items", Key=key)
+    server.kill()
+    for key in keys[:4]:  # four writes, room for two
+        c.put_item(TableName="items", Item={**key, "v": {"S": "new"}})
+    assert registration.stats()["backlog_overflows"] >= 1
+    server.restart()
+    time.sleep(0.25)
+    for key in keys:  # even the items that were not written miss once: the table was flushed
+        assert "CacheMetadata" not in c.get_item(TableName="items", Key=key)
+    registration.unregister()
 
 
 def test_unreachable_at_runtime_costs_little(session: boto3.Session, namespace: str) -> None:

@@ -151,19 +151,23 @@ def shared(
             async with open_flavor(
                 flavor_name, moto_url, redis_server.url, namespace, **options
             ) as flavor:
-                await flavor.call(
-                    "create_table",
-                    TableName="items",
-                    KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-                    AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-                    BillingMode="PAY_PER_REQUEST",
-                )
+                await create_items(flavor)
                 await body(flavor)
 
         asyncio.run(main())
 
     test.__doc__ = body.__doc__
     return test
+
+
+async def create_items(flavor: Flavor) -> None:
+    await flavor.call(
+        "create_table",
+        TableName="items",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
 
 
 async def get(flavor: Flavor, **extra: Any) -> Any:
@@ -388,13 +392,7 @@ def test_redis_down_is_invisible_and_the_breaker_stops_trying(
                 breaker_threshold=2,
                 breaker_cooldown_ms=60_000,
             ) as f:
-                await f.call(
-                    "create_table",
-                    TableName="items",
-                    KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-                    AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-                    BillingMode="PAY_PER_REQUEST",
-                )
+                await create_items(f)
                 await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "1"}})
                 await get(f)
                 server.kill()
@@ -440,13 +438,7 @@ def test_async_invalidate_and_table(
 ) -> None:
     async def main() -> None:
         async with open_flavor("async", moto_url, redis_server.url, namespace) as f:
-            await f.call(
-                "create_table",
-                TableName="items",
-                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-                BillingMode="PAY_PER_REQUEST",
-            )
+            await create_items(f)
             await get(f)
             assert "CacheMetadata" in await get(f)
             assert await f.registration.invalidate("items", {"pk": "a"}) is True
@@ -469,13 +461,7 @@ def test_async_near_cache_and_counter_flush(
         async with open_flavor(
             "async", moto_url, redis_server.url, namespace, near_cache=near, metrics_flush_s=1
         ) as f:
-            await f.call(
-                "create_table",
-                TableName="items",
-                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-                BillingMode="PAY_PER_REQUEST",
-            )
+            await create_items(f)
             deadline = time.monotonic() + 5
             while not near.online and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
