@@ -97,17 +97,10 @@ class Registration:
         from . import metrics
 
         settings = self._protocol.settings
-        near = self._protocol.near
-        if near is not None and self._protocol.channel is not None:
+        if self._protocol.near is not None:
             from .near import Subscriber
 
-            self._subscriber = Subscriber(near, client, self._protocol.channel)
-        elif near is not None:
-            log.warning(
-                "near_cache without publish_invalidations: other processes' writes "
-                "are only bounded by ttl_ms"
-            )
-            near.online = True
+            self._subscriber = Subscriber(self._protocol.near, client, self._protocol.channel)
         if settings.metrics_flush_s:
             self._flusher = metrics.Flusher(
                 self.stats, client, settings.namespace, settings.metrics_flush_s

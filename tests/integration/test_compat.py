@@ -9,6 +9,8 @@ import boto3
 import pytest
 import redis
 from boto3.dynamodb.conditions import Key
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ddbcache_hooks._redis_server import RedisServer
 from ddbcache_hooks.compat import CacheClient
@@ -153,7 +155,7 @@ def test_unreachable_redis_fails_at_once(raw: Any) -> None:
     from ddbcache_hooks._redis_server import free_port
 
     with pytest.raises(Exception, match="Could not connect to Redis"):
-        CacheClient(raw, redis.Redis(port=free_port(), socket_connect_timeout=0.2))
+        CacheClient(raw, redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0)))
 
 
 def test_unknown_attributes_raise_like_the_reference(raw: Any, redis_client: redis.Redis) -> None:

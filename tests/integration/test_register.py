@@ -8,6 +8,8 @@ from typing import Any
 import boto3
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import ddbcache_hooks
 from ddbcache_hooks import CacheConnectionError, ConfigurationError, RegistrationError
@@ -156,7 +158,8 @@ def test_unreachable_redis_fails_fast_with_a_clear_error(session: boto3.Session)
         ddbcache_hooks.register(session, f"redis://:secret@127.0.0.1:{port}")
     assert time.monotonic() - started < 2
     with pytest.raises(CacheConnectionError) as raised:
-        ddbcache_hooks.register(session, redis.Redis(port=port))
+        # (without retries: redis-py's default back-off would only make the test slower)
+        ddbcache_hooks.register(session, redis.Redis(port=port, retry=Retry(NoBackoff(), 0)))
     assert "Could not connect to Redis" in str(raised.value)
     try:
         ddbcache_hooks.register(session, f"redis://:secret@127.0.0.1:{port}")
