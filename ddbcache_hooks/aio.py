@@ -55,6 +55,9 @@ T = TypeVar("T")
 #: ASYNC_POOL_WAIT_S) rather than opening hundreds at once in a burst of misses.
 ASYNC_MAX_CONNECTIONS = 32
 ASYNC_POOL_WAIT_S = 1.0
+#: Floors of the time-outs of an async client built from a URL (see connect_async).
+ASYNC_MIN_TIMEOUT_MS = 250
+ASYNC_MIN_CONNECT_TIMEOUT_MS = 1000
 
 
 async def drive(op: Op[T], transport: AsyncTransport, hooks: AsyncHooks | None) -> T:
@@ -330,9 +333,14 @@ async def connect_async(redis_target: Any, settings: Settings) -> Any:
         return redis_target
     from redis.asyncio.retry import Retry
 
+    # asyncio time-outs also measure how late the event loop gets round to a socket:
+    # in a burst of misses a 50 ms time-out fires while the answer is already there.
     kwargs: dict[str, Any] = {
-        "socket_timeout": settings.redis_timeout_ms / 1000,
-        "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000,
+        "socket_timeout": max(settings.redis_timeout_ms, ASYNC_MIN_TIMEOUT_MS) / 1000,
+        "socket_connect_timeout": max(
+            settings.redis_connect_timeout_ms, ASYNC_MIN_CONNECT_TIMEOUT_MS
+        )
+        / 1000,
         "retry": Retry(NoBackoff(), 0),
     }
     # Many tasks may miss at once: they wait briefly for a connection instead of failing

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,8 +32,9 @@ from .schema import TableSchema
 from .stats import LimitedLog, Stats, log
 
 #: First waits of a caller that finds another caller's lease (seconds); the
-#: last value repeats until ``lease_wait_ms`` is spent.
-_WAIT_STEPS = (0.001, 0.002, 0.004, 0.008, 0.016)
+#: last value repeats until ``lease_wait_ms`` is spent. Each is jittered by up to
+#: half, so that a crowd of waiters does not poll Redis in lockstep.
+_WAIT_STEPS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.025)
 #: Key schemas learned with DescribeTable are shared through Redis for a day.
 SCHEMA_TTL_S = 86400
 
@@ -203,7 +205,8 @@ class Protocol:
             if remaining <= 0:
                 self.stats.incr("lease_wait_timeouts")
                 return
-            yield Sleep(min(_WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)], remaining))
+            pause = _WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)] * (1 + random.random() / 2)
+            yield Sleep(min(pause, remaining))
             step += 1
             yield from self._lookup([slot], drop=False)
             if slot.state == STALE:
