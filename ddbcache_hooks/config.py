@@ -13,7 +13,7 @@ import fnmatch
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -563,10 +563,6 @@ def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool | None
         return _env_bool(raw)
     except ValueError:
         raise ConfigurationError(f"{ENV_PREFIX}{name}={raw!r}: not a boolean") from None
-
-
-def option_names() -> Sequence[str]:
-    return [option.name for option in OPTIONS]
 
 
 __all__ = ["OPTIONS", "Option", "Settings", "TablePolicy", "TableSettings"]

@@ -225,14 +225,6 @@ class Planner:
         return self.layout.item(table, item_digest(table, key))
 
 
-def same_key(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two primary keys name the same item (numbers by value)."""
-    try:
-        return canonical_key(a) == canonical_key(b)
-    except NotCanonical:
-        return False
-
-
 def shape_miss_request(plan: ReadPlan, body: dict[str, Any]) -> bool:
     """Reshape the real request of a (partial) miss in place; True if it changed.
 

@@ -63,6 +63,16 @@ class CountingConnection(redis.Connection):
         super().send_packed_command(command, check_health)
 
 
+def counting_redis(port: int) -> tuple[redis.Redis, type[CountingConnection]]:
+    """A Redis client whose round trips are counted on a class of its own."""
+
+    class Counting(CountingConnection):
+        sends = 0
+
+    pool = redis.ConnectionPool(connection_class=Counting, port=port)
+    return redis.Redis(connection_pool=pool), Counting
+
+
 @dataclass
 class Backend:
     """One kind of Redis the behavioural suite runs against."""

@@ -8,11 +8,10 @@ from typing import Any
 
 import boto3
 import pytest
-import redis
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import CallCounter, CountingConnection, make_table
+from tests.conftest import CallCounter, CountingConnection, counting_redis, make_table
 
 
 def key(pk: str) -> dict[str, Any]:
@@ -184,13 +183,8 @@ def test_resource_batch_get_item(session: boto3.Session, tables: Any) -> None:
 def counted(
     session: boto3.Session, redis_server: RedisServer, namespace: str
 ) -> Iterator[tuple[Any, type[CountingConnection]]]:
-    class Counting(CountingConnection):
-        sends = 0
-
-    pool = redis.ConnectionPool(connection_class=Counting, port=redis_server.port)
-    registration = ddbcache_hooks.register(
-        session, redis.Redis(connection_pool=pool), namespace=namespace
-    )
+    cache, Counting = counting_redis(redis_server.port)
+    registration = ddbcache_hooks.register(session, cache, namespace=namespace)
     c = session.client("dynamodb")
     for name in ("a", "b", "c"):
         make_table(c, name)

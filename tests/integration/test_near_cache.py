@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -16,34 +17,43 @@ import redis
 import ddbcache_hooks
 from ddbcache_hooks import NearCache
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import CountingConnection, make_table
+from tests.conftest import CountingConnection, counting_redis, make_table
 
 KEY = {"pk": {"S": "a"}}
 
 
-class Counting(CountingConnection):
-    sends = 0
+@contextlib.contextmanager
+def near_cached(
+    moto_url: str, cache: Any, namespace: str, near: NearCache
+) -> Iterator[tuple[Any, ddbcache_hooks.Registration]]:
+    """A client registered with ``near``, its table made, its subscription listening."""
+    session = boto3.Session(region_name="us-east-1")
+    registration = ddbcache_hooks.register(session, cache, namespace=namespace, near_cache=near)
+    try:
+        client = session.client("dynamodb", endpoint_url=moto_url)
+        make_table(client, "items")
+        deadline = time.monotonic() + 5
+        while not near.online and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert near.online, "the near cache never subscribed"
+        yield client, registration
+    finally:
+        registration.unregister()
+
+
+@pytest.fixture
+def counter(redis_server: RedisServer) -> tuple[Any, type[CountingConnection]]:
+    return counting_redis(redis_server.port)
 
 
 @pytest.fixture
 def near_client(
-    moto_url: str, redis_server: RedisServer, namespace: str
+    moto_url: str, counter: tuple[Any, Any], namespace: str
 ) -> Iterator[tuple[Any, ddbcache_hooks.Registration, NearCache]]:
     near = NearCache(max_items=100, ttl_ms=2000)
-    pool = redis.ConnectionPool(connection_class=Counting, port=redis_server.port)
-    session = boto3.Session(region_name="us-east-1")
-    registration = ddbcache_hooks.register(
-        session, redis.Redis(connection_pool=pool), namespace=namespace, near_cache=near
-    )
-    client = session.client("dynamodb", endpoint_url=moto_url)
-    make_table(client, "items")
-    client.put_item(TableName="items", Item={**KEY, "v": {"S": "1"}})
-    deadline = time.monotonic() + 5
-    while not near.online and time.monotonic() < deadline:  # subscribed
-        time.sleep(0.01)
-    assert near.online
-    yield client, registration, near
-    registration.unregister()
+    with near_cached(moto_url, counter[0], namespace, near) as (client, registration):
+        client.put_item(TableName="items", Item={**KEY, "v": {"S": "1"}})
+        yield client, registration, near
 
 
 def value(client: Any) -> tuple[str, str]:
@@ -51,15 +61,16 @@ def value(client: Any) -> tuple[str, str]:
     return ("hit" if "CacheMetadata" in response else "miss"), response["Item"]["v"]["S"]
 
 
-def test_near_hits_cost_no_round_trip(near_client: Any) -> None:
+def test_near_hits_cost_no_round_trip(near_client: Any, counter: tuple[Any, Any]) -> None:
     client, registration, _ = near_client
+    counting = counter[1]
     assert value(client) == ("miss", "1")
     assert value(client) == ("hit", "1")  # from Redis, now also held in the process
-    before = Counting.sends
+    before = counting.sends
     for _ in range(5):
         hit = client.get_item(TableName="items", Key=KEY)
         assert hit["CacheMetadata"]["CacheHit"] and hit["Item"]["v"] == {"S": "1"}
-    assert Counting.sends == before
+    assert counting.sends == before
     assert registration.stats()["near_hits"] == 5
 
 
@@ -86,16 +97,8 @@ def test_entries_are_never_served_after_ttl(
     moto_url: str, redis_server: RedisServer, namespace: str
 ) -> None:
     near = NearCache(max_items=10, ttl_ms=300)
-    session = boto3.Session(region_name="us-east-1")
-    registration = ddbcache_hooks.register(
-        session, redis_server.url, namespace=namespace, near_cache=near
-    )
-    try:
-        client = session.client("dynamodb", endpoint_url=moto_url)
-        make_table(client, "items")
+    with near_cached(moto_url, redis_server.url, namespace, near) as (client, registration):
         client.put_item(TableName="items", Item={**KEY, "v": {"S": "1"}})
-        while not near.online:
-            time.sleep(0.01)
         value(client)
         value(client)
         # A write nobody hears about (as when a message is lost): only the TTL bounds it.
@@ -108,8 +111,6 @@ def test_entries_are_never_served_after_ttl(
             assert time.monotonic() - started < 0.35
             time.sleep(0.01)
         assert time.monotonic() - started >= 0.2
-    finally:
-        registration.unregister()
 
 
 WRITER = textwrap.dedent(
@@ -168,22 +169,12 @@ def test_memory_is_bounded_by_max_items(
     moto_url: str, redis_server: RedisServer, namespace: str
 ) -> None:
     near = NearCache(max_items=10, ttl_ms=10_000)
-    session = boto3.Session(region_name="us-east-1")
-    registration = ddbcache_hooks.register(
-        session, redis_server.url, namespace=namespace, near_cache=near
-    )
-    try:
-        client = session.client("dynamodb", endpoint_url=moto_url)
-        make_table(client, "items")
-        while not near.online:
-            time.sleep(0.01)
+    with near_cached(moto_url, redis_server.url, namespace, near) as (client, _):
         for i in range(40):
             key = {"pk": {"S": str(i)}}
             client.get_item(TableName="items", Key=key)
             client.get_item(TableName="items", Key=key)
         assert len(near) == 10
-    finally:
-        registration.unregister()
 
 
 def test_near_cache_from_the_environment() -> None:

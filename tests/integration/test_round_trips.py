@@ -13,7 +13,7 @@ import redis
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import CallCounter, CountingConnection, make_table
+from tests.conftest import CallCounter, CountingConnection, counting_redis, make_table
 
 KEY = {"pk": {"S": "a"}}
 
@@ -23,16 +23,10 @@ def counted(
     session: boto3.Session, redis_server: RedisServer, namespace: str
 ) -> Iterator[tuple[Any, type[CountingConnection]]]:
     """A client registered with a Redis client that counts round trips."""
-
-    class Counting(CountingConnection):
-        sends = 0
-
-    pool = redis.ConnectionPool(
-        connection_class=Counting, host=redis_server.host, port=redis_server.port
-    )
+    cache, Counting = counting_redis(redis_server.port)
     registration = ddbcache_hooks.register(
         session,
-        redis.Redis(connection_pool=pool),
+        cache,
         namespace=namespace,
         key_schema={"items": "pk", "pairs": ("pk", "sk")},
     )
