@@ -240,6 +240,53 @@ def flush(client: Any, settings: Settings, table: str | None) -> int:
     return transport.scan_delete(layout.table_pattern(name))
 
 
+# --- streams -------------------------------------------------------------------------
+
+
+def cmd_streams(args: argparse.Namespace, out: TextIO) -> int:
+    """Follow the tables' DynamoDB Streams until SIGINT / SIGTERM (see docs/streams.md)."""
+    import signal
+    import threading
+
+    from . import metrics
+    from .streams import Consumer
+
+    settings = _settings(args)
+    try:
+        consumer = Consumer(
+            args.table,
+            _connect(args, settings),
+            namespace=settings.namespace,
+            lease_ms=args.lease_ms,
+            poll_ms=args.poll_ms,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    flusher = metrics.Flusher(
+        consumer.stats,
+        consumer.transport.client,
+        settings.namespace,
+        settings.metrics_flush_s or args.stats_every_s,
+    )
+    print(f"following the streams of {', '.join(args.table)} as {consumer.owner}", file=out)
+    out.flush()
+    try:
+        consumer.run(stop)
+    finally:
+        flusher.stop()
+        flusher.flush()
+    counts = consumer.stats()
+    print(
+        f"stopped: {counts['stream_records']} records applied, "
+        f"{counts['stream_table_drops']} table drops",
+        file=out,
+    )
+    return 0
+
+
 # --- ddbcache-run --------------------------------------------------------------------
 
 
@@ -308,6 +355,23 @@ def build_parser() -> argparse.ArgumentParser:
     flush_parser.add_argument("--table", help="only this table's entries")
     flush_parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     flush_parser.set_defaults(func=cmd_flush)
+    streams = sub.add_parser(
+        "streams",
+        parents=[common],
+        help="apply the tables' DynamoDB Streams as invalidations (runs until stopped)",
+    )
+    streams.add_argument(
+        "--table", action="append", required=True, help="table to follow (repeatable)"
+    )
+    streams.add_argument("--lease-ms", type=int, default=10_000, help="shard lease (ms)")
+    streams.add_argument("--poll-ms", type=int, default=500, help="pause when idle (ms)")
+    streams.add_argument(
+        "--stats-every-s",
+        type=int,
+        default=10,
+        help="counter flush for `ddbcache stats` (when DDBCACHE_METRICS_FLUSH_S is unset)",
+    )
+    streams.set_defaults(func=cmd_streams)
     demo = sub.add_parser("demo", help="run a short workload on embedded DynamoDB and Redis")
     demo.add_argument("--operations", type=int, default=2000)
     demo.add_argument("--items", type=int, default=200)

@@ -62,6 +62,9 @@ class Flusher:
 
 def aggregate(client: Any, namespace: str) -> tuple[int, dict[str, float]]:
     """(number of processes reporting, their counters summed)."""
+    from .stats import GAUGES, STREAM_NAMES
+
+    levels = set(GAUGES) | {STREAM_NAMES[name] for name in GAUGES if name in STREAM_NAMES}
     totals: dict[str, float] = {}
     processes = 0
     for key in client.scan_iter(match=f"{namespace}:m:*", count=500):
@@ -72,7 +75,10 @@ def aggregate(client: Any, namespace: str) -> tuple[int, dict[str, float]]:
         for name, value in values.items():
             name = name.decode() if isinstance(name, bytes) else name
             number = float(value)
-            totals[name] = totals.get(name, 0) + number
+            if name in levels:
+                totals[name] = max(totals.get(name, number), number)
+            else:
+                totals[name] = totals.get(name, 0) + number
     return processes, totals
 
 
@@ -108,7 +114,7 @@ def export_opentelemetry(snapshot: Snapshot, active: Callable[[], bool], namespa
             return True
         _instrumented = True
     from ._version import __version__
-    from .stats import DAX_NAMES
+    from .stats import DAX_NAMES, GAUGES, STREAM_NAMES
 
     meter = metrics.get_meter("ddbcache_hooks", __version__)
 
@@ -121,10 +127,14 @@ def export_opentelemetry(snapshot: Snapshot, active: Callable[[], bool], namespa
 
         return callback
 
-    dax = set(DAX_NAMES.values())  # the same numbers as item_hits etc.; OTel names are lower case
+    # The same numbers as item_hits etc.; OTel names are lower case.
+    dax = set(DAX_NAMES.values()) | set(STREAM_NAMES.values())
     for name, value in snapshot().items():
         if isinstance(value, (int, float)) and name not in dax:
-            meter.create_observable_counter(
+            make = (
+                meter.create_observable_gauge if name in GAUGES else meter.create_observable_counter
+            )
+            make(
                 f"ddbcache.{name}",
                 callbacks=[observe(name)],
                 unit="{capacity_unit}" if name == "rcu_saved" else "1",

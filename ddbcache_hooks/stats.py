@@ -32,7 +32,16 @@ COUNTERS = (
     "breaker_closed",
     "backlog_replayed",
     "backlog_overflows",
+    # DynamoDB Streams consumer (ddbcache_hooks.streams)
+    "stream_records",
+    "stream_table_drops",
+    "stream_rounds",
+    "stream_errors",
 )
+
+#: Values that are current levels, not running totals: the largest one wins when
+#: several processes report them (``ddbcache stats``).
+GAUGES = ("stream_lag_ms", "stream_shards_held")
 
 #: DynamoDB Accelerator's metric names for the same numbers.
 DAX_NAMES = {
@@ -44,6 +53,10 @@ DAX_NAMES = {
     "scan_misses": "ScanCacheMisses",
 }
 
+#: AWS's own metric names for the stream numbers: DynamoDB Streams' records returned
+#: by GetRecords, and Lambda's age of the last record processed (ms).
+STREAM_NAMES = {"stream_records": "ReturnedRecordsCount", "stream_lag_ms": "IteratorAge"}
+
 
 class Stats:
     """Thread-safe counters; :meth:`snapshot` is what ``Registration.stats()`` returns."""
@@ -52,6 +65,7 @@ class Stats:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._rcu_saved = 0.0
+        self._gauges: dict[str, float] = {}
 
     def incr(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -62,6 +76,11 @@ class Stats:
             self._counts[f"{kind.value}_hits"] += count
             self._rcu_saved += rcu
 
+    def gauge(self, name: str, value: float) -> None:
+        """Set a current level (one of GAUGES)."""
+        with self._lock:
+            self._gauges[name] = value
+
     def miss(self, kind: ReadKind, count: int = 1) -> None:
         with self._lock:
             self._counts[f"{kind.value}_misses"] += count
@@ -70,13 +89,16 @@ class Stats:
         with self._lock:
             counts = dict(self._counts)
             rcu = self._rcu_saved
+            gauges = dict(self._gauges)
         out: dict[str, Any] = {name: counts.get(name, 0) for name in COUNTERS}
         for kind in ReadKind:
             for outcome in ("hits", "misses"):
                 name = f"{kind.value}_{outcome}"
                 out[name] = counts.get(name, 0)
                 out[outcome] += out[name]
-        for name, dax in DAX_NAMES.items():
+        for name in GAUGES:
+            out[name] = gauges.get(name, 0)
+        for name, dax in (DAX_NAMES | STREAM_NAMES).items():
             out[dax] = out[name]
         out["rcu_saved"] = rcu
         return out

@@ -1,0 +1,246 @@
+"""Invalidation from DynamoDB Streams: the consumer against moto's streams, real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+import ddbcache_hooks
+from ddbcache_hooks._redis_server import RedisServer
+from ddbcache_hooks.streams import Consumer
+from tests.conftest import counting_redis
+
+STREAMS = {"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"}
+
+
+def stream_table(client: Any, name: str, range_key: bool = False) -> None:
+    keys = [{"AttributeName": "pk", "KeyType": "HASH"}]
+    attrs = [{"AttributeName": "pk", "AttributeType": "S"}]
+    if range_key:
+        keys.append({"AttributeName": "sk", "KeyType": "RANGE"})
+        attrs.append({"AttributeName": "sk", "AttributeType": "N"})
+    client.create_table(
+        TableName=name,
+        KeySchema=keys,
+        AttributeDefinitions=attrs,
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification=STREAMS,
+    )
+
+
+@pytest.fixture
+def plain(moto_url: str) -> Any:
+    """An unregistered client: its writes reach the cache only through the stream."""
+    return boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
+
+
+@pytest.fixture
+def cached(
+    moto_url: str, redis_server: RedisServer, namespace: str
+) -> Iterator[tuple[Any, ddbcache_hooks.Registration]]:
+    session = boto3.Session(region_name="us-east-1")
+    registration = ddbcache_hooks.register(
+        session, redis_server.url, namespace=namespace, settle_ms=0
+    )
+    yield session.client("dynamodb", endpoint_url=moto_url), registration
+    registration.unregister()
+
+
+def consumer_for(
+    moto_url: str, redis_url: str, namespace: str, *tables: str, **kw: Any
+) -> Consumer:
+    session = boto3.Session(region_name="us-east-1")
+    return Consumer(
+        list(tables),
+        redis_url,
+        streams_client=session.client("dynamodbstreams", endpoint_url=moto_url),
+        dynamodb_client=session.client("dynamodb", endpoint_url=moto_url),
+        namespace=namespace,
+        **kw,
+    )
+
+
+def served_from_cache(client: Any, table: str, key: dict[str, Any]) -> bool:
+    return "CacheMetadata" in client.get_item(TableName=table, Key=key)
+
+
+WRITES: dict[str, Callable[[Any, str], None]] = {
+    "PutItem": lambda c, k: c.put_item(TableName="t", Item={"pk": {"S": k}, "v": {"S": "new"}}),
+    "UpdateItem": lambda c, k: c.update_item(
+        TableName="t",
+        Key={"pk": {"S": k}},
+        UpdateExpression="SET v = :v",
+        ExpressionAttributeValues={":v": {"S": "new"}},
+    ),
+    "DeleteItem": lambda c, k: c.delete_item(TableName="t", Key={"pk": {"S": k}}),
+    "BatchWriteItem": lambda c, k: c.batch_write_item(
+        RequestItems={"t": [{"PutRequest": {"Item": {"pk": {"S": k}, "v": {"S": "new"}}}}]}
+    ),
+    "TransactWriteItems": lambda c, k: c.transact_write_items(
+        TransactItems=[{"Delete": {"TableName": "t", "Key": {"pk": {"S": k}}}}]
+    ),
+    "ExecuteStatement": lambda c, k: c.execute_statement(
+        Statement="UPDATE t SET v = 'new' WHERE pk = ?", Parameters=[{"S": k}]
+    ),
+}
+
+
+def test_unregistered_writes_stop_being_served_once_the_consumer_applied_them(
+    moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, cached: Any
+) -> None:
+    client, _ = cached
+    stream_table(plain, "t")
+    consumer = consumer_for(moto_url, redis_server.url, namespace, "t", poll_ms=5)
+    consumer.step()  # starts following the stream (from its tip)
+    stop = threading.Event()
+    worker = threading.Thread(target=consumer.run, args=(stop,))
+    worker.start()
+    delays = {}
+    try:
+        for operation, write in WRITES.items():
+            key = {"pk": {"S": operation}}
+            plain.put_item(TableName="t", Item={**key, "v": {"S": "old"}})
+            time.sleep(0.05)  # that put's record applied too: the entry below stays
+            client.get_item(TableName="t", Key=key)
+            assert served_from_cache(client, "t", key)
+            write(plain, operation)
+            written = time.monotonic()
+            for _ in range(500):
+                if not served_from_cache(client, "t", key):
+                    break
+                time.sleep(0.002)
+            else:
+                pytest.fail(f"{operation} through an unregistered client is still served")
+            delays[operation] = (time.monotonic() - written) * 1000
+            fresh = client.get_item(TableName="t", Key=key).get("Item", {}).get("v")
+            assert fresh in (None, {"S": "new"})
+    finally:
+        stop.set()
+        worker.join(10)
+    print("from the write's return to the first read not served from the cache:")
+    for operation, ms in delays.items():
+        print(f"  {operation:20} {ms:7.1f} ms")
+    counts = consumer.stats()
+    assert counts["stream_records"] >= 2 * len(WRITES)
+    assert counts["ReturnedRecordsCount"] == counts["stream_records"]
+    assert counts["stream_table_drops"] == 1  # the first start
+
+
+def test_first_start_reads_from_the_tip_and_drops_what_was_cached(
+    moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, cached: Any
+) -> None:
+    client, _ = cached
+    stream_table(plain, "t")
+    key = {"pk": {"S": "a"}}
+    plain.put_item(TableName="t", Item=key)
+    client.get_item(TableName="t", Key=key)
+    assert served_from_cache(client, "t", key)
+    consumer = consumer_for(moto_url, redis_server.url, namespace, "t")
+    assert consumer.step() == 0  # the put before the start is not read again
+    assert not served_from_cache(client, "t", key)  # but the table was dropped
+    assert served_from_cache(client, "t", key)
+    assert consumer.step() == 0
+    assert served_from_cache(client, "t", key)  # dropped once, not every round
+    assert consumer.stats()["stream_table_drops"] == 1
+
+
+def test_a_restarted_consumer_resumes_from_its_checkpoint(
+    moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, cached: Any
+) -> None:
+    client, _ = cached
+    stream_table(plain, "t", range_key=True)
+    first = consumer_for(moto_url, redis_server.url, namespace, "t")
+    first.step()
+    for n in range(5):
+        plain.put_item(TableName="t", Item={"pk": {"S": "p"}, "sk": {"N": str(n)}})
+    assert first.step() == 5
+    first.release()
+    for n in range(5, 8):
+        plain.put_item(TableName="t", Item={"pk": {"S": "p"}, "sk": {"N": str(n)}})
+    key = {"pk": {"S": "p"}, "sk": {"N": "7"}}
+    client.get_item(TableName="t", Key=key)
+    assert served_from_cache(client, "t", key)
+    plain.delete_item(TableName="t", Key=key)
+    second = consumer_for(moto_url, redis_server.url, namespace, "t")
+    assert second.step() == 4  # the three puts and the delete after the checkpoint
+    assert second.stats()["stream_table_drops"] == 0
+    assert "Item" not in client.get_item(TableName="t", Key=key)
+
+
+def test_one_round_costs_few_redis_round_trips(
+    moto_url: str, redis_server: RedisServer, namespace: str, plain: Any
+) -> None:
+    """Checkpoints read, leases renewed, one delivery for every record, checkpoints written."""
+    stream_table(plain, "t")
+    stream_table(plain, "u")
+    redis_client, counting = counting_redis(redis_server.port)
+    consumer = consumer_for(moto_url, redis_client, namespace, "t", "u")
+    consumer.step()
+    for n in range(20):
+        plain.put_item(TableName="t" if n % 2 else "u", Item={"pk": {"S": str(n)}})
+    counting.sends = 0
+    assert consumer.step() == 20
+    assert counting.sends == 4
+    counting.sends = 0
+    assert consumer.step() == 0
+    assert counting.sends == 2  # idle: read checkpoints, renew leases
+
+
+def test_cli_streams_follows_and_reports_in_stats(
+    moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, cached: Any
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    client, _ = cached
+    stream_table(plain, "t")
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": moto_url,
+        "DDBCACHE_REDIS_URL": redis_server.url,
+        "DDBCACHE_NAMESPACE": namespace,
+        "DDBCACHE_METRICS_FLUSH_S": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ddbcache_hooks", "streams", "--table", "t", "--poll-ms", "10"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert "following the streams of t" in process.stdout.readline()
+        key = {"pk": {"S": "a"}}
+        plain.put_item(TableName="t", Item=key)
+        client.get_item(TableName="t", Key=key)
+        time.sleep(0.3)  # past the consumer's start and its drop
+        client.get_item(TableName="t", Key=key)
+        plain.delete_item(TableName="t", Key=key)
+        for _ in range(500):
+            if "Item" not in client.get_item(TableName="t", Key=key):
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the CLI consumer did not apply the delete")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode == 0
+    assert "records applied" in out
+    stats = subprocess.run(
+        [sys.executable, "-m", "ddbcache_hooks", "stats"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = dict(line.split()[:2] for line in stats.splitlines() if line.startswith("stream_"))
+    assert float(rows["stream_records"]) >= 1
+    assert "stream_lag_ms" in rows
