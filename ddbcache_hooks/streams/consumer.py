@@ -252,12 +252,18 @@ class Consumer:
 
     def _ready(self, stream: _Stream, checkpoints: Mapping[str, str]) -> list[str]:
         """Shards to read now: not finished, and their parent finished or gone."""
+        first = state.STARTED not in checkpoints
         ready = []
         for shard in stream.shards.values():
             if checkpoints.get(shard.id) == state.DONE:
                 continue
-            parent = shard.parent
-            if parent and parent in stream.shards and checkpoints.get(parent) != state.DONE:
+            parent = stream.shards.get(shard.parent or "")
+            # At the first start a closed shard is skipped (read from the tip), so its
+            # children are read at once.
+            skipped = (
+                first and parent is not None and parent.closed and parent.id not in checkpoints
+            )
+            if parent is not None and checkpoints.get(parent.id) != state.DONE and not skipped:
                 continue
             ready.append(shard.id)
         stream.gone = [
