@@ -239,3 +239,102 @@ def workload_size() -> tuple[float, int, int]:
     """(seconds, processes, threads): moderate by default, larger with DDBCACHE_CHECKER_SCALE."""
     scale = float(os.environ.get("DDBCACHE_CHECKER_SCALE", "1"))
     return 3.0 * scale, max(2, int(2 * scale**0.5)), 4
+
+
+# --- writes made outside registered clients (DynamoDB Streams) -----------------------
+
+
+def run_unregistered_writes_worker(config: Config, worker: int) -> list[Record]:
+    """Stream mode: registered clients read, plain unregistered clients write.
+
+    Only a stream consumer (running elsewhere) tells the cache about these writes;
+    :func:`staleness_windows` measures how long reads stayed stale.
+    """
+    import boto3
+
+    import ddbcache_hooks
+
+    readers = boto3.Session(region_name="us-east-1")
+    ddbcache_hooks.register(
+        readers,
+        config.redis_url,
+        namespace=config.namespace,
+        key_schema={TABLE: "pk"},
+        redis_timeout_ms=2000,
+        settle_ms=0,
+    )
+    writers = boto3.Session(region_name="us-east-1")
+    records: list[Record] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + config.seconds
+
+    def thread_main(index: int) -> None:
+        reader = readers.client("dynamodb", endpoint_url=config.moto_url)
+        writer = writers.client("dynamodb", endpoint_url=config.moto_url)
+        rng = random.Random(config.seed * 1_000_000 + worker * 1000 + index)
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            key = rng.choice(config.keys)
+            value = f"{worker}-{index}-{n}"
+            roll = rng.random()
+            started = time.monotonic_ns()
+            if roll < 0.8:
+                response = reader.get_item(TableName=TABLE, Key={"pk": {"S": key}})
+                out = _read(key, response.get("Item"), started, "GetItem")
+            elif roll < 0.9:
+                writer.put_item(TableName=TABLE, Item={"pk": {"S": key}, "v": {"S": value}})
+                out = _write(key, value, started, "PutItem (unregistered)")
+            elif roll < 0.97:
+                writer.update_item(
+                    TableName=TABLE,
+                    Key={"pk": {"S": key}},
+                    UpdateExpression="SET v = :v",
+                    ExpressionAttributeValues={":v": {"S": value}},
+                )
+                out = _write(key, value, started, "UpdateItem (unregistered)")
+            else:
+                writer.delete_item(TableName=TABLE, Key={"pk": {"S": key}})
+                out = _write(key, DELETED, started, "DeleteItem (unregistered)")
+            with lock:
+                records.append(out)
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=thread_main, args=(i,)) for i in range(config.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return records
+
+
+def staleness_windows(records: Iterable[Record], initial: dict[str, str]) -> list[int]:
+    """For every stale read, how long (ns) its value had been replaced when the read began.
+
+    A read's window is the smallest, over the writes it may come from, of the time
+    between the completion of the first write that replaced that source and the
+    read's start. Writes that may not have changed anything never replace a value.
+    """
+    writes: dict[str, list[Record]] = defaultdict(list)
+    reads: list[Record] = []
+    for record in records:
+        (writes[record.key] if record.kind == "write" else reads).append(record)
+    for key, value in initial.items():
+        writes[key].append(Record("write", key, value, 0, 0, "initial"))
+    windows = []
+    for read in reads:
+        candidates = [w for w in writes[read.key] if w.value == read.value]
+        if not candidates:
+            raise AssertionError(f"read of a value nobody wrote: {read}")
+        window = None
+        for source in candidates:
+            replaced = [
+                w.completed
+                for w in writes[read.key]
+                if w is not source and w.certain and source.completed < w.invoked
+            ]
+            since = read.invoked - min(replaced) if replaced else 0
+            window = since if window is None else min(window, since)
+        if window and window > 0:
+            windows.append(window)
+    return windows

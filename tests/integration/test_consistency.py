@@ -187,3 +187,78 @@ def test_waiters_give_up_and_read_without_filling(
         first.join()
     finally:
         registration.unregister()
+
+
+def run_stream_checker(
+    moto_url: str, redis_url: str, *, consumer: bool, seed: int
+) -> tuple[int, int, list[int]]:
+    """Unregistered writers, registered readers; (reads, writes, staleness windows in ns)."""
+    from ddbcache_hooks.streams import Consumer
+
+    namespace = "chk" + uuid.uuid4().hex[:8]
+    session = boto3.Session(region_name="us-east-1")
+    admin = session.client("dynamodb", endpoint_url=moto_url)
+    admin.create_table(
+        TableName=checker.TABLE,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"},
+    )
+    follower = Consumer(
+        [checker.TABLE],
+        redis_url,
+        streams_client=session.client("dynamodbstreams", endpoint_url=moto_url),
+        dynamodb_client=admin,
+        namespace=namespace,
+        poll_ms=5,
+    )
+    follower.step()  # from the stream's tip on
+    keys = ("k1", "k2", "k3")
+    initial = {key: f"init-{seed}-{key}" for key in keys}
+    for key, value in initial.items():
+        admin.put_item(TableName=checker.TABLE, Item={"pk": {"S": key}, "v": {"S": value}})
+    stop = threading.Event()
+    following = threading.Thread(target=follower.run, args=(stop,))
+    if consumer:
+        following.start()
+    seconds, _, threads = checker.workload_size()
+    config = checker.Config(moto_url, redis_url, namespace, keys, seconds, threads, seed)
+    context = multiprocessing.get_context("spawn")
+    try:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            records = pool.submit(checker.run_unregistered_writes_worker, config, 0).result()
+    finally:
+        stop.set()
+        if consumer:
+            following.join(10)
+    reads = sum(r.kind == "read" for r in records)
+    return reads, len(records) - reads, checker.staleness_windows(records, initial)
+
+
+#: Longer than any delivery lag plus processing time of a consumer polling every 5 ms.
+STREAM_BOUND_NS = 1_000_000_000
+
+
+def test_unregistered_writes_are_stale_only_until_the_consumer_applied_them(
+    moto_url: str, redis_server: RedisServer
+) -> None:
+    reads, writes, windows = run_stream_checker(moto_url, redis_server.url, consumer=True, seed=11)
+    largest = max(windows, default=0) / 1e6
+    beyond = [w for w in windows if w > STREAM_BOUND_NS]
+    print(
+        f"stream mode: {reads} reads, {writes} unregistered writes; {len(windows)} reads "
+        f"inside the staleness window, largest {largest:.1f} ms; {len(beyond)} stale after it"
+    )
+    assert not beyond
+    assert reads > 200 and writes > 50
+
+
+def test_without_the_consumer_unregistered_writes_stay_stale(
+    moto_url: str, redis_server: RedisServer
+) -> None:
+    """The same checker without a consumer finds reads stale far beyond the bound."""
+    reads, _, windows = run_stream_checker(moto_url, redis_server.url, consumer=False, seed=12)
+    beyond = [w for w in windows if w > STREAM_BOUND_NS]
+    print(f"no consumer: {len(beyond)} of {reads} reads stale for over a second")
+    assert beyond
