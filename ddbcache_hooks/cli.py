@@ -248,6 +248,8 @@ def cmd_streams(args: argparse.Namespace, out: TextIO) -> int:
     import signal
     import threading
 
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from . import metrics
     from .streams import Consumer
 
@@ -260,8 +262,13 @@ def cmd_streams(args: argparse.Namespace, out: TextIO) -> int:
             lease_ms=args.lease_ms,
             poll_ms=args.poll_ms,
         )
+        missing = consumer.check()
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    except (ClientError, BotoCoreError) as exc:  # credentials, permissions, endpoint
+        raise CommandError(f"cannot describe the tables: {exc}") from None
+    if missing:
+        raise CommandError(f"no enabled stream on {', '.join(missing)}")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -216,14 +216,26 @@ class Consumer:
 
     # --- describing ------------------------------------------------------------------
 
+    def check(self) -> list[str]:
+        """Describe the tables now; the ones that have no enabled stream (or do not exist)."""
+        self._describe()
+        return [table for table in self.tables if table not in self._streams]
+
     def _describe(self) -> None:
         for table in self.tables:
-            description = self._dynamodb.describe_table(TableName=table)["Table"]
+            try:
+                description = self._dynamodb.describe_table(TableName=table)["Table"]
+            except ClientError as exc:
+                if _code(exc) != _GONE:
+                    raise
+                description = {}
             arn = description.get("LatestStreamArn")
             enabled = (description.get("StreamSpecification") or {}).get("StreamEnabled")
             if not arn or not enabled:
                 self.protocol.limited.warning(
-                    f"stream:{table}", "table %s has no enabled stream; not followed", table
+                    f"stream:{table}",
+                    "table %s does not exist or has no enabled stream; not followed",
+                    table,
                 )
                 self._streams.pop(table, None)
                 continue

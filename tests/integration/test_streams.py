@@ -244,3 +244,74 @@ def test_cli_streams_follows_and_reports_in_stats(
     rows = dict(line.split()[:2] for line in stats.splitlines() if line.startswith("stream_"))
     assert float(rows["stream_records"]) >= 1
     assert "stream_lag_ms" in rows
+
+
+def test_cli_streams_rejects_tables_without_a_stream(
+    moto_url: str, redis_server: RedisServer, plain: Any
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    plain.create_table(
+        TableName="quiet",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    env = {**os.environ, "AWS_ENDPOINT_URL": moto_url, "DDBCACHE_REDIS_URL": redis_server.url}
+    result = subprocess.run(
+        [sys.executable, "-m", "ddbcache_hooks", "streams", "--table", "quiet", "--table", "nope"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "no enabled stream on quiet, nope" in result.stderr
+
+
+def test_a_round_redis_did_not_take_is_read_again(
+    moto_url: str, namespace: str, plain: Any, tmp_path: Any
+) -> None:
+    """Nothing is checkpointed that was not applied: after an outage the records come again."""
+    from redis.exceptions import RedisError
+
+    stream_table(plain, "t")
+    # A Redis that keeps its data over the outage (else the consumer starts afresh).
+    with RedisServer(extra_args=("--appendonly", "yes"), workdir=str(tmp_path)) as server:
+        consumer = consumer_for(moto_url, server.url, namespace, "t")
+        consumer.step()
+        for n in range(3):
+            plain.put_item(TableName="t", Item={"pk": {"S": str(n)}})
+        server.stop()
+        with pytest.raises(RedisError):
+            consumer.step()
+        consumer.run(rounds=1)  # the loop survives it
+        assert consumer.stats()["stream_errors"] == 1
+        server.start()
+        assert consumer.step() == 3
+        assert consumer.step() == 0
+
+
+def test_a_record_sends_the_near_cache_message_a_registered_write_sends(
+    moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, cached: Any
+) -> None:
+    import redis
+
+    client, _ = cached
+    stream_table(plain, "t")
+    consumer = consumer_for(moto_url, redis_server.url, namespace, "t")
+    consumer.step()
+    plain.put_item(TableName="t", Item={"pk": {"S": "a"}})
+    assert consumer.step() == 1
+    subscriber = redis.Redis(port=redis_server.port).pubsub()
+    subscriber.subscribe(consumer.protocol.channel)
+    assert subscriber.get_message(timeout=1)["type"] == "subscribe"
+    key = {"pk": {"S": "a"}}
+    client.delete_item(TableName="t", Key=key)  # registered: publishes, and is streamed
+    from_write = subscriber.get_message(timeout=1)
+    assert consumer.step() == 1
+    from_record = subscriber.get_message(timeout=1)
+    assert from_write is not None and from_record is not None
+    assert from_record["data"] == from_write["data"]
+    subscriber.close()
