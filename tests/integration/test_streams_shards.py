@@ -312,3 +312,34 @@ def test_two_consumers_share_shards_and_fail_over_without_overlap(
     seen = {r["dynamodb"]["SequenceNumber"] for s in stream.shards.values() for r in s.records}
     assert written <= seen
     assert a.stats()["stream_records"] + b.stats()["stream_records"] >= len(written)
+
+
+def test_leases_and_checkpoints_on_a_redis_cluster(redis_cluster: Any, namespace: str) -> None:
+    """A stream's state shares one slot; records go to their items' slots."""
+    import redis.cluster
+
+    host, port = redis_cluster.startup_nodes[0]
+    stream = FakeStream()
+    stream.add_shard("s")
+
+    def make(owner: str) -> Consumer:
+        client = redis.cluster.RedisCluster(host=host, port=port)
+        return Consumer(
+            ["t"],
+            client,
+            streams_client=stream.client(owner),
+            dynamodb_client=_Tables(),
+            owner=owner,
+            namespace=namespace,
+        )
+
+    first = make("a")
+    first.step()
+    for n in range(10):
+        stream.write("s", f"k{n}")
+    assert first.step() == 10
+    first.release()
+    stream.write("s", "after")
+    second = make("b")
+    assert second.step() == 1
+    assert second.stats()["invalidations"] == 1
