@@ -34,20 +34,20 @@ class Invalidator:
     """A Protocol and a Redis connection that outlive one invocation (warm containers)."""
 
     def __init__(self, settings: Settings, redis: Any) -> None:
-        from ..plugin import connect
-
         self.settings = settings
         self._target = redis
-        self._connect = connect
         self._transport: SyncTransport | None = None
         self._protocol: Protocol | None = None
         self._lock = threading.Lock()
         self._describe: Any = None
 
     def _ready(self) -> tuple[Protocol, SyncTransport]:
+        """Connected on first use, and again after a failed connection attempt."""
+        from ..plugin import connect
+
         with self._lock:
             if self._transport is None:
-                self._transport = SyncTransport(self._connect(self._target, self.settings))
+                self._transport = SyncTransport(connect(self._target, self.settings))
                 self._protocol = Protocol(self.settings, cluster=self._transport.cluster)
             assert self._protocol is not None
             return self._protocol, self._transport
