@@ -102,3 +102,23 @@ def test_whole_tables_replace_the_tables_tokens() -> None:
     assert calls[0] == ("replace_tokens", protocol.layout.tokens("orders"), 1)
     assert calls[-1][0] == "PUBLISH"
     assert effects(records.apply(protocol, [])) == []
+
+
+def test_stream_lag_is_the_largest_over_processes_and_records_add_up() -> None:
+    import fakeredis
+
+    from ddbcache_hooks.metrics import aggregate
+    from ddbcache_hooks.stats import Stats
+
+    client = fakeredis.FakeRedis()
+    for n, (records_applied, lag) in enumerate([(5, 120.0), (7, 40.0)]):
+        stats = Stats()
+        stats.incr("stream_records", records_applied)
+        stats.gauge("stream_lag_ms", lag)
+        counts = stats.snapshot()
+        assert counts["ReturnedRecordsCount"] == records_applied and counts["IteratorAge"] == lag
+        client.hset(f"CC:m:{{p{n}}}", mapping={k: v for k, v in counts.items()})
+    processes, totals = aggregate(client, "CC")
+    assert processes == 2
+    assert totals["stream_records"] == 12 and totals["ReturnedRecordsCount"] == 12
+    assert totals["stream_lag_ms"] == 120 and totals["IteratorAge"] == 120
