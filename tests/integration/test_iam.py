@@ -1,0 +1,232 @@
+"""IAM authentication end to end: a real server with a TLS listener whose ACL user's password is
+the token a deterministic provider made (botocore's signing clock pinned), as ElastiCache
+checks it. The library connects with the token, caches, and reconnects when its connections
+are dropped or grow too old.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import botocore.auth
+import pytest
+import redis
+
+import ddbcache_hooks
+from ddbcache_hooks import cli, iam
+from ddbcache_hooks._redis_server import RedisServer, free_port
+from ddbcache_hooks.errors import ConfigurationError
+from tests.conftest import REGION, make_table
+
+USER = "app-user"
+CACHE = "my-cache"
+ADMIN_PASSWORD = "admin-secret"
+PINNED = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+KEY = {"pk": {"S": "a"}}
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, int, Path]]:
+    """A redis-server (from PATH: built with TLS) with a TLS port and a throwaway certificate."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    made = subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        check=False,
+    )
+    assert made.returncode == 0, f"openssl could not make a test certificate: {made.stderr!r}"
+    tls_port = free_port()
+    args = [
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-auth-clients",
+        "no",
+    ]
+    with RedisServer(extra_args=args) as server:
+        yield server, tls_port, cert
+
+
+@pytest.fixture
+def pinned_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore signs at a fixed time: the token is reproducible."""
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: PINNED)
+
+
+@pytest.fixture
+def admin(tls_server: tuple[RedisServer, int, Path]) -> Iterator[redis.Redis]:
+    """An administrator on the plain port; the default user needs a password meanwhile, so an
+    unauthenticated connection is refused."""
+    server, _, _ = tls_server
+    conn = redis.Redis(host=server.host, port=server.port, password=None)
+    conn.execute_command("ACL", "SETUSER", "default", "on", f">{ADMIN_PASSWORD}")
+    conn.close()
+    conn = redis.Redis(host=server.host, port=server.port, password=ADMIN_PASSWORD)
+    yield conn
+    conn.execute_command("ACL", "DELUSER", USER)
+    conn.execute_command("ACL", "SETUSER", "default", "on", "nopass")
+    conn.close()
+
+
+def grant(admin: redis.Redis, token: str) -> None:
+    admin.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{token}", "~*", "&*", "+@all")
+
+
+def user_connections(admin: redis.Redis) -> set[int]:
+    return {c["id"] for c in admin.client_list() if c.get("user") == USER}
+
+
+def iam_url(tls_server: tuple[RedisServer, int, Path]) -> str:
+    _, port, cert = tls_server
+    return (
+        f"rediss://{USER}@127.0.0.1:{port}/?iam=1&cache_name={CACHE}&region={REGION}"
+        f"&ssl_ca_certs={cert}"
+    )
+
+
+def test_connects_with_the_token_caches_and_reconnects(
+    session: boto3.Session,
+    tls_server: tuple[RedisServer, int, Path],
+    admin: redis.Redis,
+    pinned_clock: None,
+    namespace: str,
+) -> None:
+    expected = iam.ElastiCacheIAMProvider(USER, CACHE, REGION, session=session).generate_token()
+    grant(admin, expected)
+
+    registration = ddbcache_hooks.register(session, iam_url(tls_server), namespace=namespace)
+    try:
+        client = session.client("dynamodb")
+        make_table(client, "items")
+        client.put_item(TableName="items", Item={**KEY, "v": {"N": "1"}})
+        assert "CacheMetadata" not in client.get_item(TableName="items", Key=KEY)
+        assert client.get_item(TableName="items", Key=KEY)["CacheMetadata"]["CacheHit"] is True
+        before = user_connections(admin)
+        assert before, "the library's connections authenticate as the IAM user"
+
+        admin.execute_command("CLIENT", "KILL", "USER", USER)
+        assert user_connections(admin) == set()
+        hit = client.get_item(TableName="items", Key=KEY)
+        assert hit["CacheMetadata"]["CacheHit"] is True and hit["Item"]["v"] == {"N": "1"}
+        after = user_connections(admin)
+        assert after and not after & before  # new connections, authenticated with the token
+
+        client.put_item(TableName="items", Item={**KEY, "v": {"N": "2"}})
+        assert client.get_item(TableName="items", Key=KEY)["Item"]["v"] == {"N": "2"}
+        assert registration.stats()["errors"] == 0
+    finally:
+        registration.unregister()
+
+
+def test_connections_older_than_the_limit_reconnect_on_checkout(
+    session: boto3.Session,
+    tls_server: tuple[RedisServer, int, Path],
+    admin: redis.Redis,
+    pinned_clock: None,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [0.0]
+    monkeypatch.setattr(iam.IAMSSLConnection, "clock", staticmethod(lambda: now[0]))
+    grant(admin, iam.ElastiCacheIAMProvider(USER, CACHE, REGION, session=session).token())
+    registration = ddbcache_hooks.register(
+        session,
+        f"rediss://127.0.0.1:{tls_server[1]}/?ssl_ca_certs={tls_server[2]}",
+        namespace=namespace,
+        iam_user=USER,
+        iam_cache_name=CACHE,
+    )
+    try:
+        client = session.client("dynamodb")
+        make_table(client, "items")
+        client.get_item(TableName="items", Key=KEY)
+        first = user_connections(admin)
+
+        now[0] += iam.MAX_CONNECTION_AGE_S - 1
+        client.get_item(TableName="items", Key=KEY)
+        assert user_connections(admin) == first  # young enough: kept
+
+        now[0] += 1
+        assert client.get_item(TableName="items", Key=KEY)["CacheMetadata"]["CacheHit"] is True
+        assert not user_connections(admin) & first  # replaced before the 12-hour limit
+    finally:
+        registration.unregister()
+
+
+def test_a_wrong_token_is_refused_at_registration(
+    session: boto3.Session,
+    tls_server: tuple[RedisServer, int, Path],
+    admin: redis.Redis,
+    pinned_clock: None,
+    namespace: str,
+) -> None:
+    grant(admin, "not-the-token")
+    with pytest.raises(ddbcache_hooks.CacheConnectionError):
+        ddbcache_hooks.register(session, iam_url(tls_server), namespace=namespace)
+
+
+def test_iam_over_a_plain_url_is_refused(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="TLS only"):
+        ddbcache_hooks.register(
+            session, redis_server.url, namespace=namespace, iam_user=USER, iam_cache_name=CACHE
+        )
+    with pytest.raises(ConfigurationError, match="credential_provider="):
+        ddbcache_hooks.register(
+            session,
+            redis.Redis(port=redis_server.port),
+            namespace=namespace,
+            iam_user=USER,
+            iam_cache_name=CACHE,
+        )
+
+
+def test_doctor_reports_the_auth_mode(
+    tls_server: tuple[RedisServer, int, Path],
+    admin: redis.Redis,
+    pinned_clock: None,
+    moto_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_url)
+    grant(admin, iam.ElastiCacheIAMProvider(USER, CACHE, REGION).token())
+
+    def doctor(url: str) -> tuple[int, str]:
+        out = io.StringIO()
+        return cli.main(["doctor", "--redis-url", url], out=out), out.getvalue()
+
+    code, out = doctor(iam_url(tls_server))
+    assert code == 0, out
+    assert f"ok    auth: IAM (user {USER}, replication group {CACHE}, {REGION})" in out
+    assert "a token was generated" in out
+    code, out = doctor(f"redis://:{ADMIN_PASSWORD}@127.0.0.1:{tls_server[0].port}")
+    assert code == 0 and "ok    auth: password (user default)" in out
+    code, out = doctor(f"redis://{USER}@127.0.0.1:{tls_server[0].port}/?iam=1&cache_name=c")
+    assert code == 1 and "FAIL  auth: IAM authentication works over TLS only" in out
