@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from .config import Settings
 from .effects import DescribeTable, Op, RedisBatch, Sleep
-from .errors import CacheConnectionError, RegistrationError
+from .errors import CacheConnectionError, ConfigurationError, RegistrationError
 from .handlers import _FAILED, Hooks
 from .keys import NotCanonical, table_name
 from .near import NearCache, decode_message
@@ -319,6 +319,12 @@ async def connect_async(redis_target: Any, settings: Settings) -> Any:
 
     if redis_target is None:
         raise RegistrationError("register_async() needs redis= (a redis.asyncio client or a URL)")
+    if settings.iam_user or (isinstance(redis_target, str) and "iam=" in redis_target):
+        raise ConfigurationError(
+            "IAM authentication is built in for register() only; for register_async() pass a "
+            "redis.asyncio client made with ssl=True and "
+            "credential_provider=ddbcache_hooks.iam.ElastiCacheIAMProvider(...)"
+        )
     if not isinstance(redis_target, str):
         if isinstance(redis_target, (redis_lib.Redis, RedisCluster)):
             raise RegistrationError(

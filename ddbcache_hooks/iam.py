@@ -105,6 +105,9 @@ class ElastiCacheIAMProvider(CredentialProvider):
     def get_credentials(self) -> tuple[str, str]:
         return self.user, self.token()
 
+    async def get_credentials_async(self) -> tuple[str, str]:
+        return self.get_credentials()  # signing is local computation: nothing to await
+
     def token(self) -> str:
         """The current token; a new one once the last is :data:`REFRESH_AFTER_S` old."""
         with self._lock:

@@ -325,3 +325,16 @@ def test_cluster_clients_get_the_connection_class_through_their_node_pools() -> 
     assert iam.for_cluster({}) == {}
     pool = IAMConnectionPool(host="h", port=6379, connection_class=object)
     assert pool.connection_class is IAMSSLConnection
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [("rediss://h:6379", {"iam_user": "u"}), ("rediss://u@h:6379/?iam=1&cache_name=c", {})],
+)
+def test_the_async_path_says_how_to_use_iam(url: str, options: dict[str, Any]) -> None:
+    import asyncio
+
+    from ddbcache_hooks.aio import connect_async
+
+    with pytest.raises(ConfigurationError, match="credential_provider="):
+        asyncio.run(connect_async(url, settings(**options)))
