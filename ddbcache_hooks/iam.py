@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.connection import ConnectionPool, SSLConnection
 from redis.credentials import CredentialProvider
 
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_CONNECTION_AGE_S",
     "REFRESH_AFTER_S",
     "TOKEN_LIFETIME_S",
+    "AsyncIAMSSLConnection",
     "ElastiCacheIAMProvider",
     "IAMConnectionPool",
     "IAMSSLConnection",
@@ -188,6 +190,23 @@ class IAMSSLConnection(SSLConnection):
         if self._sock is not None and self.clock() - self._connected_at >= self.max_age_s:
             self.disconnect()
         super().connect()  # type: ignore[no-untyped-call]
+
+
+class AsyncIAMSSLConnection(AsyncSSLConnection):
+    """:class:`IAMSSLConnection` for ``redis.asyncio``."""
+
+    max_age_s: float = MAX_CONNECTION_AGE_S
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+    _connected_at = 0.0
+
+    async def _connect(self) -> None:
+        await super()._connect()  # type: ignore[no-untyped-call]
+        self._connected_at = self.clock()
+
+    async def connect(self) -> None:
+        if self.is_connected and self.clock() - self._connected_at >= self.max_age_s:
+            await self.disconnect()
+        await super().connect()  # type: ignore[no-untyped-call]
 
 
 class IAMConnectionPool(ConnectionPool):

@@ -6,6 +6,7 @@ are dropped or grow too old.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import io
 import subprocess
@@ -177,6 +178,60 @@ def test_connections_older_than_the_limit_reconnect_on_checkout(
         assert not user_connections(admin) & first  # replaced before the 12-hour limit
     finally:
         registration.unregister()
+
+
+def test_async_registration_connects_with_the_token_and_reconnects(
+    tls_server: tuple[RedisServer, int, Path],
+    admin: redis.Redis,
+    pinned_clock: None,
+    moto_url: str,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aioboto3
+
+    now = [0.0]
+    monkeypatch.setattr(iam.AsyncIAMSSLConnection, "clock", staticmethod(lambda: now[0]))
+    # The async path signs with the default credential chain (here: the environment's keys).
+    grant(admin, iam.ElastiCacheIAMProvider(USER, CACHE, REGION).token())
+
+    async def main() -> None:
+        session = aioboto3.Session(region_name=REGION)
+        registration = await ddbcache_hooks.register_async(
+            session, iam_url(tls_server), namespace=namespace
+        )
+        try:
+            async with session.client("dynamodb", endpoint_url=moto_url) as client:
+                await client.create_table(
+                    TableName="items",
+                    KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                    AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                    BillingMode="PAY_PER_REQUEST",
+                )
+                await client.put_item(TableName="items", Item={**KEY, "v": {"N": "1"}})
+                assert "CacheMetadata" not in await client.get_item(TableName="items", Key=KEY)
+                before = user_connections(admin)
+                assert before
+                admin.execute_command("CLIENT", "KILL", "USER", USER)
+                # redis.asyncio may notice the dropped connection only by using it: that call
+                # is answered by DynamoDB, and the next one reconnects with the token.
+                answer = await client.get_item(TableName="items", Key=KEY)
+                assert answer["Item"]["v"] == {"N": "1"}
+                errors = registration.stats()["errors"]
+                hit = await client.get_item(TableName="items", Key=KEY)
+                assert hit["CacheMetadata"]["CacheHit"] is True
+                after = user_connections(admin)
+                assert after and not after & before
+
+                now[0] += iam.MAX_CONNECTION_AGE_S
+                hit = await client.get_item(TableName="items", Key=KEY)
+                assert hit["CacheMetadata"]["CacheHit"] is True
+                assert not user_connections(admin) & after  # replaced at the age limit
+                assert registration.stats()["errors"] == errors  # without an error
+        finally:
+            registration.unregister()
+
+    asyncio.run(main())
 
 
 def test_a_wrong_token_is_refused_at_registration(

@@ -327,14 +327,12 @@ def test_cluster_clients_get_the_connection_class_through_their_node_pools() -> 
     assert pool.connection_class is IAMSSLConnection
 
 
-@pytest.mark.parametrize(
-    ("url", "options"),
-    [("rediss://h:6379", {"iam_user": "u"}), ("rediss://u@h:6379/?iam=1&cache_name=c", {})],
-)
-def test_the_async_path_says_how_to_use_iam(url: str, options: dict[str, Any]) -> None:
+def test_the_async_path_refuses_iam_options_with_a_client_object() -> None:
     import asyncio
+
+    import redis.asyncio as aredis
 
     from ddbcache_hooks.aio import connect_async
 
     with pytest.raises(ConfigurationError, match="credential_provider="):
-        asyncio.run(connect_async(url, settings(**options)))
+        asyncio.run(connect_async(aredis.Redis(), settings(iam_user="u", iam_cache_name="c")))
