@@ -23,6 +23,7 @@ from ddbcache_hooks import cli, iam
 from ddbcache_hooks._redis_server import RedisServer, free_port
 from ddbcache_hooks.errors import ConfigurationError
 from tests.conftest import REGION, make_table
+from tests.servers import RedisCluster, free_cluster_port
 
 USER = "app-user"
 CACHE = "my-cache"
@@ -72,6 +73,36 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Redis
     ]
     with RedisServer(extra_args=args) as server:
         yield server, tls_port, cert
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(
+    tls_server: tuple[RedisServer, int, Path],
+) -> Iterator[tuple[RedisCluster, list[int]]]:
+    """A 3-master cluster whose nodes speak TLS to clients and to each other (tls-cluster), so
+    the slot map names the TLS ports."""
+    cert = tls_server[2]
+    tls_ports: list[int] = []
+
+    def node_args(_: int) -> list[str]:
+        tls_ports.append(free_cluster_port())
+        return [
+            "--tls-port",
+            str(tls_ports[-1]),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(cert.with_name("key.pem")),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+            "--tls-cluster",
+            "yes",
+        ]
+
+    with RedisCluster(masters=3, create="commands", node_args=node_args) as cluster:
+        yield cluster, tls_ports
 
 
 @pytest.fixture
@@ -232,6 +263,59 @@ def test_async_registration_connects_with_the_token_and_reconnects(
             registration.unregister()
 
     asyncio.run(main())
+
+
+def test_cluster_nodes_authenticate_with_the_token_and_reconnect(
+    session: boto3.Session,
+    tls_cluster: tuple[RedisCluster, list[int]],
+    tls_server: tuple[RedisServer, int, Path],
+    pinned_clock: None,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster, tls_ports = tls_cluster
+    now = [0.0]
+    monkeypatch.setattr(iam.IAMSSLConnection, "clock", staticmethod(lambda: now[0]))
+    nodes = [cluster.client(index) for index in range(len(cluster.servers))]
+    token = iam.ElastiCacheIAMProvider(USER, CACHE, REGION, session=session).token()
+    for node in nodes:  # ElastiCache keeps one user group for all shards; here: each node
+        grant(node, token)
+
+    def connections() -> set[tuple[int, int]]:
+        return {(i, c) for i, node in enumerate(nodes) for c in user_connections(node)}
+
+    url = (
+        f"rediss://{USER}@127.0.0.1:{tls_ports[0]}/?iam=1&cache_name={CACHE}&region={REGION}"
+        f"&ssl_ca_certs={tls_server[2]}"
+    )
+    registration = ddbcache_hooks.register(session, url, namespace=namespace)
+    try:
+        assert registration._transport.cluster
+        client = session.client("dynamodb")
+        make_table(client, "items")
+        keys = [{"pk": {"S": f"k{i}"}} for i in range(12)]  # spread over the shards
+        for key in keys:
+            client.get_item(TableName="items", Key=key)
+        assert all(
+            client.get_item(TableName="items", Key=key)["CacheMetadata"]["CacheHit"] for key in keys
+        )
+        first = connections()
+        assert {index for index, _ in first} == {0, 1, 2}
+
+        for node in nodes:
+            node.execute_command("CLIENT", "KILL", "USER", USER)
+        assert all("CacheMetadata" in client.get_item(TableName="items", Key=k) for k in keys)
+        second = connections()
+        assert second and not second & first
+
+        now[0] += iam.MAX_CONNECTION_AGE_S
+        assert all("CacheMetadata" in client.get_item(TableName="items", Key=k) for k in keys)
+        assert not connections() & second  # replaced at the age limit
+    finally:
+        registration.unregister()
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", USER)
+            node.close()
 
 
 def test_a_wrong_token_is_refused_at_registration(
