@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import io
+import os
 import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -316,6 +319,64 @@ def test_cluster_nodes_authenticate_with_the_token_and_reconnect(
         for node in nodes:
             node.execute_command("ACL", "DELUSER", USER)
             node.close()
+
+
+ENV_APP = """
+import boto3
+
+client = boto3.Session(region_name="us-east-1").client("dynamodb")
+for _ in range(2):
+    response = client.get_item(TableName="items", Key={"pk": {"S": "a"}})
+    print("HIT" if "CacheMetadata" in response else "MISS", response["Item"]["v"]["S"])
+"""
+
+# Pins botocore's signing clock in the child, as pinned_clock does here.
+PIN_CLOCK = f"""
+import datetime
+import botocore.auth
+
+botocore.auth.get_current_datetime = lambda: datetime.datetime.fromisoformat({PINNED.isoformat()!r})
+"""
+
+
+def test_environment_activation_with_iam(
+    tls_server: tuple[RedisServer, int, Path],
+    admin: redis.Redis,
+    pinned_clock: None,
+    moto_url: str,
+    tmp_path: Path,
+) -> None:
+    table = boto3.Session(region_name=REGION).client("dynamodb", endpoint_url=moto_url)
+    make_table(table, "items")
+    table.put_item(TableName="items", Item={"pk": {"S": "a"}, "v": {"S": "1"}})
+    grant(admin, iam.ElastiCacheIAMProvider(USER, CACHE, REGION).token())
+    (tmp_path / "sitecustomize.py").write_text(PIN_CLOCK)
+    (tmp_path / "app.py").write_text(ENV_APP)
+    _, port, cert = tls_server
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DDBCACHE_")}
+    environ.update(
+        {
+            "PYTHONPATH": str(tmp_path),
+            "AWS_ENDPOINT_URL_DYNAMODB": moto_url,
+            "DDBCACHE_ENABLED": "1",
+            "DDBCACHE_REDIS_URL": f"rediss://127.0.0.1:{port}/?ssl_ca_certs={cert}",
+            "DDBCACHE_IAM_USER": USER,
+            "DDBCACHE_IAM_CACHE_NAME": CACHE,
+            "DDBCACHE_IAM_REGION": REGION,
+            "DDBCACHE_NAMESPACE": "iam" + uuid.uuid4().hex[:8],
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "app.py")],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["MISS", "1", "HIT", "1"], result.stderr
+    assert result.stderr == ""
 
 
 def test_a_wrong_token_is_refused_at_registration(
