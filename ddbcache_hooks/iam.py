@@ -158,7 +158,10 @@ class ElastiCacheIAMProvider(CredentialProvider):
 
 
 def _botocore_session(session: Any) -> Any:
-    """The botocore session behind a boto3 or botocore session (a default one for None)."""
+    """What signs: the botocore session behind a boto3 session, a botocore session, a botocore
+    client's own credentials and Region (a DynamoDB client given to register()), or a default
+    botocore session for None."""
+    import botocore.client
     import botocore.session
 
     if session is None:
@@ -168,9 +171,31 @@ def _botocore_session(session: Any) -> Any:
         return inner
     if isinstance(session, botocore.session.Session):
         return session
+    client = getattr(getattr(session, "meta", None), "client", session)  # a boto3 resource
+    if isinstance(client, botocore.client.BaseClient):
+        return _ClientCredentials(client)
     raise ConfigurationError(
-        f"IAM authentication signs with a boto3 or botocore session, got {type(session).__name__}"
+        "IAM authentication signs with a boto3 or botocore session or client, "
+        f"got {type(session).__name__}"
     )
+
+
+class _ClientCredentials:
+    """The two things a token needs from a session, taken from a botocore client."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def get_credentials(self) -> Any:
+        try:  # botocore's only way to a client's credentials (private, stable for years)
+            return self._client._get_credentials()
+        except AttributeError:
+            import botocore.session
+
+            return botocore.session.get_session().get_credentials()
+
+    def get_config_variable(self, name: str) -> Any:
+        return self._client.meta.region_name if name == "region" else None
 
 
 class IAMSSLConnection(SSLConnection):
@@ -233,13 +258,14 @@ def redis_options(url: str, settings: Any, session: Any = None) -> tuple[str, di
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     ours = {name: value for name, value in query if name in URL_PARAMETERS}
+    rest = urlencode([(name, value) for name, value in query if name not in URL_PARAMETERS])
     user = settings.iam_user or (parts.username if ours.get("iam", "").lower() in _TRUE else None)
     if not user:
         if ours.get("iam", "").lower() in _TRUE:
             raise ConfigurationError(
                 "iam=1 in the Redis URL needs the user: rediss://<user id>@host:port/?iam=1&..."
             )
-        return url, {}
+        return (urlunsplit(parts._replace(query=rest)) if ours else url), {}
     if parts.scheme not in ("rediss", "valkeys"):
         raise ConfigurationError(
             "IAM authentication works over TLS only: use a rediss:// URL "
@@ -252,7 +278,6 @@ def redis_options(url: str, settings: Any, session: Any = None) -> tuple[str, di
         serverless=settings.iam_serverless or ours.get("serverless", "").lower() in _TRUE,
         session=session,
     )
-    rest = urlencode([(name, value) for name, value in query if name not in URL_PARAMETERS])
     netloc = parts.netloc.rpartition("@")[2]  # the user travels in the credential provider
     cleaned = urlunsplit(parts._replace(netloc=netloc, query=rest))
     return cleaned, {"credential_provider": provider, "connection_class": IAMSSLConnection}

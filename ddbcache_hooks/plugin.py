@@ -402,7 +402,7 @@ def _session_of(target: Any) -> Any:
 
     if target is None:
         return boto3.DEFAULT_SESSION
-    return target if hasattr(target, "get_credentials") else None
+    return target  # a session, or a DynamoDB client (its credentials) or resource
 
 
 def connect(redis_target: Any, settings: Settings, session: Any = None) -> Any:

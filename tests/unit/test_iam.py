@@ -174,6 +174,17 @@ def test_a_botocore_session_works_too(clock: FakeClock) -> None:
     assert params["_access_key"] == "AKIDBOTO" and params["_region"] == "ap-south-1"
 
 
+def test_a_client_signs_with_its_own_credentials_and_region(clock: FakeClock) -> None:
+    client = session_with("AKIDCLIENT", "delta").client("dynamodb", region_name="ca-central-1")
+    provider = ElastiCacheIAMProvider("u", "c", session=client)
+    params = verify_sigv4(provider.token(), "delta")
+    assert params["_access_key"] == "AKIDCLIENT" and params["_region"] == "ca-central-1"
+    resource = session_with("AKIDRES", "eps").resource("dynamodb")
+    assert verify_sigv4(ElastiCacheIAMProvider("u", "c", session=resource).token(), "eps")
+    with pytest.raises(ConfigurationError, match="session or client"):
+        ElastiCacheIAMProvider("u", "c", session=object())
+
+
 def test_token_is_reused_then_refreshed_before_it_expires(
     clock: FakeClock, signed_urls: list[str]
 ) -> None:
@@ -243,6 +254,9 @@ def settings(**options: Any) -> Settings:
 def test_without_iam_the_url_is_untouched() -> None:
     url = "rediss://app:pw@cache.example:6380/0?ssl_cert_reqs=required"
     assert redis_options(url, settings()) == (url, {})
+    # iam=0 is off, and its parameters are not passed on to redis-py
+    off = "rediss://app:pw@cache.example:6380/0?iam=0&cache_name=c&ssl_cert_reqs=required"
+    assert redis_options(off, settings()) == (url, {})
 
 
 def test_options_switch_iam_on_for_a_rediss_url() -> None:
