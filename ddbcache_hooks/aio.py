@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from .config import Settings
 from .effects import DescribeTable, Op, RedisBatch, Sleep
-from .errors import CacheConnectionError, RegistrationError
+from .errors import CacheConnectionError, ConfigurationError, RegistrationError
 from .handlers import _FAILED, Hooks
 from .keys import NotCanonical, table_name
 from .near import NearCache, decode_message
@@ -310,7 +310,10 @@ def _resolve_async_target(target: Any) -> tuple[str, Any]:
 
 
 async def connect_async(redis_target: Any, settings: Settings) -> Any:
-    """The async Redis client: the one given, or one built from a URL with short time-outs."""
+    """The async Redis client: the one given, or one built from a URL with short time-outs.
+
+    IAM tokens (iam.py) are signed with a botocore session's credential chain: an aiobotocore
+    session's credentials are awaitable, and a token is made inside redis-py's connect."""
     import redis as redis_lib
     import redis.asyncio as aredis
     from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -329,9 +332,19 @@ async def connect_async(redis_target: Any, settings: Settings) -> Any:
             raise RegistrationError(
                 f"redis= must be a redis.asyncio client or URL, got {type(redis_target).__name__}"
             )
+        if settings.iam_user:
+            raise ConfigurationError(
+                "iam_user applies to a rediss:// URL; a Redis client built by the application "
+                "takes credential_provider=ddbcache_hooks.iam.ElastiCacheIAMProvider(...)"
+            )
         _warn_without_timeout(redis_target)
         return redis_target
     from redis.asyncio.retry import Retry
+
+    from . import iam
+
+    redis_target, auth = iam.redis_options(redis_target, settings)
+    auth.pop("connection_class", None)  # redis.asyncio's from_url keeps the URL's; set below
 
     # asyncio time-outs also measure how late the event loop gets round to a socket:
     # in a burst of misses a 50 ms time-out fires while the answer is already there.
@@ -350,7 +363,10 @@ async def connect_async(redis_target: Any, settings: Settings) -> Any:
         max_connections=ASYNC_MAX_CONNECTIONS,
         timeout=ASYNC_POOL_WAIT_S,
         **kwargs,
+        **auth,
     )
+    if auth:
+        pool.connection_class = iam.AsyncIAMSSLConnection
     plain = aredis.Redis(connection_pool=pool)
     try:
         cluster = (await plain.info("cluster")).get("cluster_enabled") in (1, "1")
@@ -363,4 +379,6 @@ async def connect_async(redis_target: Any, settings: Settings) -> Any:
     if not cluster:
         return plain
     await plain.aclose()
-    return AsyncRedisCluster.from_url(redis_target, **kwargs)
+    # A cluster's node connections get the credentials; ElastiCache's 12-hour limit closes
+    # them (one Redis error, absorbed like any other), and they reconnect with a new token.
+    return AsyncRedisCluster.from_url(redis_target, **kwargs, **auth)

@@ -122,6 +122,12 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
         elapsed_ms = (time.perf_counter() - started) * 1000
         return f"{redact(_redis_url(args))} answered in {elapsed_ms:.1f} ms"
 
+    def describe_auth() -> str:
+        from .iam import auth_mode
+
+        return auth_mode(_redis_url(args), settings)
+
+    check("auth", describe_auth)
     check("connect", connect_redis)
     if client:
         check("server", lambda: _server_description(client[0]))

@@ -168,6 +168,14 @@ def _env_key_schema(text: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _optional_text(name: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string, got {value!r}")
+    return value
+
+
 def _boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f"{name} must be True or False, got {value!r}")
@@ -385,6 +393,31 @@ OPTIONS: tuple[Option, ...] = (
         "Write this process's counters to Redis every N seconds for `ddbcache stats` (0: off).",
         _env_int,
     ),
+    Option(
+        "iam_user",
+        None,
+        _optional_text,
+        "ElastiCache user ID: when set, a rediss:// URL authenticates with IAM tokens.",
+    ),
+    Option(
+        "iam_cache_name",
+        None,
+        _optional_text,
+        "ElastiCache replication group ID or serverless cache name the IAM token is for.",
+    ),
+    Option(
+        "iam_region",
+        None,
+        _optional_text,
+        "Region of the ElastiCache cache (default: the session's Region).",
+    ),
+    Option(
+        "iam_serverless",
+        False,
+        _boolean,
+        "The cache is ElastiCache Serverless (the token names ResourceType=ServerlessCache).",
+        _env_bool,
+    ),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -433,6 +466,10 @@ class Settings:
     near_cache: Any = None
     publish_invalidations: bool = True
     metrics_flush_s: int = 0
+    iam_user: str | None = None
+    iam_cache_name: str | None = None
+    iam_region: str | None = None
+    iam_serverless: bool = False
     _table_cache: dict[str, TableSettings | None] = field(
         default_factory=dict, repr=False, compare=False
     )

