@@ -10,6 +10,8 @@ import pytest
 from ddbcache_hooks import keys
 from ddbcache_hooks.keys import KeyLayout, NotCanonical
 
+T = keys.TableRef("aws", "us-east-1", "", "t")
+
 
 @pytest.mark.parametrize(
     ("spellings", "canonical"),
@@ -38,18 +40,14 @@ def test_bad_numbers_are_rejected(bad: Any) -> None:
 
 
 def test_item_digest_ignores_attribute_order_and_number_spelling() -> None:
-    a = keys.item_digest("t", {"pk": {"S": "x"}, "sk": {"N": "1.0"}})
-    b = keys.item_digest("t", {"sk": {"N": "1"}, "pk": {"S": "x"}})
+    a = keys.item_digest(T, {"pk": {"S": "x"}, "sk": {"N": "1.0"}})
+    b = keys.item_digest(T, {"sk": {"N": "1"}, "pk": {"S": "x"}})
     assert a == b
 
 
 def test_binary_keys_compare_by_bytes() -> None:
-    assert keys.item_digest("t", {"pk": {"B": b"abc"}}) == keys.item_digest(
-        "t", {"pk": {"B": "abc"}}
-    )
-    assert keys.item_digest("t", {"pk": {"B": b"abc"}}) != keys.item_digest(
-        "t", {"pk": {"S": "abc"}}
-    )
+    assert keys.item_digest(T, {"pk": {"B": b"abc"}}) == keys.item_digest(T, {"pk": {"B": "abc"}})
+    assert keys.item_digest(T, {"pk": {"B": b"abc"}}) != keys.item_digest(T, {"pk": {"S": "abc"}})
 
 
 @pytest.mark.parametrize(
@@ -65,12 +63,14 @@ def test_binary_keys_compare_by_bytes() -> None:
     ],
 )
 def test_distinct_keys_never_collide(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert keys.item_digest("t", a) != keys.item_digest("t", b)
+    assert keys.item_digest(T, a) != keys.item_digest(T, b)
 
 
 def test_tables_separate_items() -> None:
     key = {"pk": {"S": "x"}}
-    assert keys.item_digest("a", key) != keys.item_digest("b", key)
+    assert keys.item_digest(T._replace(name="a"), key) != keys.item_digest(
+        T._replace(name="b"), key
+    )
 
 
 def test_no_collisions_over_many_generated_keys() -> None:
@@ -80,7 +80,7 @@ def test_no_collisions_over_many_generated_keys() -> None:
         for sk_type in ("S", "B"):
             sk_value: Any = sk.encode() if sk_type == "B" else sk
             key = {"pk": {"S": pk}, "sk": {sk_type: sk_value}}
-            digest = keys.item_digest("t", key)
+            digest = keys.item_digest(T, key)
             assert digest not in seen, (key, seen.get(digest))
             seen[digest] = key
 
@@ -91,7 +91,7 @@ def test_no_collisions_over_many_generated_keys() -> None:
 )
 def test_malformed_keys_are_rejected(bad: Any) -> None:
     with pytest.raises(NotCanonical):
-        keys.item_digest("t", bad)
+        keys.item_digest(T, bad)
 
 
 def test_sets_are_order_insensitive_but_keep_duplicates() -> None:
@@ -178,6 +178,7 @@ def test_keywords_functions_and_names_are_distinct() -> None:
 
 def test_key_layout_tags_items_and_tables() -> None:
     layout = KeyLayout("CC")
-    digest = keys.item_digest("t", {"pk": {"S": "x"}})
-    assert layout.item("t", digest) == f"CC:i:{{{digest}}}:t"
-    assert layout.tokens("t") == "CC:t:{t}"
+    t = keys.TableRef("aws", "us-east-1", "", "t")
+    digest = keys.item_digest(t, {"pk": {"S": "x"}})
+    assert layout.item(t, digest) == f"CC:i:{{{digest}}}:us-east-1:t"
+    assert layout.tokens(t) == "CC:t:{us-east-1:t}"

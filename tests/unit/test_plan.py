@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ddbcache_hooks.config import Settings, TablePolicy
-from ddbcache_hooks.keys import KeyLayout
+from ddbcache_hooks.keys import KeyLayout, Location, TableRef
 from ddbcache_hooks.plan import HIT, Planner, ReadPlan, WritePlan, shape_miss_request
 from ddbcache_hooks.policy import ReadKind
 from ddbcache_hooks.writes import WriteSet
@@ -15,9 +15,22 @@ from ddbcache_hooks.writes import WriteSet
 KEY = {"pk": {"S": "a"}}
 
 
-def planner(**options: Any) -> Planner:
+#: A client of the AWS partition in us-east-1, account unknown.
+HERE = Location("aws", "us-east-1")
+
+
+class LocalPlanner(Planner):
+    """Plans for a client in HERE unless told otherwise."""
+
+    def plan(  # type: ignore[override]
+        self, operation: str, params: Any, location: Location = HERE
+    ) -> Any:
+        return super().plan(operation, params, location)
+
+
+def planner(**options: Any) -> LocalPlanner:
     settings = Settings.resolve(options)
-    return Planner(settings, KeyLayout(settings.namespace))
+    return LocalPlanner(settings, KeyLayout(settings.namespace))
 
 
 def test_get_item_plan() -> None:
@@ -145,14 +158,15 @@ def test_write_extractors() -> None:
     def written(op: str, params: dict[str, Any], response: Any = None) -> WriteSet:
         extractor = POLICIES[op].writes
         assert extractor is not None
-        return extractor(params, response)
+        return extractor(params, response, HERE)
 
-    assert (
-        written("DeleteItem", {"TableName": "arn:aws:dynamodb:r:1:table/t", "Key": KEY})
-        .items[0]
-        .table
-        == "t"
-    )
+    t = TableRef("aws", "us-east-1", "", "t")
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/t"
+    # The client's own account is unknown: the ARN may be the plain name's table, or not.
+    assert [r.table for r in written("DeleteItem", {"TableName": arn, "Key": KEY}).items] == [
+        t,
+        t._replace(account="123456789012"),
+    ]
     batch = {
         "RequestItems": {
             "t": [
@@ -172,10 +186,10 @@ def test_write_extractors() -> None:
         ]
     }
     assert [(r.table, r.is_key) for r in written("TransactWriteItems", transact).items] == [
-        ("t", True)
+        (t, True)
     ]
     partiql = written("ExecuteStatement", {"Statement": "DELETE FROM t WHERE pk = 'a'"})
     assert partiql.items[0].attrs == {"pk": {"S": "a"}}
     assert not written("ExecuteStatement", {"Statement": "SELECT * FROM t"})
     unresolved = written("ExecuteStatement", {"Statement": "DELETE FROM t WHERE pk > 'a'"})
-    assert "t" in unresolved.tables and not unresolved.items
+    assert t in unresolved.tables and not unresolved.items
