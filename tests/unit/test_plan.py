@@ -193,3 +193,50 @@ def test_write_extractors() -> None:
     assert not written("ExecuteStatement", {"Statement": "SELECT * FROM t"})
     unresolved = written("ExecuteStatement", {"Statement": "DELETE FROM t WHERE pk > 'a'"})
     assert t in unresolved.tables and not unresolved.items
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"ReturnConsumedCapacity": "BOGUS"},
+        {"ReturnConsumedCapacity": None},
+        {"ConsistentRead": "false"},
+        {"ConsistentRead": 0},
+    ],
+)
+def test_values_left_out_of_the_variant_are_validated(extra: dict[str, Any]) -> None:
+    """DynamoDB rejects these; the variant does not see them, so the plan must."""
+    assert planner().plan("GetItem", {"TableName": "t", "Key": KEY, **extra}) is None
+    assert planner().plan("Query", {"TableName": "t", **extra}) is None
+    batch = {"t": {"Keys": [KEY], **extra}}
+    assert planner().plan("BatchGetItem", {"RequestItems": batch}) is None
+    assert planner().plan("BatchGetItem", {"RequestItems": {"t": {"Keys": [KEY]}}, **extra}) is None
+    valid = {"ReturnConsumedCapacity": "INDEXES", "ConsistentRead": False}
+    assert planner().plan("GetItem", {"TableName": "t", "Key": KEY, **valid}) is not None
+
+
+def test_reads_of_an_arn_plan_by_the_own_account() -> None:
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/t"
+    assert planner().plan("GetItem", {"TableName": arn, "Key": KEY}) is None
+    known = planner().plan(
+        "GetItem", {"TableName": arn, "Key": KEY}, HERE._replace(own_account="123456789012")
+    )
+    plain = planner().plan("GetItem", {"TableName": "t", "Key": KEY})
+    assert isinstance(known, ReadPlan) and isinstance(plain, ReadPlan)
+    assert known.slots[0].key == plain.slots[0].key and known.table == plain.table
+    batch = planner().plan("BatchGetItem", {"RequestItems": {arn: {"Keys": [KEY]}}})
+    assert isinstance(batch, ReadPlan) and batch.batch is not None
+    assert batch.batch.passthrough == {arn: (1, False)} and not batch.slots
+
+
+def test_unreadable_writes_fall_back_to_their_tables() -> None:
+    from ddbcache_hooks.writes import tables_named
+
+    t = TableRef("aws", "us-east-1", "", "t")
+    assert set(tables_named({"TableName": "t", "Item": "junk"}, HERE).tables) == {t}
+    both = tables_named({"RequestItems": {"t": [{}], "u": None}}, HERE)
+    assert set(both.tables) == {t, t._replace(name="u")}
+    nothing = tables_named({"Item": {}}, HERE)
+    assert not nothing and nothing.unknown
+    statement = tables_named({"Statement": "DELETE FROM t WHERE"}, HERE)
+    assert set(statement.tables) == {t}
