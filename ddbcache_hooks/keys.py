@@ -98,16 +98,7 @@ class Location(NamedTuple):
         """
         if not isinstance(name_or_arn, str):
             raise NotCanonical(f"TableName must be a string, got {type(name_or_arn).__name__}")
-        if not name_or_arn.startswith("arn:"):
-            if not _TABLE_NAME.fullmatch(name_or_arn):
-                raise NotCanonical(f"not a table name: {name_or_arn!r}")
-            return (TableRef(self.where, self.region, "", name_or_arn),)
-        _, region, account, name = parse_table_arn(name_or_arn)
-        local = TableRef(self.where, region, "", name)
-        if self.own_account and account == self.own_account:
-            return (local,)
-        foreign = TableRef(self.where, region, account, name)
-        return (foreign,) if self.own_account else (local, foreign)
+        return _resolve(self, name_or_arn)
 
     def api_name(self, table: TableRef) -> str | None:
         """How this client names ``table`` in a request; None when it cannot say."""
@@ -118,6 +109,21 @@ class Location(NamedTuple):
             return None
         partition = self.where if "/" not in self.where else "aws"
         return f"arn:{partition}:dynamodb:{table.region}:{account}:table/{table.name}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve(location: Location, name_or_arn: str) -> tuple[TableRef, ...]:
+    """Location.refs, memoized: a hit costs a dict lookup, not a parse."""
+    if not name_or_arn.startswith("arn:"):
+        if not _TABLE_NAME.fullmatch(name_or_arn):
+            raise NotCanonical(f"not a table name: {name_or_arn!r}")
+        return (TableRef(location.where, location.region, "", name_or_arn),)
+    _, region, account, name = parse_table_arn(name_or_arn)
+    local = TableRef(location.where, region, "", name)
+    if location.own_account and account == location.own_account:
+        return (local,)
+    foreign = TableRef(location.where, region, account, name)
+    return (foreign,) if location.own_account else (local, foreign)
 
 
 def location_of(client: Any, account_id: str | None = None) -> Location:
