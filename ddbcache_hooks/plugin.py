@@ -145,6 +145,8 @@ class Registration:
         """The TableRefs :meth:`invalidate` acts on for ``table``."""
         if isinstance(table, TableRef):
             return [table]
+        if self._transport is None and not self._locations:
+            return []  # switched off by DDBCACHE_ENABLED=0: nothing was cached
         try:
             refs: dict[TableRef, None] = {}
             for location in self._locations:
