@@ -183,3 +183,42 @@ def test_endpoint_is_part_of_the_identity(moto_url: str, redis_server: Any, name
         ]
     finally:
         registration.unregister()
+
+
+def test_async_clients_of_two_regions_do_not_share_entries(
+    moto_url: str, redis_server: Any, namespace: str
+) -> None:
+    import asyncio
+
+    import aioboto3
+
+    async def main() -> None:
+        session = aioboto3.Session()
+        registration = await ddbcache_hooks.register_async(
+            session, redis_server.url, namespace=namespace
+        )
+        try:
+            async with (
+                session.client("dynamodb", region_name="us-east-1", endpoint_url=moto_url) as east,
+                session.client("dynamodb", region_name="eu-west-1", endpoint_url=moto_url) as west,
+            ):
+                for client, where in ((east, "east"), (west, "west")):
+                    await client.create_table(
+                        TableName="items",
+                        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                        BillingMode="PAY_PER_REQUEST",
+                    )
+                    await client.put_item(TableName="items", Item={**KEY, "v": {"S": where}})
+                await east.get_item(TableName="items", Key=KEY)
+                assert "CacheMetadata" in await east.get_item(TableName="items", Key=KEY)
+                assert value(await west.get_item(TableName="items", Key=KEY)) == "west"
+                await west.put_item(TableName="items", Item={**KEY, "v": {"S": "west 2"}})
+                assert value(await west.get_item(TableName="items", Key=KEY)) == "west 2"
+                assert value(await east.get_item(TableName="items", Key=KEY)) == "east"
+                await registration.invalidate("items", {"pk": "a"})
+                assert "CacheMetadata" not in await east.get_item(TableName="items", Key=KEY)
+        finally:
+            registration.unregister()
+
+    asyncio.run(main())
