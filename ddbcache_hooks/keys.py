@@ -11,7 +11,10 @@ that it may answer differently must never do so. Hence:
   ``bytes`` apart and length-prefixes everything, so no value can forge a
   separator;
 * a request variant is the request minus a deny-list of parameters that do
-  not change the data (``ReturnConsumedCapacity``), never an allow-list.
+  not change the data (``ReturnConsumedCapacity``), never an allow-list;
+* a table is named by where it lives (:class:`TableRef`: partition or endpoint,
+  Region, account, name), resolved against the calling client's
+  :class:`Location`, and everything below is derived from it.
 """
 
 from __future__ import annotations
@@ -68,15 +71,16 @@ class TableRef(NamedTuple):
     @property
     def place(self) -> str:
         """The location part of Redis key names: Region, foreign account, endpoint."""
-        return _place(self.where, self.region, self.account)
+        return _tag(self).rpartition(":")[0]
 
 
-@functools.lru_cache(maxsize=256)
-def _place(where: str, region: str, account: str) -> str:
-    place = region + (f"/{account}" if account else "")
-    if "/" in where:  # an endpoint URL: a short digest of it
-        place += "@" + hashlib.blake2b(where.encode("utf-8"), digest_size=6).hexdigest()
-    return place
+@functools.lru_cache(maxsize=4096)
+def _tag(table: TableRef) -> str:
+    """``<place>:<name>``, the table's part of every key name (memoized: on every hit)."""
+    place = table.region + (f"/{table.account}" if table.account else "")
+    if "/" in table.where:  # an endpoint URL: a short digest of it
+        place += "@" + hashlib.blake2b(table.where.encode("utf-8"), digest_size=6).hexdigest()
+    return f"{place}:{table.name}"
 
 
 class Location(NamedTuple):
@@ -372,16 +376,16 @@ class KeyLayout:
         self.prefix = namespace + ":"
 
     def item(self, table: TableRef, item_id: str) -> str:
-        return f"{self.prefix}i:{{{item_id}}}:{table.place}:{table.name}"
+        return f"{self.prefix}i:{{{item_id}}}:{_tag(table)}"
 
     def query(self, table: TableRef, variant_id: str) -> str:
-        return f"{self.prefix}q:{{{variant_id}}}:{table.place}:{table.name}"
+        return f"{self.prefix}q:{{{variant_id}}}:{_tag(table)}"
 
     def tokens(self, table: TableRef) -> str:
-        return f"{self.prefix}t:{{{table.place}:{table.name}}}"
+        return f"{self.prefix}t:{{{_tag(table)}}}"
 
     def schema(self, table: TableRef) -> str:
-        return f"{self.prefix}k:{{{table.place}:{table.name}}}"
+        return f"{self.prefix}k:{{{_tag(table)}}}"
 
     def table_pattern(self, name: str) -> str:
         """SCAN pattern matching every entry of the tables called ``name``, wherever they live."""

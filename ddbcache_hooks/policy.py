@@ -50,7 +50,10 @@ NOT_DATA = frozenset(NOT_DATA_VALUES)
 
 def valid_not_data(params: Mapping[str, Any]) -> bool:
     """Whether every deny-listed parameter of ``params`` holds a value DynamoDB accepts."""
-    return all(check(params[name]) for name, check in NOT_DATA_VALUES.items() if name in params)
+    for name, check in NOT_DATA_VALUES.items():
+        if name in params and not check(params[name]):
+            return False
+    return True
 
 
 WriteExtractor = Callable[
