@@ -334,8 +334,9 @@ OPTIONS: tuple[Option, ...] = (
         "account_id",
         None,
         _account_id,
-        "The AWS account of the clients' credentials: table ARNs naming it share "
-        "the entries of plain table names (unset: reads naming a table by ARN bypass).",
+        "The AWS account of the clients' credentials (default: the credentials' own, "
+        "when known): ARNs naming it share the entries of plain table names; "
+        "unknown, reads naming a table by ARN bypass the cache.",
     ),
     Option(
         "signing_key",

@@ -131,7 +131,12 @@ def _resolve(location: Location, name_or_arn: str) -> tuple[TableRef, ...]:
 
 
 def location_of(client: Any, account_id: str | None = None) -> Location:
-    """A botocore / aiobotocore client's Location (no I/O: read from ``client.meta``)."""
+    """A botocore / aiobotocore client's Location (no I/O: read from ``client.meta``).
+
+    The own account is ``account_id`` when given, else the account of the
+    client's credentials when botocore knows it without a refresh (static
+    credentials from ``AWS_ACCOUNT_ID`` or a profile's ``aws_account_id``).
+    """
     meta = client.meta
     region = meta.region_name or ""
     endpoint = (meta.endpoint_url or "").rstrip("/").lower()
@@ -140,7 +145,17 @@ def location_of(client: Any, account_id: str | None = None) -> Location:
         where = getattr(meta, "partition", None) or "aws"
     else:
         where = endpoint
-    return Location(where, region, account_id or "")
+    return Location(where, region, account_id or _credentials_account(client))
+
+
+def _credentials_account(client: Any) -> str:
+    from botocore.credentials import Credentials, RefreshableCredentials
+
+    credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+    if not isinstance(credentials, Credentials) or isinstance(credentials, RefreshableCredentials):
+        return ""  # none, or reading the account could refresh them (I/O)
+    account = getattr(credentials, "account_id", None)
+    return account if isinstance(account, str) and _ACCOUNT.fullmatch(account) else ""
 
 
 def parse_table_arn(arn: str) -> tuple[str, str, str, str]:

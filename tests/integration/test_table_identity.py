@@ -222,3 +222,16 @@ def test_async_clients_of_two_regions_do_not_share_entries(
             registration.unregister()
 
     asyncio.run(main())
+
+
+def test_own_account_from_the_credentials(
+    session: boto3.Session, register: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Static credentials that carry the account (AWS_ACCOUNT_ID) tell the own account."""
+    monkeypatch.setenv("AWS_ACCOUNT_ID", OWN_ACCOUNT)
+    register()
+    client = session.client("dynamodb")
+    make_table(client, "items")
+    client.put_item(TableName="items", Item={**KEY, "v": {"S": "1"}})
+    client.get_item(TableName="items", Key=KEY)
+    assert "CacheMetadata" in client.get_item(TableName=arn("us-east-1", OWN_ACCOUNT), Key=KEY)

@@ -267,6 +267,16 @@ def test_location_of_a_client() -> None:
     assert location(
         region_name="us-east-1", endpoint_url="http://LOCALHOST:8000/"
     ) == keys.Location("http://localhost:8000", "us-east-1")
+    # The own account: the option, else static credentials that carry it.
+    assert location(region_name="eu-west-1", aws_account_id=OWN).own_account == OWN
+    client = boto3.client(
+        "dynamodb",
+        region_name="eu-west-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        aws_account_id=OWN,
+    )
+    assert keys.location_of(client, OTHER).own_account == OTHER
 
 
 def test_refs_for_table_arn() -> None:
