@@ -123,7 +123,9 @@ def bench_hits(env: Env) -> dict[str, float]:
     make_table(client, "hits", items=1, size=200)
     k = key(0)
     client.get_item(TableName="hits", Key=k)
-    blob = env.redis().hget(registration._protocol.planner.item_key("hits", k), "e:")
+    blob = env.redis().hget(
+        registration._protocol.planner.item_key(*registration.table_refs("hits"), k), "e:"
+    )
     raw = env.redis()
     raw.set("bench:payload", blob)
     floor = canned_client(env.session(), client.get_item(TableName="hits", Key=k))

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .config import TablePolicy
     from .errors import CacheConnectionError, ConfigurationError, RegistrationError
     from .handlers import disabled
+    from .keys import TableRef, refs_for_table_arn
     from .near import NearCache
     from .plugin import Registration, register
 
@@ -33,6 +34,8 @@ _PUBLIC = {
     "NearCache": ".near",
     "Registration": ".plugin",
     "TablePolicy": ".config",
+    "TableRef": ".keys",
+    "refs_for_table_arn": ".keys",
     "disabled": ".handlers",
     "register": ".plugin",
 }
@@ -45,8 +48,10 @@ __all__ = [
     "Registration",
     "RegistrationError",
     "TablePolicy",
+    "TableRef",
     "__version__",
     "disabled",
+    "refs_for_table_arn",
     "register",
     "register_async",
 ]

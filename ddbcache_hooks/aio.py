@@ -29,11 +29,10 @@ from .config import Settings
 from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .errors import CacheConnectionError, ConfigurationError, RegistrationError
 from .handlers import _FAILED, Hooks
-from .keys import NotCanonical, table_name
+from .keys import TableRef
 from .near import NearCache, decode_message
 from .plugin import (
     Registration,
-    _low_level_key,
     _warn_without_timeout,
     already_registered,
     inactive,
@@ -151,23 +150,15 @@ class AsyncHooks(Hooks):
 class AsyncRegistration(Registration):
     """The handle ``register_async()`` returns: the same, with awaitable invalidations."""
 
-    async def invalidate(self, table: str, key: Mapping[str, Any]) -> bool:  # type: ignore[override]
+    async def invalidate(  # type: ignore[override]
+        self, table: str | TableRef, key: Mapping[str, Any]
+    ) -> bool:
         """Drop one item's entries (see :meth:`Registration.invalidate`)."""
-        name = table_name(table)
-        try:
-            item = self._protocol.planner.item_key(name, _low_level_key(key))
-        except NotCanonical as exc:
-            raise ValueError(f"invalid key for table {name}: {exc}") from None
-        return await self._deliver_async(
-            Invalidation(items=[(self._protocol.layout.tokens(name), item)])
-        )
+        return await self._deliver_async(self._item_invalidation(table, key))
 
-    async def invalidate_table(self, table: str) -> bool:  # type: ignore[override]
+    async def invalidate_table(self, table: str | TableRef) -> bool:  # type: ignore[override]
         """Drop every entry of one table (see :meth:`Registration.invalidate_table`)."""
-        name = table_name(table)
-        return await self._deliver_async(
-            Invalidation(tables={self._protocol.layout.tokens(name): True})
-        )
+        return await self._deliver_async(self._table_invalidation(table))
 
     async def _deliver_async(self, invalidation: Invalidation) -> bool:
         if self._transport is None:

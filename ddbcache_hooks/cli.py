@@ -237,13 +237,15 @@ def flush(client: Any, settings: Settings, table: str | None) -> int:
         return transport.scan_delete(layout.namespace_pattern())
     name = table_name(table)
     protocol = Protocol(settings, cluster=transport.cluster)
-    # Replacing the tokens drops every entry at once; deleting the keys frees memory.
-    drive(
-        protocol.deliver(Invalidation(tables={layout.tokens(name): True})),
-        transport,
-        lambda t: None,
-    )
+    # The table in every Region, account and endpoint it was cached from. Replacing
+    # the tokens drops every entry at once; deleting the keys frees memory.
+    tokens = {_text(key): True for key in client.scan_iter(match=layout.tokens_pattern(name))}
+    drive(protocol.deliver(Invalidation(tables=tokens)), transport, lambda t: None)
     return transport.scan_delete(layout.table_pattern(name))
+
+
+def _text(key: Any) -> str:
+    return key.decode("utf-8") if isinstance(key, bytes) else str(key)
 
 
 # --- streams -------------------------------------------------------------------------

@@ -97,6 +97,14 @@ def _key_schema(name: str, value: Any) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _account_id(name: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{12}", value):
+        raise ConfigurationError(f"{name} must be a 12-digit AWS account id, got {value!r}")
+    return value
+
+
 def _signing_key(name: str, value: Any) -> bytes | None:
     if value is None or value == "":
         return None
@@ -331,6 +339,14 @@ OPTIONS: tuple[Option, ...] = (
         _env_int,
     ),
     Option(
+        "account_id",
+        None,
+        _account_id,
+        "The AWS account of the clients' credentials (default: the credentials' own, "
+        "when known): ARNs naming it share the entries of plain table names; "
+        "unknown, reads naming a table by ARN bypass the cache.",
+    ),
+    Option(
         "signing_key",
         None,
         _signing_key,
@@ -457,6 +473,7 @@ class Settings:
     lease_wait_ms: int = 200
     max_entry_bytes: int = 1 << 20
     compress_min_bytes: int = 16384
+    account_id: str | None = None
     signing_key: bytes | None = None
     redis_timeout_ms: int = 50
     redis_connect_timeout_ms: int = 100

@@ -11,8 +11,10 @@ which is always correct, merely less often shared.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
 
 #: Request parameters holding an expression that may use placeholders.
@@ -26,6 +28,17 @@ EXPRESSION_PARAMS = frozenset(
 )
 
 _KEYWORDS = frozenset({"AND", "OR", "NOT", "BETWEEN", "IN"})
+
+
+@functools.lru_cache(maxsize=1)
+def reserved_words() -> frozenset[str]:
+    """DynamoDB's reserved words (upper case): an expression may not use one as a name.
+
+    The list is data (``reserved_words.txt``, from DynamoDB's documentation).
+    """
+    text = resources.files(__package__).joinpath("reserved_words.txt").read_text("utf-8")
+    return frozenset(word.upper() for word in text.split())
+
 
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -55,6 +68,7 @@ def canonical(
     matches = _tokenize(expression)
     if matches is None:
         return None
+    reserved = reserved_words()
     tokens: list[tuple[str, Any]] = []
     for index, (kind, text) in enumerate(matches):
         if kind == "name":
@@ -76,6 +90,10 @@ def canonical(
                 tokens.append(("k", text.upper()))
             elif following == "(":
                 tokens.append(("f", text))
+            elif text.upper() in reserved:
+                # DynamoDB rejects the literal form: it must not share the entry of
+                # the valid ``#n`` -> name form. The raw text keeps it apart.
+                return None
             else:
                 tokens.append(("n", text))
         elif kind == "index":

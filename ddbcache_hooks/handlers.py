@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from . import schema as schema_mod
 from .effects import DescribeTable, Op, RedisBatch, Sleep
+from .keys import location_of
 from .plan import ReadPlan, WritePlan, shape_miss_request
 from .policy import CACHED_OPERATIONS
 from .protocol import Protocol
@@ -57,6 +58,8 @@ class Hooks:
     def __init__(self, protocol: Protocol, client: Any) -> None:
         self.protocol = protocol
         self._client = weakref.ref(client)
+        #: Where this client's requests go: fixed for the client's life, so computed once.
+        self.location = location_of(client, protocol.settings.account_id)
         #: When set, reads are cached only while it returns True (compat.CacheClient).
         self.gate: Callable[[], bool] | None = None
 
@@ -64,7 +67,7 @@ class Hooks:
         self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any
     ) -> None:
         """before-parameter-build (registered last: after boto3 made AttributeValues)."""
-        plan = self.protocol.planner.plan(model.name, params)
+        plan = self.protocol.planner.plan(model.name, params, self.location)
         if isinstance(plan, ReadPlan) and (
             _bypass.get() or (self.gate is not None and not self.gate())
         ):

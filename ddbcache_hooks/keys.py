@@ -11,20 +11,28 @@ that it may answer differently must never do so. Hence:
   ``bytes`` apart and length-prefixes everything, so no value can forge a
   separator;
 * a request variant is the request minus a deny-list of parameters that do
-  not change the data (``ReturnConsumedCapacity``), never an allow-list.
+  not change the data (``ReturnConsumedCapacity``), never an allow-list;
+* a table is named by where it lives (:class:`TableRef`: partition or endpoint,
+  Region, account, name), resolved against the calling client's
+  :class:`Location`, and everything below is derived from it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit
 
 import msgpack
 
 from . import expressions
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 #: Parameters that name placeholders; folded into expressions when possible.
 PLACEHOLDER_PARAMS = ("ExpressionAttributeNames", "ExpressionAttributeValues")
@@ -34,13 +42,163 @@ class NotCanonical(ValueError):
     """A request parameter that cannot be canonicalized (DynamoDB would reject it)."""
 
 
+#: Characters DynamoDB allows in a table name (3-255 of them; length is DynamoDB's to check).
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+_ACCOUNT = re.compile(r"[0-9]{12}")
+_REGION = re.compile(r"[a-z0-9-]{1,32}")
+#: Hosts of AWS's own DynamoDB endpoints (regional, FIPS, dual-stack, VPC interface
+#: endpoints): a table behind them is named by its partition and Region, whichever
+#: of them a client was given.
+_AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws", ".c2s.ic.gov", ".sc2s.sgov.gov")
+
+
+class TableRef(NamedTuple):
+    """One table, named by where it lives: the identity behind every key of the table.
+
+    ``where`` is the AWS partition (``"aws"``, ``"aws-cn"``…) for AWS's endpoints, or
+    the endpoint URL of any other DynamoDB (DynamoDB Local, a test server).
+    ``account`` is ``""`` for the calling credentials' own account and an account
+    id only for a table an ARN names in another account (docs/consistency.md).
+    Item digests, query variants, token, schema and lease keys, and invalidations
+    are all derived from it, so two Regions or accounts never share any of them.
+    """
+
+    where: str
+    region: str
+    account: str
+    name: str
+
+    @property
+    def place(self) -> str:
+        """The location part of Redis key names: Region, foreign account, endpoint."""
+        return _tag(self).rpartition(":")[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _tag(table: TableRef) -> str:
+    """``<place>:<name>``, the table's part of every key name (memoized: on every hit)."""
+    place = table.region + (f"/{table.account}" if table.account else "")
+    if "/" in table.where:  # an endpoint URL: a short digest of it
+        place += "@" + hashlib.blake2b(table.where.encode("utf-8"), digest_size=6).hexdigest()
+    return f"{place}:{table.name}"
+
+
+class Location(NamedTuple):
+    """Where one client's requests go: computed once, when the handlers are attached."""
+
+    where: str
+    region: str
+    #: The account of the client's credentials when known (the ``account_id``
+    #: option), else "".
+    own_account: str = ""
+
+    def refs(self, name_or_arn: str) -> tuple[TableRef, ...]:
+        """Every TableRef a request naming ``name_or_arn`` may concern.
+
+        One, except for an ARN while the client's own account is unknown: the ARN
+        may name the very table a plain name does, or another account's. A read
+        then bypasses the cache; a write invalidates both. Raises NotCanonical
+        for anything that is not a table name or a DynamoDB table ARN.
+        """
+        if not isinstance(name_or_arn, str):
+            raise NotCanonical(f"TableName must be a string, got {type(name_or_arn).__name__}")
+        return _resolve(self, name_or_arn)
+
+    def api_name(self, table: TableRef) -> str | None:
+        """How this client names ``table`` in a request; None when it cannot say."""
+        if table.account == "" and table.region == self.region:
+            return table.name
+        account = table.account or self.own_account
+        if not account:
+            return None
+        partition = self.where if "/" not in self.where else "aws"
+        return f"arn:{partition}:dynamodb:{table.region}:{account}:table/{table.name}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve(location: Location, name_or_arn: str) -> tuple[TableRef, ...]:
+    """Location.refs, memoized: a hit costs a dict lookup, not a parse."""
+    if not name_or_arn.startswith("arn:"):
+        if not _TABLE_NAME.fullmatch(name_or_arn):
+            raise NotCanonical(f"not a table name: {name_or_arn!r}")
+        return (TableRef(location.where, location.region, "", name_or_arn),)
+    _, region, account, name = parse_table_arn(name_or_arn)
+    local = TableRef(location.where, region, "", name)
+    if location.own_account and account == location.own_account:
+        return (local,)
+    foreign = TableRef(location.where, region, account, name)
+    return (foreign,) if location.own_account else (local, foreign)
+
+
+def location_of(client: Any, account_id: str | None = None) -> Location:
+    """A botocore / aiobotocore client's Location (no I/O: read from ``client.meta``).
+
+    The own account is ``account_id`` when given, else the account of the
+    client's credentials when botocore knows it without a refresh (static
+    credentials from ``AWS_ACCOUNT_ID`` or a profile's ``aws_account_id``).
+    """
+    meta = client.meta
+    region = meta.region_name or ""
+    endpoint = (meta.endpoint_url or "").rstrip("/").lower()
+    host = urlsplit(endpoint).hostname or ""
+    if not endpoint or host.endswith(_AWS_HOSTS):
+        where = getattr(meta, "partition", None) or "aws"
+    else:
+        where = endpoint
+    return Location(where, region, account_id or _credentials_account(client))
+
+
+def _credentials_account(client: Any) -> str:
+    from botocore.credentials import Credentials, RefreshableCredentials
+
+    credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+    if not isinstance(credentials, Credentials) or isinstance(credentials, RefreshableCredentials):
+        return ""  # none, or reading the account could refresh them (I/O)
+    account = getattr(credentials, "account_id", None)
+    return account if isinstance(account, str) and _ACCOUNT.fullmatch(account) else ""
+
+
+def parse_table_arn(arn: str) -> tuple[str, str, str, str]:
+    """(partition, Region, account, table name) of a table, index or stream ARN."""
+    parts = arn.split(":", 5)
+    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "dynamodb":
+        raise NotCanonical(f"not a DynamoDB table ARN: {arn!r}")
+    _, partition, _, region, account, resource = parts
+    kind, _, rest = resource.partition("/")
+    name = rest.split("/", 1)[0]
+    if (
+        kind != "table"
+        or not _TABLE_NAME.fullmatch(name)
+        or not _ACCOUNT.fullmatch(account)
+        or not _REGION.fullmatch(region)
+    ):
+        raise NotCanonical(f"not a DynamoDB table ARN: {arn!r}")
+    return partition, region, account, name
+
+
+def refs_for_table_arn(
+    arn: str, settings: Settings, *, endpoint_url: str | None = None
+) -> tuple[TableRef, ...]:
+    """Every TableRef whose entries a write to the table ``arn`` names must drop.
+
+    For invalidators that learn of writes by ARN, such as a DynamoDB Streams
+    consumer (``eventSourceARN``: ``arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/…``;
+    index ARNs work too). Region and account come from the ARN; the table is
+    the one behind AWS's endpoints of the ARN's partition, or behind
+    ``endpoint_url`` when the cached clients use another DynamoDB. When
+    ``settings.account_id`` is unset, both the own-account form (what a plain
+    name caches under) and the ARN's account form are returned.
+    Raises NotCanonical (a ValueError) for anything else.
+    """
+    partition, region, _, _ = parse_table_arn(arn)
+    where = endpoint_url.rstrip("/").lower() if endpoint_url else partition
+    return Location(where, region, settings.account_id or "").refs(arn)
+
+
 def table_name(name_or_arn: str) -> str:
     """Reduce a table ARN (``arn:aws:dynamodb:...:table/Name``) to its name."""
     if name_or_arn.startswith("arn:"):
-        _, _, resource = name_or_arn.partition(":table/")
-        if not resource:
-            raise NotCanonical(f"not a DynamoDB table ARN: {name_or_arn!r}")
-        return resource.split("/", 1)[0]
+        return parse_table_arn(name_or_arn)[3]
     return name_or_arn
 
 
@@ -146,24 +304,32 @@ def canonical_param(value: Any) -> Any:
 
 def digest(structure: Any) -> str:
     """128-bit hex digest of a canonical structure."""
-    packed = msgpack.packb(structure, use_bin_type=True)
+    try:
+        packed = msgpack.packb(structure, use_bin_type=True)
+    except UnicodeEncodeError as exc:
+        raise NotCanonical(f"not valid UTF-8: {exc}") from None
     return hashlib.blake2b(packed, digest_size=16).hexdigest()
 
 
-def item_digest(table: str, key: Mapping[str, Any]) -> str:
-    """Identity of one item: table name plus canonical primary key.
+def item_digest(table: TableRef, key: Mapping[str, Any]) -> str:
+    """Identity of one item: where its table lives, its name, the canonical primary key.
 
     Key attributes are S, N or B (DynamoDB rejects anything else); the digest
-    covers the msgpack'd flat list ``[table, name, type, value, …]`` — each part
-    typed and length-prefixed, so no value can forge a separator.
+    covers the msgpack'd flat list ``[where, region, account, table, name, type,
+    value, …]`` — each part typed and length-prefixed, so no value can forge a
+    separator. Raises NotCanonical (a ValueError) for what it cannot digest,
+    such as a string holding a lone surrogate.
     """
-    parts: list[Any] = [table]
+    parts: list[Any] = [*table]
     for name in _key_names(key):
         tag, value = canonical_value(key[name])
         if tag not in _KEY_TYPES:
             raise NotCanonical(f"key attribute {name!r} has type {tag}; keys are S, N or B")
         parts += (name, tag, value)
-    packed = msgpack.packb(parts, use_bin_type=True)
+    try:
+        packed = msgpack.packb(parts, use_bin_type=True)
+    except UnicodeEncodeError as exc:  # a lone surrogate: not UTF-8, DynamoDB's to judge
+        raise NotCanonical(f"key is not valid UTF-8: {exc}") from None
     return hashlib.blake2b(packed, digest_size=16, person=b"ddbcache-item").hexdigest()
 
 
@@ -214,7 +380,8 @@ class KeyLayout:
 
     Every key carries a hash tag (the part in braces) so that Redis Cluster puts
     an item's state in one slot (one Lua script touches it) while different
-    items and query variants spread over all slots.
+    items and query variants spread over all slots. Keys name the table's
+    place (Region, a foreign account, a non-AWS endpoint's digest) before its name.
     """
 
     __slots__ = ("namespace", "prefix")
@@ -223,21 +390,25 @@ class KeyLayout:
         self.namespace = namespace
         self.prefix = namespace + ":"
 
-    def item(self, table: str, item_id: str) -> str:
-        return f"{self.prefix}i:{{{item_id}}}:{table}"
+    def item(self, table: TableRef, item_id: str) -> str:
+        return f"{self.prefix}i:{{{item_id}}}:{_tag(table)}"
 
-    def query(self, table: str, variant_id: str) -> str:
-        return f"{self.prefix}q:{{{variant_id}}}:{table}"
+    def query(self, table: TableRef, variant_id: str) -> str:
+        return f"{self.prefix}q:{{{variant_id}}}:{_tag(table)}"
 
-    def tokens(self, table: str) -> str:
-        return f"{self.prefix}t:{{{table}}}"
+    def tokens(self, table: TableRef) -> str:
+        return f"{self.prefix}t:{{{_tag(table)}}}"
 
-    def schema(self, table: str) -> str:
-        return f"{self.prefix}k:{{{table}}}"
+    def schema(self, table: TableRef) -> str:
+        return f"{self.prefix}k:{{{_tag(table)}}}"
 
-    def table_pattern(self, table: str) -> str:
-        """SCAN pattern matching every entry of one table."""
-        return f"{self.prefix}[iq]:{{*}}:{table}"
+    def table_pattern(self, name: str) -> str:
+        """SCAN pattern matching every entry of the tables called ``name``, wherever they live."""
+        return f"{self.prefix}[iq]:{{*}}:*:{name}"
+
+    def tokens_pattern(self, name: str) -> str:
+        """SCAN pattern matching the token hashes of the tables called ``name``."""
+        return f"{self.prefix}t:{{*:{name}}}"
 
     def namespace_pattern(self) -> str:
         return f"{self.prefix}*"

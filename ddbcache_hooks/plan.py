@@ -15,8 +15,17 @@ from typing import Any
 
 from . import expressions
 from .config import Settings, TableSettings
-from .keys import KeyLayout, NotCanonical, canonical_key, digest, item_digest, table_name, variant
-from .policy import NOT_DATA, POLICIES, Action, OperationPolicy, ReadKind
+from .keys import (
+    KeyLayout,
+    Location,
+    NotCanonical,
+    TableRef,
+    canonical_key,
+    digest,
+    item_digest,
+    variant,
+)
+from .policy import NOT_DATA, POLICIES, Action, OperationPolicy, ReadKind, valid_not_data
 from .resilience import Invalidation
 from .responses import capacity_mode
 
@@ -30,7 +39,7 @@ BATCH_GET_LIMIT = 100
 class Slot:
     """One cache entry a read uses, and what happened to it during the call."""
 
-    table: str
+    table: TableRef
     key: str
     field: str
     token_key: str
@@ -80,7 +89,8 @@ class ReadPlan:
     operation: str
     policy: OperationPolicy
     kind: ReadKind
-    table: str
+    #: The table read (None for a BatchGetItem, whose slots name theirs).
+    table: TableRef | None
     #: TableName exactly as the caller wrote it (used in response shapes).
     table_label: str
     slots: list[Slot]
@@ -97,6 +107,8 @@ class WritePlan:
     operation: str
     policy: OperationPolicy
     params: Mapping[str, Any]
+    #: Where the calling client's requests go (tables are resolved against it).
+    location: Location
     #: Set once computed, so that a failed delivery can be remembered as it was.
     invalidation: Invalidation | None = None
 
@@ -111,35 +123,45 @@ class Planner:
         self.settings = settings
         self.layout = layout
 
-    def plan(self, operation: str, params: Mapping[str, Any]) -> Plan | None:
+    def plan(self, operation: str, params: Mapping[str, Any], location: Location) -> Plan | None:
+        """The call's plan; None when it passes through (not cached, or not understood)."""
         policy = POLICIES.get(operation)
         if policy is None or policy.action is Action.BYPASS:
             return None
         if policy.action is Action.WRITE:
-            return WritePlan(operation, policy, params)
+            return WritePlan(operation, policy, params, location)
         try:
+            if not valid_not_data(params):
+                return None  # DynamoDB rejects it: never answer it from the cache
             if policy.action is Action.BATCH_READ:
-                return self._batch_read(operation, policy, params)
-            return self._read(operation, policy, params)
+                return self._batch_read(operation, policy, params, location)
+            return self._read(operation, policy, params, location)
         except (NotCanonical, KeyError, TypeError, AttributeError, ValueError):
             return None
 
     def _read(
-        self, operation: str, policy: OperationPolicy, params: Mapping[str, Any]
+        self,
+        operation: str,
+        policy: OperationPolicy,
+        params: Mapping[str, Any],
+        location: Location,
     ) -> ReadPlan | None:
         if params.get("ConsistentRead") is True:
             return None
         assert policy.read_kind is not None
         label = params["TableName"]
-        table = table_name(label)
-        config = self.settings.for_table(table)
+        refs = location.refs(label)
+        if len(refs) != 1:
+            return None  # an ARN that may or may not name the client's own table
+        (table,) = refs
+        config = self.settings.for_table(table.name)
         if config is None or not config.caches(operation):
             return None
         shape = variant(params, policy.skip)
         if policy.action is Action.ITEM_READ:
             slot = self._item_slot(table, params["Key"], shape, config)
         else:
-            slot = self._query_slot(table, policy.read_kind, (operation, table, shape), config)
+            slot = self._query_slot(table, policy.read_kind, (operation, *table, shape), config)
         return ReadPlan(
             operation,
             policy,
@@ -153,7 +175,11 @@ class Planner:
         )
 
     def _batch_read(
-        self, operation: str, policy: OperationPolicy, params: Mapping[str, Any]
+        self,
+        operation: str,
+        policy: OperationPolicy,
+        params: Mapping[str, Any],
+        location: Location,
     ) -> ReadPlan | None:
         slots: list[Slot] = []
         passthrough: dict[str, tuple[int, bool]] = {}
@@ -164,8 +190,11 @@ class Planner:
             total += len(keys)
             if not keys:
                 return None
-            table = table_name(label)
-            config = self.settings.for_table(table)
+            if not valid_not_data(spec):
+                return None
+            refs = location.refs(label)
+            table = refs[0]
+            config = self.settings.for_table(table.name) if len(refs) == 1 else None
             identities = {canonical_key(key) for key in keys}
             if len(identities) != len(keys):
                 return None  # duplicate keys: DynamoDB rejects the whole call
@@ -184,7 +213,7 @@ class Planner:
             operation,
             policy,
             ReadKind.ITEM,
-            "",
+            None,
             "",
             slots,
             capacity_mode(params),
@@ -193,7 +222,7 @@ class Planner:
         )
 
     def _item_slot(
-        self, table: str, key: Mapping[str, Any], shape: Any, config: TableSettings
+        self, table: TableRef, key: Mapping[str, Any], shape: Any, config: TableSettings
     ) -> Slot:
         return Slot(
             table,
@@ -207,7 +236,9 @@ class Planner:
             config.max_entry_bytes,
         )
 
-    def _query_slot(self, table: str, kind: ReadKind, shape: Any, config: TableSettings) -> Slot:
+    def _query_slot(
+        self, table: TableRef, kind: ReadKind, shape: Any, config: TableSettings
+    ) -> Slot:
         return Slot(
             table,
             self.layout.query(table, digest(shape)),
@@ -220,7 +251,7 @@ class Planner:
             config.max_entry_bytes,
         )
 
-    def item_key(self, table: str, key: Mapping[str, Any]) -> str:
+    def item_key(self, table: TableRef, key: Mapping[str, Any]) -> str:
         """Redis key of an item's entries (for invalidation)."""
         return self.layout.item(table, item_digest(table, key))
 

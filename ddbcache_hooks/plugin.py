@@ -23,7 +23,7 @@ from . import store
 from .config import Settings, env_flag
 from .errors import CacheConnectionError, ConfigurationError, RegistrationError
 from .handlers import SyncHooks, drive
-from .keys import NotCanonical, table_name
+from .keys import Location, NotCanonical, TableRef, refs_for_table_arn
 from .policy import POLICIES, Action
 from .protocol import Protocol
 from .resilience import Invalidation
@@ -84,6 +84,8 @@ class Registration:
         self._transport = transport
         self._hooks_factory = hooks_factory
         self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        #: Where the attached clients' requests went (an ordered set; a few entries).
+        self._locations: dict[Location, None] = {}
         self._sessions: list[Any] = []
         self._active = True
         self._uid = f"ddbcache-hooks-{id(self):x}"
@@ -119,26 +121,61 @@ class Registration:
         """Counters of this registration (hits, misses, bypasses, fills, invalidations, errors…)."""
         return self._protocol.stats.snapshot()
 
-    def invalidate(self, table: str, key: Mapping[str, Any]) -> bool:
+    def invalidate(self, table: str | TableRef, key: Mapping[str, Any]) -> bool:
         """Drop one item's entries, e.g. after a write made outside registered clients.
 
         Args:
-            table: table name or ARN.
+            table: a TableRef; or a table ARN; or a name, meaning that table in
+                every Region and endpoint the registration's clients use.
             key: the primary key, low-level (``{"pk": {"S": "a"}}``) or Python values.
 
         Returns True when Redis took it; False when it was kept for replay.
+        Raises ValueError for an invalid table or key.
         """
-        name = table_name(table)
-        try:
-            item = self._protocol.planner.item_key(name, _low_level_key(key))
-        except NotCanonical as exc:
-            raise ValueError(f"invalid key for table {name}: {exc}") from None
-        return self._deliver(Invalidation(items=[(self._protocol.layout.tokens(name), item)]))
+        return self._deliver(self._item_invalidation(table, key))
 
-    def invalidate_table(self, table: str) -> bool:
-        """Drop every entry of one table (items, queries and scans) by replacing its tokens."""
-        name = table_name(table)
-        return self._deliver(Invalidation(tables={self._protocol.layout.tokens(name): True}))
+    def invalidate_table(self, table: str | TableRef) -> bool:
+        """Drop every entry of one table (items, queries and scans) by replacing its tokens.
+
+        ``table`` as for :meth:`invalidate`.
+        """
+        return self._deliver(self._table_invalidation(table))
+
+    def table_refs(self, table: str | TableRef) -> list[TableRef]:
+        """The TableRefs :meth:`invalidate` acts on for ``table``."""
+        if isinstance(table, TableRef):
+            return [table]
+        if self._transport is None and not self._locations:
+            return []  # switched off by DDBCACHE_ENABLED=0: nothing was cached
+        try:
+            refs: dict[TableRef, None] = {}
+            for location in self._locations:
+                refs.update(dict.fromkeys(location.refs(table)))
+            if table.startswith("arn:"):
+                refs.update(dict.fromkeys(refs_for_table_arn(table, self.settings)))
+        except (NotCanonical, AttributeError) as exc:
+            raise ValueError(f"not a table name, ARN or TableRef: {table!r} ({exc})") from None
+        if not refs:
+            raise ValueError(
+                f"no client is attached yet, so the Region of {table!r} is unknown: "
+                "pass its ARN or a ddbcache_hooks.TableRef"
+            )
+        return list(refs)
+
+    def _item_invalidation(self, table: str | TableRef, key: Mapping[str, Any]) -> Invalidation:
+        layout, planner = self._protocol.layout, self._protocol.planner
+        low_level = _low_level_key(key)
+        items = []
+        for ref in self.table_refs(table):
+            try:
+                items.append((layout.tokens(ref), planner.item_key(ref, low_level)))
+            except NotCanonical as exc:
+                raise ValueError(f"invalid key for table {ref.name}: {exc}") from None
+        return Invalidation(items=items)
+
+    def _table_invalidation(self, table: str | TableRef) -> Invalidation:
+        layout = self._protocol.layout
+        return Invalidation(tables={layout.tokens(ref): True for ref in self.table_refs(table)})
 
     def _deliver(self, invalidation: Invalidation) -> bool:
         if self._transport is None:
@@ -184,6 +221,7 @@ class Registration:
             register = events.register_last if priority == "last" else events.register
             register(event, getattr(hooks, method), unique_id=f"{self._uid}-{event}-{method}")
         self._clients[client] = hooks
+        self._locations[hooks.location] = None
         log.debug("ddbcache attached to %r", client)
 
     def unregister(self) -> None:

@@ -12,9 +12,12 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import writes
+
+if TYPE_CHECKING:
+    from .keys import Location
 
 
 class Action(enum.Enum):
@@ -33,10 +36,29 @@ class ReadKind(str, enum.Enum):
     SCAN = "scan"
 
 
-#: Parameters that never change the data a read returns (the deny-list).
-NOT_DATA = frozenset({"ReturnConsumedCapacity", "ConsistentRead"})
+#: Parameters that never change the data a read returns (the deny-list), each with
+#: the check of what DynamoDB accepts: being left out of the request variant, a
+#: value DynamoDB would reject must make the call bypass the cache.
+NOT_DATA_VALUES: Mapping[str, Callable[[Any], bool]] = MappingProxyType(
+    {
+        "ReturnConsumedCapacity": lambda v: v in ("INDEXES", "TOTAL", "NONE"),
+        "ConsistentRead": lambda v: isinstance(v, bool),
+    }
+)
+NOT_DATA = frozenset(NOT_DATA_VALUES)
 
-WriteExtractor = Callable[[Mapping[str, Any], "Mapping[str, Any] | None"], writes.WriteSet]
+
+def valid_not_data(params: Mapping[str, Any]) -> bool:
+    """Whether every deny-listed parameter of ``params`` holds a value DynamoDB accepts."""
+    for name, check in NOT_DATA_VALUES.items():
+        if name in params and not check(params[name]):
+            return False
+    return True
+
+
+WriteExtractor = Callable[
+    [Mapping[str, Any], "Mapping[str, Any] | None", "Location"], writes.WriteSet
+]
 
 
 @dataclass(frozen=True)

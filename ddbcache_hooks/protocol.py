@@ -20,11 +20,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import responses, store
+from . import responses, store, writes
 from .codec import Codec, CorruptEntry
 from .config import Settings
 from .effects import DescribeTable, Op, Sleep
-from .keys import KeyLayout, NotCanonical, canonical_key
+from .keys import KeyLayout, NotCanonical, TableRef, canonical_key
 from .near import CHANNEL_SUFFIX, NearCache
 from .plan import HIT, LEASED, PASS, STALE, WAIT, Batch, Planner, ReadPlan, Slot, WritePlan
 from .resilience import Backlog, CircuitBreaker, Invalidation
@@ -84,7 +84,9 @@ class Protocol:
         self.near: NearCache | None = settings.near_cache
         #: Pub/sub channel that near caches listen on.
         self.channel = settings.namespace + CHANNEL_SUFFIX
-        self._schemas: dict[str, TableSchema] = {
+        #: Key schemas by table, wherever it lives; ``key_schema`` names apply everywhere.
+        self._schemas: dict[TableRef, TableSchema] = {}
+        self._configured: dict[str, TableSchema] = {
             table: TableSchema(key) for table, key in settings.key_schema.items()
         }
 
@@ -215,8 +217,10 @@ class Protocol:
     def _respond(self, plan: ReadPlan, slot: Slot) -> Op[dict[str, Any]]:
         assert slot.hit is not None
         index_kind = None
-        if responses.needs_index_kind(slot.hit, plan.capacity, plan.index):
-            schema = yield from self.describe(plan.table)
+        if plan.table is not None and responses.needs_index_kind(
+            slot.hit, plan.capacity, plan.index
+        ):
+            schema = yield from self.describe(plan.table, plan.table_label)
             index_kind = schema.index_kind(plan.index or "") if schema else None
         return responses.hit_response(
             slot.hit, slot.created_ms, plan.capacity, plan.table_label, plan.index, index_kind
@@ -367,19 +371,38 @@ class Protocol:
     def invalidation(
         self, plan: WritePlan, parsed: Mapping[str, Any] | None, *, offline: bool = False
     ) -> Op[Invalidation]:
-        """What a write must drop (may read key schemas unless ``offline``)."""
+        """What a write must drop (may read key schemas unless ``offline``).
+
+        Never raises on what the request holds: a write whose request cannot be
+        read drops every table it names, and an item whose key cannot be told
+        drops its table (once per table and call).
+        """
         assert plan.policy.writes is not None
-        written = plan.policy.writes(plan.params, parsed)
+        try:
+            written = plan.policy.writes(plan.params, parsed, plan.location)
+        except (NotCanonical, KeyError, TypeError, AttributeError, ValueError):
+            written = writes.tables_named(plan.params, plan.location)
         result = Invalidation()
+        for reason in written.unknown:
+            self.limited.warning(
+                "unknown-table",
+                "cannot tell which table a write changed; nothing invalidated: %s",
+                reason,
+            )
         for table, reason in written.tables.items():
             self._whole_table(result, table, reason)
         for ref in written.items:
+            tokens = self.layout.tokens(ref.table)
+            if result.tables.get(tokens):
+                continue  # the whole table goes already
             key = ref.attrs
             if not ref.is_key:
                 if offline:
-                    schema = self._schemas.get(ref.table)
+                    schema = self._known_schema(ref.table)
                 else:
-                    schema = yield from self.key_schema(ref.table)
+                    schema = yield from self.key_schema(
+                        ref.table, plan.location.api_name(ref.table)
+                    )
                 if schema is None:
                     self._whole_table(result, ref.table, "its key schema is unknown")
                     continue
@@ -390,28 +413,28 @@ class Protocol:
                 key = projected
             try:
                 item_key = self.planner.item_key(ref.table, key)
-            except NotCanonical:
-                log.debug("write to %s with an invalid key; DynamoDB rejects it", ref.table)
+            except (NotCanonical, TypeError):
+                self._whole_table(result, ref.table, "a write named a key the cache cannot read")
                 continue
-            result.items.append((self.layout.tokens(ref.table), item_key))
+            result.items.append((tokens, item_key))
         for table in {ref.table for ref in written.items}:
-            config = self.settings.for_table(table)
+            config = self.settings.for_table(table.name)
             if config is not None and config.query_invalidation == "write":
                 result.tables.setdefault(self.layout.tokens(table), False)
         return result
 
-    def _whole_table(self, result: Invalidation, table: str, reason: str) -> None:
-        if table == "*":
-            self.limited.warning(
-                "partiql",
-                "cannot tell which table a write changed; nothing invalidated: %s",
-                reason,
-            )
+    def _whole_table(self, result: Invalidation, table: TableRef, reason: str) -> None:
+        tokens = self.layout.tokens(table)
+        if result.tables.get(tokens):
             return
         self.limited.warning(
-            f"table:{table}", "invalidating every entry of table %s: %s", table, reason
+            f"table:{tokens}",
+            "invalidating every entry of table %s (%s): %s",
+            table.name,
+            table.place,
+            reason,
         )
-        result.tables[self.layout.tokens(table)] = True
+        result.tables[tokens] = True
 
     def deliver(self, invalidation: Invalidation) -> Op[None]:
         """Drop the items and replace the tokens: one round trip."""
@@ -446,22 +469,30 @@ class Protocol:
 
     # --- schemas -------------------------------------------------------------------
 
-    def key_schema(self, table: str) -> Op[TableSchema | None]:
-        """The table's key names: option, process memory, Redis, then DescribeTable."""
-        known = self._schemas.get(table)
+    def _known_schema(self, table: TableRef) -> TableSchema | None:
+        return self._schemas.get(table) or self._configured.get(table.name)
+
+    def key_schema(self, table: TableRef, api_name: str | None) -> Op[TableSchema | None]:
+        """The table's key names: option, process memory, Redis, then DescribeTable.
+
+        ``api_name`` is how the calling client names the table (None: it cannot).
+        """
+        known = self._known_schema(table)
         if known is not None:
             return known
-        return (yield from self.describe(table))
+        return (yield from self.describe(table, api_name))
 
-    def describe(self, table: str) -> Op[TableSchema | None]:
-        known = self._schemas.get(table)
+    def describe(self, table: TableRef, api_name: str | None) -> Op[TableSchema | None]:
+        known = self._known_schema(table)
         if known is not None and known.described:
             return known
         blob = yield from store.get_value(self.layout.schema(table))
         schema = TableSchema.decode(blob) if blob else None
         learned = schema is None
         if schema is None:
-            schema = yield DescribeTable(table)
+            if api_name is None:
+                return None
+            schema = yield DescribeTable(api_name)
             if schema is None:
                 return None
         if known is not None:  # keep the configured key names, learn the indexes

@@ -1,27 +1,30 @@
 """Which items a write touched: one small extractor per write operation.
 
 Extractors are pure: request parameters (and the response, when the call
-returned one) in, a :class:`WriteSet` out. They are referenced from the
-policy table. ``response`` is None when the outcome is unknown (transport
-error, time-out), in which case every item the request names counts as
-written.
+returned one), and the calling client's :class:`~ddbcache_hooks.keys.Location`
+in, a :class:`WriteSet` out. They are referenced from the policy table.
+``response`` is None when the outcome is unknown (transport error, time-out),
+in which case every item the request names counts as written. A table named by
+an ARN that may be the client's own table yields one ItemRef per form (see
+``Location.refs``). An extractor may raise on a request it cannot read; the
+protocol then falls back to :func:`tables_named`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import partiql
-from .keys import NotCanonical, canonical_key, table_name
+from .keys import Location, NotCanonical, TableRef, canonical_key
 
 
 @dataclass(frozen=True)
 class ItemRef:
     """An item a write touched: its table and either its key or a superset of it."""
 
-    table: str
+    table: TableRef
     attrs: Mapping[str, Any]
     #: True when ``attrs`` is exactly the primary key; False when it is a whole
     #: item (or PartiQL equalities) that must be projected onto the key schema.
@@ -32,68 +35,102 @@ class ItemRef:
 class WriteSet:
     items: list[ItemRef] = field(default_factory=list)
     #: Tables whose every entry must go, with the reason (for the log).
-    tables: dict[str, str] = field(default_factory=dict)
+    tables: dict[TableRef, str] = field(default_factory=dict)
+    #: Writes whose table could not be told at all (for the log).
+    unknown: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.items or self.tables)
 
 
-def single_item(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+def _items(
+    location: Location, name: str, attrs: Mapping[str, Any], is_key: bool
+) -> Iterator[ItemRef]:
+    for table in location.refs(name):
+        yield ItemRef(table, attrs, is_key)
+
+
+def single_item(
+    params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+) -> WriteSet:
     """PutItem: the item named by ``Item``."""
-    return WriteSet([ItemRef(table_name(params["TableName"]), params["Item"], is_key=False)])
+    return WriteSet(list(_items(location, params["TableName"], params["Item"], False)))
 
 
-def single_key(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+def single_key(
+    params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+) -> WriteSet:
     """UpdateItem, DeleteItem: the item named by ``Key``."""
-    return WriteSet([ItemRef(table_name(params["TableName"]), params["Key"], is_key=True)])
+    return WriteSet(list(_items(location, params["TableName"], params["Key"], True)))
 
 
-def batch_write(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+def batch_write(
+    params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+) -> WriteSet:
     """BatchWriteItem: every Put/Delete request except those DynamoDB returned unprocessed."""
     unprocessed = (response or {}).get("UnprocessedItems") or {}
-    refs = []
+    refs: list[ItemRef] = []
     for table, requests in params["RequestItems"].items():
         skipped = {_request_identity(r) for r in unprocessed.get(table, ())}
-        name = table_name(table)
         for request in requests:
-            ref = _batch_request_ref(name, request)
-            if ref is not None and (not skipped or _request_identity(request) not in skipped):
-                refs.append(ref)
+            if skipped and _request_identity(request) in skipped:
+                continue
+            for kind, part, is_key in _BATCH_REQUESTS:
+                if kind in request:
+                    refs += _items(location, table, request[kind][part], is_key)
     return WriteSet(refs)
 
 
-def transact_write(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+_BATCH_REQUESTS = (("PutRequest", "Item", False), ("DeleteRequest", "Key", True))
+
+
+def transact_write(
+    params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+) -> WriteSet:
     """TransactWriteItems: every Put, Update and Delete (a ConditionCheck writes nothing).
 
     Also used when the transaction was cancelled: the outcome seen by other
     readers is settled by then, and an extra invalidation is only a miss.
     """
-    refs = []
+    refs: list[ItemRef] = []
     for entry in params["TransactItems"]:
-        if "Put" in entry:
-            refs.append(ItemRef(table_name(entry["Put"]["TableName"]), entry["Put"]["Item"], False))
-        for op in ("Update", "Delete"):
+        for op, part, is_key in _TRANSACT_ITEMS:
             if op in entry:
-                refs.append(ItemRef(table_name(entry[op]["TableName"]), entry[op]["Key"], True))
+                refs += _items(location, entry[op]["TableName"], entry[op][part], is_key)
     return WriteSet(refs)
 
 
-def partiql_statement(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+_TRANSACT_ITEMS = (("Put", "Item", False), ("Update", "Key", True), ("Delete", "Key", True))
+
+
+def partiql_statement(
+    params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+) -> WriteSet:
     """ExecuteStatement: INSERT / UPDATE / DELETE (SELECT writes nothing)."""
-    return _statements([(params["Statement"], params.get("Parameters"))])
+    return _statements([(params["Statement"], params.get("Parameters"))], location)
 
 
-def partiql_batch(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+def partiql_batch(
+    params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+) -> WriteSet:
     """BatchExecuteStatement: every write statement of the batch."""
-    return _statements((s["Statement"], s.get("Parameters")) for s in params["Statements"])
+    return _statements(
+        ((s["Statement"], s.get("Parameters")) for s in params["Statements"]), location
+    )
 
 
-def partiql_transaction(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+def partiql_transaction(
+    params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+) -> WriteSet:
     """ExecuteTransaction: every write statement of the transaction."""
-    return _statements((s["Statement"], s.get("Parameters")) for s in params["TransactStatements"])
+    return _statements(
+        ((s["Statement"], s.get("Parameters")) for s in params["TransactStatements"]), location
+    )
 
 
-def _statements(statements: Iterable[tuple[str, Sequence[Any] | None]]) -> WriteSet:
+def _statements(
+    statements: Iterable[tuple[str, Sequence[Any] | None]], location: Location
+) -> WriteSet:
     result = WriteSet()
     for text, parameters in statements:
         parsed = partiql.parse(text, parameters)
@@ -101,22 +138,60 @@ def _statements(statements: Iterable[tuple[str, Sequence[Any] | None]]) -> Write
             continue
         if parsed.table is None:
             # Not even the table is known: nothing can be targeted. Callers log it.
-            result.tables["*"] = parsed.reason or f"cannot parse PartiQL statement {text!r}"
+            result.unknown.append(parsed.reason or f"cannot parse PartiQL statement {text!r}")
             continue
-        table = table_name(parsed.table)
-        if parsed.pinned is None:
-            result.tables[table] = parsed.reason or f"statement does not pin one item: {text!r}"
-        else:
-            result.items.append(ItemRef(table, parsed.pinned, is_key=False))
+        try:
+            tables = location.refs(parsed.table)
+        except NotCanonical:
+            result.unknown.append(f"PartiQL statement names no valid table: {text!r}")
+            continue
+        for table in tables:
+            if parsed.pinned is None:
+                result.tables[table] = parsed.reason or f"statement does not pin one item: {text!r}"
+            else:
+                result.items.append(ItemRef(table, parsed.pinned, is_key=False))
     return result
 
 
-def _batch_request_ref(table: str, request: Mapping[str, Any]) -> ItemRef | None:
-    if "PutRequest" in request:
-        return ItemRef(table, request["PutRequest"]["Item"], is_key=False)
-    if "DeleteRequest" in request:
-        return ItemRef(table, request["DeleteRequest"]["Key"], is_key=True)
-    return None
+def tables_named(params: Mapping[str, Any], location: Location) -> WriteSet:
+    """Every table a write request names, wholly: for a request an extractor cannot read.
+
+    Looks wherever the write operations name tables (``TableName``, the keys of
+    ``RequestItems``, each transaction entry, PartiQL statements); never raises.
+    """
+    names: list[Any] = []
+    if not isinstance(params, Mapping):
+        return WriteSet(unknown=["the request is not a mapping"])
+    names.append(params.get("TableName"))
+    if isinstance(params.get("RequestItems"), Mapping):
+        names += params["RequestItems"]
+    for entry in _mappings(params.get("TransactItems")):
+        names += (part.get("TableName") for part in entry.values() if isinstance(part, Mapping))
+    for key in ("Statement", "Statements", "TransactStatements"):
+        texts = [params.get(key)] if key == "Statement" else _mappings(params.get(key))
+        for text in texts:
+            statement = text.get("Statement") if isinstance(text, Mapping) else text
+            if isinstance(statement, str):
+                names.append(partiql.parse(statement).table)
+    result = WriteSet()
+    for name in names:
+        if name is None:
+            continue
+        try:
+            tables = location.refs(name)
+        except NotCanonical:
+            continue
+        for table in tables:
+            result.tables[table] = "the library cannot read this write request"
+    if not result.tables:
+        result.unknown.append("the library cannot read this write request")
+    return result
+
+
+def _mappings(value: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(value, (list, tuple)):
+        return []
+    return [v for v in value if isinstance(v, Mapping)]
 
 
 def _request_identity(request: Mapping[str, Any]) -> Any:

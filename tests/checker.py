@@ -35,9 +35,10 @@ class Record:
     invoked: int
     completed: int
     source: str  # operation name, for reports
-    #: False for a write that may not have changed anything: a PartiQL UPDATE of an
-    #: item that a concurrent delete removed does nothing (DynamoDB rejects it, moto
-    #: ignores it). It can be the source of a read, but never proves a read stale.
+    #: False when the outcome is uncertain. A write that may not have changed
+    #: anything (a PartiQL UPDATE of an item that a concurrent delete removed does
+    #: nothing: DynamoDB rejects it, moto ignores it) can be the source of a read but
+    #: never proves a read stale. A read whose version is uncertain is never judged.
     certain: bool = True
 
 
@@ -204,6 +205,8 @@ def find_stale(records: Iterable[Record], initial: dict[str, str]) -> list[Stale
     that overlap are unordered. A read R returning S's value is stale when some
     W newer than S completed before R was invoked. An absent item may come from
     any delete: the read is stale only if every delete it could come from is.
+    Only certain records count: an uncertain write never proves a read stale (it
+    may still be the value a read returned), and an uncertain read is not judged.
     """
     writes: dict[str, list[Record]] = defaultdict(list)
     reads: list[Record] = []
@@ -213,6 +216,8 @@ def find_stale(records: Iterable[Record], initial: dict[str, str]) -> list[Stale
         writes[key].append(Record("write", key, value, 0, 0, "initial"))
     stale = []
     for read in reads:
+        if not read.certain:
+            continue
         candidates = [w for w in writes[read.key] if w.value == read.value]
         if not candidates:
             raise AssertionError(f"read of a value nobody wrote: {read}")
@@ -228,6 +233,7 @@ def _superseded_by(source: Record, writes: list[Record], read: Record) -> Record
     for write in writes:
         if (
             write is not source
+            and write.certain
             and source.completed < write.invoked
             and write.completed < read.invoked
         ):

@@ -24,7 +24,8 @@ ITEM = {**KEY, "v": {"S": "value"}, "b": {"B": b"\x00\xff"}}
 
 
 def entry_key(registration: ddbcache_hooks.Registration, table: str, key: Any) -> str:
-    return registration._protocol.planner.item_key(table, key)
+    (ref,) = registration.table_refs(table)
+    return registration._protocol.planner.item_key(ref, key)
 
 
 @pytest.fixture
@@ -168,7 +169,7 @@ def test_injected_entries_without_the_key_are_ignored(
     from ddbcache_hooks.codec import Codec
 
     key = entry_key(registration, "items", KEY)
-    token = raw.hget(registration._protocol.layout.tokens("items"), "i")
+    token = raw.hget(registration._protocol.layout.tokens(*registration.table_refs("items")), "i")
     token = token if isinstance(token, bytes) else token.encode()
     forged_payload = {"Item": {**KEY, "v": {"S": "FORGED"}}}
     for codec in (Codec(), Codec(signing_key=b"w" * 32)):  # unsigned, and signed with a wrong key

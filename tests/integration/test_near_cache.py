@@ -103,11 +103,15 @@ def test_entries_are_never_served_after_ttl(
         value(client)
         # A write nobody hears about (as when a message is lost): only the TTL bounds it.
         redis.Redis(port=redis_server.port).hset(
-            registration._protocol.planner.item_key("items", KEY), "e:", b"x"
+            registration._protocol.planner.item_key(*registration.table_refs("items"), KEY),
+            "e:",
+            b"x",
         )
         started = time.monotonic()
         assert registration.stats()["near_hits"] == 0
-        while near.get(registration._protocol.planner.item_key("items", KEY), ""):
+        while near.get(
+            registration._protocol.planner.item_key(*registration.table_refs("items"), KEY), ""
+        ):
             assert time.monotonic() - started < 0.35
             time.sleep(0.01)
         assert time.monotonic() - started >= 0.2

@@ -177,6 +177,24 @@ def test_invalidate_one_item(client: Any, cache: ddbcache_hooks.Registration) ->
     assert "CacheMetadata" not in client.get_item(TableName="pairs", Key=key)
     with pytest.raises(ValueError, match="key must be a non-empty mapping"):
         cache.invalidate("pairs", {})
+    with pytest.raises(ValueError, match="not a table name"):
+        cache.invalidate("pairs}", key)
+
+
+def test_invalidate_by_name_needs_a_region(
+    session: boto3.Session, url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registration = ddbcache_hooks.register(session, url, namespace=namespace)
+    try:
+        with pytest.raises(ValueError, match="Region of 'pairs' is unknown"):
+            registration.invalidate("pairs", {"pk": "a"})
+        arn = "arn:aws:dynamodb:us-east-1:123456789012:table/pairs"
+        assert registration.invalidate_table(arn) is True
+    finally:
+        registration.unregister()
+    monkeypatch.setenv("DDBCACHE_ENABLED", "0")
+    off = ddbcache_hooks.register(boto3.Session(region_name="us-east-1"), url)
+    assert off.invalidate("pairs", {"pk": "a"}) is False
 
 
 def test_disabled_bypasses_reads_in_this_thread_only(

@@ -85,3 +85,13 @@ def test_configuration_doc_lists_every_option() -> None:
         "docs/configuration.md is stale: replace its table with the output of\n"
         'python -c "from ddbcache_hooks.config import options_table; print(options_table())"'
     )
+
+
+def test_account_id_is_twelve_digits() -> None:
+    assert Settings.resolve({"account_id": "123456789012"}).account_id == "123456789012"
+    assert Settings.resolve({}, environ={"DDBCACHE_ACCOUNT_ID": "123456789012"}).account_id
+    for bad in ("12345", "12345678901x", 123456789012):
+        with pytest.raises(ConfigurationError, match="account_id"):
+            Settings.resolve({"account_id": bad})
+    with pytest.raises(ConfigurationError, match="DDBCACHE_ACCOUNT_ID"):
+        Settings.resolve({}, environ={"DDBCACHE_ACCOUNT_ID": "abc"})

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from ddbcache_hooks import keys
+from ddbcache_hooks import expressions, keys
 from ddbcache_hooks.keys import KeyLayout, NotCanonical
+
+T = keys.TableRef("aws", "us-east-1", "", "t")
 
 
 @pytest.mark.parametrize(
@@ -38,18 +40,14 @@ def test_bad_numbers_are_rejected(bad: Any) -> None:
 
 
 def test_item_digest_ignores_attribute_order_and_number_spelling() -> None:
-    a = keys.item_digest("t", {"pk": {"S": "x"}, "sk": {"N": "1.0"}})
-    b = keys.item_digest("t", {"sk": {"N": "1"}, "pk": {"S": "x"}})
+    a = keys.item_digest(T, {"pk": {"S": "x"}, "sk": {"N": "1.0"}})
+    b = keys.item_digest(T, {"sk": {"N": "1"}, "pk": {"S": "x"}})
     assert a == b
 
 
 def test_binary_keys_compare_by_bytes() -> None:
-    assert keys.item_digest("t", {"pk": {"B": b"abc"}}) == keys.item_digest(
-        "t", {"pk": {"B": "abc"}}
-    )
-    assert keys.item_digest("t", {"pk": {"B": b"abc"}}) != keys.item_digest(
-        "t", {"pk": {"S": "abc"}}
-    )
+    assert keys.item_digest(T, {"pk": {"B": b"abc"}}) == keys.item_digest(T, {"pk": {"B": "abc"}})
+    assert keys.item_digest(T, {"pk": {"B": b"abc"}}) != keys.item_digest(T, {"pk": {"S": "abc"}})
 
 
 @pytest.mark.parametrize(
@@ -65,12 +63,14 @@ def test_binary_keys_compare_by_bytes() -> None:
     ],
 )
 def test_distinct_keys_never_collide(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert keys.item_digest("t", a) != keys.item_digest("t", b)
+    assert keys.item_digest(T, a) != keys.item_digest(T, b)
 
 
 def test_tables_separate_items() -> None:
     key = {"pk": {"S": "x"}}
-    assert keys.item_digest("a", key) != keys.item_digest("b", key)
+    assert keys.item_digest(T._replace(name="a"), key) != keys.item_digest(
+        T._replace(name="b"), key
+    )
 
 
 def test_no_collisions_over_many_generated_keys() -> None:
@@ -80,7 +80,7 @@ def test_no_collisions_over_many_generated_keys() -> None:
         for sk_type in ("S", "B"):
             sk_value: Any = sk.encode() if sk_type == "B" else sk
             key = {"pk": {"S": pk}, "sk": {sk_type: sk_value}}
-            digest = keys.item_digest("t", key)
+            digest = keys.item_digest(T, key)
             assert digest not in seen, (key, seen.get(digest))
             seen[digest] = key
 
@@ -91,7 +91,7 @@ def test_no_collisions_over_many_generated_keys() -> None:
 )
 def test_malformed_keys_are_rejected(bad: Any) -> None:
     with pytest.raises(NotCanonical):
-        keys.item_digest("t", bad)
+        keys.item_digest(T, bad)
 
 
 def test_sets_are_order_insensitive_but_keep_duplicates() -> None:
@@ -178,6 +178,119 @@ def test_keywords_functions_and_names_are_distinct() -> None:
 
 def test_key_layout_tags_items_and_tables() -> None:
     layout = KeyLayout("CC")
-    digest = keys.item_digest("t", {"pk": {"S": "x"}})
-    assert layout.item("t", digest) == f"CC:i:{{{digest}}}:t"
-    assert layout.tokens("t") == "CC:t:{t}"
+    t = keys.TableRef("aws", "us-east-1", "", "t")
+    digest = keys.item_digest(t, {"pk": {"S": "x"}})
+    assert layout.item(t, digest) == f"CC:i:{{{digest}}}:us-east-1:t"
+    assert layout.tokens(t) == "CC:t:{us-east-1:t}"
+
+
+def test_reserved_words_used_literally_never_share_the_placeholder_form() -> None:
+    """DynamoDB rejects ``name`` written as is; ``#n`` -> name is valid: two entries."""
+    literal = {"ProjectionExpression": "name"}
+    placeholder = {"ProjectionExpression": "#n", "ExpressionAttributeNames": {"#n": "name"}}
+    assert keys.variant(literal, set()) != keys.variant(placeholder, set())
+    assert keys.variant({"ProjectionExpression": "a.Name"}, set())[0] == "raw"
+    # Not reserved: the literal and placeholder forms are one variant, as before.
+    plain = {"ProjectionExpression": "colour"}
+    aliased = {"ProjectionExpression": "#c", "ExpressionAttributeNames": {"#c": "colour"}}
+    assert keys.variant(plain, set()) == keys.variant(aliased, set())
+    assert "NAME" in expressions.reserved_words() and len(expressions.reserved_words()) == 573
+
+
+def test_lone_surrogates_are_not_canonical() -> None:
+    with pytest.raises(NotCanonical):
+        keys.item_digest(T, {"pk": {"S": "\ud800"}})
+    with pytest.raises(NotCanonical):
+        keys.digest(("S", "\ud800"))
+
+
+# --- where a table lives -------------------------------------------------------------
+
+OWN = "123456789012"
+OTHER = "111111111111"
+EAST = keys.Location("aws", "us-east-1")
+
+
+def test_table_refs_of_names_and_arns() -> None:
+    orders = keys.TableRef("aws", "us-east-1", "", "orders")
+    assert EAST.refs("orders") == (orders,)
+    own_arn = f"arn:aws:dynamodb:us-east-1:{OWN}:table/orders"
+    # The own account unknown: the ARN may be the name's table, or another account's.
+    assert EAST.refs(own_arn) == (orders, orders._replace(account=OWN))
+    known = EAST._replace(own_account=OWN)
+    assert known.refs(own_arn) == (orders,)
+    assert known.refs(f"arn:aws:dynamodb:us-east-1:{OTHER}:table/orders/index/gsi") == (
+        orders._replace(account=OTHER),
+    )
+    assert known.refs(f"arn:aws:dynamodb:eu-west-1:{OWN}:table/orders") == (
+        orders._replace(region="eu-west-1"),
+    )
+    for bad in ("arn:aws:s3:::bucket", "arn:aws:dynamodb:us-east-1:1:table/x", "a b", "x}"):
+        with pytest.raises(NotCanonical):
+            EAST.refs(bad)
+
+
+def test_refs_differ_in_every_key_by_place() -> None:
+    layout = KeyLayout("CC")
+    east = keys.TableRef("aws", "us-east-1", "", "t")
+    places = [
+        east,
+        east._replace(region="eu-west-1"),
+        east._replace(account=OTHER),
+        east._replace(where="http://localhost:8000"),
+    ]
+    key = {"pk": {"S": "x"}}
+    for make in (
+        lambda r: layout.item(r, keys.item_digest(r, key)),
+        layout.tokens,
+        layout.schema,
+    ):
+        assert len({make(r) for r in places}) == len(places)
+    assert layout.tokens(places[2]) == f"CC:t:{{us-east-1/{OTHER}:t}}"
+
+
+def test_location_of_a_client() -> None:
+    import boto3
+
+    def location(**kwargs: Any) -> keys.Location:
+        client = boto3.client(
+            "dynamodb", aws_access_key_id="x", aws_secret_access_key="x", **kwargs
+        )
+        return keys.location_of(client)
+
+    assert location(region_name="eu-west-1") == keys.Location("aws", "eu-west-1")
+    # AWS's own endpoints, however written, are the partition's.
+    assert location(
+        region_name="us-east-1", endpoint_url="https://dynamodb-fips.us-east-1.amazonaws.com"
+    ) == keys.Location("aws", "us-east-1")
+    assert location(region_name="cn-north-1") == keys.Location("aws-cn", "cn-north-1")
+    assert location(
+        region_name="us-east-1", endpoint_url="http://LOCALHOST:8000/"
+    ) == keys.Location("http://localhost:8000", "us-east-1")
+    # The own account: the option, else static credentials that carry it.
+    assert location(region_name="eu-west-1", aws_account_id=OWN).own_account == OWN
+    client = boto3.client(
+        "dynamodb",
+        region_name="eu-west-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        aws_account_id=OWN,
+    )
+    assert keys.location_of(client, OTHER).own_account == OTHER
+
+
+def test_refs_for_table_arn() -> None:
+    from ddbcache_hooks.config import Settings
+
+    stream = f"arn:aws:dynamodb:eu-west-1:{OWN}:table/orders/stream/2026-01-01T00:00:00.000"
+    orders = keys.TableRef("aws", "eu-west-1", "", "orders")
+    unknown = Settings.resolve({})
+    assert keys.refs_for_table_arn(stream, unknown) == (orders, orders._replace(account=OWN))
+    own = Settings.resolve({"account_id": OWN})
+    assert keys.refs_for_table_arn(stream, own) == (orders,)
+    other = Settings.resolve({"account_id": OTHER})
+    assert keys.refs_for_table_arn(stream, other) == (orders._replace(account=OWN),)
+    local = keys.refs_for_table_arn(stream, own, endpoint_url="http://127.0.0.1:8000/")
+    assert local == (orders._replace(where="http://127.0.0.1:8000"),)
+    with pytest.raises(NotCanonical):
+        keys.refs_for_table_arn("arn:aws:kinesis:eu-west-1:1:stream/x", own)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ddbcache_hooks.config import Settings, TablePolicy
-from ddbcache_hooks.keys import KeyLayout
+from ddbcache_hooks.keys import KeyLayout, Location, TableRef
 from ddbcache_hooks.plan import HIT, Planner, ReadPlan, WritePlan, shape_miss_request
 from ddbcache_hooks.policy import ReadKind
 from ddbcache_hooks.writes import WriteSet
@@ -15,9 +15,22 @@ from ddbcache_hooks.writes import WriteSet
 KEY = {"pk": {"S": "a"}}
 
 
-def planner(**options: Any) -> Planner:
+#: A client of the AWS partition in us-east-1, account unknown.
+HERE = Location("aws", "us-east-1")
+
+
+class LocalPlanner(Planner):
+    """Plans for a client in HERE unless told otherwise."""
+
+    def plan(  # type: ignore[override]
+        self, operation: str, params: Any, location: Location = HERE
+    ) -> Any:
+        return super().plan(operation, params, location)
+
+
+def planner(**options: Any) -> LocalPlanner:
     settings = Settings.resolve(options)
-    return Planner(settings, KeyLayout(settings.namespace))
+    return LocalPlanner(settings, KeyLayout(settings.namespace))
 
 
 def test_get_item_plan() -> None:
@@ -145,14 +158,15 @@ def test_write_extractors() -> None:
     def written(op: str, params: dict[str, Any], response: Any = None) -> WriteSet:
         extractor = POLICIES[op].writes
         assert extractor is not None
-        return extractor(params, response)
+        return extractor(params, response, HERE)
 
-    assert (
-        written("DeleteItem", {"TableName": "arn:aws:dynamodb:r:1:table/t", "Key": KEY})
-        .items[0]
-        .table
-        == "t"
-    )
+    t = TableRef("aws", "us-east-1", "", "t")
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/t"
+    # The client's own account is unknown: the ARN may be the plain name's table, or not.
+    assert [r.table for r in written("DeleteItem", {"TableName": arn, "Key": KEY}).items] == [
+        t,
+        t._replace(account="123456789012"),
+    ]
     batch = {
         "RequestItems": {
             "t": [
@@ -172,10 +186,57 @@ def test_write_extractors() -> None:
         ]
     }
     assert [(r.table, r.is_key) for r in written("TransactWriteItems", transact).items] == [
-        ("t", True)
+        (t, True)
     ]
     partiql = written("ExecuteStatement", {"Statement": "DELETE FROM t WHERE pk = 'a'"})
     assert partiql.items[0].attrs == {"pk": {"S": "a"}}
     assert not written("ExecuteStatement", {"Statement": "SELECT * FROM t"})
     unresolved = written("ExecuteStatement", {"Statement": "DELETE FROM t WHERE pk > 'a'"})
-    assert "t" in unresolved.tables and not unresolved.items
+    assert t in unresolved.tables and not unresolved.items
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"ReturnConsumedCapacity": "BOGUS"},
+        {"ReturnConsumedCapacity": None},
+        {"ConsistentRead": "false"},
+        {"ConsistentRead": 0},
+    ],
+)
+def test_values_left_out_of_the_variant_are_validated(extra: dict[str, Any]) -> None:
+    """DynamoDB rejects these; the variant does not see them, so the plan must."""
+    assert planner().plan("GetItem", {"TableName": "t", "Key": KEY, **extra}) is None
+    assert planner().plan("Query", {"TableName": "t", **extra}) is None
+    batch = {"t": {"Keys": [KEY], **extra}}
+    assert planner().plan("BatchGetItem", {"RequestItems": batch}) is None
+    assert planner().plan("BatchGetItem", {"RequestItems": {"t": {"Keys": [KEY]}}, **extra}) is None
+    valid = {"ReturnConsumedCapacity": "INDEXES", "ConsistentRead": False}
+    assert planner().plan("GetItem", {"TableName": "t", "Key": KEY, **valid}) is not None
+
+
+def test_reads_of_an_arn_plan_by_the_own_account() -> None:
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/t"
+    assert planner().plan("GetItem", {"TableName": arn, "Key": KEY}) is None
+    known = planner().plan(
+        "GetItem", {"TableName": arn, "Key": KEY}, HERE._replace(own_account="123456789012")
+    )
+    plain = planner().plan("GetItem", {"TableName": "t", "Key": KEY})
+    assert isinstance(known, ReadPlan) and isinstance(plain, ReadPlan)
+    assert known.slots[0].key == plain.slots[0].key and known.table == plain.table
+    batch = planner().plan("BatchGetItem", {"RequestItems": {arn: {"Keys": [KEY]}}})
+    assert isinstance(batch, ReadPlan) and batch.batch is not None
+    assert batch.batch.passthrough == {arn: (1, False)} and not batch.slots
+
+
+def test_unreadable_writes_fall_back_to_their_tables() -> None:
+    from ddbcache_hooks.writes import tables_named
+
+    t = TableRef("aws", "us-east-1", "", "t")
+    assert set(tables_named({"TableName": "t", "Item": "junk"}, HERE).tables) == {t}
+    both = tables_named({"RequestItems": {"t": [{}], "u": None}}, HERE)
+    assert set(both.tables) == {t, t._replace(name="u")}
+    nothing = tables_named({"Item": {}}, HERE)
+    assert not nothing and nothing.unknown
+    statement = tables_named({"Statement": "DELETE FROM t WHERE"}, HERE)
+    assert set(statement.tables) == {t}
