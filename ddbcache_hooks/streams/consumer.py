@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from ..config import Settings
 from ..handlers import drive
+from ..keys import location_of
 from ..protocol import Protocol
 from ..schema import TableSchema
 from ..store import SyncTransport
@@ -128,6 +129,9 @@ class Consumer:
             dynamodb_client = dynamodb_client or session.client("dynamodb")
         self._streams_api = streams_client
         self._dynamodb = dynamodb_client
+        # Entries of clients that use another DynamoDB than AWS's are keyed by its URL.
+        where = location_of(dynamodb_client).where
+        self._endpoint_url = where if "/" in where else None
         self.tables = list(tables)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease_ms = lease_ms
@@ -386,7 +390,11 @@ class Consumer:
 
     def _apply(self, streams: Sequence[_Stream], batch: _Round) -> None:
         try:
-            self._run(records.apply(self.protocol, batch.written, batch.whole))
+            self._run(
+                records.apply(
+                    self.protocol, batch.written, batch.whole, endpoint_url=self._endpoint_url
+                )
+            )
         except RedisError:
             for stream in streams:
                 stream.iterators.clear()  # not applied: read again from the checkpoints

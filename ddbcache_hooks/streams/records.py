@@ -15,20 +15,34 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..effects import Op
-from ..keys import NotCanonical, canonical_key, table_name
+from ..keys import Location, NotCanonical, canonical_key, parse_table_arn, refs_for_table_arn
 from ..plan import WritePlan
 from ..protocol import Protocol
 from ..resilience import Invalidation
 
 
 def table_of(source_arn: str) -> str:
-    """The table a stream (``eventSourceARN``, ``StreamArn``) belongs to.
+    """The table ARN a stream (``eventSourceARN``, ``StreamArn``) belongs to.
 
-    The one place where a stream's ARN becomes the table that writes name.
+    The one place where a stream's ARN becomes the table that writes name: the
+    table's ARN, which carries its Region and account (see docs/consistency.md,
+    "Where a table lives"). Raises ValueError for anything else.
     """
-    if not isinstance(source_arn, str) or ":table/" not in source_arn:
+    if not isinstance(source_arn, str):
         raise ValueError(f"not a DynamoDB stream or table ARN: {source_arn!r}")
-    return table_name(source_arn)
+    partition, region, account, name = parse_table_arn(source_arn)
+    return f"arn:{partition}:dynamodb:{region}:{account}:table/{name}"
+
+
+def location_of_arn(table_arn: str, protocol: Protocol, endpoint_url: str | None) -> Location:
+    """Where a registered client of the ARN's Region caches the table.
+
+    AWS's endpoints of the ARN's partition, or ``endpoint_url`` when the cached
+    clients use another DynamoDB; the own account is the ``account_id`` setting.
+    """
+    partition, region, _, _ = parse_table_arn(table_arn)
+    where = endpoint_url.rstrip("/").lower() if endpoint_url else partition
+    return Location(where, region, protocol.settings.account_id or "")
 
 
 def record_keys(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -43,12 +57,14 @@ def record_keys(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return keys
 
 
-def write_plan(protocol: Protocol, written: Iterable[tuple[str, Mapping[str, Any]]]) -> WritePlan:
-    """The plan of a BatchWriteItem deleting every (table, key): what those writes drop."""
+def write_plan(
+    protocol: Protocol, location: Location, written: Iterable[tuple[str, Mapping[str, Any]]]
+) -> WritePlan:
+    """The plan of a BatchWriteItem deleting every (table ARN, key): what those writes drop."""
     requests: dict[str, list[dict[str, Any]]] = {}
     for table, key in written:
         requests.setdefault(table, []).append({"DeleteRequest": {"Key": key}})
-    plan = protocol.planner.plan("BatchWriteItem", {"RequestItems": requests})
+    plan = protocol.planner.plan("BatchWriteItem", {"RequestItems": requests}, location)
     assert isinstance(plan, WritePlan)
     return plan
 
@@ -57,18 +73,27 @@ def apply(
     protocol: Protocol,
     written: Sequence[tuple[str, Mapping[str, Any]]],
     whole_tables: Mapping[str, str] | None = None,
+    *,
+    endpoint_url: str | None = None,
 ) -> Op[int]:
     """Drop what the written items' writes drop, and every entry of ``whole_tables``.
 
-    ``whole_tables`` maps a table to the reason (records without a usable key, a
-    checkpoint the stream trimmed). One delivery, one round trip; returns the
-    number of item keys dropped.
+    Tables are named by their ARNs (:func:`table_of`). ``whole_tables`` maps a
+    table to the reason (records without a usable key, a checkpoint the stream
+    trimmed). One delivery, one round trip; returns the number of item keys dropped.
     """
     invalidation = Invalidation()
-    if written:
-        invalidation = yield from protocol.invalidation(write_plan(protocol, written), None)
+    by_region: dict[Location, list[tuple[str, Mapping[str, Any]]]] = {}
+    for table, key in written:
+        by_region.setdefault(location_of_arn(table, protocol, endpoint_url), []).append(
+            (table, key)
+        )
+    for location, items in by_region.items():
+        plan = write_plan(protocol, location, items)
+        invalidation.merge((yield from protocol.invalidation(plan, None)))
     for table, reason in (whole_tables or {}).items():
-        protocol._whole_table(invalidation, table, reason)
+        for ref in refs_for_table_arn(table, protocol.settings, endpoint_url=endpoint_url):
+            protocol._whole_table(invalidation, ref, reason)
     if invalidation:
         yield from protocol.deliver(invalidation)
     return len(invalidation.items)

@@ -9,6 +9,7 @@ import pytest
 
 from ddbcache_hooks.config import Settings, TablePolicy
 from ddbcache_hooks.effects import Op, RedisBatch
+from ddbcache_hooks.keys import Location
 from ddbcache_hooks.plan import WritePlan
 from ddbcache_hooks.protocol import Protocol
 from ddbcache_hooks.streams import records
@@ -16,9 +17,14 @@ from ddbcache_hooks.streams import records
 STREAM = "arn:aws:dynamodb:eu-west-1:123456789012:table/orders/stream/2026-01-01T00:00:00.000"
 
 
+ORDERS = "arn:aws:dynamodb:eu-west-1:123456789012:table/orders"
+USERS = "arn:aws:dynamodb:eu-west-1:123456789012:table/users"
+HERE = Location("aws", "eu-west-1")
+
+
 def test_table_of_a_stream_or_table_arn() -> None:
-    assert records.table_of(STREAM) == "orders"
-    assert records.table_of("arn:aws:dynamodb:eu-west-1:1:table/orders") == "orders"
+    assert records.table_of(STREAM) == ORDERS
+    assert records.table_of(ORDERS) == ORDERS
     for bad in ("orders", "", "arn:aws:sqs:eu-west-1:1:queue", None):
         with pytest.raises(ValueError, match="ARN"):
             records.table_of(bad)  # type: ignore[arg-type]
@@ -60,9 +66,9 @@ def effects(op: Op[Any]) -> list[tuple[Any, ...]]:
 
 
 WRITTEN: list[tuple[str, Mapping[str, Any]]] = [
-    ("orders", {"pk": {"S": "a"}, "sk": {"N": "1"}}),
-    ("orders", {"pk": {"S": "b"}, "sk": {"N": "2.0"}}),
-    ("users", {"id": {"B": b"\x01\x02"}}),
+    (ORDERS, {"pk": {"S": "a"}, "sk": {"N": "1"}}),
+    (ORDERS, {"pk": {"S": "b"}, "sk": {"N": "2.0"}}),
+    (USERS, {"id": {"B": b"\x01\x02"}}),
 ]
 
 
@@ -78,7 +84,7 @@ def test_records_drop_what_registered_deletes_of_their_keys_drop(options: dict[s
     protocol = Protocol(Settings.resolve(options))
     from_stream = effects(records.apply(protocol, WRITTEN))
     plans = [
-        protocol.planner.plan("DeleteItem", {"TableName": table, "Key": key})
+        protocol.planner.plan("DeleteItem", {"TableName": table, "Key": key}, HERE)
         for table, key in WRITTEN
     ]
     assert all(isinstance(plan, WritePlan) for plan in plans)
@@ -96,10 +102,31 @@ def test_records_drop_what_registered_deletes_of_their_keys_drop(options: dict[s
     assert len([e for e in from_stream if e[0] == "invalidate_items"]) == 1  # one script, one trip
 
 
+def test_records_drop_what_a_plain_name_cached_in_that_region() -> None:
+    protocol = Protocol(Settings.resolve({"account_id": "123456789012"}))
+    calls = effects(records.apply(protocol, WRITTEN[:1]))
+    plain = protocol.planner.plan("DeleteItem", {"TableName": "orders", "Key": WRITTEN[0][1]}, HERE)
+    assert isinstance(plain, WritePlan)
+    assert calls == effects(_deliver(protocol, plain))
+    elsewhere = Location("aws", "us-east-1", "123456789012")
+    other = protocol.planner.plan(
+        "DeleteItem", {"TableName": "orders", "Key": WRITTEN[0][1]}, elsewhere
+    )
+    assert isinstance(other, WritePlan)
+    assert calls != effects(_deliver(protocol, other))
+
+
+def _deliver(protocol: Protocol, plan: WritePlan) -> Op[None]:
+    yield from protocol.deliver((yield from protocol.invalidation(plan, None)))
+
+
 def test_whole_tables_replace_the_tables_tokens() -> None:
     protocol = Protocol(Settings.resolve({}))
-    calls = effects(records.apply(protocol, [], {"orders": "trimmed"}))
-    assert calls[0] == ("replace_tokens", protocol.layout.tokens("orders"), 1)
+    calls = effects(records.apply(protocol, [], {ORDERS: "trimmed"}))
+    # The account is not configured: both forms a registered client may cache under.
+    local, foreign = HERE.refs(ORDERS)
+    assert calls[0] == ("replace_tokens", protocol.layout.tokens(local), 1)
+    assert calls[1] == ("replace_tokens", protocol.layout.tokens(foreign), 1)
     assert calls[-1][0] == "PUBLISH"
     assert effects(records.apply(protocol, [])) == []
 
