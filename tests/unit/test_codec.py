@@ -100,5 +100,5 @@ def test_compressed_and_signed() -> None:
     codec = Codec(compress_min_bytes=10, signing_key=b"s" * 16)
     blob = encode(codec)
     assert codec.decode(blob, context="k").compressed
-    body = blob[15:-32]
+    body = blob[15:-36]
     assert zlib.decompress(body)
