@@ -49,7 +49,12 @@ def reads(c: Any, count: int = 3) -> list[tuple[str, bool]]:
 
 @pytest.fixture
 def servers() -> Iterator[tuple[RedisServer, RedisServer]]:
-    with RedisServer(_binary()) as first, RedisServer(_binary()) as second:
+    """Two servers that can replicate each other (a full sync starts at once)."""
+    args = ["--repl-diskless-sync-delay", "0"]
+    with (
+        RedisServer(_binary(), extra_args=args) as first,
+        RedisServer(_binary(), extra_args=args) as second,
+    ):
         yield first, second
 
 
