@@ -1,9 +1,10 @@
 """Redis that forgets or drops what the protocol wrote: restarts, failovers, eviction.
 
-Real servers: a restart from an RDB snapshot after ``kill -9``, a failover to a
-replica that missed an invalidation and the fail-back to the old primary
-(``REPLICAOF``, clients reaching the primary through one endpoint), and a
-settle marker evicted under ``maxmemory`` with ``volatile-ttl``.
+Real servers: a restart from an RDB snapshot after ``kill -9`` (of a single
+server, and of one master of a cluster), a failover to a replica that missed
+an invalidation and the fail-back to the old primary (``REPLICAOF``, clients
+reaching the primary through one endpoint), and a settle marker evicted under
+``maxmemory`` with ``volatile-ttl``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 import redis
+import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -21,6 +23,7 @@ import ddbcache_hooks
 from tests.conftest import _binary, make_table
 from tests.servers import (
     Forwarder,
+    RedisCluster,
     RedisServer,
     promote,
     replicate,
@@ -185,3 +188,70 @@ def test_an_evicted_settle_marker_does_not_lengthen_a_fill(
         finally:
             registration.unregister()
             raw.close()
+
+
+# --- a cluster: each master on its own ------------------------------------------------------
+
+
+def _hashes_on(cluster: RedisCluster, namespace: str) -> dict[bytes, int]:
+    """Every hash of the namespace -> index of the master holding it."""
+    found = {}
+    for index in range(len(cluster.servers)):
+        with cluster.client(index) as node:
+            for key in node.scan_iter(match=f"{namespace}*"):
+                if node.type(key) == b"hash":
+                    found[key] = index
+    return found
+
+
+def test_a_cluster_master_restarted_from_a_snapshot_is_judged_on_its_own(
+    session: boto3.Session, namespace: str, redis_cluster: RedisCluster
+) -> None:
+    cluster = redis_cluster
+    host, port = cluster.startup_nodes[0]
+    registration = ddbcache_hooks.register(
+        session,
+        redis.cluster.RedisCluster(host=host, port=port, retry=Retry(NoBackoff(), 0)),
+        namespace=namespace,
+        settle_ms=0,
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "t")
+        where: dict[str, int] = {}  # item -> master holding its hash
+        known = set()
+        for i in range(12):
+            key = {"pk": {"S": f"k{i}"}}
+            c.put_item(TableName="t", Item={**key, "v": {"S": "1"}})
+            c.get_item(TableName="t", Key=key)
+            new = {k: n for k, n in _hashes_on(cluster, namespace).items() if k not in known}
+            known.update(new)
+            for hash_key, node in new.items():
+                with cluster.client(node) as conn:
+                    if any(f.startswith(b"e:") for f in conn.hkeys(hash_key)):
+                        where[f"k{i}"] = node
+        tokens = set()
+        for hash_key, node in _hashes_on(cluster, namespace).items():
+            with cluster.client(node) as conn:
+                if conn.hexists(hash_key, "i"):
+                    tokens.add(node)
+        x = next(item for item, node in where.items() if node not in tokens)
+        y = next(item for item, node in where.items() if node != where[x])
+        restarted = cluster.servers[where[x]]
+
+        with cluster.client(where[x]) as node:
+            node.save()  # the snapshot holds x's entry
+        c.put_item(TableName="t", Item={"pk": {"S": x}, "v": {"S": "2"}})  # acknowledged
+        restarted.kill()
+        restarted.restart()
+        cluster.wait_consistent()
+
+        def read(item: str) -> tuple[str, bool]:
+            answer = c.get_item(TableName="t", Key={"pk": {"S": item}})
+            return answer["Item"]["v"]["S"], "CacheMetadata" in answer
+
+        assert [read(x)[0] for _ in range(3)] == ["2", "2", "2"]
+        assert read(x) == ("2", True)
+        assert read(y) == ("1", True)  # another master: its entries still hit
+    finally:
+        registration.unregister()
