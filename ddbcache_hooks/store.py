@@ -74,10 +74,10 @@ local function server_id()
 end
 -- True when the server has never evicted a key: then a missing key was never
 -- written, or expired (markers outlive their window), and proves no recent write.
+-- A server that does not tell proves nothing.
 local function never_evicted()
   local s = redis.pcall('INFO', 'stats')
-  if type(s) ~= 'string' then return true end
-  return string.match(s, 'evicted_keys:(%d+)') == '0'
+  return type(s) == 'string' and string.match(s, 'evicted_keys:(%d+)') == '0'
 end
 -- A table's {item token, query token, 1 if a foreign value was replaced}; both
 -- are created (from fresh, a random value) when either is missing (a new table,
@@ -206,7 +206,8 @@ return {1, ttl}
 
 #: KEYS: entry hashes (one slot). ARGV: settle window ms, a fresh random value.
 #: Drops every variant and lease; with a settle window, leaves the marker of
-#: this invalidation (``c``) and a new generation.
+#: this invalidation (``c``) and a new generation, for two windows: a lookup in
+#: the second finds the window over and its fill keeps the full TTL.
 INVALIDATE_ITEMS = _script(
     "invalidate_items",
     """
@@ -217,7 +218,7 @@ for _, key in ipairs(KEYS) do
   redis.call('DEL', key)
   if settle > 0 then
     redis.call('HSET', key, 'c', now, 'g', gen)
-    redis.call('PEXPIRE', key, settle)
+    redis.call('PEXPIRE', key, 2 * settle)
   end
 end
 return #KEYS

@@ -162,8 +162,10 @@ def test_an_evicted_settle_marker_does_not_lengthen_a_fill(
         try:
             c = session.client("dynamodb")
             make_table(c, "t")
-            put(c, "1")  # opens the window: a marker with a TTL of settle_ms
-            markers = [k for k in _namespace_hashes(raw, namespace) if 0 < raw.pttl(k) <= settle_ms]
+            put(c, "1")  # opens the window: a marker with a TTL of (at most) two windows
+            markers = [
+                k for k in _namespace_hashes(raw, namespace) if 0 < raw.pttl(k) <= 2 * settle_ms
+            ]
             assert len(markers) == 1
             marker = markers[0]
 
