@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from .stats import LimitedLog, Stats, log
 _WAIT_STEPS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.025)
 #: Key schemas learned with DescribeTable are shared through Redis for a day.
 SCHEMA_TTL_S = 86400
+_REPORT_LOCK = threading.Lock()
 
 
 def _rcu(size: int) -> float:
@@ -86,7 +88,7 @@ class Protocol:
         self.near: NearCache | None = settings.near_cache
         #: Pub/sub channel that near caches listen on.
         self.channel = settings.namespace + CHANNEL_SUFFIX
-        self._foreign_reported = False
+        self._foreign_reported = threading.Event()
         self._schemas: dict[str, TableSchema] = {
             table: TableSchema(key) for table, key in settings.key_schema.items()
         }
@@ -209,9 +211,10 @@ class Protocol:
         Each side drops the other's entries (never serves them): the cache keeps
         working, at a poor hit rate, until the keys or namespaces are made to agree.
         """
-        if self._foreign_reported:
-            return
-        self._foreign_reported = True
+        with _REPORT_LOCK:
+            if self._foreign_reported.is_set():
+                return
+            self._foreign_reported.set()
         log.warning(
             "namespace %r is shared with a registration using a different signing_key "
             "(%s; this registration's key id is %s): each drops the other's entries, so "
