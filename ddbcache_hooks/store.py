@@ -24,10 +24,11 @@ item entries, ``q`` for query entries) and the identity of the server that
 made them (``n``). All times are the server's (``TIME``), so processes with
 skewed clocks agree. Every key gets a TTL.
 
-The server's identity is its ``run_id`` and replication id (``INFO``, read
-inside the scripts, so no round trip is added). A restart (from a snapshot
-that may predate acknowledged invalidations) or a promotion (of a replica that
-may lag) changes it; state found under another identity is discarded, so an
+The server's identity is its replication id (``INFO replication``, read inside
+the scripts, so no round trip is added; a primary draws a new one at every
+start and every promotion). A restart (from a snapshot that may predate
+acknowledged invalidations) or a promotion (of a replica that may lag)
+changes it; state found under another identity is discarded, so an
 invalidation the server forgot cannot bring an old entry back
 (docs/consistency.md).
 
@@ -63,14 +64,12 @@ local function keep_until(key, deadline, now)
   local want = deadline - now
   if want > 0 and redis.call('PTTL', key) < want then redis.call('PEXPIRE', key, want) end
 end
--- Which server this is: run id (new on every start) and replication id (new on
--- every promotion). '-' where INFO is not available to scripts.
+-- Which server (and history) this is: a primary's replication id, new with
+-- every start and every promotion. '-' where INFO is not available to scripts.
 local function server_id()
-  local a = redis.pcall('INFO', 'server')
-  local b = redis.pcall('INFO', 'replication')
-  if type(a) ~= 'string' or type(b) ~= 'string' then return '-' end
-  return string.sub(string.match(a, 'run_id:(%x+)') or '-', 1, 20)
-    .. string.sub(string.match(b, 'master_replid:(%x+)') or '-', 1, 20)
+  local info = redis.pcall('INFO', 'replication')
+  if type(info) ~= 'string' then return '-' end
+  return string.sub(string.match(info, 'master_replid:(%x+)') or '-', 1, 24)
 end
 -- True when the server has never evicted a key: then a missing key was never
 -- written, or expired (markers outlive their window), and proves no recent write.
