@@ -4,7 +4,12 @@ Layout (big-endian)::
 
     magic "D" | version | flags | created_ms (u64) | token length (u8) | token
     | payload (msgpack, zlib-compressed when flags & COMPRESSED)
-    | HMAC-SHA256 over (context, header, payload) when flags & SIGNED
+    | when flags & SIGNED: key id (4 bytes) | HMAC-SHA256 over (context, all before it)
+
+The context names where the entry is stored and the item's generation (a new
+one with every invalidation), so a signed entry copied to another key, or back
+after a write, does not verify. The key id tells entries signed with another
+key (a namespace shared by registrations with different keys) from tampering.
 
 msgpack keeps ``bytes`` and ``str`` apart, so binary attributes round-trip
 exactly without base64, and decoding builds fresh objects every time (the
@@ -12,6 +17,8 @@ resource layer transforms a returned response in place).
 
 Anything that does not decode — garbage, truncation, another version, a
 failed signature — raises :class:`CorruptEntry`; callers treat it as a miss.
+:meth:`Codec.seal` / :meth:`Codec.unseal` sign other values the same way (the
+key schemas shared through Redis).
 """
 
 from __future__ import annotations
@@ -25,15 +32,21 @@ from typing import Any, NamedTuple
 import msgpack
 
 MAGIC = b"D"
-VERSION = 1
+VERSION = 2
 COMPRESSED = 0x01
 SIGNED = 0x02
 _HEADER = struct.Struct(">cBBQB")
-_SIG_LEN = 32
+_KEY_ID_LEN = 4
+_SIG_LEN = _KEY_ID_LEN + 32
+MAX_TOKEN_BYTES = 255
 
 
 class CorruptEntry(ValueError):
     """An entry that cannot be trusted; treat as a miss and delete it."""
+
+
+class ForeignEntry(CorruptEntry):
+    """Signed with another key, or unsigned where this codec signs."""
 
 
 class Entry(NamedTuple):
@@ -41,16 +54,22 @@ class Entry(NamedTuple):
     token: bytes
     created_ms: int
     compressed: bool = False
+    signed: bool = False
 
 
 class Codec:
     """Encodes and decodes entries with the configured compression and signing."""
 
-    __slots__ = ("_key", "compress_min_bytes")
+    __slots__ = ("_key", "compress_min_bytes", "key_id")
 
     def __init__(self, *, compress_min_bytes: int = 16384, signing_key: bytes | None = None):
         self.compress_min_bytes = compress_min_bytes
         self._key = signing_key
+        #: A fingerprint of the signing key, safe to show (b"" without a key).
+        self.key_id = b""
+        if signing_key is not None:
+            digest = hmac.new(signing_key, b"ddbcache-hooks key id", hashlib.sha256).digest()
+            self.key_id = digest[:_KEY_ID_LEN]
 
     @property
     def signs(self) -> bool:
@@ -66,12 +85,18 @@ class Codec:
             flags |= COMPRESSED
         if self._key is not None:
             flags |= SIGNED
+        if len(token) > MAX_TOKEN_BYTES:
+            raise CorruptEntry(f"a table token of {len(token)} bytes is not one of ours")
         header = _HEADER.pack(MAGIC, VERSION, flags, created_ms, len(token)) + token
         if self._key is None:
             return header + body
-        return header + body + self._sign(context, header, body)
+        return self.seal(context, header + body)
 
-    def decode(self, blob: bytes, *, context: str) -> Entry:
+    def decode(self, blob: bytes, *, context: str | None) -> Entry:
+        """Decode (and verify) an entry; ``context=None`` skips verification.
+
+        Only for a blob this process verified itself before (the near cache).
+        """
         try:
             magic, version, flags, created_ms, token_len = _HEADER.unpack_from(blob)
         except struct.error:
@@ -80,13 +105,14 @@ class Codec:
             raise CorruptEntry(f"unknown entry format {magic!r} v{version}")
         start = _HEADER.size + token_len
         end = len(blob)
-        if self._key is not None:
+        if self._key is not None and context is not None:
             if not flags & SIGNED:
-                raise CorruptEntry("unsigned entry while signing is required")
+                raise ForeignEntry("unsigned entry while signing is required")
             end -= _SIG_LEN
-            if end < start or not hmac.compare_digest(
-                blob[end:], self._sign(context, blob[:start], blob[start:end])
-            ):
+            if end < start or self.unseal(context, blob) is None:
+                key_id = blob[end : end + _KEY_ID_LEN]
+                if end >= start and key_id != self.key_id:
+                    raise ForeignEntry("signature made with another key")
                 raise CorruptEntry("signature does not verify")
         elif flags & SIGNED:
             end -= _SIG_LEN  # signed by a writer with a key; readable, but unverified
@@ -102,12 +128,29 @@ class Codec:
             raise CorruptEntry(f"payload does not decode: {exc}") from None
         if not isinstance(payload, dict):
             raise CorruptEntry("payload is not a map")
-        return Entry(payload, token, created_ms, bool(flags & COMPRESSED))
+        return Entry(payload, token, created_ms, bool(flags & COMPRESSED), bool(flags & SIGNED))
 
-    def _sign(self, context: str, header: bytes, body: bytes) -> bytes:
+    def seal(self, context: str, data: bytes) -> bytes:
+        """``data`` with this key's id and a signature over (context, data) appended."""
+        if self._key is None:
+            return data
+        data += self.key_id
+        return data + self._sign(context, data)
+
+    def unseal(self, context: str, blob: bytes) -> bytes | None:
+        """What :meth:`seal` was given, or None when the signature does not verify."""
+        if self._key is None:
+            return blob
+        end = len(blob) - 32
+        if end < _KEY_ID_LEN or not hmac.compare_digest(
+            blob[end:], self._sign(context, blob[:end])
+        ):
+            return None
+        return blob[: end - _KEY_ID_LEN]
+
+    def _sign(self, context: str, data: bytes) -> bytes:
         assert self._key is not None
-        mac = hmac.new(self._key, context.encode("utf-8"), hashlib.sha256)
+        mac = hmac.new(self._key, context.encode("utf-8", "surrogatepass"), hashlib.sha256)
         mac.update(b"\x00")
-        mac.update(header)
-        mac.update(body)
+        mac.update(data)
         return mac.digest()

@@ -55,6 +55,7 @@ class Slot:
     state: str = "new"  # one of the SLOT_* states below
     lease: str | None = None
     token: bytes = b""  # the table token read with the lookup; the fill records it
+    generation: bytes = b""  # the item's generation read with the lookup (signatures cover it)
     hit: dict[str, Any] | None = None
     created_ms: int = 0
     blob: bytes = b""

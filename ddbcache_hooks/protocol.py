@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import responses, store, writes
-from .codec import Codec, CorruptEntry
+from .codec import Codec, CorruptEntry, ForeignEntry
 from .config import Settings
 from .effects import DescribeTable, Op, Sleep
 from .keys import KeyLayout, NotCanonical, TableRef, canonical_key
@@ -37,6 +38,7 @@ from .stats import LimitedLog, Stats, log
 _WAIT_STEPS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.025)
 #: Key schemas learned with DescribeTable are shared through Redis for a day.
 SCHEMA_TTL_S = 86400
+_REPORT_LOCK = threading.Lock()
 
 
 def _rcu(size: int) -> float:
@@ -81,9 +83,12 @@ class Protocol:
         self.limited = LimitedLog()
         self.cluster = cluster
         self.token_ttl_ms = 2 * settings.max_ttl_ms
+        #: Fills read with ConsistentRead in strict mode: no settle window for them.
+        self._settle_ms = 0 if settings.consistency == "strict" else settings.settle_ms
         self.near: NearCache | None = settings.near_cache
         #: Pub/sub channel that near caches listen on.
         self.channel = settings.namespace + CHANNEL_SUFFIX
+        self._foreign_reported = threading.Event()
         #: Key schemas by table, wherever it lives; ``key_schema`` names apply everywhere.
         self._schemas: dict[TableRef, TableSchema] = {}
         self._configured: dict[str, TableSchema] = {
@@ -136,7 +141,7 @@ class Protocol:
         pending = []
         for slot in slots:
             blob = self.near.get(slot.key, slot.field)
-            if blob is not None and self._decode(slot, blob, check_token=False):
+            if blob is not None and self._decode(slot, blob, near=True):
                 slot.state = HIT
                 self.stats.incr("near_hits")
             else:
@@ -160,9 +165,13 @@ class Protocol:
         replies = yield from store.lookup(requests, self.token_ttl_ms, cluster=self.cluster)
         for slot, request, reply in zip(slots, requests, replies, strict=True):
             slot.token = reply.query_token if slot.token_kind else reply.item_token
+            slot.generation = reply.generation
             slot.lease = None
             if reply.corrupt:
                 self._corrupt(slot, "the key held another Redis type")
+            if reply.foreign_token:
+                self.stats.incr("errors")
+                self._corrupt(slot, "its table's version token was not one of ours; replaced")
             if reply.status == store.LEASED:
                 slot.state, slot.lease = LEASED, request.lease_token
             elif reply.status == store.WAIT:
@@ -172,20 +181,50 @@ class Protocol:
             else:
                 slot.state = PASS
 
-    def _decode(self, slot: Slot, blob: bytes, *, check_token: bool = True) -> bool:
+    def _decode(self, slot: Slot, blob: bytes, *, near: bool = False) -> bool:
+        """Decode a looked-up entry (or one the near cache kept, verified before)."""
         try:
-            entry = self.codec.decode(blob, context=self._context(slot))
+            entry = self.codec.decode(blob, context=None if near else self._context(slot))
+        except ForeignEntry as exc:
+            self._foreign(str(exc))
+            self._corrupt(slot, str(exc))
+            return False
         except CorruptEntry as exc:
             self._corrupt(slot, str(exc))
             return False
-        if check_token and entry.token != slot.token:
+        if entry.signed and not self.codec.signs:
+            self._foreign("entry signed with a key while this registration has none")
+        if not near and entry.token != slot.token:
             return False  # filled before its table was invalidated
         slot.hit, slot.created_ms, slot.blob = entry.payload, entry.created_ms, blob
         return True
 
     def _context(self, slot: Slot) -> str:
-        """What a signature covers besides the entry: where it is stored."""
-        return slot.key + "\x00" + slot.field if self.codec.signs else ""
+        """What a signature covers besides the entry: where it is stored, and the
+        item's generation (new with every invalidation, and with another server),
+        so that an entry copied elsewhere, or back after a write, does not verify."""
+        if not self.codec.signs:
+            return ""
+        return "\x00".join((slot.key, slot.field, slot.generation.decode("latin-1")))
+
+    def _foreign(self, reason: str) -> None:
+        """Report once that registrations with different signing keys share the namespace.
+
+        Each side drops the other's entries (never serves them): the cache keeps
+        working, at a poor hit rate, until the keys or namespaces are made to agree.
+        """
+        with _REPORT_LOCK:
+            if self._foreign_reported.is_set():
+                return
+            self._foreign_reported.set()
+        log.warning(
+            "namespace %r is shared with a registration using a different signing_key "
+            "(%s; this registration's key id is %s): each drops the other's entries, so "
+            "few reads hit. Give both the same signing_key, or each its own namespace.",
+            self.settings.namespace,
+            reason,
+            self.codec.key_id.hex() or "none",
+        )
 
     def _corrupt(self, slot: Slot, reason: str) -> None:
         self.stats.incr("corrupt_entries")
@@ -285,18 +324,23 @@ class Protocol:
         assert slot.lease is not None
         blob = b""
         if ok:
-            blob = self.codec.encode(
-                payload,
-                token=slot.token,
-                created_ms=int(time.time() * 1000),
-                context=self._context(slot),
-            )
+            try:
+                blob = self.codec.encode(
+                    payload,
+                    token=slot.token,
+                    created_ms=int(time.time() * 1000),
+                    context=self._context(slot),
+                )
+            except CorruptEntry as exc:  # a foreign table token: never store under it
+                self.stats.incr("errors")
+                self._corrupt(slot, str(exc))
+                blob = b""
             if len(blob) > slot.max_entry_bytes:
                 self.stats.incr("fills_skipped")
                 log.debug("not caching %s: %d bytes > max_entry_bytes", slot.key, len(blob))
                 blob = b""
         ttl = slot.ttl_ms if "Item" in payload else slot.negative_ttl_ms
-        return store.FillRequest(slot.key, slot.field, slot.lease, blob, ttl)
+        return store.FillRequest(slot.key, slot.field, slot.lease, blob, ttl, self._settle_ms)
 
     @staticmethod
     def _releases(slots: Sequence[Slot]) -> list[store.FillRequest]:
@@ -486,8 +530,18 @@ class Protocol:
         known = self._known_schema(table)
         if known is not None and known.described:
             return known
-        blob = yield from store.get_value(self.layout.schema(table))
-        schema = TableSchema.decode(blob) if blob else None
+        where = self.layout.schema(table)
+        blob = yield from store.get_value(where)
+        schema = None
+        if blob:
+            data = self.codec.unseal(where, blob)
+            if data is None:
+                self.stats.incr("corrupt_entries")
+                self.limited.warning(
+                    f"schema:{table}", "ignored an unsigned or forged key schema at %s", where
+                )
+            else:
+                schema = TableSchema.decode(data)
         learned = schema is None
         if schema is None:
             if api_name is None:
@@ -499,5 +553,5 @@ class Protocol:
             schema = TableSchema(known.key, schema.global_indexes, schema.local_indexes, True)
         self._schemas[table] = schema
         if learned:
-            yield from store.set_value(self.layout.schema(table), schema.encode(), SCHEMA_TTL_S)
+            yield from store.set_value(where, self.codec.seal(where, schema.encode()), SCHEMA_TTL_S)
         return schema

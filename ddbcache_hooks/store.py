@@ -12,13 +12,25 @@ field            meaning
 ``l:<v>``        lease token of the caller filling ``v``
 ``m:<v>``        lease expiry
 ``a:<v>``        admission counter (Scan), ``ax:<v>`` its window end
-``s``            end of the settle window after the last invalidation
+``g``            generation: the server's identity, ``/``, a value new with each
+                 invalidation (a signed entry is bound to it)
+``c``            since when the item's history is known: the time of its last
+                 invalidation, of a gap (eviction, another server), or 0
 ===============  =====================================================
 
 A Query or Scan variant has a hash of its own with the same fields (``v`` is
 empty). Per table, a small hash holds two random version tokens (``i`` for
-item entries, ``q`` for query entries). All times are the server's (``TIME``),
-so processes with skewed clocks agree. Every key gets a TTL.
+item entries, ``q`` for query entries) and the identity of the server that
+made them (``n``). All times are the server's (``TIME``), so processes with
+skewed clocks agree. Every key gets a TTL.
+
+The server's identity is its replication id (``INFO replication``, read inside
+the scripts, so no round trip is added; a primary draws a new one at every
+start and every promotion). A restart (from a snapshot that may predate
+acknowledged invalidations) or a promotion (of a replica that may lag)
+changes it; state found under another identity is discarded, so an
+invalidation the server forgot cannot bring an old entry back
+(docs/consistency.md).
 
 The operations are generators yielding :class:`~ddbcache_hooks.effects.RedisBatch`;
 a transport (sync or async, at the bottom) executes a batch as one pipeline.
@@ -52,19 +64,36 @@ local function keep_until(key, deadline, now)
   local want = deadline - now
   if want > 0 and redis.call('PTTL', key) < want then redis.call('PEXPIRE', key, want) end
 end
--- A table's {item token, query token}; both are created (from fresh, a random
--- value) when either is missing: a new table, or an evicted token hash.
-local function table_tokens(key, fresh, ttl)
-  local t = redis.pcall('HMGET', key, 'i', 'q')
-  if t['err'] then redis.call('DEL', key); t = {} end
-  if not t[1] or not t[2] then
+-- Which server (and history) this is: a primary's replication id, new with
+-- every start and every promotion. '-' where INFO is not available to scripts.
+local function server_id()
+  local info = redis.pcall('INFO', 'replication')
+  if type(info) ~= 'string' then return '-' end
+  return string.sub(string.match(info, 'master_replid:(%x+)') or '-', 1, 24)
+end
+-- True when the server has never evicted a key: then a missing key was never
+-- written, or expired (markers outlive their window), and proves no recent write.
+-- A server that does not tell proves nothing.
+local function never_evicted()
+  local s = redis.pcall('INFO', 'stats')
+  return type(s) == 'string' and string.match(s, 'evicted_keys:(%d+)') == '0'
+end
+-- A table's {item token, query token, 1 if a foreign value was replaced}; both
+-- are created (from fresh, a random value) when either is missing (a new table,
+-- an evicted token hash), unusable, or made by another server (restart, failover).
+local function table_tokens(key, fresh, ttl, sid)
+  local t = redis.pcall('HMGET', key, 'i', 'q', 'n')
+  local replaced = 0
+  if t['err'] then redis.call('DEL', key); t = {}; replaced = 1 end
+  if t[1] and t[2] and (#t[1] > 255 or #t[2] > 255) then t = {}; replaced = 1 end
+  if not t[1] or not t[2] or t[3] ~= sid then
     t = {fresh .. 'i', fresh .. 'q'}
-    redis.call('HSET', key, 'i', t[1], 'q', t[2])
+    redis.call('HSET', key, 'i', t[1], 'q', t[2], 'n', sid)
     redis.call('PEXPIRE', key, ttl)
   elseif redis.call('PTTL', key) < ttl / 2 then
     redis.call('PEXPIRE', key, ttl)
   end
-  return t
+  return {t[1], t[2], replaced}
 end
 """
 
@@ -79,20 +108,37 @@ HIT, LEASED, WAIT, NOT_ADMITTED = 1, 2, 3, 4
 #: KEYS[1] entry hash, KEYS[2] (optional, same node) the table's token hash.
 #: ARGV: field, lease token, lease ms, admission count, admission window ms,
 #: drop (1: discard the current entry first), token ttl ms.
-#: Returns {status, entry or nil, 1 if the key held garbage and was deleted,
-#: item token, query token} (tokens only with KEYS[2]).
+#: Returns {status, entry or nil, flags (1: the key held garbage and was deleted,
+#: 2: a foreign table token was replaced), item token, query token, generation}
+#: (tokens only with KEYS[2]).
 LOOKUP_OR_LEASE = _script(
     "lookup_or_lease",
     """
 local key, f, token = KEYS[1], ARGV[1], ARGV[2]
-local tokens = {false, false}
-if KEYS[2] then tokens = table_tokens(KEYS[2], token, tonumber(ARGV[7])) end
+local sid = server_id()
+local tokens = {false, false, 0}
+if KEYS[2] then tokens = table_tokens(KEYS[2], token, tonumber(ARGV[7]), sid) end
 local now = now_ms()
-local corrupt = 0
-local r = redis.pcall('HMGET', key, 'e:'..f, 'x:'..f, 'l:'..f, 'm:'..f)
+local corrupt = 2 * tokens[3]
+local r = redis.pcall('HMGET', key, 'e:'..f, 'x:'..f, 'l:'..f, 'm:'..f, 'g')
 if r['err'] then
   redis.call('DEL', key)
-  corrupt = 1
+  corrupt = corrupt + 1
+  r = {}
+end
+local gen = r[5]
+if not gen or string.sub(gen, 1, #sid + 1) ~= sid .. '/' then
+  -- Nothing here, or state another server made: it may predate an invalidation
+  -- that server acknowledged and this one lost, so none of it is trusted, and
+  -- fills stay inside the settle window unless no write can have been missed.
+  local since = now
+  if gen or redis.call('EXISTS', key) == 1 then
+    redis.call('DEL', key)
+  elseif never_evicted() then
+    since = 0
+  end
+  gen = sid .. '/' .. token
+  redis.call('HSET', key, 'g', gen, 'c', since)
   r = {}
 end
 if ARGV[6] == '1' then
@@ -100,7 +146,7 @@ if ARGV[6] == '1' then
   r[1] = false
 end
 local expires = tonumber(r[2])
-if r[1] and expires and expires > now then return {1, r[1], corrupt, tokens[1], tokens[2]} end
+if r[1] and expires and expires > now then return {1, r[1], corrupt, tokens[1], tokens[2], gen} end
 local admission = tonumber(ARGV[4])
 if admission > 1 then
   local a = redis.call('HMGET', key, 'a:'..f, 'ax:'..f)
@@ -111,55 +157,67 @@ if admission > 1 then
   count = count + 1
   redis.call('HSET', key, 'a:'..f, count, 'ax:'..f, window)
   keep_until(key, window, now)
-  if count < admission then return {4, false, corrupt, tokens[1], tokens[2]} end
+  if count < admission then return {4, false, corrupt, tokens[1], tokens[2], gen} end
 end
 local lease_end = tonumber(r[4])
 if r[3] and r[3] ~= token and lease_end and lease_end > now then
-  return {3, false, corrupt, tokens[1], tokens[2]}
+  return {3, false, corrupt, tokens[1], tokens[2], gen}
 end
 lease_end = now + tonumber(ARGV[3])
 redis.call('HSET', key, 'l:'..f, token, 'm:'..f, lease_end)
 keep_until(key, lease_end, now)
-return {2, false, corrupt, tokens[1], tokens[2]}
+return {2, false, corrupt, tokens[1], tokens[2], gen}
 """,
 )
 
-#: KEYS[1] entry hash. ARGV: field, lease token, entry ('' = only release), ttl ms.
-#: Stores only while the caller's lease is intact: a write since the lookup
-#: deleted it. Within a settle window the TTL is cut to the window's rest.
+#: KEYS[1] entry hash. ARGV: field, lease token, entry ('' = only release), ttl ms,
+#: settle window ms. Stores only while the caller's lease is intact: a write since
+#: the lookup deleted it. Unless the hash proves that no write happened within the
+#: settle window (``c``: its history is known since before the window), the TTL is
+#: cut to the window's rest; the hash then outlives the window, so that the next
+#: fill can prove it. An evicted marker thus shortens fills, it never lengthens one.
 #: Returns {1 stored | 0 lease lost | 2 released | -1 key is garbage, ttl ms}.
 FILL_IF_LEASED = _script(
     "fill_if_leased",
     """
 local key, f = KEYS[1], ARGV[1]
-local r = redis.pcall('HMGET', key, 'l:'..f, 's')
+local r = redis.pcall('HMGET', key, 'l:'..f, 'c')
 if r['err'] then return {-1, 0} end
 if r[1] ~= ARGV[2] then return {0, 0} end
 redis.call('HDEL', key, 'l:'..f, 'm:'..f)
 if ARGV[3] == '' then return {2, 0} end
 local now = now_ms()
 local ttl = tonumber(ARGV[4])
-local settle_end = tonumber(r[2])
-if settle_end and settle_end > now and settle_end - now < ttl then ttl = settle_end - now end
+local keep = now + ttl
+local settle = tonumber(ARGV[5]) or 0
+if settle > 0 then
+  local settle_end = (tonumber(r[2]) or now) + settle
+  if settle_end > now then
+    if settle_end - now < ttl then ttl = settle_end - now end
+    keep = math.max(now + ttl, settle_end + settle)
+  end
+end
 redis.call('HSET', key, 'e:'..f, ARGV[3], 'x:'..f, now + ttl)
-keep_until(key, now + ttl, now)
+keep_until(key, keep, now)
 return {1, ttl}
 """,
 )
 
-#: KEYS: entry hashes (one slot). ARGV[1]: settle window ms.
-#: Drops every variant and lease, then marks the settle window.
+#: KEYS: entry hashes (one slot). ARGV: settle window ms, a fresh random value.
+#: Drops every variant and lease; with a settle window, leaves the marker of
+#: this invalidation (``c``) and a new generation, for two windows: a lookup in
+#: the second finds the window over and its fill keeps the full TTL.
 INVALIDATE_ITEMS = _script(
     "invalidate_items",
     """
 local settle = tonumber(ARGV[1])
-local now = 0
-if settle > 0 then now = now_ms() end
+local now, gen = 0, ''
+if settle > 0 then now = now_ms(); gen = server_id() .. '/' .. ARGV[2] end
 for _, key in ipairs(KEYS) do
   redis.call('DEL', key)
   if settle > 0 then
-    redis.call('HSET', key, 's', now + settle)
-    redis.call('PEXPIRE', key, settle)
+    redis.call('HSET', key, 'c', now, 'g', gen)
+    redis.call('PEXPIRE', key, 2 * settle)
   end
 end
 return #KEYS
@@ -167,11 +225,12 @@ return #KEYS
 )
 
 #: KEYS[1] token hash. ARGV: a fresh random value, ttl ms. Returns {item token,
-#: query token}. Used on a cluster, where the token hash is on another node.
+#: query token, 1 if a foreign value was replaced}. Used on a cluster, where the
+#: token hash is on another node.
 TABLE_TOKENS = _script(
     "table_tokens",
     """
-return table_tokens(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+return table_tokens(KEYS[1], ARGV[1], tonumber(ARGV[2]), server_id())
 """,
 )
 
@@ -186,7 +245,7 @@ if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', key) end
 if ARGV[3] == '1' or redis.call('HEXISTS', key, 'i') == 0 then
   redis.call('HSET', key, 'i', ARGV[1])
 end
-redis.call('HSET', key, 'q', ARGV[2])
+redis.call('HSET', key, 'q', ARGV[2], 'n', server_id())
 redis.call('PEXPIRE', key, ARGV[4])
 return 1
 """,
@@ -213,6 +272,10 @@ class LookupReply(NamedTuple):
     #: The table's version tokens, read in the same round trip.
     item_token: bytes
     query_token: bytes
+    #: The item's generation (a signed entry is bound to it).
+    generation: bytes = b""
+    #: The table's tokens held a value this library does not make; replaced.
+    foreign_token: bool = False
 
 
 class FillRequest(NamedTuple):
@@ -221,6 +284,9 @@ class FillRequest(NamedTuple):
     lease_token: str
     entry: bytes  # b"" releases the lease without storing
     ttl_ms: int
+    #: The settle window: unless the item's hash proves no write within it, the
+    #: entry lives at most until the window ends.
+    settle_ms: int = 0
 
 
 FILL_STORED, FILL_LOST, FILL_RELEASED, FILL_GARBAGE = 1, 0, 2, -1
@@ -277,15 +343,33 @@ def lookup(
     ]
     if not cluster:
         replies = yield RedisBatch(calls)
-        return [LookupReply(r[0], r[1] or None, bool(r[2]), r[3], r[4]) for r in replies]
+        return [
+            LookupReply(r[0], r[1] or None, bool(r[2] & 1), r[3], r[4], _bytes(r[5]), r[2] >= 2)
+            for r in replies
+        ]
     token_keys = list(dict.fromkeys(r.token_key for r in requests))
     calls += [Call(TABLE_TOKENS, (key, new_token(), token_ttl_ms), 1) for key in token_keys]
     replies = yield RedisBatch(calls)
     tokens = dict(zip(token_keys, replies[len(requests) :], strict=True))
-    return [
-        LookupReply(reply[0], reply[1] or None, bool(reply[2]), *tokens[request.token_key])
-        for request, reply in zip(requests, replies[: len(requests)], strict=True)
-    ]
+    out = []
+    for request, reply in zip(requests, replies[: len(requests)], strict=True):
+        item_token, query_token, replaced = tokens[request.token_key]
+        out.append(
+            LookupReply(
+                reply[0],
+                reply[1] or None,
+                bool(reply[2] & 1),
+                item_token,
+                query_token,
+                _bytes(reply[5]),
+                bool(replaced),
+            )
+        )
+    return out
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else b""
 
 
 def fill(requests: Sequence[FillRequest]) -> Op[list[tuple[int, int]]]:
@@ -293,7 +377,7 @@ def fill(requests: Sequence[FillRequest]) -> Op[list[tuple[int, int]]]:
     if not requests:
         return []
     calls = [
-        Call(FILL_IF_LEASED, (r.key, r.field, r.lease_token, r.entry, r.ttl_ms), 1)
+        Call(FILL_IF_LEASED, (r.key, r.field, r.lease_token, r.entry, r.ttl_ms, r.settle_ms), 1)
         for r in requests
     ]
     replies = yield RedisBatch(calls)
@@ -314,7 +398,8 @@ def invalidate(
     On a cluster, keys are grouped by slot (a script touches one slot).
     """
     groups = group_by_slot(keys) if cluster else [list(keys)]
-    calls = [Call(INVALIDATE_ITEMS, (*g, settle_ms), len(g)) for g in groups if g]
+    nonce = new_token()
+    calls = [Call(INVALIDATE_ITEMS, (*g, settle_ms, nonce), len(g)) for g in groups if g]
     calls += [
         Call(REPLACE_TOKENS, (key, new_token(), new_token(), int(items), token_ttl_ms), 1)
         for key, items in tokens

@@ -1,12 +1,19 @@
-"""Test-only helpers: a real multi-master Redis Cluster built from ``RedisServer`` processes."""
+"""Test-only helpers around real ``RedisServer`` processes.
+
+A multi-master Redis Cluster; replication (``REPLICAOF``) and promotion; and a
+TCP forwarder that plays a failover endpoint (clients keep one address while
+the server behind it changes, as with a primary endpoint or a Sentinel).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -24,11 +31,14 @@ from ddbcache_hooks._redis_server import (
 )
 
 __all__ = [
+    "Forwarder",
     "RedisCluster",
     "RedisServer",
     "RedisServerError",
     "find_cli_binary",
     "free_cluster_port",
+    "promote",
+    "replicate",
 ]
 
 CLUSTER_SLOTS = 16384
@@ -371,3 +381,120 @@ def _consistency_problem(
         elif slots != reference:
             return f"node {index} disagrees with node 0 on slot ownership"
     return None
+
+
+# -- replication ---------------------------------------------------------------------------------
+
+
+def _admin(server: RedisServer) -> redis.Redis:
+    return redis.Redis(
+        host=server.host, port=server.port, socket_timeout=10, retry=Retry(NoBackoff(), 0)
+    )
+
+
+def replicate(replica: RedisServer, primary: RedisServer, timeout: float = 10.0) -> None:
+    """Make ``replica`` a replica of ``primary`` and wait until it has caught up."""
+    with contextlib.closing(_admin(replica)) as r, contextlib.closing(_admin(primary)) as p:
+        r.execute_command("REPLICAOF", primary.host, primary.port)  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + timeout
+        while True:
+            info = r.info("replication")
+            if info.get("master_link_status") == "up":
+                theirs = p.info("replication")["master_repl_offset"]
+                if info["slave_repl_offset"] >= theirs:
+                    return
+            if time.monotonic() > deadline:
+                raise RedisServerError(f"{replica!r} did not catch up with {primary!r}: {info}")
+            time.sleep(0.02)
+
+
+def settle_replicas(primary: RedisServer, replicas: int = 1) -> None:
+    """Wait until ``replicas`` replicas acknowledged everything ``primary`` has (``WAIT``)."""
+    with contextlib.closing(_admin(primary)) as p:
+        if p.wait(replicas, 5000) < replicas:
+            raise RedisServerError(f"{replicas} replica(s) of {primary!r} did not acknowledge")
+
+
+def promote(server: RedisServer) -> None:
+    """Detach a replica and make it a primary (``REPLICAOF NO ONE``): a failover."""
+    with contextlib.closing(_admin(server)) as r:
+        r.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
+
+
+# -- a failover endpoint -------------------------------------------------------------------------
+
+
+class Forwarder:
+    """A TCP endpoint on a free port that forwards to a server that can be switched.
+
+    :meth:`switch` points new connections at another server and drops the open
+    ones, as a failover does to the clients of a primary endpoint.
+    """
+
+    def __init__(self, target: RedisServer) -> None:
+        self.host = "127.0.0.1"
+        self._target = (target.host, target.port)
+        self._listener = socket.create_server((self.host, 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def switch(self, target: RedisServer) -> None:
+        with self._lock:
+            self._target = (target.host, target.port)
+            dropped, self._open = self._open, set()
+        for sock in dropped:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        with self._lock:
+            dropped, self._open = self._open, set()
+        for sock in dropped:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def __enter__(self) -> Forwarder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                target = self._target
+            try:
+                upstream = socket.create_connection(target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

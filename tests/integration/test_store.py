@@ -38,10 +38,15 @@ def lookup(transport: SyncTransport, key: str, lease: str, **kw: Any) -> store.L
 
 
 def fill(
-    transport: SyncTransport, key: str, lease: str, entry: bytes, ttl_ms: int = 60_000
+    transport: SyncTransport,
+    key: str,
+    lease: str,
+    entry: bytes,
+    ttl_ms: int = 60_000,
+    settle_ms: int = 0,
 ) -> tuple[int, int]:
     result: tuple[int, int] = run(
-        transport, store.fill([FillRequest(key, "v", lease, entry, ttl_ms)])
+        transport, store.fill([FillRequest(key, "v", lease, entry, ttl_ms, settle_ms)])
     )[0]
     return result
 
@@ -67,7 +72,7 @@ def test_write_between_lookup_and_fill_discards_the_fill(
 def test_settle_window_caps_the_ttl(transport: SyncTransport, key: str) -> None:
     run(transport, store.invalidate([key], settle_ms=300, cluster=transport.cluster))
     lookup(transport, key, "L1")
-    stored, ttl = fill(transport, key, "L1", b"maybe-stale", ttl_ms=60_000)
+    stored, ttl = fill(transport, key, "L1", b"maybe-stale", ttl_ms=60_000, settle_ms=300)
     assert stored == store.FILL_STORED and 0 < ttl <= 300
     time.sleep(0.35)
     assert lookup(transport, key, "L2").status == store.LEASED

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ddbcache_hooks.codec import COMPRESSED, Codec, CorruptEntry
+from ddbcache_hooks.codec import COMPRESSED, Codec, CorruptEntry, ForeignEntry
 
 PAYLOAD: dict[str, Any] = {
     "Item": {
@@ -100,5 +100,44 @@ def test_compressed_and_signed() -> None:
     codec = Codec(compress_min_bytes=10, signing_key=b"s" * 16)
     blob = encode(codec)
     assert codec.decode(blob, context="k").compressed
-    body = blob[15:-32]
+    body = blob[15:-36]
     assert zlib.decompress(body)
+
+
+def test_another_key_is_told_from_tampering() -> None:
+    signer, other = Codec(signing_key=b"k" * 32), Codec(signing_key=b"w" * 32)
+    assert signer.key_id != other.key_id and len(signer.key_id) == 4 and not Codec().key_id
+    with pytest.raises(ForeignEntry):
+        signer.decode(encode(other), context="k")
+    with pytest.raises(ForeignEntry):
+        signer.decode(encode(Codec()), context="k")
+    tampered = bytearray(encode(signer))
+    tampered[20] ^= 0x01
+    with pytest.raises(CorruptEntry) as raised:
+        signer.decode(bytes(tampered), context="k")
+    assert not isinstance(raised.value, ForeignEntry)
+    entry = Codec().decode(encode(signer), context="k")  # readable without a key
+    assert entry.signed and entry.payload == PAYLOAD
+
+
+def test_near_cache_blobs_skip_verification() -> None:
+    signer = Codec(signing_key=b"k" * 32)
+    assert signer.decode(encode(signer, context="k"), context=None).payload == PAYLOAD
+
+
+def test_seal_and_unseal() -> None:
+    signer = Codec(signing_key=b"k" * 32)
+    sealed = signer.seal("schema-key", b"data")
+    assert signer.unseal("schema-key", sealed) == b"data"
+    assert signer.unseal("other-key", sealed) is None
+    assert signer.unseal("schema-key", b"data") is None
+    assert Codec(signing_key=b"w" * 32).unseal("schema-key", sealed) is None
+    assert Codec().seal("k", b"data") == b"data" and Codec().unseal("k", b"data") == b"data"
+
+
+def test_a_token_the_header_cannot_hold_is_corrupt_not_struct_error() -> None:
+    with pytest.raises(CorruptEntry, match="token"):
+        Codec().encode(PAYLOAD, token=b"t" * 256, created_ms=0, context="")
+    assert Codec().decode(
+        Codec().encode(PAYLOAD, token=b"t" * 255, created_ms=0, context=""), context=""
+    )
