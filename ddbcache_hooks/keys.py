@@ -170,6 +170,23 @@ def item_digest(table: str, key: Mapping[str, Any]) -> str:
 _KEY_TYPES = frozenset({"S", "N", "B"})
 
 
+def partition_digest(table: str, name: str | None, value: Any = None) -> str:
+    """Identity of one partition: table, partition key attribute name and value.
+
+    Canonical like :func:`item_digest` (numbers by value, binary by bytes).
+    ``name=None`` names the table as a whole: the token GSI Queries, Scans and
+    writes whose partition is unknown use.
+    """
+    parts: list[Any] = [table]
+    if name is not None:
+        tag, canon = canonical_value(value)
+        if tag not in _KEY_TYPES:
+            raise NotCanonical(f"key attribute {name!r} has type {tag}; keys are S, N or B")
+        parts += (name, tag, canon)
+    packed = msgpack.packb(parts, use_bin_type=True)
+    return hashlib.blake2b(packed, digest_size=16, person=b"ddbcache-part").hexdigest()
+
+
 def variant(params: Mapping[str, Any], skip: frozenset[str] | set[str]) -> Any:
     """Canonical request variant: every parameter except those in ``skip``.
 
@@ -229,6 +246,10 @@ class KeyLayout:
     def query(self, table: str, variant_id: str) -> str:
         return f"{self.prefix}q:{{{variant_id}}}:{table}"
 
+    def partition(self, table: str, partition_id: str) -> str:
+        """A partition's token hash (see :func:`partition_digest`): spread over slots."""
+        return f"{self.prefix}p:{{{partition_id}}}:{table}"
+
     def tokens(self, table: str) -> str:
         return f"{self.prefix}t:{{{table}}}"
 
@@ -236,8 +257,8 @@ class KeyLayout:
         return f"{self.prefix}k:{{{table}}}"
 
     def table_pattern(self, table: str) -> str:
-        """SCAN pattern matching every entry of one table."""
-        return f"{self.prefix}[iq]:{{*}}:{table}"
+        """SCAN pattern matching every entry (and partition token) of one table."""
+        return f"{self.prefix}[iqp]:{{*}}:{table}"
 
     def namespace_pattern(self) -> str:
         return f"{self.prefix}*"

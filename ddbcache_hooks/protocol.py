@@ -26,7 +26,20 @@ from .config import Settings
 from .effects import DescribeTable, Op, Sleep
 from .keys import KeyLayout, NotCanonical, canonical_key
 from .near import CHANNEL_SUFFIX, NearCache
-from .plan import HIT, LEASED, PASS, STALE, WAIT, Batch, Planner, ReadPlan, Slot, WritePlan
+from .plan import (
+    HIT,
+    ITEM_TOKEN,
+    LEASED,
+    PARTITION_TOKEN,
+    PASS,
+    STALE,
+    WAIT,
+    Batch,
+    Planner,
+    ReadPlan,
+    Slot,
+    WritePlan,
+)
 from .resilience import Backlog, CircuitBreaker, Invalidation
 from .schema import TableSchema
 from .stats import LimitedLog, Stats, log
@@ -69,7 +82,10 @@ class Protocol:
     def __init__(self, settings: Settings, *, cluster: bool = False) -> None:
         self.settings = settings
         self.layout = KeyLayout(settings.namespace)
-        self.planner = Planner(settings, self.layout)
+        self._schemas: dict[str, TableSchema] = {
+            table: TableSchema(key) for table, key in settings.key_schema.items()
+        }
+        self.planner = Planner(settings, self.layout, self._schemas)
         self.codec = Codec(
             compress_min_bytes=settings.compress_min_bytes, signing_key=settings.signing_key
         )
@@ -84,9 +100,6 @@ class Protocol:
         self.near: NearCache | None = settings.near_cache
         #: Pub/sub channel that near caches listen on.
         self.channel = settings.namespace + CHANNEL_SUFFIX
-        self._schemas: dict[str, TableSchema] = {
-            table: TableSchema(key) for table, key in settings.key_schema.items()
-        }
 
     # --- reads ---------------------------------------------------------------------
 
@@ -107,7 +120,9 @@ class Protocol:
                 yield from self._lookup(stale, drop=True)
             if self.near is not None:
                 for slot in pending:
-                    if slot.state == HIT:
+                    # Pages under a partition token are not held near: a write's
+                    # message names the partition, not the pages that hang off it.
+                    if slot.state == HIT and not slot.partition_key:
                         self.near.put(slot.key, slot.field, slot.token_key, slot.blob, epoch)
         if len(plan.slots) == 1 and plan.slots[0].state == WAIT:
             yield from self._wait_for_fill(plan.slots[0])
@@ -152,12 +167,20 @@ class Protocol:
                 s.admission,
                 s.ttl_ms,
                 drop,
+                s.partition_key,
             )
             for s in slots
         ]
         replies = yield from store.lookup(requests, self.token_ttl_ms, cluster=self.cluster)
         for slot, request, reply in zip(slots, requests, replies, strict=True):
-            slot.token = reply.query_token if slot.token_kind else reply.item_token
+            if slot.token_kind == ITEM_TOKEN:
+                slot.token = reply.item_token
+            elif slot.token_kind == PARTITION_TOKEN:
+                # Both: replacing the table's query token drops every partition's pages.
+                slot.token = reply.query_token + b"/" + reply.partition_token
+                slot.settle_end_ms = reply.settle_end_ms
+            else:
+                slot.token = reply.query_token
             slot.lease = None
             if reply.corrupt:
                 self._corrupt(slot, "the key held another Redis type")
@@ -292,7 +315,7 @@ class Protocol:
                 log.debug("not caching %s: %d bytes > max_entry_bytes", slot.key, len(blob))
                 blob = b""
         ttl = slot.ttl_ms if "Item" in payload else slot.negative_ttl_ms
-        return store.FillRequest(slot.key, slot.field, slot.lease, blob, ttl)
+        return store.FillRequest(slot.key, slot.field, slot.lease, blob, ttl, slot.settle_end_ms)
 
     @staticmethod
     def _releases(slots: Sequence[Slot]) -> list[store.FillRequest]:
@@ -393,12 +416,32 @@ class Protocol:
             except NotCanonical:
                 log.debug("write to %s with an invalid key; DynamoDB rejects it", ref.table)
                 continue
-            result.items.append((self.layout.tokens(ref.table), item_key))
-        for table in {ref.table for ref in written.items}:
-            config = self.settings.for_table(table)
-            if config is not None and config.query_invalidation == "write":
-                result.tables.setdefault(self.layout.tokens(table), False)
+            token_key = self.layout.tokens(ref.table)
+            result.items.append((token_key, item_key))
+            config = self.settings.for_table(ref.table)
+            if config is None or config.query_invalidation == "ttl":
+                continue
+            # The table-wide partition (GSI Queries, Scans, "write" mode) and, in
+            # "partition" mode, the item's own: dropped like items, in the same script.
+            result.items.append((token_key, self.planner.partition_key(ref.table, None)))
+            if config.query_invalidation == "partition":
+                for name in self._partition_names(ref.table, key):
+                    partition = self.planner.partition_key(ref.table, (name, key[name]))
+                    result.items.append((token_key, partition))
         return result
+
+    def _partition_names(self, table: str, key: Mapping[str, Any]) -> list[str]:
+        """Which attribute of a written key is the partition key (no I/O).
+
+        Without a known schema, a two-attribute key drops both candidates: the
+        one that is not the partition key names no Query's partition (Queries
+        resolve theirs by the schema, or by their only equality), so it costs
+        one deleted key that no page depends on.
+        """
+        schema = self._schemas.get(table)
+        if schema is not None and schema.key[0] in key:
+            return [schema.key[0]]
+        return sorted(key)
 
     def _whole_table(self, result: Invalidation, table: str, reason: str) -> None:
         if table == "*":

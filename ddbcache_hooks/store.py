@@ -66,6 +66,23 @@ local function table_tokens(key, fresh, ttl)
   end
   return t
 end
+-- A partition's {token, settle end}. The token is created (from fresh) when
+-- missing: invalidate_items deletes the hash on every write to the partition,
+-- leaving only its settle marker 's'. Entries record the table's query token
+-- and this one, so replacing the table's tokens drops them too.
+local function partition_token(key, fresh, ttl)
+  local p = redis.pcall('HMGET', key, 't', 's')
+  if p['err'] then redis.call('DEL', key); p = {} end
+  local t = p[1]
+  if not t then
+    t = fresh .. 'p'
+    redis.call('HSET', key, 't', t)
+    redis.call('PEXPIRE', key, ttl)
+  elseif redis.call('PTTL', key) < ttl / 2 then
+    redis.call('PEXPIRE', key, ttl)
+  end
+  return {t, tonumber(p[2]) or 0}
+end
 """
 
 
@@ -76,17 +93,22 @@ def _script(name: str, body: str) -> Script:
 
 HIT, LEASED, WAIT, NOT_ADMITTED = 1, 2, 3, 4
 
-#: KEYS[1] entry hash, KEYS[2] (optional, same node) the table's token hash.
+#: KEYS[1] entry hash, KEYS[2] (optional, same node) the table's token hash,
+#: KEYS[3] (optional, same node) the page's partition token hash.
 #: ARGV: field, lease token, lease ms, admission count, admission window ms,
 #: drop (1: discard the current entry first), token ttl ms.
 #: Returns {status, entry or nil, 1 if the key held garbage and was deleted,
-#: item token, query token} (tokens only with KEYS[2]).
+#: item token, query token, partition token, partition settle end (ms; 0 if
+#: none)} (tokens only with their keys).
 LOOKUP_OR_LEASE = _script(
     "lookup_or_lease",
     """
 local key, f, token = KEYS[1], ARGV[1], ARGV[2]
 local tokens = {false, false}
 if KEYS[2] then tokens = table_tokens(KEYS[2], token, tonumber(ARGV[7])) end
+-- KEYS[3] (optional, same node): the partition token of a Query/Scan page.
+local part = {false, 0}
+if KEYS[3] then part = partition_token(KEYS[3], token, tonumber(ARGV[7])) end
 local now = now_ms()
 local corrupt = 0
 local r = redis.pcall('HMGET', key, 'e:'..f, 'x:'..f, 'l:'..f, 'm:'..f)
@@ -100,7 +122,9 @@ if ARGV[6] == '1' then
   r[1] = false
 end
 local expires = tonumber(r[2])
-if r[1] and expires and expires > now then return {1, r[1], corrupt, tokens[1], tokens[2]} end
+if r[1] and expires and expires > now then
+  return {1, r[1], corrupt, tokens[1], tokens[2], part[1], part[2]}
+end
 local admission = tonumber(ARGV[4])
 if admission > 1 then
   local a = redis.call('HMGET', key, 'a:'..f, 'ax:'..f)
@@ -111,20 +135,21 @@ if admission > 1 then
   count = count + 1
   redis.call('HSET', key, 'a:'..f, count, 'ax:'..f, window)
   keep_until(key, window, now)
-  if count < admission then return {4, false, corrupt, tokens[1], tokens[2]} end
+  if count < admission then return {4, false, corrupt, tokens[1], tokens[2], part[1], part[2]} end
 end
 local lease_end = tonumber(r[4])
 if r[3] and r[3] ~= token and lease_end and lease_end > now then
-  return {3, false, corrupt, tokens[1], tokens[2]}
+  return {3, false, corrupt, tokens[1], tokens[2], part[1], part[2]}
 end
 lease_end = now + tonumber(ARGV[3])
 redis.call('HSET', key, 'l:'..f, token, 'm:'..f, lease_end)
 keep_until(key, lease_end, now)
-return {2, false, corrupt, tokens[1], tokens[2]}
+return {2, false, corrupt, tokens[1], tokens[2], part[1], part[2]}
 """,
 )
 
-#: KEYS[1] entry hash. ARGV: field, lease token, entry ('' = only release), ttl ms.
+#: KEYS[1] entry hash. ARGV: field, lease token, entry ('' = only release), ttl ms,
+#: (optional) the end of the settle window of the page's partition token.
 #: Stores only while the caller's lease is intact: a write since the lookup
 #: deleted it. Within a settle window the TTL is cut to the window's rest.
 #: Returns {1 stored | 0 lease lost | 2 released | -1 key is garbage, ttl ms}.
@@ -139,8 +164,10 @@ redis.call('HDEL', key, 'l:'..f, 'm:'..f)
 if ARGV[3] == '' then return {2, 0} end
 local now = now_ms()
 local ttl = tonumber(ARGV[4])
-local settle_end = tonumber(r[2])
-if settle_end and settle_end > now and settle_end - now < ttl then ttl = settle_end - now end
+-- The item's own settle marker, or (Query/Scan pages) the one of the partition
+-- token the lookup read.
+local settle_end = math.max(tonumber(r[2]) or 0, tonumber(ARGV[5]) or 0)
+if settle_end > now and settle_end - now < ttl then ttl = settle_end - now end
 redis.call('HSET', key, 'e:'..f, ARGV[3], 'x:'..f, now + ttl)
 keep_until(key, now + ttl, now)
 return {1, ttl}
@@ -175,6 +202,16 @@ return table_tokens(KEYS[1], ARGV[1], tonumber(ARGV[2]))
 """,
 )
 
+#: KEYS[1] partition token hash. ARGV: a fresh random value, ttl ms. Returns
+#: {token, settle end ms}. Used on a cluster, where the partition token lives
+#: on its own slot.
+PARTITION_TOKEN = _script(
+    "partition_token",
+    """
+return partition_token(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+""",
+)
+
 #: KEYS[1] token hash. ARGV: fresh item token, fresh query token, '1' to replace
 #: the item token too (else only query entries go), ttl ms.
 REPLACE_TOKENS = _script(
@@ -192,7 +229,14 @@ return 1
 """,
 )
 
-SCRIPTS = (LOOKUP_OR_LEASE, FILL_IF_LEASED, INVALIDATE_ITEMS, TABLE_TOKENS, REPLACE_TOKENS)
+SCRIPTS = (
+    LOOKUP_OR_LEASE,
+    FILL_IF_LEASED,
+    INVALIDATE_ITEMS,
+    TABLE_TOKENS,
+    PARTITION_TOKEN,
+    REPLACE_TOKENS,
+)
 
 
 class LookupRequest(NamedTuple):
@@ -204,6 +248,8 @@ class LookupRequest(NamedTuple):
     admission: int = 1
     admission_window_ms: int = 0
     drop: bool = False
+    #: A Query/Scan page's partition token hash ("" for none).
+    partition_key: str = ""
 
 
 class LookupReply(NamedTuple):
@@ -213,6 +259,10 @@ class LookupReply(NamedTuple):
     #: The table's version tokens, read in the same round trip.
     item_token: bytes
     query_token: bytes
+    #: The page's partition token (b"" without ``partition_key``).
+    partition_token: bytes = b""
+    #: End of the settle window a write to the partition opened (server ms, 0: none).
+    settle_end_ms: int = 0
 
 
 class FillRequest(NamedTuple):
@@ -221,6 +271,8 @@ class FillRequest(NamedTuple):
     lease_token: str
     entry: bytes  # b"" releases the lease without storing
     ttl_ms: int
+    #: A page's partition settle window end (server ms): the TTL ends there at the latest.
+    settle_end_ms: int = 0
 
 
 FILL_STORED, FILL_LOST, FILL_RELEASED, FILL_GARBAGE = 1, 0, 2, -1
@@ -254,8 +306,9 @@ def lookup(
 ) -> Op[list[LookupReply]]:
     """Look up entries (taking leases on misses) and read table tokens: one round trip.
 
-    On one node each script also reads its table's tokens; on a cluster they
-    live on other nodes, so each table's tokens are one more call of the batch.
+    On one node each script also reads its table's tokens (and its partition's);
+    on a cluster they live on other nodes, so each table's tokens and each
+    partition's token are one more call of the batch.
     """
     calls = [
         Call(
@@ -263,6 +316,7 @@ def lookup(
             (
                 r.key,
                 *(() if cluster else (r.token_key,)),
+                *(() if cluster or not r.partition_key else (r.partition_key,)),
                 r.field,
                 r.lease_token,
                 r.lease_ms,
@@ -271,21 +325,33 @@ def lookup(
                 1 if r.drop else 0,
                 token_ttl_ms,
             ),
-            1 if cluster else 2,
+            1 if cluster else 3 if r.partition_key else 2,
         )
         for r in requests
     ]
     if not cluster:
         replies = yield RedisBatch(calls)
-        return [LookupReply(r[0], r[1] or None, bool(r[2]), r[3], r[4]) for r in replies]
+        return [
+            LookupReply(r[0], r[1] or None, bool(r[2]), r[3], r[4], r[5] or b"", int(r[6]))
+            for r in replies
+        ]
     token_keys = list(dict.fromkeys(r.token_key for r in requests))
+    partition_keys = list(dict.fromkeys(r.partition_key for r in requests if r.partition_key))
     calls += [Call(TABLE_TOKENS, (key, new_token(), token_ttl_ms), 1) for key in token_keys]
+    calls += [Call(PARTITION_TOKEN, (key, new_token(), token_ttl_ms), 1) for key in partition_keys]
     replies = yield RedisBatch(calls)
-    tokens = dict(zip(token_keys, replies[len(requests) :], strict=True))
-    return [
-        LookupReply(reply[0], reply[1] or None, bool(reply[2]), *tokens[request.token_key])
-        for request, reply in zip(requests, replies[: len(requests)], strict=True)
-    ]
+    n, t = len(requests), len(token_keys)
+    tokens = dict(zip(token_keys, replies[n : n + t], strict=True))
+    partitions = dict(zip(partition_keys, replies[n + t :], strict=True))
+    out = []
+    for request, reply in zip(requests, replies[:n], strict=True):
+        item_token, query_token = tokens[request.token_key]
+        part = partitions.get(request.partition_key, (b"", 0))
+        status, entry, corrupt = reply[0], reply[1] or None, bool(reply[2])
+        out.append(
+            LookupReply(status, entry, corrupt, item_token, query_token, part[0], int(part[1]))
+        )
+    return out
 
 
 def fill(requests: Sequence[FillRequest]) -> Op[list[tuple[int, int]]]:
@@ -293,7 +359,11 @@ def fill(requests: Sequence[FillRequest]) -> Op[list[tuple[int, int]]]:
     if not requests:
         return []
     calls = [
-        Call(FILL_IF_LEASED, (r.key, r.field, r.lease_token, r.entry, r.ttl_ms), 1)
+        Call(
+            FILL_IF_LEASED,
+            (r.key, r.field, r.lease_token, r.entry, r.ttl_ms, r.settle_end_ms),
+            1,
+        )
         for r in requests
     ]
     replies = yield RedisBatch(calls)

@@ -160,7 +160,10 @@ def write_invalidated(session: boto3.Session, backend: Any, namespace: str) -> A
         session,
         backend.client(),
         namespace=namespace,
-        tables={"live": TablePolicy(query_invalidation="write")},
+        tables={
+            "live": TablePolicy(query_invalidation="write"),
+            "other": TablePolicy(query_invalidation="ttl"),
+        },
     )
     client = session.client("dynamodb")
     make_table(client, "live")
@@ -184,7 +187,7 @@ def test_query_invalidation_write_mode(write_invalidated: Any) -> None:
         if table == "live":
             assert "CacheMetadata" not in after and after["Items"][0]["v"] == {"S": "new"}
         else:
-            assert "CacheMetadata" in after and after["Count"] == 0  # TTL-bounded (default)
+            assert "CacheMetadata" in after and after["Count"] == 0  # TTL-bounded
 
 
 def test_query_invalidation_write_keeps_item_entries(write_invalidated: Any) -> None:
