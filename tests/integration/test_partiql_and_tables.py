@@ -121,6 +121,39 @@ def test_unresolvable_statement_invalidates_the_whole_table(
     assert cache.stats()["table_invalidations"] == 1
 
 
+def _pairs_query(pk: str) -> dict[str, Any]:
+    return {
+        "TableName": "pairs",
+        "KeyConditionExpression": "pk = :p",
+        "ExpressionAttributeValues": {":p": {"S": pk}},
+    }
+
+
+def _page_hits(c: Any) -> tuple[bool, bool]:
+    """Whether partition a's and partition b's pages are served from the cache."""
+    return tuple("CacheMetadata" in c.query(**_pairs_query(pk)) for pk in "ab")  # type: ignore[return-value]
+
+
+def test_resolvable_statement_drops_only_its_partitions_pages(c: Any) -> None:
+    _page_hits(c)
+    assert _page_hits(c) == (True, True)
+    c.execute_statement(Statement="UPDATE pairs SET v = 'new' WHERE pk = 'a' AND sk = '1'")
+    assert _page_hits(c) == (False, True)
+    c.execute_statement(
+        Statement="UPDATE pairs SET v = ? WHERE pk = ? AND sk = ?",
+        Parameters=[{"S": "newer"}, {"S": "b"}, {"S": "1"}],
+    )
+    page = c.query(**_pairs_query("b"))
+    assert "CacheMetadata" not in page and page["Items"][0]["v"] == {"S": "newer"}
+
+
+def test_unresolvable_statement_drops_every_page_of_its_table(c: Any) -> None:
+    _page_hits(c)
+    assert _page_hits(c) == (True, True)
+    c.execute_statement(Statement="UPDATE pairs SET v = 'all' WHERE pk = 'a'")
+    assert _page_hits(c) == (False, False)
+
+
 def test_select_statements_pass_through_and_invalidate_nothing(
     c: Any, cache: ddbcache_hooks.Registration
 ) -> None:

@@ -181,3 +181,51 @@ def test_key_layout_tags_items_and_tables() -> None:
     digest = keys.item_digest("t", {"pk": {"S": "x"}})
     assert layout.item("t", digest) == f"CC:i:{{{digest}}}:t"
     assert layout.tokens("t") == "CC:t:{t}"
+
+
+def test_partition_digest_is_canonical_and_apart_from_the_table_wide_one() -> None:
+    p = keys.partition_digest
+    assert p("t", "pk", {"N": "1"}) == p("t", "pk", {"N": "1.0"}) == p("t", "pk", {"N": "01"})
+    assert p("t", "pk", {"B": b"\x00"}) == p("t", "pk", {"B": bytearray(b"\x00")})
+    distinct = {
+        p("t", "pk", {"S": "1"}),
+        p("t", "pk", {"N": "1"}),
+        p("t", "pk", {"B": b"1"}),
+        p("t", "sk", {"S": "1"}),
+        p("u", "pk", {"S": "1"}),
+        p("t", None),
+        p("u", None),
+    }
+    assert len(distinct) == 7
+    with pytest.raises(NotCanonical):
+        p("t", "pk", {"BOOL": True})
+    layout = KeyLayout("CC")
+    assert layout.partition("t", "abc") == "CC:p:{abc}:t"
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("pk = :a", {"pk": "a"}),
+        ("#p = :a AND #s > :b", {"pk": "a"}),
+        ("#p = :a AND #s BETWEEN :b AND :c", {"pk": "a"}),
+        ("begins_with(#s, :b) AND :a = pk", {"pk": "a"}),
+        ("pk = :a AND sk = :b", {"pk": "a", "sk": "b"}),
+        ("(pk = :a)", None),
+        ("pk = :a OR sk = :b", None),
+        ("pk = :a AND pk = :b", None),
+        ("pk = :missing", None),
+        ("a.b = :a", None),
+        ("pk = :a AND", None),
+        ("pk = :a AND sk BETWEEN :b", None),
+        ("pk = sk", None),
+    ],
+)
+def test_key_equalities_read_only_key_condition_shapes(
+    expression: str, expected: dict[str, str] | None
+) -> None:
+    from ddbcache_hooks.expressions import key_equalities
+
+    values = {f":{v}": {"S": v} for v in "abc"}
+    found = key_equalities(expression, {"#p": "pk", "#s": "sk"}, values)
+    assert found == (None if expected is None else {k: {"S": v} for k, v in expected.items()})
