@@ -155,12 +155,10 @@ class AsyncRegistration(Registration):
         """Drop one item's entries (see :meth:`Registration.invalidate`)."""
         name = table_name(table)
         try:
-            item = self._protocol.planner.item_key(name, _low_level_key(key))
+            items = self._protocol.written_keys(name, _low_level_key(key))
         except NotCanonical as exc:
             raise ValueError(f"invalid key for table {name}: {exc}") from None
-        return await self._deliver_async(
-            Invalidation(items=[(self._protocol.layout.tokens(name), item)])
-        )
+        return await self._deliver_async(Invalidation(items=items))
 
     async def invalidate_table(self, table: str) -> bool:  # type: ignore[override]
         """Drop every entry of one table (see :meth:`Registration.invalidate_table`)."""

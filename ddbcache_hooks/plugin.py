@@ -122,6 +122,8 @@ class Registration:
     def invalidate(self, table: str, key: Mapping[str, Any]) -> bool:
         """Drop one item's entries, e.g. after a write made outside registered clients.
 
+        Also drops the Query/Scan pages a write of that item would have dropped.
+
         Args:
             table: table name or ARN.
             key: the primary key, low-level (``{"pk": {"S": "a"}}``) or Python values.
@@ -130,10 +132,10 @@ class Registration:
         """
         name = table_name(table)
         try:
-            item = self._protocol.planner.item_key(name, _low_level_key(key))
+            items = self._protocol.written_keys(name, _low_level_key(key))
         except NotCanonical as exc:
             raise ValueError(f"invalid key for table {name}: {exc}") from None
-        return self._deliver(Invalidation(items=[(self._protocol.layout.tokens(name), item)]))
+        return self._deliver(Invalidation(items=items))
 
     def invalidate_table(self, table: str) -> bool:
         """Drop every entry of one table (items, queries and scans) by replacing its tokens."""

@@ -412,23 +412,29 @@ class Protocol:
                     continue
                 key = projected
             try:
-                item_key = self.planner.item_key(ref.table, key)
+                result.items.extend(self.written_keys(ref.table, key))
             except NotCanonical:
                 log.debug("write to %s with an invalid key; DynamoDB rejects it", ref.table)
-                continue
-            token_key = self.layout.tokens(ref.table)
-            result.items.append((token_key, item_key))
-            config = self.settings.for_table(ref.table)
-            if config is None or config.query_invalidation == "ttl":
-                continue
-            # The table-wide partition (GSI Queries, Scans, "write" mode) and, in
-            # "partition" mode, the item's own: dropped like items, in the same script.
-            result.items.append((token_key, self.planner.partition_key(ref.table, None)))
-            if config.query_invalidation == "partition":
-                for name in self._partition_names(ref.table, key):
-                    partition = self.planner.partition_key(ref.table, (name, key[name]))
-                    result.items.append((token_key, partition))
         return result
+
+    def written_keys(self, table: str, key: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(token key, Redis key) pairs a write of one item drops (no I/O).
+
+        The item's hash; and, unless the table's pages live out their TTL, the
+        table-wide partition (GSI Queries, Scans, "write" mode) and in
+        "partition" mode the item's own partition. Partition hashes are dropped
+        like items: same script, same round trip, same settle marker.
+        """
+        token_key = self.layout.tokens(table)
+        keys = [(token_key, self.planner.item_key(table, key))]
+        config = self.settings.for_table(table)
+        if config is None or config.query_invalidation == "ttl":
+            return keys
+        keys.append((token_key, self.planner.partition_key(table, None)))
+        if config.query_invalidation == "partition":
+            for name in self._partition_names(table, key):
+                keys.append((token_key, self.planner.partition_key(table, (name, key[name]))))
+        return keys
 
     def _partition_names(self, table: str, key: Mapping[str, Any]) -> list[str]:
         """Which attribute of a written key is the partition key (no I/O).

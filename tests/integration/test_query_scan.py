@@ -285,6 +285,15 @@ def test_a_write_to_another_partition_keeps_the_page(orders: Any) -> None:
     assert not _hit(orders.query(**QUERY))
 
 
+def test_invalidate_drops_the_items_partition_pages(
+    orders: Any, cache: ddbcache_hooks.Registration
+) -> None:
+    orders.query(**QUERY)
+    orders.query(**OTHER)
+    assert cache.invalidate("orders", {"pk": "customer", "sk": 3}) is True
+    assert not _hit(orders.query(**QUERY)) and _hit(orders.query(**OTHER))
+
+
 def test_legacy_key_conditions_are_narrowed_too(orders: Any) -> None:
     legacy = {
         "TableName": "orders",
