@@ -28,6 +28,7 @@ from moto import mock_aws
 import ddbcache_hooks
 from bench.harness import Series, machine, measure, table
 from ddbcache_hooks._redis_server import RedisServer
+from ddbcache_hooks.resilience import Invalidation
 
 
 @dataclass
@@ -351,15 +352,31 @@ def bench_query_modes(env: Env) -> dict[str, float]:
         transport.execute = counted  # type: ignore[method-assign]
         client.put_item(TableName="modes", Item=item(0, 0, 1))
         trips[mode] = sent[0]
-        print(f"PutItem, {mode}: {sent[0]} round trip, {sent[1]} commands in it")
+        protocol = registration._protocol
+        dropped = protocol.written_keys("modes", {"pk": {"S": "p1"}, "sk": {"N": "1"}})
+        print(
+            f"PutItem, {mode}: {sent[0]} round trip, {sent[1]} commands in it, "
+            f"{len(dropped)} keys dropped by its invalidate_items script"
+        )
         cases[f"PutItem, query_invalidation={mode}"] = functools.partial(
             client.put_item, TableName="modes", Item=item(1, 1, 1)
         )
+        deliver = functools.partial(
+            drive_invalidation, protocol, transport, Invalidation(items=dropped)
+        )
+        cases[f"its invalidation alone, {mode}"] = deliver
     series = measure(cases, rounds=max(3, env.rounds // 2), per_round=max(3, env.per_round // 5))
     print(table_of(series, "PutItem, query_invalidation=ttl"))
     for name, s in series.items():
         ratios[f"{name} / ttl"] = s.median_us / series["PutItem, query_invalidation=ttl"].median_us
     return ratios
+
+
+def drive_invalidation(protocol: Any, transport: Any, invalidation: Any) -> None:
+    """One write's Redis round trip, without DynamoDB."""
+    from ddbcache_hooks.handlers import drive
+
+    drive(protocol.deliver(invalidation), transport, lambda table: None)
 
 
 def bench_codec(env: Env) -> dict[str, float]:

@@ -182,3 +182,29 @@ def test_scripts_are_reloaded_after_a_script_flush(
     transport.client.script_flush()  # on a cluster: every node
     keys = [key.replace("{item}", f"{{item{i}}}") for i in range(20)]  # on every cluster node
     assert all(lookup(transport, k, "L1").status == store.LEASED for k in keys)
+
+
+def test_partition_tokens_expire_are_replaced_by_writes_and_bound_fills(
+    transport: SyncTransport, namespace: str
+) -> None:
+    page = f"{namespace}:q:{{page}}:t"
+    partition = f"{namespace}:p:{{part}}:t"  # another slot than the page's on a cluster
+
+    def look(lease: str) -> store.LookupReply:
+        request = LookupRequest(page, "", TOKENS, lease, 5000, partition_key=partition)
+        replies = run(transport, store.lookup([request], 60_000, cluster=transport.cluster))
+        reply: store.LookupReply = replies[0]
+        return reply
+
+    first = look("L1")
+    assert first.partition_token and first.settle_end_ms == 0
+    assert 0 < transport.client.pttl(partition) <= 60_000  # every key has a TTL
+    assert look("L2").partition_token == first.partition_token  # stable until a write
+    run(transport, store.fill([FillRequest(page, "", "L1", b"", 0)]))  # release
+    run(transport, store.invalidate([partition], 300, cluster=transport.cluster))
+    second = look("L3")
+    assert second.partition_token not in (b"", first.partition_token)
+    assert second.settle_end_ms > 0 and 0 < transport.client.pttl(partition) <= 60_000
+    fill_request = FillRequest(page, "", "L3", b"page", 60_000, second.settle_end_ms)
+    outcome, ttl = run(transport, store.fill([fill_request]))[0]
+    assert outcome == store.FILL_STORED and 0 < ttl <= 300  # cut to the settle window
