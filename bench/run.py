@@ -334,12 +334,14 @@ def bench_query_modes(env: Env) -> dict[str, float]:
     print(f"{operations} operations over {partitions} partitions x {per_partition} items")
     print(table(rows, ("mode", "writes", "queries on", "hit ratio")))
     cases: dict[str, Callable[[], object]] = {}
-    trips: dict[str, float] = {}
+    registrations = []
     for mode in ("ttl", "partition", "write"):
+        own = env.session()  # one registration per session: register() is idempotent
         registration = env.register(
-            session, query_invalidation=mode, key_schema={"modes": ("pk", "sk")}
+            own, query_invalidation=mode, key_schema={"modes": ("pk", "sk")}
         )
-        client = session.client("dynamodb")
+        registrations.append(registration)
+        client = own.client("dynamodb")
         transport = registration._transport
         sent = [0, 0]
         execute = transport.execute
@@ -351,7 +353,6 @@ def bench_query_modes(env: Env) -> dict[str, float]:
 
         transport.execute = counted  # type: ignore[method-assign]
         client.put_item(TableName="modes", Item=item(0, 0, 1))
-        trips[mode] = sent[0]
         protocol = registration._protocol
         dropped = protocol.written_keys("modes", {"pk": {"S": "p1"}, "sk": {"N": "1"}})
         print(
@@ -366,6 +367,8 @@ def bench_query_modes(env: Env) -> dict[str, float]:
         )
         cases[f"its invalidation alone, {mode}"] = deliver
     series = measure(cases, rounds=max(3, env.rounds // 2), per_round=max(3, env.per_round // 5))
+    for registration in registrations:
+        registration.unregister()
     print(table_of(series, "PutItem, query_invalidation=ttl"))
     for name, s in series.items():
         ratios[f"{name} / ttl"] = s.median_us / series["PutItem, query_invalidation=ttl"].median_us
