@@ -308,18 +308,16 @@ def run_page_worker(config: Config, worker: int) -> list[Record]:
                     client.delete_item(TableName=PAGE_TABLE, Key=item_key)
                     out.append(_write(key, DELETED, started, op))
                 else:
-                    op = "ExecuteStatement UPDATE"
-                    client.execute_statement(
-                        Statement=f'UPDATE "{PAGE_TABLE}" SET v = ? WHERE pk = ? AND sk = ?',
-                        Parameters=[{"S": value}, {"S": partition}, {"S": sort}],
-                    )
-                    out.append(_write(key, value, started, op, certain=False))
+                    # A DELETE, not an UPDATE: its outcome is certain whether or not
+                    # the item exists, so every write here can prove a page stale.
+                    op = "ExecuteStatement DELETE"
+                    where = f"pk = '{partition}' AND sk = '{sort}'"
+                    client.execute_statement(Statement=f'DELETE FROM "{PAGE_TABLE}" WHERE {where}')
+                    out.append(_write(key, DELETED, started, op))
             except ReadTimeoutError:
                 # Injected after DynamoDB applied the write: it happened, and it ended now.
-                applied = DELETED if op == "DeleteItem" else value
-                out.append(
-                    _write(key, applied, started, op, certain=op != "ExecuteStatement UPDATE")
-                )
+                applied = DELETED if op.endswith(("DeleteItem", "DELETE")) else value
+                out.append(_write(key, applied, started, op))
             except ClientError:
                 continue  # rejected by DynamoDB: nothing was written
             with records_lock:
