@@ -182,7 +182,8 @@ class Planner:
             [slot],
             capacity_mode(params),
             index=params.get("IndexName"),
-            strict=self.settings.consistency == "strict",
+            strict=self.settings.consistency == "strict"
+            and self._reads_consistently(table, params.get("IndexName")),
         )
 
     def _batch_read(
@@ -286,6 +287,17 @@ class Planner:
             ((name, value),) = equal.items()
             return name, value
         return None
+
+    def _reads_consistently(self, table: str, index: str | None) -> bool:
+        """Whether DynamoDB accepts ConsistentRead on this table or index.
+
+        A GSI rejects it, so strict mode leaves a page on an index alone unless
+        the schema known in process says the index is an LSI.
+        """
+        if index is None:
+            return True
+        schema = self.schemas.get(table)
+        return schema is not None and index in schema.local_indexes
 
     def partition_key(self, table: str, partition: tuple[str, Any] | None) -> str:
         """Redis key of a partition's token (None: the table-wide one)."""

@@ -328,6 +328,26 @@ def test_a_fill_that_raced_a_write_to_its_partition_is_never_served(
     assert _hit(orders.query(**QUERY))
 
 
+def test_strict_mode_never_reads_a_gsi_consistently(
+    session: boto3.Session, backend: Any, namespace: str
+) -> None:
+    """DynamoDB rejects ConsistentRead on a GSI: a strict miss there reads as asked."""
+    registration = ddbcache_hooks.register(
+        session, backend.client(), namespace=namespace, consistency="strict"
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "t", ("pk", "S"), ("sk", "N"), gsi=("by_s", "s", "S"))
+        c.put_item(TableName="t", Item={"pk": {"S": "a"}, "sk": {"N": "1"}, "s": {"S": "x"}})
+        gsi = {**GSI_QUERY, "TableName": "t", "IndexName": "by_s"}
+        gsi["ExpressionAttributeNames"] = {"#s": "s"}
+        gsi["ExpressionAttributeValues"] = {":s": {"S": "x"}}
+        assert c.query(**gsi)["Count"] == 1
+        assert _hit(c.query(**gsi))
+    finally:
+        registration.unregister()
+
+
 def test_ttl_mode_leaves_pages_to_their_ttl(
     session: boto3.Session, backend: Any, namespace: str
 ) -> None:
