@@ -28,6 +28,7 @@ from moto import mock_aws
 import ddbcache_hooks
 from bench.harness import Series, machine, measure, table
 from ddbcache_hooks._redis_server import RedisServer
+from ddbcache_hooks.resilience import Invalidation
 
 
 @dataclass
@@ -257,6 +258,130 @@ def bench_pages(env: Env) -> dict[str, float]:
     for name, s in series.items():
         ratios[f"{name} / 1 KB page hit"] = s.median_us / series["Query page hit, 1 KB"].median_us
     return ratios
+
+
+def bench_query_modes(env: Env) -> dict[str, float]:
+    """Query hit ratio with 1 % / 10 % writes per query_invalidation mode; cost per write."""
+    import random
+
+    partitions, per_partition, operations = 50, 4, 4000 if env.rounds >= 20 else 800
+    session = env.session()
+    admin = session.client("dynamodb")
+    admin.create_table(
+        TableName="modes",
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "N"},
+            {"AttributeName": "g", "AttributeType": "S"},
+        ],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by_g",
+                "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    def item(p: int, s: int, value: int) -> dict[str, Any]:
+        # GSI partitions cut across table partitions, as a status or owner index does.
+        return {
+            "pk": {"S": f"p{p}"},
+            "sk": {"N": str(s)},
+            "g": {"S": f"g{(p + s) % partitions}"},
+            "v": {"N": str(value)},
+        }
+
+    for p in range(partitions):
+        for s_ in range(per_partition):
+            admin.put_item(TableName="modes", Item=item(p, s_, 0))
+    rows: list[tuple[str, ...]] = []
+    ratios: dict[str, float] = {}
+    for mode in ("ttl", "partition", "write"):
+        for share in (0.01, 0.10):
+            hits = {"base table": [0, 0], "GSI": [0, 0]}
+            registration = env.register(session, query_invalidation=mode)
+            client = session.client("dynamodb")
+            rng = random.Random(15)
+            for n in range(operations):
+                p = rng.randrange(partitions)
+                if rng.random() < share:
+                    client.put_item(
+                        TableName="modes", Item=item(p, rng.randrange(per_partition), n)
+                    )
+                    continue
+                if rng.random() < 0.5:
+                    where = "base table"
+                    request = {"KeyConditionExpression": "pk = :v"}
+                    value = f"p{p}"
+                else:
+                    where = "GSI"
+                    request = {"IndexName": "by_g", "KeyConditionExpression": "g = :v"}
+                    value = f"g{p}"
+                response = client.query(
+                    TableName="modes", ExpressionAttributeValues={":v": {"S": value}}, **request
+                )
+                hits[where][0] += "CacheMetadata" in response
+                hits[where][1] += 1
+            registration.unregister()
+            for where, (hit, total) in hits.items():
+                ratio = hit / total
+                rows.append((mode, f"{share:.0%}", where, f"{ratio:6.1%}"))
+                ratios[f"query hit ratio, {mode}, {share:.0%} writes, {where}"] = ratio
+    print(f"{operations} operations over {partitions} partitions x {per_partition} items")
+    print(table(rows, ("mode", "writes", "queries on", "hit ratio")))
+    cases: dict[str, Callable[[], object]] = {}
+    registrations = []
+    for mode in ("ttl", "partition", "write"):
+        own = env.session()  # one registration per session: register() is idempotent
+        registration = env.register(
+            own, query_invalidation=mode, key_schema={"modes": ("pk", "sk")}
+        )
+        registrations.append(registration)
+        client = own.client("dynamodb")
+        transport = registration._transport
+        sent = [0, 0]
+        execute = transport.execute
+
+        def counted(calls: Any, execute: Any = execute, sent: list[int] = sent) -> Any:
+            sent[0] += 1
+            sent[1] += len(calls)
+            return execute(calls)
+
+        transport.execute = counted  # type: ignore[method-assign]
+        client.put_item(TableName="modes", Item=item(0, 0, 1))
+        protocol = registration._protocol
+        dropped = protocol.written_keys("modes", {"pk": {"S": "p1"}, "sk": {"N": "1"}})
+        print(
+            f"PutItem, {mode}: {sent[0]} round trip, {sent[1]} commands in it, "
+            f"{len(dropped)} keys dropped by its invalidate_items script"
+        )
+        cases[f"PutItem, query_invalidation={mode}"] = functools.partial(
+            client.put_item, TableName="modes", Item=item(1, 1, 1)
+        )
+        deliver = functools.partial(
+            drive_invalidation, protocol, transport, Invalidation(items=dropped)
+        )
+        cases[f"its invalidation alone, {mode}"] = deliver
+    series = measure(cases, rounds=max(3, env.rounds // 2), per_round=max(3, env.per_round // 5))
+    for registration in registrations:
+        registration.unregister()
+    print(table_of(series, "PutItem, query_invalidation=ttl"))
+    for name, s in series.items():
+        ratios[f"{name} / ttl"] = s.median_us / series["PutItem, query_invalidation=ttl"].median_us
+    return ratios
+
+
+def drive_invalidation(protocol: Any, transport: Any, invalidation: Any) -> None:
+    """One write's Redis round trip, without DynamoDB."""
+    from ddbcache_hooks.handlers import drive
+
+    drive(protocol.deliver(invalidation), transport, lambda table: None)
 
 
 def bench_codec(env: Env) -> dict[str, float]:
@@ -518,6 +643,7 @@ BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
     "near": bench_near,
     "batch": bench_batch,
     "pages": bench_pages,
+    "modes": bench_query_modes,
     "codec": bench_codec,
     "async": bench_async,
     "outage": bench_outage,

@@ -57,7 +57,13 @@ class CacheClient:
         self.ttl = ttl
         self.namespace = namespace
         self._registration: Registration = register(
-            dynamodb_client, redis_client, ttl=ttl, ttl_config=ttl_config, namespace=namespace
+            dynamodb_client,
+            redis_client,
+            ttl=ttl,
+            ttl_config=ttl_config,
+            namespace=namespace,
+            # The reference's documented behaviour: Query/Scan pages live out their TTL.
+            query_invalidation="ttl",
         )
         hooks = self._registration._clients.get(dynamodb_client)
         if hooks is not None:

@@ -22,7 +22,7 @@ from .policy import POLICIES, ReadKind
 
 TTL_KINDS = ("item", "item_negative", "query", "scan")
 CONSISTENCY_MODES = ("eventual", "strict")
-QUERY_INVALIDATION_MODES = ("ttl", "write")
+QUERY_INVALIDATION_MODES = ("partition", "write", "ttl")
 ENV_PREFIX = "DDBCACHE_"
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -316,9 +316,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "query_invalidation",
-        "ttl",
+        "partition",
         _one_of(*QUERY_INVALIDATION_MODES),
-        "'write' makes every write drop the table's Query/Scan entries.",
+        "'partition': a write drops its partition's Query pages and the table's GSI Query "
+        "and Scan pages; 'write': every write drops all of them; 'ttl': only the TTL does.",
     ),
     Option("query_admission", 1, _positive_int, "Identical Query misses before storing.", _env_int),
     Option("scan_admission", 2, _positive_int, "Identical Scan misses before storing.", _env_int),
@@ -466,7 +467,7 @@ class Settings:
     tables: Mapping[str, TablePolicy] = field(default_factory=dict)
     consistency: str = "eventual"
     settle_ms: int = 1000
-    query_invalidation: str = "ttl"
+    query_invalidation: str = "partition"
     query_admission: int = 1
     scan_admission: int = 2
     lease_ms: int = 2000

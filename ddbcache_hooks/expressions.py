@@ -140,3 +140,67 @@ def top_level_names(projection: str, names: Mapping[str, Any]) -> set[str] | Non
         else:
             path.append((kind, text))
     return found
+
+
+def key_equalities(
+    expression: str, names: Mapping[str, Any], values: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Attribute name -> AttributeValue of each ``name = value`` of a KeyConditionExpression.
+
+    Only the shapes a key condition may take are read: conditions joined by
+    ``AND``, each ``a = :v`` (or ``:v = a``), ``a < :v`` etc., ``a BETWEEN :v AND
+    :w`` or ``begins_with(a, :v)``. Anything else (parentheses, paths, an
+    unknown placeholder, a name tested twice) gives None: the caller then does
+    not narrow the page to one partition.
+    """
+    tokens = _tokenize(expression)
+    if tokens is None:
+        return None
+
+    def name_of(token: tuple[str, str]) -> str | None:
+        kind, text = token
+        if kind == "name":
+            found = names.get(text)
+            return found if isinstance(found, str) else None
+        if kind == "word" and text.upper() not in _KEYWORDS and text != "begins_with":
+            return text
+        return None
+
+    def value_of(token: tuple[str, str]) -> Any:
+        kind, text = token
+        return values.get(text) if kind == "value" else None
+
+    equal: dict[str, Any] = {}
+    seen: set[str] = set()
+    rest = tokens
+    while rest:
+        if len(rest) >= 3 and rest[1][0] == "op":  # a = :v, :v = a, a < :v, ...
+            left, right = name_of(rest[0]), name_of(rest[2])
+            name = left or right
+            value = value_of(rest[2]) if left else value_of(rest[0])
+            size = 3
+            if rest[1][1] == "=" and name is not None and value is not None:
+                equal[name] = value
+        elif len(rest) >= 5 and _is_word(rest[1], "BETWEEN") and _is_word(rest[3], "AND"):
+            name, value = name_of(rest[0]), value_of(rest[2]) and value_of(rest[4])
+            size = 5
+        elif len(rest) >= 6 and rest[0] == ("word", "begins_with"):
+            if [t[1] for t in (rest[1], rest[3], rest[5])] != ["(", ",", ")"]:
+                return None
+            name, value = name_of(rest[2]), value_of(rest[4])
+            size = 6
+        else:
+            return None
+        if name is None or value is None or name in seen:
+            return None
+        seen.add(name)
+        rest = rest[size:]
+        if rest:
+            if len(rest) == 1 or not _is_word(rest[0], "AND"):
+                return None
+            rest = rest[1:]
+    return equal
+
+
+def _is_word(token: tuple[str, str], word: str) -> bool:
+    return token[0] == "word" and token[1].upper() == word

@@ -336,6 +336,28 @@ def item_digest(table: TableRef, key: Mapping[str, Any]) -> str:
 _KEY_TYPES = frozenset({"S", "N", "B"})
 
 
+def partition_digest(table: TableRef, name: str | None, value: Any = None) -> str:
+    """Identity of one partition: where its table lives, its name, the partition key
+    attribute name and value.
+
+    Canonical like :func:`item_digest` (the whole TableRef, numbers by value,
+    binary by bytes).
+    ``name=None`` names the table as a whole: the token GSI Queries, Scans and
+    writes whose partition is unknown use.
+    """
+    parts: list[Any] = [*table]
+    if name is not None:
+        tag, canon = canonical_value(value)
+        if tag not in _KEY_TYPES:
+            raise NotCanonical(f"key attribute {name!r} has type {tag}; keys are S, N or B")
+        parts += (name, tag, canon)
+    try:
+        packed = msgpack.packb(parts, use_bin_type=True)
+    except UnicodeEncodeError as exc:  # a lone surrogate: not UTF-8, DynamoDB's to judge
+        raise NotCanonical(f"key is not valid UTF-8: {exc}") from None
+    return hashlib.blake2b(packed, digest_size=16, person=b"ddbcache-part").hexdigest()
+
+
 def variant(params: Mapping[str, Any], skip: frozenset[str] | set[str]) -> Any:
     """Canonical request variant: every parameter except those in ``skip``.
 
@@ -396,6 +418,10 @@ class KeyLayout:
     def query(self, table: TableRef, variant_id: str) -> str:
         return f"{self.prefix}q:{{{variant_id}}}:{_tag(table)}"
 
+    def partition(self, table: TableRef, partition_id: str) -> str:
+        """A partition's token hash (see :func:`partition_digest`): spread over slots."""
+        return f"{self.prefix}p:{{{partition_id}}}:{_tag(table)}"
+
     def tokens(self, table: TableRef) -> str:
         return f"{self.prefix}t:{{{_tag(table)}}}"
 
@@ -403,8 +429,9 @@ class KeyLayout:
         return f"{self.prefix}k:{{{_tag(table)}}}"
 
     def table_pattern(self, name: str) -> str:
-        """SCAN pattern matching every entry of the tables called ``name``, wherever they live."""
-        return f"{self.prefix}[iq]:{{*}}:*:{name}"
+        """SCAN pattern matching every entry (and partition token) of the tables called
+        ``name``, wherever they live."""
+        return f"{self.prefix}[iqp]:{{*}}:*:{name}"
 
     def tokens_pattern(self, name: str) -> str:
         """SCAN pattern matching the token hashes of the tables called ``name``."""

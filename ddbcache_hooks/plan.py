@@ -23,11 +23,13 @@ from .keys import (
     canonical_key,
     digest,
     item_digest,
+    partition_digest,
     variant,
 )
 from .policy import NOT_DATA, POLICIES, Action, OperationPolicy, ReadKind, valid_not_data
 from .resilience import Invalidation
 from .responses import capacity_mode
+from .schema import TableSchema
 
 #: Per-table parameters of a BatchGetItem that do not select data.
 _BATCH_NOT_DATA = NOT_DATA | {"Keys"}
@@ -43,7 +45,7 @@ class Slot:
     key: str
     field: str
     token_key: str
-    token_kind: int  # 0: item token, 1: query token
+    token_kind: int  # ITEM_TOKEN, QUERY_TOKEN or PARTITION_TOKEN
     ttl_ms: int
     negative_ttl_ms: int
     admission: int
@@ -51,15 +53,23 @@ class Slot:
     #: BatchGetItem: the table as the request named it, and the key's position.
     label: str = ""
     position: int = 0
+    #: PARTITION_TOKEN slots: the partition token hash the page hangs off.
+    partition_key: str = ""
     # Filled in while the call runs:
     state: str = "new"  # one of the SLOT_* states below
     lease: str | None = None
-    token: bytes = b""  # the table token read with the lookup; the fill records it
+    token: bytes = b""  # the token(s) read with the lookup; the fill records them
     generation: bytes = b""  # the item's generation read with the lookup (signatures cover it)
+    partition_since_ms: int = 0  # since when the partition's history is known (lookup)
     hit: dict[str, Any] | None = None
     created_ms: int = 0
     blob: bytes = b""
 
+
+#: Which token validates a slot's entries: the table's item token; the table's
+#: query token (``query_invalidation="ttl"``); or the table's query token and a
+#: partition token together (``"partition"`` and ``"write"``).
+ITEM_TOKEN, QUERY_TOKEN, PARTITION_TOKEN = 0, 1, 2
 
 #: Lookup outcomes of a slot.
 HIT = "hit"  # served from the cache
@@ -120,9 +130,23 @@ Plan = ReadPlan | WritePlan
 class Planner:
     """Builds plans for one registration's settings and key layout."""
 
-    def __init__(self, settings: Settings, layout: KeyLayout) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        layout: KeyLayout,
+        schemas: Mapping[TableRef, TableSchema] | None = None,
+        configured: Mapping[str, TableSchema] | None = None,
+    ) -> None:
         self.settings = settings
         self.layout = layout
+        #: Key schemas this process knows, by table wherever it lives, and the
+        #: ``key_schema`` option's by name (read only: no I/O while planning).
+        self.schemas: Mapping[TableRef, TableSchema] = {} if schemas is None else schemas
+        self.configured: Mapping[str, TableSchema] = {} if configured is None else configured
+
+    def _schema(self, table: TableRef) -> TableSchema | None:
+        """The table's schema as known in process (learned first, then configured)."""
+        return self.schemas.get(table) or self.configured.get(table.name)
 
     def plan(self, operation: str, params: Mapping[str, Any], location: Location) -> Plan | None:
         """The call's plan; None when it passes through (not cached, or not understood)."""
@@ -163,6 +187,14 @@ class Planner:
             slot = self._item_slot(table, params["Key"], shape, config)
         else:
             slot = self._query_slot(table, policy.read_kind, (operation, *table, shape), config)
+            if config.query_invalidation != "ttl":
+                narrow = (
+                    config.query_invalidation == "partition" and policy.read_kind is ReadKind.QUERY
+                )
+                slot.token_kind = PARTITION_TOKEN
+                slot.partition_key = self.partition_key(
+                    table, self._partition(table, params) if narrow else None
+                )
         return ReadPlan(
             operation,
             policy,
@@ -172,7 +204,8 @@ class Planner:
             [slot],
             capacity_mode(params),
             index=params.get("IndexName"),
-            strict=self.settings.consistency == "strict",
+            strict=self.settings.consistency == "strict"
+            and self._reads_consistently(table, params.get("IndexName")),
         )
 
     def _batch_read(
@@ -230,7 +263,7 @@ class Planner:
             self.layout.item(table, item_digest(table, key)),
             digest(shape) if shape else "",
             self.layout.tokens(table),
-            0,
+            ITEM_TOKEN,
             config.ttl_ms["item"],
             config.ttl_ms["item_negative"],
             1,
@@ -245,16 +278,83 @@ class Planner:
             self.layout.query(table, digest(shape)),
             "",
             self.layout.tokens(table),
-            1,
+            QUERY_TOKEN,
             config.ttl_ms[kind.value],
             config.ttl_ms[kind.value],
             config.admission[kind],
             config.max_entry_bytes,
         )
 
+    def _partition(self, table: TableRef, params: Mapping[str, Any]) -> tuple[str, Any] | None:
+        """The one partition a base-table or LSI Query reads, when certain; else None.
+
+        None (the table-wide token) for a Scan, a GSI Query, an index this
+        process does not know as an LSI, or a key condition it cannot read.
+        Uses only schemas already known in process: planning does no I/O.
+        """
+        if "KeyConditions" in params:
+            if "KeyConditionExpression" in params:
+                return None  # DynamoDB rejects the pair
+            equal = _legacy_equalities(params["KeyConditions"])
+        else:
+            expression = params.get("KeyConditionExpression")
+            if not isinstance(expression, str):
+                return None
+            equal = expressions.key_equalities(
+                expression,
+                params.get("ExpressionAttributeNames") or {},
+                params.get("ExpressionAttributeValues") or {},
+            )
+        if not equal:
+            return None
+        schema = self._schema(table)
+        index = params.get("IndexName")
+        if index is not None and (schema is None or index not in schema.local_indexes):
+            return None  # a GSI's partition is not the table's; an unknown index may be one
+        if schema is not None:
+            name = schema.key[0]
+            return (name, equal[name]) if name in equal else None
+        if len(equal) == 1:  # a Query's only equality is on its partition key
+            ((name, value),) = equal.items()
+            return name, value
+        return None
+
+    def _reads_consistently(self, table: TableRef, index: str | None) -> bool:
+        """Whether DynamoDB accepts ConsistentRead on this table or index.
+
+        A GSI rejects it, so strict mode leaves a page on an index alone unless
+        the schema known in process says the index is an LSI.
+        """
+        if index is None:
+            return True
+        schema = self._schema(table)
+        return schema is not None and index in schema.local_indexes
+
+    def partition_key(self, table: TableRef, partition: tuple[str, Any] | None) -> str:
+        """Redis key of a partition's token (None: the table-wide one)."""
+        if partition is None:
+            return self.layout.partition(table, partition_digest(table, None))
+        return self.layout.partition(table, partition_digest(table, *partition))
+
     def item_key(self, table: TableRef, key: Mapping[str, Any]) -> str:
         """Redis key of an item's entries (for invalidation)."""
         return self.layout.item(table, item_digest(table, key))
+
+
+def _legacy_equalities(conditions: Any) -> dict[str, Any] | None:
+    """``{name: {"ComparisonOperator": "EQ", ...}}`` of legacy KeyConditions."""
+    if not isinstance(conditions, Mapping):
+        return None
+    equal = {}
+    for name, condition in conditions.items():
+        if not isinstance(condition, Mapping):
+            return None
+        values = condition.get("AttributeValueList")
+        if condition.get("ComparisonOperator") == "EQ" and isinstance(values, list):
+            if len(values) != 1:
+                return None
+            equal[name] = values[0]
+    return equal
 
 
 def shape_miss_request(plan: ReadPlan, body: dict[str, Any]) -> bool:

@@ -124,6 +124,8 @@ class Registration:
     def invalidate(self, table: str | TableRef, key: Mapping[str, Any]) -> bool:
         """Drop one item's entries, e.g. after a write made outside registered clients.
 
+        Also drops the Query/Scan pages a write of that item would have dropped.
+
         Args:
             table: a TableRef; or a table ARN; or a name, meaning that table in
                 every Region and endpoint the registration's clients use.
@@ -163,12 +165,11 @@ class Registration:
         return list(refs)
 
     def _item_invalidation(self, table: str | TableRef, key: Mapping[str, Any]) -> Invalidation:
-        layout, planner = self._protocol.layout, self._protocol.planner
         low_level = _low_level_key(key)
         items = []
         for ref in self.table_refs(table):
             try:
-                items.append((layout.tokens(ref), planner.item_key(ref, low_level)))
+                items.extend(self._protocol.written_keys(ref, low_level))
             except NotCanonical as exc:
                 raise ValueError(f"invalid key for table {ref.name}: {exc}") from None
         return Invalidation(items=items)

@@ -27,7 +27,20 @@ from .config import Settings
 from .effects import DescribeTable, Op, Sleep
 from .keys import KeyLayout, NotCanonical, TableRef, canonical_key
 from .near import CHANNEL_SUFFIX, NearCache
-from .plan import HIT, LEASED, PASS, STALE, WAIT, Batch, Planner, ReadPlan, Slot, WritePlan
+from .plan import (
+    HIT,
+    ITEM_TOKEN,
+    LEASED,
+    PARTITION_TOKEN,
+    PASS,
+    STALE,
+    WAIT,
+    Batch,
+    Planner,
+    ReadPlan,
+    Slot,
+    WritePlan,
+)
 from .resilience import Backlog, CircuitBreaker, Invalidation
 from .schema import TableSchema
 from .stats import LimitedLog, Stats, log
@@ -71,7 +84,12 @@ class Protocol:
     def __init__(self, settings: Settings, *, cluster: bool = False) -> None:
         self.settings = settings
         self.layout = KeyLayout(settings.namespace)
-        self.planner = Planner(settings, self.layout)
+        #: Key schemas by table, wherever it lives; ``key_schema`` names apply everywhere.
+        self._schemas: dict[TableRef, TableSchema] = {}
+        self._configured: dict[str, TableSchema] = {
+            table: TableSchema(key) for table, key in settings.key_schema.items()
+        }
+        self.planner = Planner(settings, self.layout, self._schemas, self._configured)
         self.codec = Codec(
             compress_min_bytes=settings.compress_min_bytes, signing_key=settings.signing_key
         )
@@ -89,11 +107,6 @@ class Protocol:
         #: Pub/sub channel that near caches listen on.
         self.channel = settings.namespace + CHANNEL_SUFFIX
         self._foreign_reported = threading.Event()
-        #: Key schemas by table, wherever it lives; ``key_schema`` names apply everywhere.
-        self._schemas: dict[TableRef, TableSchema] = {}
-        self._configured: dict[str, TableSchema] = {
-            table: TableSchema(key) for table, key in settings.key_schema.items()
-        }
 
     # --- reads ---------------------------------------------------------------------
 
@@ -114,7 +127,9 @@ class Protocol:
                 yield from self._lookup(stale, drop=True)
             if self.near is not None:
                 for slot in pending:
-                    if slot.state == HIT:
+                    # Pages under a partition token are not held near: a write's
+                    # message names the partition, not the pages that hang off it.
+                    if slot.state == HIT and not slot.partition_key:
                         self.near.put(slot.key, slot.field, slot.token_key, slot.blob, epoch)
         if len(plan.slots) == 1 and plan.slots[0].state == WAIT:
             yield from self._wait_for_fill(plan.slots[0])
@@ -159,13 +174,21 @@ class Protocol:
                 s.admission,
                 s.ttl_ms,
                 drop,
+                s.partition_key,
             )
             for s in slots
         ]
         replies = yield from store.lookup(requests, self.token_ttl_ms, cluster=self.cluster)
         for slot, request, reply in zip(slots, requests, replies, strict=True):
-            slot.token = reply.query_token if slot.token_kind else reply.item_token
             slot.generation = reply.generation
+            if slot.token_kind == ITEM_TOKEN:
+                slot.token = reply.item_token
+            elif slot.token_kind == PARTITION_TOKEN:
+                # Both: replacing the table's query token drops every partition's pages.
+                slot.token = reply.query_token + b"/" + reply.partition_token
+                slot.partition_since_ms = reply.partition_since_ms
+            else:
+                slot.token = reply.query_token
             slot.lease = None
             if reply.corrupt:
                 self._corrupt(slot, "the key held another Redis type")
@@ -303,7 +326,9 @@ class Protocol:
             self._merge_hits(plan, plan.batch, parsed)
             return fills
         if plan.slots[0].state == LEASED:
-            return [self._fill(plan.slots[0], responses.entry_payload(parsed), ok)]
+            # Read consistently (strict mode) or not: a GSI Query never is.
+            settle_ms = 0 if plan.strict else self.settings.settle_ms
+            return [self._fill(plan.slots[0], responses.entry_payload(parsed), ok, settle_ms)]
         return []
 
     def fill(self, fills: Sequence[store.FillRequest]) -> Op[None]:
@@ -320,7 +345,9 @@ class Protocol:
                 self.stats.incr("fills_discarded")
                 log.debug("fill discarded: a write invalidated the entry meanwhile")
 
-    def _fill(self, slot: Slot, payload: dict[str, Any], ok: bool) -> store.FillRequest:
+    def _fill(
+        self, slot: Slot, payload: dict[str, Any], ok: bool, settle_ms: int | None = None
+    ) -> store.FillRequest:
         assert slot.lease is not None
         blob = b""
         if ok:
@@ -340,7 +367,11 @@ class Protocol:
                 log.debug("not caching %s: %d bytes > max_entry_bytes", slot.key, len(blob))
                 blob = b""
         ttl = slot.ttl_ms if "Item" in payload else slot.negative_ttl_ms
-        return store.FillRequest(slot.key, slot.field, slot.lease, blob, ttl, self._settle_ms)
+        if settle_ms is None:
+            settle_ms = self._settle_ms
+        return store.FillRequest(
+            slot.key, slot.field, slot.lease, blob, ttl, settle_ms, slot.partition_since_ms
+        )
 
     @staticmethod
     def _releases(slots: Sequence[Slot]) -> list[store.FillRequest]:
@@ -456,16 +487,42 @@ class Protocol:
                     continue
                 key = projected
             try:
-                item_key = self.planner.item_key(ref.table, key)
+                result.items.extend(self.written_keys(ref.table, key))
             except (NotCanonical, TypeError):
                 self._whole_table(result, ref.table, "a write named a key the cache cannot read")
-                continue
-            result.items.append((tokens, item_key))
-        for table in {ref.table for ref in written.items}:
-            config = self.settings.for_table(table.name)
-            if config is not None and config.query_invalidation == "write":
-                result.tables.setdefault(self.layout.tokens(table), False)
         return result
+
+    def written_keys(self, table: TableRef, key: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(token key, Redis key) pairs a write of one item drops (no I/O).
+
+        The item's hash; and, unless the table's pages live out their TTL, the
+        table-wide partition (GSI Queries, Scans, "write" mode) and in
+        "partition" mode the item's own partition. Partition hashes are dropped
+        like items: same script, same round trip, same settle marker.
+        """
+        token_key = self.layout.tokens(table)
+        keys = [(token_key, self.planner.item_key(table, key))]
+        config = self.settings.for_table(table.name)
+        if config is None or config.query_invalidation == "ttl":
+            return keys
+        keys.append((token_key, self.planner.partition_key(table, None)))
+        if config.query_invalidation == "partition":
+            for name in self._partition_names(table, key):
+                keys.append((token_key, self.planner.partition_key(table, (name, key[name]))))
+        return keys
+
+    def _partition_names(self, table: TableRef, key: Mapping[str, Any]) -> list[str]:
+        """Which attribute of a written key is the partition key (no I/O).
+
+        Without a known schema, a two-attribute key drops both candidates: the
+        one that is not the partition key names no Query's partition (Queries
+        resolve theirs by the schema, or by their only equality), so it costs
+        one deleted key that no page depends on.
+        """
+        schema = self._known_schema(table)
+        if schema is not None and schema.key[0] in key:
+            return [schema.key[0]]
+        return sorted(key)
 
     def _whole_table(self, result: Invalidation, table: TableRef, reason: str) -> None:
         tokens = self.layout.tokens(table)

@@ -21,8 +21,11 @@ field            meaning
 A Query or Scan variant has a hash of its own with the same fields (``v`` is
 empty). Per table, a small hash holds two random version tokens (``i`` for
 item entries, ``q`` for query entries) and the identity of the server that
-made them (``n``). All times are the server's (``TIME``), so processes with
-skewed clocks agree. Every key gets a TTL.
+made them (``n``). Per partition a page depends on (``query_invalidation``
+``"partition"`` or ``"write"``), a hash holds its token ``t`` and, like an
+item's, ``g`` and ``c``: a write drops it in the same script as the item's.
+All times are the server's (``TIME``), so processes with skewed clocks agree.
+Every key gets a TTL.
 
 The server's identity is its replication id (``INFO replication``, read inside
 the scripts, so no round trip is added; a primary draws a new one at every
@@ -95,6 +98,36 @@ local function table_tokens(key, fresh, ttl, sid)
   end
   return {t[1], t[2], replaced}
 end
+-- A partition's {token, since when its history is known}. The token is created
+-- (from fresh) when missing: invalidate_items deletes the hash on every write to
+-- the partition, leaving only its marker ('c', 'g') like an item's. A hash
+-- another server made (restart, failover) is discarded and its history starts
+-- now; so does a missing one unless the server never evicted a key. Pages
+-- record the table's query token and this one, so replacing the table's tokens
+-- drops them too.
+local function partition_token(key, fresh, ttl, sid)
+  local p = redis.pcall('HMGET', key, 't', 'g', 'c')
+  if p['err'] then redis.call('DEL', key); p = {} end
+  local t, since = p[1], tonumber(p[3]) or 0
+  if not p[2] or string.sub(p[2], 1, #sid + 1) ~= sid .. '/' then
+    since = now_ms()
+    if p[2] or redis.call('EXISTS', key) == 1 then
+      redis.call('DEL', key)
+    elseif never_evicted() then
+      since = 0
+    end
+    t = false
+    redis.call('HSET', key, 'g', sid .. '/' .. fresh, 'c', since)
+  end
+  if not t or #t > 255 then
+    t = fresh .. 'p'
+    redis.call('HSET', key, 't', t)
+    redis.call('PEXPIRE', key, ttl)
+  elseif redis.call('PTTL', key) < ttl / 2 then
+    redis.call('PEXPIRE', key, ttl)
+  end
+  return {t, since}
+end
 """
 
 
@@ -105,12 +138,14 @@ def _script(name: str, body: str) -> Script:
 
 HIT, LEASED, WAIT, NOT_ADMITTED = 1, 2, 3, 4
 
-#: KEYS[1] entry hash, KEYS[2] (optional, same node) the table's token hash.
+#: KEYS[1] entry hash, KEYS[2] (optional, same node) the table's token hash,
+#: KEYS[3] (optional, same node) the page's partition token hash.
 #: ARGV: field, lease token, lease ms, admission count, admission window ms,
 #: drop (1: discard the current entry first), token ttl ms.
 #: Returns {status, entry or nil, flags (1: the key held garbage and was deleted,
-#: 2: a foreign table token was replaced), item token, query token, generation}
-#: (tokens only with KEYS[2]).
+#: 2: a foreign table token was replaced), item token, query token, generation,
+#: partition token, since when the partition's history is known (server ms)}
+#: (tokens only with their keys).
 LOOKUP_OR_LEASE = _script(
     "lookup_or_lease",
     """
@@ -118,6 +153,9 @@ local key, f, token = KEYS[1], ARGV[1], ARGV[2]
 local sid = server_id()
 local tokens = {false, false, 0}
 if KEYS[2] then tokens = table_tokens(KEYS[2], token, tonumber(ARGV[7]), sid) end
+-- KEYS[3] (optional, same node): the partition token of a Query/Scan page.
+local part = {false, 0}
+if KEYS[3] then part = partition_token(KEYS[3], token, tonumber(ARGV[7]), sid) end
 local now = now_ms()
 local corrupt = 2 * tokens[3]
 local r = redis.pcall('HMGET', key, 'e:'..f, 'x:'..f, 'l:'..f, 'm:'..f, 'g')
@@ -146,7 +184,9 @@ if ARGV[6] == '1' then
   r[1] = false
 end
 local expires = tonumber(r[2])
-if r[1] and expires and expires > now then return {1, r[1], corrupt, tokens[1], tokens[2], gen} end
+if r[1] and expires and expires > now then
+  return {1, r[1], corrupt, tokens[1], tokens[2], gen, part[1], part[2]}
+end
 local admission = tonumber(ARGV[4])
 if admission > 1 then
   local a = redis.call('HMGET', key, 'a:'..f, 'ax:'..f)
@@ -157,25 +197,30 @@ if admission > 1 then
   count = count + 1
   redis.call('HSET', key, 'a:'..f, count, 'ax:'..f, window)
   keep_until(key, window, now)
-  if count < admission then return {4, false, corrupt, tokens[1], tokens[2], gen} end
+  if count < admission then
+    return {4, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2]}
+  end
 end
 local lease_end = tonumber(r[4])
 if r[3] and r[3] ~= token and lease_end and lease_end > now then
-  return {3, false, corrupt, tokens[1], tokens[2], gen}
+  return {3, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2]}
 end
 lease_end = now + tonumber(ARGV[3])
 redis.call('HSET', key, 'l:'..f, token, 'm:'..f, lease_end)
 keep_until(key, lease_end, now)
-return {2, false, corrupt, tokens[1], tokens[2], gen}
+return {2, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2]}
 """,
 )
 
 #: KEYS[1] entry hash. ARGV: field, lease token, entry ('' = only release), ttl ms,
-#: settle window ms. Stores only while the caller's lease is intact: a write since
-#: the lookup deleted it. Unless the hash proves that no write happened within the
-#: settle window (``c``: its history is known since before the window), the TTL is
-#: cut to the window's rest; the hash then outlives the window, so that the next
-#: fill can prove it. An evicted marker thus shortens fills, it never lengthens one.
+#: settle window ms, (optional, a Query/Scan page) since when the history of the
+#: page's partition is known (as the lookup read it with the partition token).
+#: Stores only while the caller's lease is intact: a write since the lookup
+#: deleted it. Unless the hash (and the partition) prove that no write happened
+#: within the settle window (``c``: history known since before the window), the
+#: TTL is cut to the window's rest; the hash then outlives the window, so that
+#: the next fill can prove it. An evicted marker thus shortens fills, it never
+#: lengthens one.
 #: Returns {1 stored | 0 lease lost | 2 released | -1 key is garbage, ttl ms}.
 FILL_IF_LEASED = _script(
     "fill_if_leased",
@@ -191,7 +236,9 @@ local ttl = tonumber(ARGV[4])
 local keep = now + ttl
 local settle = tonumber(ARGV[5]) or 0
 if settle > 0 then
-  local settle_end = (tonumber(r[2]) or now) + settle
+  -- The entry's own history, and (a Query/Scan page) its partition's.
+  local since = math.max(tonumber(r[2]) or now, tonumber(ARGV[6]) or 0)
+  local settle_end = since + settle
   if settle_end > now then
     if settle_end - now < ttl then ttl = settle_end - now end
     keep = math.max(now + ttl, settle_end + settle)
@@ -234,6 +281,16 @@ return table_tokens(KEYS[1], ARGV[1], tonumber(ARGV[2]), server_id())
 """,
 )
 
+#: KEYS[1] partition token hash. ARGV: a fresh random value, ttl ms. Returns
+#: {token, since when the partition's history is known (server ms)}. Used on a
+#: cluster, where the partition token lives on its own slot.
+PARTITION_TOKEN = _script(
+    "partition_token",
+    """
+return partition_token(KEYS[1], ARGV[1], tonumber(ARGV[2]), server_id())
+""",
+)
+
 #: KEYS[1] token hash. ARGV: fresh item token, fresh query token, '1' to replace
 #: the item token too (else only query entries go), ttl ms.
 REPLACE_TOKENS = _script(
@@ -251,7 +308,14 @@ return 1
 """,
 )
 
-SCRIPTS = (LOOKUP_OR_LEASE, FILL_IF_LEASED, INVALIDATE_ITEMS, TABLE_TOKENS, REPLACE_TOKENS)
+SCRIPTS = (
+    LOOKUP_OR_LEASE,
+    FILL_IF_LEASED,
+    INVALIDATE_ITEMS,
+    TABLE_TOKENS,
+    PARTITION_TOKEN,
+    REPLACE_TOKENS,
+)
 
 
 class LookupRequest(NamedTuple):
@@ -263,6 +327,8 @@ class LookupRequest(NamedTuple):
     admission: int = 1
     admission_window_ms: int = 0
     drop: bool = False
+    #: A Query/Scan page's partition token hash ("" for none).
+    partition_key: str = ""
 
 
 class LookupReply(NamedTuple):
@@ -276,6 +342,11 @@ class LookupReply(NamedTuple):
     generation: bytes = b""
     #: The table's tokens held a value this library does not make; replaced.
     foreign_token: bool = False
+    #: The page's partition token (b"" without ``partition_key``).
+    partition_token: bytes = b""
+    #: Since when the partition's history is known (server ms; 0: forever): its
+    #: last invalidation, or a gap (another server, eviction).
+    partition_since_ms: int = 0
 
 
 class FillRequest(NamedTuple):
@@ -284,9 +355,11 @@ class FillRequest(NamedTuple):
     lease_token: str
     entry: bytes  # b"" releases the lease without storing
     ttl_ms: int
-    #: The settle window: unless the item's hash proves no write within it, the
-    #: entry lives at most until the window ends.
+    #: The settle window: unless the item's hash (and a page's partition) prove no
+    #: write within it, the entry lives at most until the window ends.
     settle_ms: int = 0
+    #: A page's partition: since when its history is known (server ms).
+    partition_since_ms: int = 0
 
 
 FILL_STORED, FILL_LOST, FILL_RELEASED, FILL_GARBAGE = 1, 0, 2, -1
@@ -320,8 +393,9 @@ def lookup(
 ) -> Op[list[LookupReply]]:
     """Look up entries (taking leases on misses) and read table tokens: one round trip.
 
-    On one node each script also reads its table's tokens; on a cluster they
-    live on other nodes, so each table's tokens are one more call of the batch.
+    On one node each script also reads its table's tokens (and its partition's);
+    on a cluster they live on other nodes, so each table's tokens and each
+    partition's token are one more call of the batch.
     """
     calls = [
         Call(
@@ -329,6 +403,7 @@ def lookup(
             (
                 r.key,
                 *(() if cluster else (r.token_key,)),
+                *(() if cluster or not r.partition_key else (r.partition_key,)),
                 r.field,
                 r.lease_token,
                 r.lease_ms,
@@ -337,23 +412,38 @@ def lookup(
                 1 if r.drop else 0,
                 token_ttl_ms,
             ),
-            1 if cluster else 2,
+            1 if cluster else 3 if r.partition_key else 2,
         )
         for r in requests
     ]
     if not cluster:
         replies = yield RedisBatch(calls)
         return [
-            LookupReply(r[0], r[1] or None, bool(r[2] & 1), r[3], r[4], _bytes(r[5]), r[2] >= 2)
+            LookupReply(
+                r[0],
+                r[1] or None,
+                bool(r[2] & 1),
+                r[3],
+                r[4],
+                _bytes(r[5]),
+                r[2] >= 2,
+                _bytes(r[6]),
+                int(r[7]) if len(r) > 7 else 0,
+            )
             for r in replies
         ]
     token_keys = list(dict.fromkeys(r.token_key for r in requests))
+    partition_keys = list(dict.fromkeys(r.partition_key for r in requests if r.partition_key))
     calls += [Call(TABLE_TOKENS, (key, new_token(), token_ttl_ms), 1) for key in token_keys]
+    calls += [Call(PARTITION_TOKEN, (key, new_token(), token_ttl_ms), 1) for key in partition_keys]
     replies = yield RedisBatch(calls)
-    tokens = dict(zip(token_keys, replies[len(requests) :], strict=True))
+    n, t = len(requests), len(token_keys)
+    tokens = dict(zip(token_keys, replies[n : n + t], strict=True))
+    partitions = dict(zip(partition_keys, replies[n + t :], strict=True))
     out = []
-    for request, reply in zip(requests, replies[: len(requests)], strict=True):
+    for request, reply in zip(requests, replies[:n], strict=True):
         item_token, query_token, replaced = tokens[request.token_key]
+        part = partitions.get(request.partition_key, (b"", 0))
         out.append(
             LookupReply(
                 reply[0],
@@ -363,6 +453,8 @@ def lookup(
                 query_token,
                 _bytes(reply[5]),
                 bool(replaced),
+                _bytes(part[0]),
+                int(part[1]),
             )
         )
     return out
@@ -377,7 +469,19 @@ def fill(requests: Sequence[FillRequest]) -> Op[list[tuple[int, int]]]:
     if not requests:
         return []
     calls = [
-        Call(FILL_IF_LEASED, (r.key, r.field, r.lease_token, r.entry, r.ttl_ms, r.settle_ms), 1)
+        Call(
+            FILL_IF_LEASED,
+            (
+                r.key,
+                r.field,
+                r.lease_token,
+                r.entry,
+                r.ttl_ms,
+                r.settle_ms,
+                r.partition_since_ms,
+            ),
+            1,
+        )
         for r in requests
     ]
     replies = yield RedisBatch(calls)

@@ -54,6 +54,8 @@ class Config:
     naive: bool = False
     fail_rate: float = 0.05
     max_delay_ms: float = 15.0
+    #: Query/Scan workload (run_page_worker) only: the mode under test.
+    query_invalidation: str = "partition"
 
 
 #: A fill that ignores leases: what the checker must catch.
@@ -181,6 +183,158 @@ def run_worker(config: Config, worker: int) -> list[Record]:
     for t in threads:
         t.join()
     return records
+
+
+#: The Query/Scan workload's table: partitions "a" and "b", sort keys "1" and "2",
+#: an LSI (same partition key) and a GSI whose one partition holds every item.
+PAGE_TABLE = "hotq"
+PARTITIONS = ("a", "b")
+SORT_KEYS = ("1", "2")
+
+
+def page_keys(partition: str | None = None) -> list[str]:
+    """Record keys ("a#1") of one partition's items, or of all items."""
+    return [f"{p}#{s}" for p in PARTITIONS if partition in (None, p) for s in SORT_KEYS]
+
+
+def run_page_worker(config: Config, worker: int) -> list[Record]:
+    """One process of the Query/Scan workload (module-level, so it can be spawned).
+
+    Pages are recorded as one read per item the page could hold (absent ones
+    as DELETED), all with the page's source, invocation and completion, so
+    :func:`find_stale` judges every item a page shows. The source ends with
+    " hit" when the page came from the cache.
+    """
+    import boto3
+    from botocore.exceptions import ClientError, ReadTimeoutError
+
+    import ddbcache_hooks
+
+    rng = random.Random(config.seed * 1000 + worker)
+    rng_lock = threading.Lock()
+
+    def delay(**_: Any) -> None:
+        with rng_lock:
+            pause = rng.random() * config.max_delay_ms / 1000
+        time.sleep(pause)
+
+    def maybe_fail(**_: Any) -> None:
+        with rng_lock:
+            fail = rng.random() < config.fail_rate
+        if fail:
+            raise ReadTimeoutError(endpoint_url=config.moto_url)  # applied, answer lost
+
+    session = boto3.Session(region_name="us-east-1")
+    writes = ("PutItem", "UpdateItem", "DeleteItem", "ExecuteStatement")
+    for op in ("Query", "Scan", *writes):
+        session.events.register(f"after-call.dynamodb.{op}", delay)
+    for op in writes:
+        session.events.register_first(f"needs-retry.dynamodb.{op}", maybe_fail)
+    ddbcache_hooks.register(
+        session,
+        config.redis_url,
+        namespace=config.namespace,
+        query_invalidation=config.query_invalidation,
+        scan_admission=1,
+        redis_timeout_ms=2000,
+        lease_wait_ms=100,
+    )
+    records: list[Record] = []
+    records_lock = threading.Lock()
+    deadline = time.monotonic() + config.seconds
+    base = {"TableName": PAGE_TABLE, "KeyConditionExpression": "pk = :p"}
+    gsi = {
+        "TableName": PAGE_TABLE,
+        "IndexName": "by_g",
+        "KeyConditionExpression": "g = :g",
+        "ExpressionAttributeValues": {":g": {"S": "G"}},
+    }
+
+    def page(response: dict[str, Any], keys: list[str], started: int, source: str) -> list[Record]:
+        found = {f"{i['pk']['S']}#{i['sk']['S']}": i for i in response["Items"]}
+        if "CacheMetadata" in response:
+            source += " hit"
+        return [_read(key, found.get(key), started, source) for key in keys]
+
+    def thread_main(index: int) -> None:
+        client = session.client("dynamodb", endpoint_url=config.moto_url)
+        local_rng = random.Random(config.seed * 1_000_000 + worker * 1000 + index)
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            partition = local_rng.choice(PARTITIONS)
+            sort = local_rng.choice(SORT_KEYS)
+            key = f"{partition}#{sort}"
+            item_key = {"pk": {"S": partition}, "sk": {"S": sort}}
+            value = f"{worker}-{index}-{n}"
+            roll = local_rng.random()
+            out: list[Record] = []
+            started = time.monotonic_ns()
+            op = ""
+            try:
+                if roll < 0.22:
+                    values = {":p": {"S": partition}}
+                    response = client.query(**base, ExpressionAttributeValues=values)
+                    out = page(response, page_keys(partition), started, "Query base")
+                elif roll < 0.40:
+                    values = {":p": {"S": partition}}
+                    response = client.query(
+                        **base, IndexName="by_l", ExpressionAttributeValues=values
+                    )
+                    out = page(response, page_keys(partition), started, "Query LSI")
+                elif roll < 0.52:
+                    out = page(client.query(**gsi), page_keys(), started, "Query GSI")
+                elif roll < 0.64:
+                    out = page(client.scan(TableName=PAGE_TABLE), page_keys(), started, "Scan")
+                elif roll < 0.76:
+                    op = "PutItem"
+                    item = {**item_key, "v": {"S": value}, "l": {"S": "x"}, "g": {"S": "G"}}
+                    client.put_item(TableName=PAGE_TABLE, Item=item)
+                    out.append(_write(key, value, started, op))
+                elif roll < 0.88:
+                    op = "UpdateItem"
+                    client.update_item(
+                        TableName=PAGE_TABLE,
+                        Key=item_key,
+                        UpdateExpression="SET v = :v, l = :l, g = :g",
+                        ExpressionAttributeValues={
+                            ":v": {"S": value},
+                            ":l": {"S": "x"},
+                            ":g": {"S": "G"},
+                        },
+                    )
+                    out.append(_write(key, value, started, op))
+                elif roll < 0.94:
+                    op = "DeleteItem"
+                    client.delete_item(TableName=PAGE_TABLE, Key=item_key)
+                    out.append(_write(key, DELETED, started, op))
+                else:
+                    # A DELETE, not an UPDATE: its outcome is certain whether or not
+                    # the item exists, so every write here can prove a page stale.
+                    op = "ExecuteStatement DELETE"
+                    where = f"pk = '{partition}' AND sk = '{sort}'"
+                    client.execute_statement(Statement=f'DELETE FROM "{PAGE_TABLE}" WHERE {where}')
+                    out.append(_write(key, DELETED, started, op))
+            except ReadTimeoutError:
+                # Injected after DynamoDB applied the write: it happened, and it ended now.
+                applied = DELETED if op.endswith(("DeleteItem", "DELETE")) else value
+                out.append(_write(key, applied, started, op))
+            except ClientError:
+                continue  # rejected by DynamoDB: nothing was written
+            with records_lock:
+                records.extend(out)
+
+    threads = [threading.Thread(target=thread_main, args=(i,)) for i in range(config.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return records
+
+
+def stale_pages(stale: Iterable[Stale]) -> int:
+    """How many pages showed at least one stale item."""
+    return len({(s.read.source, s.read.invoked, s.read.completed) for s in stale})
 
 
 def _read(key: str, item: dict[str, Any] | None, started: int, source: str) -> Record:

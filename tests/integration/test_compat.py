@@ -222,3 +222,22 @@ def test_resource_tables_are_cached_and_invalidated(
         assert "CacheMetadata" not in original.get_item(
             TableName="orders", Key={"pk": "c", "sk": 2}
         )
+
+
+def test_query_and_scan_pages_keep_the_references_ttl_only_behaviour(
+    raw: Any, redis_client: redis.Redis, namespace: str
+) -> None:
+    """The reference's documented behaviour: writes leave Query/Scan pages to their TTL."""
+    client = CacheClient(raw, redis_client, namespace=namespace)
+    query = {
+        "TableName": "orders",
+        "KeyConditionExpression": "pk = :p",
+        "ExpressionAttributeValues": {":p": {"S": "c"}},
+    }
+    client.query(**query)
+    for _ in range(2):
+        client.scan(TableName="orders")
+    client.put_item(TableName="orders", Item={"pk": {"S": "c"}, "sk": {"N": "1"}})
+    after, scan = client.query(**query), client.scan(TableName="orders")
+    assert "CacheMetadata" in after and after["Count"] == 0
+    assert "CacheMetadata" in scan and scan["Count"] == 0

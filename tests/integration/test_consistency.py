@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import multiprocessing
 import threading
@@ -65,6 +66,83 @@ def test_the_checker_catches_fills_without_leases(moto_url: str, redis_server: R
         if stale:
             return
     pytest.fail("the checker did not catch the naive configuration")
+
+
+def run_page_checker(
+    moto_url: str, redis_url: str, mode: str, *, seed: int
+) -> tuple[collections.Counter[str], int, list[checker.Stale]]:
+    """Run the randomized Query/Scan workload; (pages per source, writes, stale reads)."""
+    seconds, processes, threads = checker.workload_size()
+    admin = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
+    if checker.PAGE_TABLE not in admin.list_tables()["TableNames"]:
+        make_table(
+            admin,
+            checker.PAGE_TABLE,
+            ("pk", "S"),
+            ("sk", "S"),
+            gsi=("by_g", "g", "S"),
+            lsi=("by_l", "l", "S"),
+        )
+    initial = {}
+    for key in checker.page_keys():
+        partition, sort = key.split("#")
+        initial[key] = f"init-{seed}-{key}"
+        item = {"v": {"S": initial[key]}, "l": {"S": "x"}, "g": {"S": "G"}}
+        admin.put_item(
+            TableName=checker.PAGE_TABLE, Item={"pk": {"S": partition}, "sk": {"S": sort}, **item}
+        )
+    config = checker.Config(
+        moto_url,
+        redis_url,
+        "chq" + uuid.uuid4().hex[:8],
+        (),
+        seconds * 2 / 3,
+        threads,
+        seed,
+        query_invalidation=mode,
+    )
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        parts = list(pool.map(checker.run_page_worker, [config] * processes, range(processes)))
+    records = [r for part in parts for r in part]
+    pages = collections.Counter(
+        r.source
+        for r in {
+            (r.source, r.invoked, r.completed): r for r in records if r.kind == "read"
+        }.values()
+    )
+    writes = sum(r.kind == "write" for r in records)
+    return pages, writes, checker.find_stale(records, initial)
+
+
+def _check_pages(moto_url: str, redis_url: str, mode: str) -> None:
+    pages, writes, stale = run_page_checker(moto_url, redis_url, mode, seed=7)
+    print(f"{mode}: {sorted(pages.items())} against {writes} writes")
+    assert not stale, f"{checker.stale_pages(stale)} stale pages, e.g. {stale[:3]}"
+    for source in ("Query base", "Query LSI", "Query GSI", "Scan"):
+        assert pages[source] + pages[source + " hit"] > 20, source
+    # The cache served pages, so the check exercised entries, not only misses.
+    assert pages["Query base hit"] + pages["Query LSI hit"] > 10
+
+
+@pytest.mark.parametrize("mode", ["partition", "write"])
+def test_no_stale_query_or_scan_pages(moto_url: str, redis_server: RedisServer, mode: str) -> None:
+    _check_pages(moto_url, redis_server.url, mode)
+
+
+def test_no_stale_query_or_scan_pages_on_a_cluster(moto_url: str, redis_cluster: Any) -> None:
+    _check_pages(moto_url, redis_cluster.url, "partition")
+
+
+def test_the_checker_catches_ttl_only_pages(moto_url: str, redis_server: RedisServer) -> None:
+    """With query_invalidation="ttl" pages outlive writes: the same checker must say so."""
+    for seed in (8, 9, 10):
+        pages, writes, stale = run_page_checker(moto_url, redis_server.url, "ttl", seed=seed)
+        print(f"ttl: {writes} writes")
+        print(f"ttl: {checker.stale_pages(stale)} stale of {sum(pages.values())} pages")
+        if stale:
+            return
+    pytest.fail("the checker did not catch stale pages with query_invalidation='ttl'")
 
 
 def test_find_stale_logic() -> None:

@@ -121,6 +121,39 @@ def test_unresolvable_statement_invalidates_the_whole_table(
     assert cache.stats()["table_invalidations"] == 1
 
 
+def _pairs_query(pk: str) -> dict[str, Any]:
+    return {
+        "TableName": "pairs",
+        "KeyConditionExpression": "pk = :p",
+        "ExpressionAttributeValues": {":p": {"S": pk}},
+    }
+
+
+def _page_hits(c: Any) -> tuple[bool, bool]:
+    """Whether partition a's and partition b's pages are served from the cache."""
+    return tuple("CacheMetadata" in c.query(**_pairs_query(pk)) for pk in "ab")  # type: ignore[return-value]
+
+
+def test_resolvable_statement_drops_only_its_partitions_pages(c: Any) -> None:
+    _page_hits(c)
+    assert _page_hits(c) == (True, True)
+    c.execute_statement(Statement="UPDATE pairs SET v = 'new' WHERE pk = 'a' AND sk = '1'")
+    assert _page_hits(c) == (False, True)
+    c.execute_statement(
+        Statement="UPDATE pairs SET v = ? WHERE pk = ? AND sk = ?",
+        Parameters=[{"S": "newer"}, {"S": "b"}, {"S": "1"}],
+    )
+    page = c.query(**_pairs_query("b"))
+    assert "CacheMetadata" not in page and page["Items"][0]["v"] == {"S": "newer"}
+
+
+def test_unresolvable_statement_drops_every_page_of_its_table(c: Any) -> None:
+    _page_hits(c)
+    assert _page_hits(c) == (True, True)
+    c.execute_statement(Statement="UPDATE pairs SET v = 'all' WHERE pk = 'a'")
+    assert _page_hits(c) == (False, False)
+
+
 def test_select_statements_pass_through_and_invalidate_nothing(
     c: Any, cache: ddbcache_hooks.Registration
 ) -> None:
@@ -160,7 +193,10 @@ def write_invalidated(session: boto3.Session, backend: Any, namespace: str) -> A
         session,
         backend.client(),
         namespace=namespace,
-        tables={"live": TablePolicy(query_invalidation="write")},
+        tables={
+            "live": TablePolicy(query_invalidation="write"),
+            "other": TablePolicy(query_invalidation="ttl"),
+        },
     )
     client = session.client("dynamodb")
     make_table(client, "live")
@@ -184,7 +220,7 @@ def test_query_invalidation_write_mode(write_invalidated: Any) -> None:
         if table == "live":
             assert "CacheMetadata" not in after and after["Items"][0]["v"] == {"S": "new"}
         else:
-            assert "CacheMetadata" in after and after["Count"] == 0  # TTL-bounded (default)
+            assert "CacheMetadata" in after and after["Count"] == 0  # TTL-bounded
 
 
 def test_query_invalidation_write_keeps_item_entries(write_invalidated: Any) -> None:

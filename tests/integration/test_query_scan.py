@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import boto3
@@ -194,11 +195,205 @@ def test_empty_pages_are_cached(orders: Any) -> None:
     assert hit["Items"] == [] and hit["Count"] == 0 and "CacheMetadata" in hit
 
 
-def test_writes_do_not_touch_query_entries_by_default(orders: Any) -> None:
+def _hit(response: dict[str, Any]) -> bool:
+    return "CacheMetadata" in response
+
+
+OTHER = {**QUERY, "ExpressionAttributeValues": {":p": {"S": "other"}}}
+LSI_QUERY = {**QUERY, "IndexName": "by_total"}
+GSI_QUERY: dict[str, Any] = {
+    "TableName": "orders",
+    "IndexName": "by_status",
+    "KeyConditionExpression": "#s = :s",
+    "ExpressionAttributeNames": {"#s": "status"},
+    "ExpressionAttributeValues": {":s": {"S": "open"}},
+}
+
+
+def _warm_pages(orders: Any) -> None:
+    orders.put_item(
+        TableName="orders",
+        Item={"pk": {"S": "other"}, "sk": {"N": "1"}, "status": {"S": "open"}, "total": {"N": "1"}},
+    )
+    for _ in range(2):  # Scan admission: stored on the second identical call
+        for request in (QUERY, OTHER, LSI_QUERY, GSI_QUERY):
+            orders.query(**request)
+        orders.scan(TableName="orders")
+    assert all(_hit(orders.query(**r)) for r in (QUERY, OTHER, LSI_QUERY, GSI_QUERY))
+    assert _hit(orders.scan(TableName="orders"))
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda c: c.put_item(
+            TableName="orders",
+            Item={"pk": {"S": "customer"}, "sk": {"N": "99"}, "status": {"S": "open"}},
+        ),
+        lambda c: c.update_item(
+            TableName="orders",
+            Key={"pk": {"S": "customer"}, "sk": {"N": "3"}},
+            UpdateExpression="SET #s = :s",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":s": {"S": "paid"}},
+        ),
+        lambda c: c.delete_item(
+            TableName="orders", Key={"pk": {"S": "customer"}, "sk": {"N": "3"}}
+        ),
+        lambda c: c.batch_write_item(
+            RequestItems={
+                "orders": [{"DeleteRequest": {"Key": {"pk": {"S": "customer"}, "sk": {"N": "3"}}}}]
+            }
+        ),
+        lambda c: c.transact_write_items(
+            TransactItems=[
+                {
+                    "Delete": {
+                        "TableName": "orders",
+                        "Key": {"pk": {"S": "customer"}, "sk": {"N": "3"}},
+                    }
+                }
+            ]
+        ),
+    ],
+    ids=["put", "update", "delete", "batch", "transaction"],
+)
+def test_a_write_drops_its_partitions_pages_gsi_and_scan_only(orders: Any, write: Any) -> None:
+    _warm_pages(orders)
     before = orders.query(**QUERY)
-    orders.put_item(TableName="orders", Item={"pk": {"S": "customer"}, "sk": {"N": "99"}})
+    write(orders)
     after = orders.query(**QUERY)
-    assert "CacheMetadata" in after and after["Count"] == before["Count"] == 12
+    assert not _hit(after) and after["Items"] != before["Items"]
+    assert not _hit(orders.query(**LSI_QUERY))  # an LSI shares the table's partition key
+    assert not _hit(orders.query(**GSI_QUERY))  # a GSI's partition is not known
+    assert not _hit(orders.scan(TableName="orders"))
+    assert _hit(orders.query(**OTHER))  # the other partition's page keeps serving
+    assert _hit(orders.query(**QUERY))  # refilled
+
+
+def test_a_write_to_another_partition_keeps_the_page(orders: Any) -> None:
+    orders.query(**QUERY)
+    orders.put_item(TableName="orders", Item={"pk": {"S": "else"}, "sk": {"N": "1"}})
+    assert _hit(orders.query(**QUERY))
+    numeric = {"pk": {"S": "customer"}, "sk": {"N": "1.0"}}  # the same item: numbers by value
+    orders.update_item(
+        TableName="orders",
+        Key=numeric,
+        UpdateExpression="SET flag = :f",
+        ExpressionAttributeValues={":f": {"N": "7"}},
+    )
+    assert not _hit(orders.query(**QUERY))
+
+
+def test_invalidate_drops_the_items_partition_pages(
+    orders: Any, cache: ddbcache_hooks.Registration
+) -> None:
+    orders.query(**QUERY)
+    orders.query(**OTHER)
+    assert cache.invalidate("orders", {"pk": "customer", "sk": 3}) is True
+    assert not _hit(orders.query(**QUERY)) and _hit(orders.query(**OTHER))
+
+
+def test_legacy_key_conditions_are_narrowed_too(orders: Any) -> None:
+    legacy = {
+        "TableName": "orders",
+        "KeyConditions": {
+            "pk": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "customer"}]},
+            "sk": {"ComparisonOperator": "GT", "AttributeValueList": [{"N": "5"}]},
+        },
+    }
+    orders.query(**legacy)
+    orders.put_item(TableName="orders", Item={"pk": {"S": "else"}, "sk": {"N": "1"}})
+    assert _hit(orders.query(**legacy))
+    orders.put_item(TableName="orders", Item={"pk": {"S": "customer"}, "sk": {"N": "50"}})
+    after = orders.query(**legacy)
+    assert not _hit(after) and after["Count"] == 7
+
+
+def test_a_fill_that_raced_a_write_to_its_partition_is_never_served(
+    session: boto3.Session, orders: Any
+) -> None:
+    """The page read DynamoDB before the write and fills after it: the next lookup misses."""
+    writer = session.client("dynamodb")
+    racing = [True]
+
+    def write_meanwhile(**_: Any) -> None:
+        if racing and racing.pop():
+            writer.put_item(TableName="orders", Item={"pk": {"S": "customer"}, "sk": {"N": "77"}})
+
+    orders.meta.events.register_first("after-call.dynamodb.Query", write_meanwhile)
+    old = orders.query(**QUERY)
+    new = orders.query(**QUERY)
+    assert old["Count"] == 12 and not _hit(new) and new["Count"] == 13
+    assert _hit(orders.query(**QUERY))
+
+
+def test_strict_mode_never_reads_a_gsi_consistently(
+    session: boto3.Session, backend: Any, namespace: str
+) -> None:
+    """DynamoDB rejects ConsistentRead on a GSI: a strict miss there reads as asked."""
+    registration = ddbcache_hooks.register(
+        session, backend.client(), namespace=namespace, consistency="strict"
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "t", ("pk", "S"), ("sk", "N"), gsi=("by_s", "s", "S"))
+        c.put_item(TableName="t", Item={"pk": {"S": "a"}, "sk": {"N": "1"}, "s": {"S": "x"}})
+        gsi = {**GSI_QUERY, "TableName": "t", "IndexName": "by_s"}
+        gsi["ExpressionAttributeNames"] = {"#s": "s"}
+        gsi["ExpressionAttributeValues"] = {":s": {"S": "x"}}
+        assert c.query(**gsi)["Count"] == 1
+        assert _hit(c.query(**gsi))
+    finally:
+        registration.unregister()
+
+
+def test_ttl_mode_leaves_pages_to_their_ttl(
+    session: boto3.Session, backend: Any, namespace: str
+) -> None:
+    registration = ddbcache_hooks.register(
+        session, backend.client(), namespace=namespace, query_invalidation="ttl"
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "t")
+        q = {
+            "TableName": "t",
+            "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": {":p": {"S": "a"}},
+        }
+        before = c.query(**q)
+        c.put_item(TableName="t", Item={"pk": {"S": "a"}})
+        after = c.query(**q)
+        assert _hit(after) and after["Count"] == before["Count"] == 0
+    finally:
+        registration.unregister()
+
+
+def test_settle_window_bounds_page_fills_after_a_write(
+    session: boto3.Session, backend: Any, namespace: str
+) -> None:
+    registration = ddbcache_hooks.register(
+        session, backend.client(), namespace=namespace, settle_ms=400
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "t")
+        q = {
+            "TableName": "t",
+            "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": {":p": {"S": "a"}},
+        }
+        c.put_item(TableName="t", Item={"pk": {"S": "a"}})  # opens a 400 ms window for "a"
+        c.query(**q)  # filled with at most the rest of the window
+        assert _hit(c.query(**q))
+        time.sleep(0.45)
+        assert not _hit(c.query(**q))  # expired with the window
+        assert _hit(c.query(**q))  # now with the full TTL
+        time.sleep(0.45)
+        assert _hit(c.query(**q))
+    finally:
+        registration.unregister()
 
 
 def test_table_query_shares_entries_with_low_level_calls(
@@ -277,8 +472,6 @@ def test_consistent_queries_and_scans_bypass(orders: Any) -> None:
 
 
 def test_query_ttl(session: boto3.Session, backend: Any, namespace: str) -> None:
-    import time
-
     registration = ddbcache_hooks.register(
         session, backend.client(), namespace=namespace, ttl_config={"query": 1}
     )

@@ -164,9 +164,11 @@ def test_an_evicted_settle_marker_does_not_lengthen_a_fill(
             make_table(c, "t")
             put(c, "1")  # opens the window: a marker with a TTL of (at most) two windows
             markers = [
-                k for k in _namespace_hashes(raw, namespace) if 0 < raw.pttl(k) <= 2 * settle_ms
+                k
+                for k in _namespace_hashes(raw, namespace)
+                if 0 < raw.pttl(k) <= 2 * settle_ms and k.startswith(f"{namespace}:i:".encode())
             ]
-            assert len(markers) == 1
+            assert len(markers) == 1  # the item's (its partitions' are marked alike)
             marker = markers[0]
 
             # Memory pressure: keys with a long TTL until the marker is evicted.

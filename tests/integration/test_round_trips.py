@@ -70,6 +70,50 @@ def test_single_item_write_is_one_round_trip(counted: tuple[Any, Any], write: An
     assert rounds(counter, lambda: write(c)) == 1
 
 
+QUERY: dict[str, Any] = {
+    "TableName": "pairs",
+    "KeyConditionExpression": "pk = :p AND sk > :s",
+    "ExpressionAttributeValues": {":p": {"S": "a"}, ":s": {"N": "0"}},
+}
+
+
+@pytest.mark.parametrize("mode", ["partition", "write", "ttl"])
+def test_query_pages_hit_one_miss_two_write_one_in_every_mode(
+    session: boto3.Session, redis_server: RedisServer, namespace: str, mode: str
+) -> None:
+    """The partition token is read inside the lookup script: no extra round trip."""
+    cache, counter = counting_redis(redis_server.port)
+    registration = ddbcache_hooks.register(
+        session,
+        cache,
+        namespace=namespace,
+        key_schema={"pairs": ("pk", "sk")},
+        query_invalidation=mode,
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "pairs", ("pk", "S"), ("sk", "N"))
+        c.put_item(TableName="pairs", Item={"pk": {"S": "a"}, "sk": {"N": "1"}})
+        assert rounds(counter, lambda: c.query(**QUERY)) == 2
+        assert rounds(counter, lambda: c.query(**QUERY)) == 1
+        scan = [rounds(counter, lambda: c.scan(TableName="pairs")) for _ in range(3)]
+        assert scan == [1, 2, 1]  # admission: not leased, then leased and filled, then a hit
+        put = {"pk": {"S": "a"}, "sk": {"N": "2"}}
+        assert rounds(counter, lambda: c.put_item(TableName="pairs", Item=put)) == 1
+        assert rounds(counter, lambda: c.delete_item(TableName="pairs", Key=put)) == 1
+        writes = [
+            {"PutRequest": {"Item": {"pk": {"S": str(i)}, "sk": {"N": "1"}}}} for i in range(25)
+        ]
+        assert rounds(counter, lambda: c.batch_write_item(RequestItems={"pairs": writes})) == 1
+        statement = {
+            "Statement": "UPDATE pairs SET v = ? WHERE pk = ? AND sk = ?",
+            "Parameters": [{"S": "x"}, {"S": "a"}, {"N": "1"}],
+        }
+        assert rounds(counter, lambda: c.execute_statement(**statement)) == 1
+    finally:
+        registration.unregister()
+
+
 def test_batched_writes_are_one_round_trip(counted: tuple[Any, Any]) -> None:
     c, counter = counted
     items = [{"PutRequest": {"Item": {"pk": {"S": str(i)}}}} for i in range(25)]

@@ -242,6 +242,31 @@ async def _query_scan_and_admission(f: Flavor) -> None:
 test_query_scan_and_admission = shared(_query_scan_and_admission)
 
 
+async def _writes_drop_their_partitions_pages(f: Flavor) -> None:
+    """A write drops its partition's Query pages and every Scan page; others keep serving."""
+
+    def query(pk: str) -> dict[str, Any]:
+        return {
+            "TableName": "items",
+            "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": {":p": {"S": pk}},
+        }
+
+    for _ in range(2):
+        for pk in "ab":
+            await f.call("query", **query(pk))
+        await f.call("scan", TableName="items")
+    await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "new"}})
+    a, b = await f.call("query", **query("a")), await f.call("query", **query("b"))
+    assert "CacheMetadata" not in a and a["Items"] == [{**KEY, "v": {"S": "new"}}]
+    assert "CacheMetadata" in b
+    scan = await f.call("scan", TableName="items")
+    assert "CacheMetadata" not in scan and scan["Count"] == 1
+
+
+test_writes_drop_their_partitions_pages = shared(_writes_drop_their_partitions_pages)
+
+
 async def _batch_get(f: Flavor) -> None:
     """Hits from the cache, the misses in one real BatchGetItem, negative entries shared."""
     await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "1"}})

@@ -187,3 +187,56 @@ def test_scripts_are_reloaded_after_a_script_flush(
     transport.client.script_flush()  # on a cluster: every node
     keys = [key.replace("{item}", f"{{item{i}}}") for i in range(20)]  # on every cluster node
     assert all(lookup(transport, k, "L1").status == store.LEASED for k in keys)
+
+
+def test_partition_tokens_expire_are_replaced_by_writes_and_bound_fills(
+    transport: SyncTransport, namespace: str
+) -> None:
+    page = f"{namespace}:q:{{page}}:t"
+    partition = f"{namespace}:p:{{part}}:t"  # another slot than the page's on a cluster
+
+    def look(lease: str) -> store.LookupReply:
+        request = LookupRequest(page, "", TOKENS, lease, 5000, partition_key=partition)
+        replies = run(transport, store.lookup([request], 60_000, cluster=transport.cluster))
+        reply: store.LookupReply = replies[0]
+        return reply
+
+    first = look("L1")
+    assert first.partition_token
+    assert 0 < transport.client.pttl(partition) <= 60_000  # every key has a TTL
+    assert look("L2").partition_token == first.partition_token  # stable until a write
+    run(transport, store.fill([FillRequest(page, "", "L1", b"", 0)]))  # release
+    run(transport, store.invalidate([partition], 300, cluster=transport.cluster))
+    second = look("L3")
+    assert second.partition_token not in (b"", first.partition_token)
+    assert second.partition_since_ms > 0  # the write
+    assert 0 < transport.client.pttl(partition) <= 60_000
+    fill_request = FillRequest(page, "", "L3", b"page", 60_000, 300, second.partition_since_ms)
+    outcome, ttl = run(transport, store.fill([fill_request]))[0]
+    assert outcome == store.FILL_STORED and 0 < ttl <= 300  # cut to the settle window
+    # Without a settle window (strict reads) the partition's history does not cut it.
+    again = LookupRequest(page, "", TOKENS, "L4", 5000, drop=True, partition_key=partition)
+    third = run(transport, store.lookup([again], 60_000, cluster=transport.cluster))[0]
+    assert third.status == store.LEASED
+    unbounded = FillRequest(page, "", "L4", b"page", 60_000, 0, third.partition_since_ms)
+    assert run(transport, store.fill([unbounded]))[0] == (store.FILL_STORED, 60_000)
+
+
+def test_a_partition_hash_another_server_made_is_replaced_and_bounds_fills(
+    transport: SyncTransport, namespace: str
+) -> None:
+    """After a restart or failover an old partition token must not validate old pages."""
+    page = f"{namespace}:q:{{page}}:t"
+    partition = f"{namespace}:p:{{part}}:t"
+    request = LookupRequest(page, "", TOKENS, "L1", 5000, partition_key=partition)
+    first = run(transport, store.lookup([request], 60_000, cluster=transport.cluster))[0]
+    run(transport, store.fill([FillRequest(page, "", "L1", b"", 0)]))
+    # As a snapshot from another server (another replication id) would leave it.
+    transport.client.hset(partition, mapping={"g": "0123456789abcdef/x", "c": 0})
+    request = request._replace(lease_token="L2")
+    second = run(transport, store.lookup([request], 60_000, cluster=transport.cluster))[0]
+    assert second.partition_token not in (b"", first.partition_token)
+    assert second.partition_since_ms > 0  # its history starts now: fills stay in the window
+    fill_request = FillRequest(page, "", "L2", b"page", 60_000, 300, second.partition_since_ms)
+    outcome, ttl = run(transport, store.fill([fill_request]))[0]
+    assert outcome == store.FILL_STORED and 0 < ttl <= 300

@@ -172,6 +172,38 @@ def test_a_restarted_consumer_resumes_from_its_checkpoint(
     assert "Item" not in client.get_item(TableName="t", Key=key)
 
 
+def test_a_record_drops_its_partitions_query_pages_and_no_others(
+    moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, cached: Any
+) -> None:
+    client, _ = cached
+    stream_table(plain, "t", range_key=True)
+    consumer = consumer_for(moto_url, redis_server.url, namespace, "t")
+    consumer.step()
+    for pk in ("p", "q"):
+        plain.put_item(TableName="t", Item={"pk": {"S": pk}, "sk": {"N": "1"}})
+    assert consumer.step() == 2
+
+    def page(pk: str) -> tuple[int, bool]:
+        answer = client.query(
+            TableName="t",
+            KeyConditionExpression="pk = :p",
+            ExpressionAttributeValues={":p": {"S": pk}},
+        )
+        return answer["Count"], "CacheMetadata" in answer
+
+    assert [page("p"), page("p"), page("q"), page("q")] == [
+        (1, False),
+        (1, True),
+        (1, False),
+        (1, True),
+    ]
+    plain.put_item(TableName="t", Item={"pk": {"S": "p"}, "sk": {"N": "2"}})
+    assert consumer.step() == 1
+    assert page("p") == (2, False)  # the record dropped the partition's page
+    assert page("q") == (1, True)  # another partition's page still serves
+    assert page("p") == (2, True)
+
+
 def test_one_round_costs_few_redis_round_trips(
     moto_url: str, redis_server: RedisServer, namespace: str, plain: Any
 ) -> None:

@@ -294,3 +294,58 @@ def test_refs_for_table_arn() -> None:
     assert local == (orders._replace(where="http://127.0.0.1:8000"),)
     with pytest.raises(NotCanonical):
         keys.refs_for_table_arn("arn:aws:kinesis:eu-west-1:1:stream/x", own)
+
+
+def test_partition_digest_is_canonical_and_apart_from_the_table_wide_one() -> None:
+    p = keys.partition_digest
+    u = T._replace(name="u")
+    assert p(T, "pk", {"N": "1"}) == p(T, "pk", {"N": "1.0"}) == p(T, "pk", {"N": "01"})
+    assert p(T, "pk", {"B": b"\x00"}) == p(T, "pk", {"B": bytearray(b"\x00")})
+    distinct = {
+        p(T, "pk", {"S": "1"}),
+        p(T, "pk", {"N": "1"}),
+        p(T, "pk", {"B": b"1"}),
+        p(T, "sk", {"S": "1"}),
+        p(u, "pk", {"S": "1"}),
+        p(T, None),
+        p(u, None),
+        p(T._replace(region="eu-west-1"), "pk", {"S": "1"}),
+        p(T._replace(account="123456789012"), "pk", {"S": "1"}),
+        p(T._replace(where="http://127.0.0.1:8000"), "pk", {"S": "1"}),
+        p(T._replace(region="eu-west-1"), None),
+    }
+    assert len(distinct) == 11
+    with pytest.raises(NotCanonical):
+        p(T, "pk", {"BOOL": True})
+    layout = KeyLayout("CC")
+    assert layout.partition(T, "abc") == "CC:p:{abc}:us-east-1:t"
+    # Found by the pattern `ddbcache invalidate-table` deletes with.
+    assert layout.table_pattern("t") == "CC:[iqp]:{*}:*:t"
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("pk = :a", {"pk": "a"}),
+        ("#p = :a AND #s > :b", {"pk": "a"}),
+        ("#p = :a AND #s BETWEEN :b AND :c", {"pk": "a"}),
+        ("begins_with(#s, :b) AND :a = pk", {"pk": "a"}),
+        ("pk = :a AND sk = :b", {"pk": "a", "sk": "b"}),
+        ("(pk = :a)", None),
+        ("pk = :a OR sk = :b", None),
+        ("pk = :a AND pk = :b", None),
+        ("pk = :missing", None),
+        ("a.b = :a", None),
+        ("pk = :a AND", None),
+        ("pk = :a AND sk BETWEEN :b", None),
+        ("pk = sk", None),
+    ],
+)
+def test_key_equalities_read_only_key_condition_shapes(
+    expression: str, expected: dict[str, str] | None
+) -> None:
+    from ddbcache_hooks.expressions import key_equalities
+
+    values = {f":{v}": {"S": v} for v in "abc"}
+    found = key_equalities(expression, {"#p": "pk", "#s": "sk"}, values)
+    assert found == (None if expected is None else {k: {"S": v} for k, v in expected.items()})

@@ -240,3 +240,85 @@ def test_unreadable_writes_fall_back_to_their_tables() -> None:
     assert not nothing and nothing.unknown
     statement = tables_named({"Statement": "DELETE FROM t WHERE"}, HERE)
     assert set(statement.tables) == {t}
+
+
+def _page(p: Planner, **params: Any) -> Any:
+    plan = p.plan("Query", {"TableName": "t", **params}, HERE)
+    assert isinstance(plan, ReadPlan)
+    return plan.slots[0]
+
+
+def test_query_pages_hang_off_their_partition_when_it_is_certain() -> None:
+    from ddbcache_hooks.plan import PARTITION_TOKEN, QUERY_TOKEN
+    from ddbcache_hooks.schema import TableSchema
+
+    t = TableRef("aws", "us-east-1", "", "t")
+    schemas = {t: TableSchema(("pk", "sk"), frozenset({"gsi"}), frozenset({"lsi"}), True)}
+    settings = Settings.resolve({})
+    p = Planner(settings, KeyLayout(settings.namespace), schemas)
+    values = {":p": {"N": "1"}, ":s": {"N": "2"}}
+    a = _page(p, KeyConditionExpression="pk = :p AND sk > :s", ExpressionAttributeValues=values)
+    partition_a = p.partition_key(t, ("pk", {"N": "1.0"}))
+    table_wide = p.partition_key(t, None)
+    assert a.token_kind == PARTITION_TOKEN and a.partition_key == partition_a
+    both = _page(p, KeyConditionExpression="sk = :s AND pk = :p", ExpressionAttributeValues=values)
+    assert both.partition_key == partition_a  # the schema says which equality is the partition
+    lsi = _page(
+        p, IndexName="lsi", KeyConditionExpression="pk = :p", ExpressionAttributeValues=values
+    )
+    assert lsi.partition_key == partition_a
+    legacy = _page(
+        p, KeyConditions={"pk": {"ComparisonOperator": "EQ", "AttributeValueList": [{"N": "1"}]}}
+    )
+    assert legacy.partition_key == partition_a
+    for uncertain in (
+        {"IndexName": "gsi", "KeyConditionExpression": "pk = :p"},  # a GSI's partition differs
+        {"IndexName": "unknown", "KeyConditionExpression": "pk = :p"},
+        {"KeyConditionExpression": "(pk = :p)"},  # not read: not narrowed
+        {"KeyConditionExpression": "sk = :s"},  # no equality on the partition key
+    ):
+        page = _page(p, **uncertain, ExpressionAttributeValues=values)
+        assert page.token_kind == PARTITION_TOKEN and page.partition_key == table_wide
+    scan = p.plan("Scan", {"TableName": "t"}, HERE)
+    assert isinstance(scan, ReadPlan) and scan.slots[0].partition_key == table_wide
+    # Without a known schema only a single equality is certain to be the partition key.
+    bare = Planner(settings, KeyLayout(settings.namespace))
+    one = _page(bare, KeyConditionExpression="pk = :p", ExpressionAttributeValues=values)
+    assert one.partition_key == partition_a
+    two = _page(
+        bare, KeyConditionExpression="pk = :p AND sk = :s", ExpressionAttributeValues=values
+    )
+    assert two.partition_key == table_wide
+    # The key_schema option names the partition key of the tables so named, anywhere.
+    configured = Planner(settings, KeyLayout(settings.namespace), {}, {"t": TableSchema(("pk",))})
+    named = _page(
+        configured, KeyConditionExpression="pk = :p AND sk = :s", ExpressionAttributeValues=values
+    )
+    assert named.partition_key == partition_a
+    # A schema learned for the table in one Region says nothing of another Region's.
+    there = p.plan(
+        "Query",
+        {
+            "TableName": "t",
+            "KeyConditionExpression": "pk = :p AND sk = :s",
+            "ExpressionAttributeValues": values,
+        },
+        HERE._replace(region="eu-west-1"),
+    )
+    assert isinstance(there, ReadPlan) and there.slots[0].partition_key == p.partition_key(
+        t._replace(region="eu-west-1"), None
+    )
+    # "write" mode: every page hangs off the table-wide token; "ttl": only the TTL.
+    write = planner(query_invalidation="write")
+    assert (
+        _page(
+            write, KeyConditionExpression="pk = :p", ExpressionAttributeValues=values
+        ).partition_key
+        == table_wide
+    )
+    ttl = _page(
+        planner(query_invalidation="ttl"),
+        KeyConditionExpression="pk = :p",
+        ExpressionAttributeValues=values,
+    )
+    assert ttl.token_kind == QUERY_TOKEN and ttl.partition_key == ""
