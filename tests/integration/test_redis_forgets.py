@@ -50,6 +50,14 @@ def reads(c: Any, count: int = 3) -> list[tuple[str, bool]]:
     return out
 
 
+def page(c: Any) -> tuple[str, bool]:
+    """A Query page of A's partition: (A's value on it, served from the cache)."""
+    answer = c.query(
+        TableName="t", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": A["pk"]}
+    )
+    return answer["Items"][0]["v"]["S"], "CacheMetadata" in answer
+
+
 @pytest.fixture
 def servers() -> Iterator[tuple[RedisServer, RedisServer]]:
     """Two servers that can replicate each other (a full sync starts at once)."""
@@ -74,8 +82,9 @@ def test_restart_from_a_snapshot_does_not_bring_back_invalidated_entries(
             make_table(c, "t")
             put(c, "1")
             assert reads(c, 2) == [("1", False), ("1", True)]
-            # The snapshot holds the entry; the write's invalidation is acknowledged
-            # after it, then lost with the crash.
+            assert [page(c), page(c)] == [("1", False), ("1", True)]
+            # The snapshot holds the entry, the page and its partition token; the
+            # write's invalidation is acknowledged after it, then lost with the crash.
             with client_for(server.host, server.port) as admin:
                 admin.save()
             put(c, "2")
@@ -83,6 +92,7 @@ def test_restart_from_a_snapshot_does_not_bring_back_invalidated_entries(
             server.restart()
             assert [value for value, _ in reads(c, 3)] == ["2", "2", "2"]
             assert reads(c, 1) == [("2", True)]  # and the cache works again
+            assert [page(c), page(c)] == [("2", False), ("2", True)]
         finally:
             registration.unregister()
 
