@@ -322,3 +322,23 @@ def test_query_pages_hang_off_their_partition_when_it_is_certain() -> None:
         ExpressionAttributeValues=values,
     )
     assert ttl.token_kind == QUERY_TOKEN and ttl.partition_key == ""
+
+
+@pytest.mark.parametrize("consistency", ["eventual", "strict"])
+def test_fills_keep_the_settle_window_unless_read_consistently(consistency: str) -> None:
+    """Strict mode reads misses consistently, except on a GSI (DynamoDB rejects it)."""
+    from ddbcache_hooks.plan import LEASED
+    from ddbcache_hooks.protocol import Protocol
+
+    protocol = Protocol(Settings.resolve({"consistency": consistency, "settle_ms": 700}))
+    query = {"TableName": "t", "KeyConditionExpression": "pk = :p"}
+    settled = {}
+    for index in (None, "gsi"):
+        params = {**query, "IndexName": index} if index else query
+        plan = protocol.planner.plan("Query", params, HERE)
+        assert isinstance(plan, ReadPlan)
+        plan.slots[0].state, plan.slots[0].lease = LEASED, "L"
+        (fill,) = protocol.completed(plan, {"Items": [], "Count": 0}, True)
+        settled[index] = fill.settle_ms
+    strict = consistency == "strict"
+    assert settled == {None: 0 if strict else 700, "gsi": 700}
