@@ -335,6 +335,8 @@ async def register_async(
         await transport.ping()
         for script in SCRIPTS:
             await transport.client.script_load(script.source)
+        seconds, micros = await transport.client.time()
+        server_ms = int(seconds) * 1000 + int(micros) // 1000
     except RedisError as exc:
         where = redact(redis) if isinstance(redis, str) else repr(redis)
         raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
@@ -342,6 +344,7 @@ async def register_async(
     if holder.policy is not None:
         protocol.call_timeout_ms = holder.policy.timeout_ms
     registration = AsyncRegistration(protocol, transport, AsyncHooks)
+    protocol.clock.observe(server_ms)
     registration._start_background(holder)
     install(registration, kind, resolved)
     return registration

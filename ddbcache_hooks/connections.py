@@ -66,6 +66,11 @@ _NOT_CONNECTION = frozenset(
         "port",
         "socket_timeout",
         "socket_connect_timeout",
+        # Set by the user's pool for itself (maintenance notifications):
+        "maint_notifications_pool_handler",
+        "orig_host_address",
+        "orig_socket_timeout",
+        "orig_socket_connect_timeout",
     }
 )
 _URL_SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")

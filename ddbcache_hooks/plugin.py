@@ -118,6 +118,14 @@ class Registration:
         holder.on_rebuild.append(self._restart_after_fork)
         metrics.export_opentelemetry(self.stats, lambda: self._active, protocol.settings.namespace)
 
+    def _set_clock(self) -> None:
+        """Learn the server's clock before the first lookup (leases are bounded by it)."""
+        try:
+            seconds, micros = self._transport.client.time()
+        except RedisError:
+            return  # unknown until the first lookup's reply: that lease is bounded by lease_ms
+        self._protocol.clock.observe(int(seconds) * 1000 + int(micros) // 1000)
+
     def _start_threads(self, client: Any) -> None:
         from . import metrics
 
@@ -324,6 +332,7 @@ def register(
     transport = SyncTransport(holder)
     _check(transport, redis)
     registration = Registration(Protocol(settings, cluster=transport.cluster), transport, SyncHooks)
+    registration._set_clock()
     registration._start_background(transport.connections)
     install(registration, kind, resolved)
     return registration
@@ -391,6 +400,7 @@ def register_from_environment(environ: Mapping[str, str]) -> Registration | None
         SyncHooks,
         from_environment=True,
     )
+    registration._set_clock()
     registration._start_background(transport.connections)
     return registration
 

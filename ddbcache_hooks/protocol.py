@@ -484,7 +484,7 @@ class Protocol:
 
     def tidy(self) -> Op[None]:
         """Give orphaned leases back; delete keys holding a field no entry could be."""
-        leases, suspects = self.orphans.take()
+        leases, suspects = self.orphans.snapshot()
         if leases:
             outcomes = yield from store.fill(
                 [store.FillRequest(key, field, token, b"", 0) for key, field, token in leases]
@@ -503,6 +503,7 @@ class Protocol:
                     len(poisoned),
                     poisoned[0],
                 )
+        self.orphans.done(leases, suspects)
 
     def replay_backlog(self) -> Op[None]:
         """Deliver what outages left undelivered, before anything is served."""

@@ -213,10 +213,12 @@ class Orphans:
     """
 
     LIMIT = 1024
+    ATTEMPTS = 5
 
     def __init__(self, stats: Stats) -> None:
         self._stats = stats
         self._lock = threading.Lock()
+        self._failures = 0
         #: (entry hash key, variant field) -> lease token
         self._leases: dict[tuple[str, str], str] = {}
         self._suspects: dict[tuple[str, str], None] = {}
@@ -236,13 +238,29 @@ class Orphans:
                 if len(self._suspects) < 64:
                     self._suspects[suspect] = None
 
-    def take(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    def snapshot(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
         with self._lock:
             leases = [(key, field_, token) for (key, field_), token in self._leases.items()]
-            suspects = list(self._suspects)
-            self._leases.clear()
-            self._suspects.clear()
-        return leases, suspects
+            return leases, list(self._suspects)
+
+    def done(self, leases: list[tuple[str, str, str]], suspects: list[tuple[str, str]]) -> None:
+        """Forget what a pass handled."""
+        with self._lock:
+            for key, field_, token in leases:
+                if self._leases.get((key, field_)) == token:
+                    del self._leases[(key, field_)]
+            for suspect in suspects:
+                self._suspects.pop(suspect, None)
+            self._failures = 0
+
+    def failed(self) -> None:
+        """A pass failed; after a few, give up (leases expire anyway; a suspect comes back)."""
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self.ATTEMPTS:
+                self._leases.clear()
+                self._suspects.clear()
+                self._failures = 0
 
 
 #: Pauses between attempts of background work while Redis refuses it (seconds).
@@ -297,6 +315,8 @@ class BackgroundWork:
                 self._run(step())
             except RedisError as exc:
                 ok = False
+                if step == self._protocol.tidy:
+                    self._protocol.orphans.failed()
                 log.debug("background work deferred, Redis failed: %s", exc)
         return ok and not self.pending()
 
@@ -364,6 +384,8 @@ class AsyncBackgroundWork:
                 await self._run(step())
             except RedisError as exc:
                 ok = False
+                if step == self._protocol.tidy:
+                    self._protocol.orphans.failed()
                 log.debug("background work deferred, Redis failed: %s", exc)
         return ok and not self.pending()
 
