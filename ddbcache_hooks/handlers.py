@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import BotoCoreError, ClientError
-from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
+from redis.exceptions import MaxConnectionsError, OutOfMemoryError, RedisError
 
 from . import schema as schema_mod
 from .effects import DescribeTable, Op, RedisBatch, Sleep
@@ -153,7 +153,7 @@ class Hooks:
             self.protocol.stats.incr("pool_busy")
             log.debug("no free Redis connection; this call bypasses the cache")
             return
-        if isinstance(exc, ResponseError) and str(exc).startswith("OOM"):
+        if isinstance(exc, OutOfMemoryError):
             # Redis is full (noeviction) and refuses writes, but answers: hits go on.
             self.protocol.stats.incr("redis_oom")
             self.protocol.limited.warning(

@@ -1,0 +1,183 @@
+"""Held invalidations reach Redis without the writer's help: in the background, and at exit.
+
+A writer process (a real subprocess) writes while Redis cannot take the
+invalidation, then goes idle or exits; another process reads. The old entry
+must stop being served as soon as Redis takes writes again, without the
+writer making another call.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import redis
+
+import ddbcache_hooks
+from ddbcache_hooks._redis_server import RedisServer
+from tests.conftest import REGION, make_table
+
+KEY = {"pk": {"S": "a"}}
+
+WRITER = textwrap.dedent(
+    """
+    import json, sys
+    import boto3, ddbcache_hooks
+    from ddbcache_hooks import resilience
+
+    moto_url, redis_url, namespace, mode = sys.argv[1:5]
+    if mode == "exit":  # no background retry in time: only the exit flush can deliver
+        resilience.RETRY_FIRST_S = resilience.RETRY_MAX_S = 3600
+    session = boto3.Session(region_name="us-east-1")
+    registration = ddbcache_hooks.register(
+        session, redis_url, namespace=namespace, breaker_threshold=1
+    )
+    c = session.client("dynamodb", endpoint_url=moto_url)
+    print("ready", flush=True)
+    sys.stdin.readline()  # Redis is down now
+    c.put_item(TableName="items", Item={"pk": {"S": "a"}, "v": {"S": "new"}})
+    print("written", len(registration._protocol.backlog), flush=True)
+    sys.stdin.readline()  # idle until told to report, then exit without another call
+    print(json.dumps(registration.stats()), flush=True)
+    """
+)
+
+
+class Writer:
+    def __init__(self, tmp_path: Path, moto_url: str, redis_url: str, namespace: str, mode: str):
+        script = tmp_path / "writer.py"
+        script.write_text(WRITER)
+        self.process = subprocess.Popen(
+            [sys.executable, str(script), moto_url, redis_url, namespace, mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.line() == "ready"
+
+    def line(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def tell(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+
+    def finish(self) -> str:
+        self.tell()
+        report = self.line()
+        assert self.process.wait(timeout=30) == 0
+        return report
+
+
+@pytest.fixture
+def persistent_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server that keeps its data across kill and restart: the old entry comes back."""
+    server = RedisServer(
+        extra_args=["--appendonly", "yes", "--appendfsync", "always"], workdir=str(tmp_path)
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def reader(
+    moto_url: str, persistent_server: RedisServer, namespace: str
+) -> Iterator[Callable[[], tuple[bool, str]]]:
+    session = boto3.Session(region_name=REGION)
+    registration = ddbcache_hooks.register(session, persistent_server.url, namespace=namespace)
+    c = session.client("dynamodb", endpoint_url=moto_url)
+    make_table(c, "items")
+    c.put_item(TableName="items", Item={**KEY, "v": {"S": "old"}})
+    c.get_item(TableName="items", Key=KEY)
+
+    def read() -> tuple[bool, str]:
+        """(a cache hit, the value); Redis errors of the reader show as misses."""
+        response = c.get_item(TableName="items", Key=KEY)
+        return "CacheMetadata" in response, response["Item"]["v"]["S"]
+
+    assert read() == (True, "old")
+    yield read
+    registration.unregister()
+
+
+def until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll (bounded) for what another process does in the background."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return check()
+
+
+def test_an_idle_writers_invalidation_is_replayed_in_the_background(
+    tmp_path: Path,
+    moto_url: str,
+    persistent_server: RedisServer,
+    namespace: str,
+    reader: Callable[[], tuple[bool, str]],
+) -> None:
+    writer = Writer(tmp_path, moto_url, persistent_server.url, namespace, "idle")
+    persistent_server.kill()
+    writer.tell()
+    assert writer.line() == "written 1"  # held: Redis was down
+    persistent_server.restart()  # the old entry comes back with the data
+    # The writer makes no call from here on; only its background worker can help.
+    assert until(lambda: reader() == (True, "new"))  # served from Redis again, not stale
+    assert '"backlog_replayed": 1' in writer.finish()
+
+
+def test_held_invalidations_are_flushed_at_exit(
+    tmp_path: Path,
+    moto_url: str,
+    persistent_server: RedisServer,
+    namespace: str,
+    reader: Callable[[], tuple[bool, str]],
+) -> None:
+    writer = Writer(tmp_path, moto_url, persistent_server.url, namespace, "exit")
+    persistent_server.kill()
+    writer.tell()
+    assert writer.line() == "written 1"
+    persistent_server.restart()
+    # The old entry is back and served: this writer retries nothing before it exits.
+    assert until(lambda: reader() == (True, "old"))
+    writer.finish()  # interpreter exit delivers what is held
+    assert reader() == (False, "new")
+
+
+def test_a_full_redis_serves_hits_and_keeps_the_breaker_closed(namespace: str, aws: None) -> None:
+    with RedisServer(extra_args=["--maxmemory-policy", "noeviction"]) as server:
+        session = boto3.Session(region_name=REGION)
+        registration = ddbcache_hooks.register(
+            session, server.url, namespace=namespace, breaker_threshold=1
+        )
+        c = session.client("dynamodb")
+        make_table(c, "items")
+        other = {"pk": {"S": "b"}}
+        for key in (KEY, other):
+            c.put_item(TableName="items", Item={**key, "v": {"S": "old"}})
+        c.get_item(TableName="items", Key=KEY)  # cached before Redis fills up
+        admin = redis.Redis(port=server.port)
+        for n in range(200):
+            admin.set(f"junk{n}", b"x" * 10_000)
+        admin.config_set("maxmemory", "1mb")  # now over the limit: writes are refused
+        for _ in range(5):
+            assert "CacheMetadata" in c.get_item(TableName="items", Key=KEY)  # hits go on
+            assert c.get_item(TableName="items", Key=other)["Item"]["v"] == {"S": "old"}
+        stats = registration.stats()
+        assert stats["redis_oom"] >= 5 and stats["errors"] == 0 and stats["breaker_opened"] == 0
+        assert registration._protocol.breaker.state == "closed"
+        # Replacing a table's tokens writes first: refused, so held for replay.
+        assert registration.invalidate_table("items") is False
+        assert len(registration._protocol.backlog) == 1
+        admin.config_set("maxmemory", "0")  # room again; nobody makes a call
+        assert until(lambda: not registration._protocol.backlog, timeout=10)
+        assert "CacheMetadata" not in c.get_item(TableName="items", Key=KEY)
+        assert registration.stats()["backlog_replayed"] == 1
+        registration.unregister()
