@@ -17,8 +17,10 @@ are shared; nothing about the cache is written twice.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
+import weakref
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -26,10 +28,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
 from .config import Settings
-from .connections import Connections, Policy, async_builder, is_fake
+from .connections import Connections, Policy, async_builder, is_fake, sync_twin
 from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .errors import CacheConnectionError, RegistrationError
 from .handlers import _FAILED, Hooks, _finished, _scope
+from .handlers import drive as sync_drive
 from .keys import NotCanonical, table_name
 from .near import NearCache, decode_message
 from .plan import ReadPlan, WritePlan
@@ -45,9 +48,9 @@ from .plugin import (
     switched_off,
 )
 from .protocol import Protocol
-from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, Invalidation
+from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork, Invalidation
 from .schema import TableSchema
-from .store import SCRIPTS, AsyncTransport
+from .store import SCRIPTS, AsyncTransport, SyncTransport
 
 log = logging.getLogger("ddbcache_hooks")
 T = TypeVar("T")
@@ -192,6 +195,9 @@ class AsyncHooks(Hooks):
 class AsyncRegistration(Registration):
     """The handle ``register_async()`` returns: the same, with awaitable invalidations."""
 
+    #: Builds a sync client to flush held invalidations at exit (None: cannot).
+    _exit_twin: Any = None
+
     async def invalidate(self, table: str, key: Mapping[str, Any]) -> bool:  # type: ignore[override]
         """Drop one item's entries (see :meth:`Registration.invalidate`)."""
         name = table_name(table)
@@ -239,6 +245,15 @@ class AsyncRegistration(Registration):
         self._tasks = [loop.create_task(task) for task in tasks]
         metrics.export_opentelemetry(self.stats, lambda: self._active, settings.namespace)
 
+    def _flush_without_loop(self) -> None:
+        """At interpreter exit the event loop is gone: deliver what is held over a sync client."""
+        if self._exit_twin is None or not self._protocol.backlog:
+            return
+        transport = SyncTransport(Connections(self._exit_twin))
+        worker = BackgroundWork(self._protocol, lambda op: sync_drive(op, transport, _no_schema))
+        if not worker.flush(EXIT_FLUSH_S):
+            log.warning("exiting with invalidations Redis did not take; entries expire by TTL")
+
     async def aclose(self) -> None:
         """Deliver held invalidations (waiting a bounded time), then unregister."""
         if self._work is not None:
@@ -253,6 +268,19 @@ class AsyncRegistration(Registration):
         for task in getattr(self, "_tasks", ()):
             task.cancel()
         super().unregister()
+
+
+_registrations: weakref.WeakSet[AsyncRegistration] = weakref.WeakSet()
+
+
+def _no_schema(table: str) -> None:
+    return None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for registration in list(_registrations):
+        registration._flush_without_loop()
 
 
 async def _flush_counters(registration: AsyncRegistration, client: Any, settings: Settings) -> None:
@@ -344,6 +372,9 @@ async def register_async(
     if holder.policy is not None:
         protocol.call_timeout_ms = holder.policy.timeout_ms
     registration = AsyncRegistration(protocol, transport, AsyncHooks)
+    if holder.policy is not None:
+        registration._exit_twin = sync_twin(redis, holder.policy)
+        _registrations.add(registration)
     protocol.clock.observe(server_ms)
     registration._start_background(holder)
     install(registration, kind, resolved)

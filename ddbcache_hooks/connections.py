@@ -420,3 +420,44 @@ def _new_locks_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
+def sync_twin(target: Any, policy: Policy) -> Callable[[], Any] | None:
+    """A sync builder for what an async registration was given; None for a cluster or
+    an unusual connection class. Used at interpreter exit, when the event loop is gone."""
+    from redis.asyncio.connection import Connection as AsyncConnection
+    from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
+    from redis.asyncio.connection import (
+        UnixDomainSocketConnection as AsyncUnixDomainSocketConnection,
+    )
+
+    if isinstance(target, str):
+        return sync_builder(target, policy)
+    pool = getattr(target, "connection_pool", None)
+    if pool is None or type(pool) not in (aredis.ConnectionPool, aredis.BlockingConnectionPool):
+        return None
+    twins: dict[type, type] = {
+        AsyncConnection: redis.Connection,
+        AsyncSSLConnection: redis.SSLConnection,
+        AsyncUnixDomainSocketConnection: redis.UnixDomainSocketConnection,
+    }
+    connection_class = twins.get(pool.connection_class)
+    if connection_class is None:
+        return None
+    settings = _connection_settings(dict(pool.connection_kwargs))
+    address = _address(pool.connection_kwargs)
+
+    def plain() -> Any:
+        from redis.retry import Retry
+
+        new_pool = _BlockingPool(  # type: ignore[no-untyped-call]
+            connection_class=connection_class,
+            max_connections=2,
+            timeout=policy.pool_wait_ms / 1000,
+            **policy.connection_kwargs(Retry(NoBackoff(), 0)),
+            **address,
+            **settings,
+        )
+        return redis.Redis(connection_pool=new_pool)
+
+    return plain

@@ -27,7 +27,7 @@ KEY = {"pk": {"S": "a"}}
 
 WRITER = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, time
     import boto3, ddbcache_hooks
     from ddbcache_hooks import resilience
 
@@ -42,6 +42,8 @@ WRITER = textwrap.dedent(
     print("ready", flush=True)
     sys.stdin.readline()  # Redis is down now
     c.put_item(TableName="items", Item={"pk": {"S": "a"}, "v": {"S": "new"}})
+    if mode == "exit":
+        time.sleep(0.5)  # the worker's first attempt (Redis still down) is made, none after
     print("written", len(registration._protocol.backlog), flush=True)
     sys.stdin.readline()  # idle until told to report, then exit without another call
     print(json.dumps(registration.stats()), flush=True)
@@ -49,10 +51,41 @@ WRITER = textwrap.dedent(
 )
 
 
+ASYNC_WRITER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import aioboto3, ddbcache_hooks
+    from ddbcache_hooks import resilience
+
+    moto_url, redis_url, namespace, mode = sys.argv[1:5]
+    resilience.RETRY_FIRST_S = resilience.RETRY_MAX_S = 3600  # only the exit flush delivers
+
+
+    async def main():
+        session = aioboto3.Session(region_name="us-east-1")
+        registration = await ddbcache_hooks.register_async(
+            session, redis_url, namespace=namespace, breaker_threshold=1
+        )
+        loop = asyncio.get_running_loop()
+        async with session.client("dynamodb", endpoint_url=moto_url) as c:
+            print("ready", flush=True)
+            await loop.run_in_executor(None, sys.stdin.readline)
+            await c.put_item(TableName="items", Item={"pk": {"S": "a"}, "v": {"S": "new"}})
+            await asyncio.sleep(0.5)  # the worker's first attempt is made, none after
+            print("written", len(registration._protocol.backlog), flush=True)
+            await loop.run_in_executor(None, sys.stdin.readline)
+            print(json.dumps(registration.stats()), flush=True)
+
+
+    asyncio.run(main())  # the loop is gone before the interpreter exits
+    """
+)
+
+
 class Writer:
     def __init__(self, tmp_path: Path, moto_url: str, redis_url: str, namespace: str, mode: str):
         script = tmp_path / "writer.py"
-        script.write_text(WRITER)
+        script.write_text(ASYNC_WRITER if mode == "async exit" else WRITER)
         self.process = subprocess.Popen(
             [sys.executable, str(script), moto_url, redis_url, namespace, mode],
             stdin=subprocess.PIPE,
@@ -92,7 +125,11 @@ def reader(
     moto_url: str, persistent_server: RedisServer, namespace: str
 ) -> Iterator[Callable[[], tuple[bool, str]]]:
     session = boto3.Session(region_name=REGION)
-    registration = ddbcache_hooks.register(session, persistent_server.url, namespace=namespace)
+    # settle_ms=0: the old entry keeps its full TTL (a fill right after a write
+    # would otherwise expire with the settle window, and nothing would be stale).
+    registration = ddbcache_hooks.register(
+        session, persistent_server.url, namespace=namespace, settle_ms=0
+    )
     c = session.client("dynamodb", endpoint_url=moto_url)
     make_table(c, "items")
     c.put_item(TableName="items", Item={**KEY, "v": {"S": "old"}})
@@ -129,18 +166,21 @@ def test_an_idle_writers_invalidation_is_replayed_in_the_background(
     assert writer.line() == "written 1"  # held: Redis was down
     persistent_server.restart()  # the old entry comes back with the data
     # The writer makes no call from here on; only its background worker can help.
+    # (Without it, the reader would be served "old" for the entry's whole TTL.)
     assert until(lambda: reader() == (True, "new"))  # served from Redis again, not stale
     assert '"backlog_replayed": 1' in writer.finish()
 
 
+@pytest.mark.parametrize("mode", ["exit", "async exit"])
 def test_held_invalidations_are_flushed_at_exit(
+    mode: str,
     tmp_path: Path,
     moto_url: str,
     persistent_server: RedisServer,
     namespace: str,
     reader: Callable[[], tuple[bool, str]],
 ) -> None:
-    writer = Writer(tmp_path, moto_url, persistent_server.url, namespace, "exit")
+    writer = Writer(tmp_path, moto_url, persistent_server.url, namespace, mode)
     persistent_server.kill()
     writer.tell()
     assert writer.line() == "written 1"
