@@ -71,6 +71,8 @@ _NOT_CONNECTION = frozenset(
         "orig_host_address",
         "orig_socket_timeout",
         "orig_socket_connect_timeout",
+        "oss_cluster_maint_notifications_handler",
+        "cache",
     }
 )
 _URL_SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
@@ -156,8 +158,13 @@ def is_fake(client: Any) -> bool:
     return type(client).__module__.startswith("fakeredis")
 
 
-def _connection_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in kwargs.items() if k not in _NOT_CONNECTION}
+def _connection_settings(kwargs: dict[str, Any], *, cluster: bool = False) -> dict[str, Any]:
+    """A client's connection settings; a cluster's keep their connection class (TLS)."""
+    return {
+        k: v
+        for k, v in kwargs.items()
+        if k not in _NOT_CONNECTION or (cluster and k == "connection_class")
+    }
 
 
 def _check_url(url: str) -> str:
@@ -202,12 +209,19 @@ def sync_builder(
     if isinstance(target, RedisCluster):
         manager = target.nodes_manager
         nodes = [(n.host, n.port) for n in manager.startup_nodes.values()]
-        settings = {**_connection_settings(dict(manager.connection_kwargs)), **extra}
+        settings = {
+            **_connection_settings(dict(manager.connection_kwargs), cluster=True),
+            **extra,
+        }
         remap = manager.address_remap
+        (first_host, first_port), *others = nodes
 
         def cluster() -> Any:
+            # Node pools are built from connection_pool_class only in redis-py's
+            # URL mode, hence the first node as a URL (its settings come from kwargs).
             return RedisCluster(
-                startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                url=f"redis://{first_host}:{first_port}",
+                startup_nodes=[ClusterNode(host, port) for host, port in others] or None,
                 connection_pool_class=_cluster_pool(policy.pool_wait_ms / 1000),
                 max_connections=policy.max_connections,
                 address_remap=remap,
@@ -263,6 +277,7 @@ def async_builder(
 ) -> Callable[[], Any]:
     """:func:`sync_builder` for ``redis.asyncio`` clients."""
     from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.connection import SSLConnection
     from redis.asyncio.retry import Retry
 
     extra = {"credential_provider": credential_provider} if credential_provider else {}
@@ -287,6 +302,8 @@ def async_builder(
     if isinstance(target, RedisCluster):
         nodes = [(n.host, n.port) for n in target.nodes_manager.startup_nodes.values()]
         settings = {**_connection_settings(dict(target.connection_kwargs)), **extra}
+        if issubclass(target.connection_kwargs.get("connection_class", object), SSLConnection):
+            settings["ssl"] = True  # redis.asyncio's cluster takes TLS as a flag
         remap = target.nodes_manager.address_remap
 
         def cluster() -> Any:

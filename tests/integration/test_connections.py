@@ -295,3 +295,56 @@ def test_forked_children_with_64_threads_running_all_finish(
     finally:
         del os.environ["AWS_ENDPOINT_URL_DYNAMODB"]
         registration.unregister()
+
+
+def test_cluster_clients_get_a_blocking_pool_per_node(
+    redis_cluster: Any, namespace: str, aws: None
+) -> None:
+    import redis.cluster
+
+    host, port = redis_cluster.startup_nodes[0]
+    users = redis.cluster.RedisCluster(host=host, port=port)
+    session = boto3.Session(region_name=REGION)
+    registration = ddbcache_hooks.register(session, users, namespace=namespace)
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "items")
+        c.put_item(TableName="items", Item=KEY)
+        c.get_item(TableName="items", Key=KEY)
+        assert "CacheMetadata" in c.get_item(TableName="items", Key=KEY)
+        own = registration._transport.client
+        assert own is not users
+        node = own.get_node_from_key("x")
+        pool = node.redis_connection.connection_pool
+        assert isinstance(pool, redis.BlockingConnectionPool) and pool.timeout == 0.02
+        assert pool.connection_kwargs["socket_timeout"] == 1.0  # the suite's loaded-machine value
+    finally:
+        registration.unregister()
+
+
+def test_async_cluster_clients_are_rebuilt_with_the_policy(
+    redis_cluster: Any, namespace: str, moto_url: str
+) -> None:
+    import aioboto3
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    host, port = redis_cluster.startup_nodes[0]
+    admin = boto3.Session(region_name=REGION).client("dynamodb", endpoint_url=moto_url)
+    make_table(admin, "items")
+    admin.put_item(TableName="items", Item=KEY)
+
+    async def main() -> None:
+        users = AsyncRedisCluster(host=host, port=port)
+        session = aioboto3.Session(region_name=REGION)
+        registration = await ddbcache_hooks.register_async(session, users, namespace=namespace)
+        try:
+            own = registration._transport.client
+            assert own is not users and own.connection_kwargs["socket_timeout"] == 1.0
+            async with session.client("dynamodb", endpoint_url=moto_url) as c:
+                await c.get_item(TableName="items", Key=KEY)
+                assert "CacheMetadata" in await c.get_item(TableName="items", Key=KEY)
+        finally:
+            registration.unregister()
+            await users.aclose()
+
+    asyncio.run(main())
