@@ -350,3 +350,80 @@ def test_async_cluster_clients_are_rebuilt_with_the_policy(
             await users.aclose()
 
     asyncio.run(main())
+
+
+def _self_signed(directory: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_tls_settings_of_the_users_client_are_kept(
+    tmp_path: Any, namespace: str, moto_url: str
+) -> None:
+    import aioboto3
+
+    from ddbcache_hooks._redis_server import free_port
+
+    cert, key = _self_signed(tmp_path)
+    tls_port = free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-cert-file", cert, "--tls-key-file", key]
+    tls += ["--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
+    admin = boto3.Session(region_name=REGION).client("dynamodb", endpoint_url=moto_url)
+    make_table(admin, "items")
+    admin.put_item(TableName="items", Item=KEY)
+    with RedisServer(extra_args=tls):
+        session = boto3.Session(region_name=REGION)
+        users = redis.Redis(host="127.0.0.1", port=tls_port, ssl=True, ssl_ca_certs=cert)
+        registration = ddbcache_hooks.register(session, users, namespace=namespace)
+        pool = registration._transport.client.connection_pool
+        assert issubclass(pool.connection_class, redis.SSLConnection)
+        c = session.client("dynamodb", endpoint_url=moto_url)
+        c.get_item(TableName="items", Key=KEY)
+        assert "CacheMetadata" in c.get_item(TableName="items", Key=KEY)
+        registration.unregister()
+
+        async def main() -> None:
+            session = aioboto3.Session(region_name=REGION)
+            users = aredis.Redis(host="127.0.0.1", port=tls_port, ssl=True, ssl_ca_certs=cert)
+            registration = await ddbcache_hooks.register_async(session, users, namespace=namespace)
+            async with session.client("dynamodb", endpoint_url=moto_url) as c:
+                assert "CacheMetadata" in await c.get_item(TableName="items", Key=KEY)
+            registration.unregister()
+            await users.aclose()
+
+        asyncio.run(main())
