@@ -92,24 +92,22 @@ class AsyncHooks(Hooks):
         # gives its lease back.
         client._make_api_call = self._guard(client._make_api_call)
 
-    def detach(self, client: Any) -> None:
-        client.__dict__.pop("_make_api_call", None)
-
     def _guard(self, make_api_call: Any) -> Any:
         async def _make_api_call(operation_name: str, api_params: Any) -> Any:
             scope: list[Any] = []
             token = _scope.set(scope)
             try:
                 return await make_api_call(operation_name, api_params)
-            except asyncio.CancelledError:
-                self._cancelled(scope)
+            except BaseException as exc:  # asyncio.CancelledError, above all
+                if scope and not isinstance(exc, Exception):
+                    self._interrupted(scope)
                 raise
             finally:
                 _scope.reset(token)
 
         return _make_api_call
 
-    def _cancelled(self, scope: list[Any]) -> None:
+    def _interrupted(self, scope: list[Any]) -> None:
         """The caller was cancelled mid-call: nothing says what DynamoDB did."""
         for plan in scope:
             if isinstance(plan, WritePlan):

@@ -91,6 +91,10 @@ class Hooks:
 
     def detach(self, client: Any) -> None:
         """Undo what attaching did to the client besides its event handlers."""
+        client.__dict__.pop("_make_api_call", None)
+
+    def _interrupted(self, scope: list[Any]) -> None:
+        """The call ended without its last handler (cancelled, interrupted): see subclasses."""
 
     def plan_call(
         self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any
@@ -186,6 +190,33 @@ class SyncHooks(Hooks):
     ) -> None:
         super().__init__(protocol, client)
         self.transport = transport
+        # botocore runs after-call-error for an Exception only: a KeyboardInterrupt or
+        # a gevent.Timeout (BaseExceptions) ends a call with no handler run.
+        client._make_api_call = self._guard(client._make_api_call)
+
+    def _guard(self, make_api_call: Any) -> Any:
+        def _make_api_call(operation_name: str, api_params: Any) -> Any:
+            scope: list[Any] = []
+            token = _scope.set(scope)
+            try:
+                return make_api_call(operation_name, api_params)
+            except BaseException as exc:
+                if scope and not isinstance(exc, Exception):
+                    self._interrupted(scope)
+                raise
+            finally:
+                _scope.reset(token)
+
+        return _make_api_call
+
+    def _interrupted(self, scope: list[Any]) -> None:
+        """Writes of unknown outcome are held for the background worker; leases given back."""
+        for plan in scope:
+            if isinstance(plan, WritePlan):
+                self.protocol.stats.incr("writes_cancelled")
+                self._remember(plan, None)
+            elif isinstance(plan, ReadPlan):
+                self.protocol.abandon(plan)
 
     def serve_cached_read(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> Any:
         """before-call: answer from the cache, or shape the real request of a miss."""
@@ -206,19 +237,24 @@ class SyncHooks(Hooks):
             fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
             if fills:
                 self._run(self.protocol.fill(fills))
+            _finished(plan)
 
     def release_leases(self, context: dict[str, Any], **_: Any) -> None:
         """after-call-error of a read: the call failed, give the leases back."""
         plan = self._read_plan(context)
         if plan is not None:
             self._run(self.protocol.release(plan))
+            _finished(plan)
 
     def invalidate_written_items(
         self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
     ) -> None:
         """after-call / after-call-error of a write: drop what it touched, whatever the outcome."""
         plan = self._write_plan(context)
-        if plan is None or self._changed_nothing(parsed):
+        if plan is None:
+            return
+        _finished(plan)
+        if self._changed_nothing(parsed):
             return
         if self._run(self.protocol.invalidate(plan, parsed)) is _FAILED:
             self._remember(plan, parsed)

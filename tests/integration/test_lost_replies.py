@@ -176,6 +176,33 @@ def test_a_write_with_an_unknown_outcome_still_invalidates(sync_cache: tuple[Any
     assert "CacheMetadata" not in response and response["Item"]["v"] == {"S": "2"}
 
 
+class Interrupt(BaseException):
+    """Like KeyboardInterrupt or gevent.Timeout: botocore runs no after-call-error for it."""
+
+
+def test_an_interrupted_sync_write_is_invalidated(
+    sync_cache: tuple[Any, Any], redis_server: RedisServer, namespace: str
+) -> None:
+    registration, c = sync_cache
+    other = boto3.Session(region_name=REGION)  # another process, as far as the cache knows
+    reader = ddbcache_hooks.register(other, redis_server.url, namespace=namespace)
+    r = other.client("dynamodb")
+    c.put_item(TableName="items", Item={**KEY, "v": {"S": "old"}})
+    r.get_item(TableName="items", Key=KEY)
+    assert "CacheMetadata" in r.get_item(TableName="items", Key=KEY)
+
+    def interrupt(**_: Any) -> None:
+        raise Interrupt
+
+    c.meta.events.register_first("after-call.dynamodb.PutItem", interrupt)
+    with pytest.raises(Interrupt):  # DynamoDB applied it; the caller never heard back
+        c.put_item(TableName="items", Item={**KEY, "v": {"S": "new"}})
+    assert registration.stats()["writes_cancelled"] == 1
+    # The writer makes no further call: its background worker delivers.
+    assert eventually(lambda: r.get_item(TableName="items", Key=KEY)["Item"]["v"]["S"] == "new")
+    reader.unregister()
+
+
 # --- cancellation (aiobotocore) -----------------------------------------------------
 
 
