@@ -18,6 +18,8 @@ import boto3
 import pytest
 import redis
 from botocore.exceptions import ClientError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
@@ -72,6 +74,20 @@ def sync_cache(redis_server: RedisServer, namespace: str, aws: None) -> Iterator
 # --- stalls --------------------------------------------------------------------------
 
 
+def asleep(port: int) -> bool:
+    """Whether the server fails to answer a PING within 20 ms."""
+    probe = redis.Redis(
+        port=port, socket_timeout=0.02, socket_connect_timeout=0.02, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        probe.ping()
+    except (redis.TimeoutError, redis.ConnectionError):  # connecting sends commands too
+        return True
+    finally:
+        probe.close()
+    return False
+
+
 @pytest.mark.parametrize("stall", ["DEBUG SLEEP", "CLIENT PAUSE"])
 def test_a_lookup_that_timed_out_in_a_stall_leaves_no_lease(
     stall: str, namespace: str, aws: None
@@ -87,16 +103,16 @@ def test_a_lookup_that_timed_out_in_a_stall_leaves_no_lease(
         admin = redis.Redis(port=server.port)
         sleeper = None
         if stall == "DEBUG SLEEP":
-            sleeper = threading.Thread(target=admin.execute_command, args=("DEBUG", "SLEEP", "0.4"))
+            sleeper = threading.Thread(target=admin.execute_command, args=("DEBUG", "SLEEP", "0.5"))
             sleeper.start()
-            time.sleep(0.1)  # the server is asleep from here on
+            assert eventually(lambda: asleep(server.port), timeout=5)
         else:
             admin.execute_command("CLIENT", "PAUSE", "400", "ALL")
         assert c.get_item(TableName="items", Key=KEY)["Item"] == KEY  # served by DynamoDB
         assert registration.stats()["errors"] >= 1  # the lookup timed out in the stall
         if sleeper is not None:
             sleeper.join()
-        time.sleep(0.4)  # past the stall in every case: the late lookup has run
+        time.sleep(0.5)  # past the stall in every case: the late lookup has run
         assert leases(server, namespace) == []
         waits = registration.stats()["lease_waits"]
         c.get_item(TableName="items", Key=KEY)  # a miss that fills: nobody else's lease
