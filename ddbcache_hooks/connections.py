@@ -37,6 +37,7 @@ import redis.cluster
 from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError
 
+from . import iam
 from .errors import RegistrationError
 
 log = logging.getLogger("ddbcache_hooks")
@@ -222,6 +223,9 @@ def sync_builder(
         }
         remap = manager.address_remap
         (first_host, first_port), *others = nodes
+        node_class = connection_class
+        if node_class is None and _is_iam_pool(getattr(manager, "connection_pool_class", None)):
+            node_class = iam.IAMSSLConnection  # reconnect at the age limit, as the user's do
 
         def cluster() -> Any:
             # Node pools are built from connection_pool_class only in redis-py's
@@ -229,7 +233,7 @@ def sync_builder(
             return RedisCluster(
                 url=f"redis://{first_host}:{first_port}",
                 startup_nodes=[ClusterNode(host, port) for host, port in others] or None,
-                connection_pool_class=_cluster_pool(policy.pool_wait_ms / 1000),
+                connection_pool_class=_cluster_pool(policy.pool_wait_ms / 1000, node_class),
                 max_connections=policy.max_connections,
                 address_remap=remap,
                 **policy.connection_kwargs(retry()),
@@ -346,6 +350,10 @@ def async_builder(
         return aredis.Redis(connection_pool=new_pool)
 
     return plain
+
+
+def _is_iam_pool(pool_class: Any) -> bool:
+    return isinstance(pool_class, type) and issubclass(pool_class, iam.IAMConnectionPool)
 
 
 def _address(kwargs: dict[str, Any]) -> dict[str, Any]:
