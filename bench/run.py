@@ -550,31 +550,36 @@ def bench_batch(env: Env) -> dict[str, float]:
 
 
 def bench_outage(env: Env) -> dict[str, float]:
-    """What a GetItem pays while Redis is down: breaker closed vs open, against no cache."""
+    """What a GetItem pays when Redis is in trouble, against no cache.
+
+    Every registration gets a default ``redis.Redis()`` (5 s time-out, retries
+    with back-off, a pool that fails past 100): the cache applies its own policy.
+    """
     import signal
 
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
     results: dict[str, Series] = {}
-    with RedisServer() as down:
+    with RedisServer() as down, RedisServer() as healthy:
         # Two registrations on the same doomed server: one whose breaker never opens.
         clients = {}
         for label, threshold in (("breaker closed", 10**9), ("breaker open", 1)):
             session = env.session()
             ddbcache_hooks.register(
                 session,
-                redis.Redis(
-                    port=down.port,
-                    socket_timeout=0.05,
-                    socket_connect_timeout=0.05,
-                    retry=Retry(NoBackoff(), 0),
-                ),
+                redis.Redis(port=down.port),
                 namespace="bench-" + uuid.uuid4().hex[:8],
                 breaker_threshold=threshold,
                 breaker_cooldown_ms=3_600_000,
             )
             clients[label] = session.client("dynamodb")
+        # A healthy server whose only pooled connection is busy elsewhere.
+        session = env.session()
+        busy = ddbcache_hooks.register(
+            session,
+            redis.Redis(port=healthy.port),
+            namespace="bench-" + uuid.uuid4().hex[:8],
+            redis_max_connections=1,
+        )
+        clients["pool busy"] = session.client("dynamodb")
         plain = env.session().client("dynamodb")
         make_table(plain, "outage", items=1)
         k = key(0)
@@ -582,10 +587,26 @@ def bench_outage(env: Env) -> dict[str, float]:
         def call(client: Any) -> Callable[[], object]:
             return lambda: client.get_item(TableName="outage", Key=k)
 
+        pool = busy._transport.client.connection_pool
+        held = pool.get_connection()
+        try:
+            exhausted = measure(
+                {
+                    "no cache (moto GetItem)  ": call(plain),
+                    "pool exhausted (20 ms pool wait, then DynamoDB)": call(clients["pool busy"]),
+                },
+                rounds=3,
+                per_round=5,
+                warmup=1,
+            )
+        finally:
+            pool.release(held)
+        assert busy.stats()["breaker_opened"] == 0
+
         assert down.pid is not None
         os.kill(down.pid, signal.SIGSTOP)  # unresponsive: connected, no answers (time-outs)
         try:
-            for label in clients:
+            for label in ("breaker closed", "breaker open"):
                 call(clients[label])()  # opens the second breaker
             paused = measure(
                 {
@@ -613,14 +634,21 @@ def bench_outage(env: Env) -> dict[str, float]:
             warmup=5,
         )
     results.update(paused)
+    print(table(rows_for(exhausted, "no cache (moto GetItem)  "), HEADERS))
+    print()
     print(table(rows_for(paused, "no cache (moto GetItem)"), HEADERS))
     print()
     print(table(rows_for(refused, "no cache (moto GetItem) "), HEADERS))
-    base, base2 = (
+    base0, base, base2 = (
+        exhausted["no cache (moto GetItem)  "].median_us,
         paused["no cache (moto GetItem)"].median_us,
         refused["no cache (moto GetItem) "].median_us,
     )
     return {
+        "pool exhausted / uncached": exhausted[
+            "pool exhausted (20 ms pool wait, then DynamoDB)"
+        ].median_us
+        / base0,
         "Redis unresponsive, breaker closed / uncached": paused[
             "Redis unresponsive, breaker closed (50 ms time-out)"
         ].median_us

@@ -17,8 +17,10 @@ are shared; nothing about the cache is written twice.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
+import weakref
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -26,14 +28,24 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
 from .config import Settings
+from .connections import (
+    Connections,
+    Policy,
+    async_builder,
+    check_url,
+    is_fake,
+    sync_twin,
+    with_connection_class,
+)
 from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .errors import CacheConnectionError, ConfigurationError, RegistrationError
-from .handlers import _FAILED, Hooks
+from .handlers import _FAILED, Hooks, _finished, _scope
+from .handlers import drive as sync_drive
 from .keys import TableRef
 from .near import NearCache, decode_message
+from .plan import ReadPlan, WritePlan
 from .plugin import (
     Registration,
-    _warn_without_timeout,
     already_registered,
     inactive,
     install,
@@ -43,20 +55,12 @@ from .plugin import (
     switched_off,
 )
 from .protocol import Protocol
-from .resilience import Invalidation
+from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork, Invalidation
 from .schema import TableSchema
-from .store import SCRIPTS, AsyncTransport
+from .store import SCRIPTS, AsyncTransport, SyncTransport
 
 log = logging.getLogger("ddbcache_hooks")
 T = TypeVar("T")
-
-#: Connections of an async client built from a URL. Tasks queue for them (up to
-#: ASYNC_POOL_WAIT_S) rather than opening hundreds at once in a burst of misses.
-ASYNC_MAX_CONNECTIONS = 32
-ASYNC_POOL_WAIT_S = 1.0
-#: Floors of the time-outs of an async client built from a URL (see connect_async).
-ASYNC_MIN_TIMEOUT_MS = 250
-ASYNC_MIN_CONNECT_TIMEOUT_MS = 1000
 
 
 async def drive(op: Op[T], transport: AsyncTransport, hooks: AsyncHooks | None) -> T:
@@ -82,9 +86,42 @@ async def drive(op: Op[T], transport: AsyncTransport, hooks: AsyncHooks | None) 
 class AsyncHooks(Hooks):
     """Handlers for aiobotocore clients (coroutines; planning needs no I/O and stays sync)."""
 
-    def __init__(self, protocol: Protocol, client: Any, transport: AsyncTransport) -> None:
+    def __init__(
+        self, protocol: Protocol, client: Any, transport: AsyncTransport, work: Any = None
+    ) -> None:
         super().__init__(protocol, client)
         self.transport = transport
+        self.work: AsyncBackgroundWork = work or AsyncBackgroundWork(
+            protocol, lambda op: drive(op, transport, None)
+        )
+        # aiobotocore runs no handler when a call is cancelled: the call itself is
+        # wrapped, so that a cancelled write still invalidates and a cancelled miss
+        # gives its lease back.
+        client._make_api_call = self._guard(client._make_api_call)
+
+    def _guard(self, make_api_call: Any) -> Any:
+        async def _make_api_call(operation_name: str, api_params: Any) -> Any:
+            scope: list[Any] = []
+            token = _scope.set(scope)
+            try:
+                return await make_api_call(operation_name, api_params)
+            except BaseException as exc:  # asyncio.CancelledError, above all
+                if scope and not isinstance(exc, Exception):
+                    self._interrupted(scope)
+                raise
+            finally:
+                _scope.reset(token)
+
+        return _make_api_call
+
+    def _interrupted(self, scope: list[Any]) -> None:
+        """The caller was cancelled mid-call: nothing says what DynamoDB did."""
+        for plan in scope:
+            if isinstance(plan, WritePlan):
+                self.protocol.stats.incr("writes_cancelled")
+                self.work.hand_over(self._invalidate(plan, None))
+            elif isinstance(plan, ReadPlan):
+                self.protocol.abandon(plan)
 
     async def serve_cached_read(
         self, params: dict[str, Any], context: dict[str, Any], **_: Any
@@ -93,7 +130,10 @@ class AsyncHooks(Hooks):
         plan = self._read_plan(context)
         if plan is None:
             return None
-        return self._answer(plan, await self._run(self.protocol.serve(plan)), params)
+        response = await self._run(self.protocol.serve(plan))
+        if response is _FAILED:
+            self.protocol.abandon(plan)
+        return self._answer(plan, response, params)
 
     async def store_read_result(
         self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any
@@ -104,12 +144,14 @@ class AsyncHooks(Hooks):
             fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
             if fills:
                 await self._run(self.protocol.fill(fills))
+            _finished(plan)
 
     async def release_leases(self, context: dict[str, Any], **_: Any) -> None:
         """after-call-error of a read: the call failed, give the leases back."""
         plan = self._read_plan(context)
         if plan is not None:
             await self._run(self.protocol.release(plan))
+            _finished(plan)
 
     async def invalidate_written_items(
         self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
@@ -118,6 +160,14 @@ class AsyncHooks(Hooks):
         plan = self._write_plan(context)
         if plan is None:
             return
+        _finished(plan)
+        if self._changed_nothing(parsed):
+            return
+        # Shielded: a caller cancelled while this waits (say for a pooled
+        # connection) leaves the invalidation running to its end in a task.
+        await asyncio.shield(self.work.hand_over(self._invalidate(plan, parsed)))
+
+    async def _invalidate(self, plan: WritePlan, parsed: dict[str, Any] | None) -> None:
         outcome: Any = await self._run(self.protocol.invalidate(plan, parsed))
         if outcome is _FAILED:
             self._remember(plan, parsed)
@@ -150,6 +200,9 @@ class AsyncHooks(Hooks):
 class AsyncRegistration(Registration):
     """The handle ``register_async()`` returns: the same, with awaitable invalidations."""
 
+    #: Builds a sync client to flush held invalidations at exit (None: cannot).
+    _exit_twin: Any = None
+
     async def invalidate(  # type: ignore[override]
         self, table: str | TableRef, key: Mapping[str, Any]
     ) -> bool:
@@ -166,29 +219,65 @@ class AsyncRegistration(Registration):
         try:
             await drive(self._protocol.deliver(invalidation), self._transport, None)
         except RedisError as exc:
-            self._protocol.backlog.add(invalidation)
+            self._protocol.keep(invalidation)
             log.warning("invalidation kept for replay, Redis failed: %s", exc)
             return False
         return True
 
-    def _start_background(self, client: Any) -> None:
-        """Counters flushed to Redis and the near cache's subscription, as asyncio tasks."""
+    def _start_background(self, holder: Connections) -> None:
+        """Counters flushed to Redis, the near cache's subscription, background work: tasks."""
         from . import metrics
 
-        settings = self._protocol.settings
+        protocol = self._protocol
+        settings = protocol.settings
+        client = holder.client
+        self._work = AsyncBackgroundWork(protocol, lambda op: drive(op, self._transport, None))
+        protocol.wake = self._work.wake
         tasks = []
         if settings.metrics_flush_s:
             tasks.append(_flush_counters(self, client, settings))
-        if self._protocol.near is not None:
-            tasks.append(_listen(self._protocol.near, client, self._protocol.channel))
+        if protocol.near is not None:
+            tasks.append(_listen(protocol.near, client, protocol.channel))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(task) for task in tasks]
         metrics.export_opentelemetry(self.stats, lambda: self._active, settings.namespace)
+
+    def _flush_without_loop(self) -> None:
+        """At interpreter exit the event loop is gone: deliver what is held over a sync client."""
+        if self._exit_twin is None or not self._protocol.backlog:
+            return
+        transport = SyncTransport(Connections(self._exit_twin))
+        worker = BackgroundWork(self._protocol, lambda op: sync_drive(op, transport, _no_schema))
+        if not worker.flush(EXIT_FLUSH_S):
+            log.warning("exiting with invalidations Redis did not take; entries expire by TTL")
+
+    async def aclose(self) -> None:
+        """Deliver held invalidations (waiting a bounded time), then unregister."""
+        if self._work is not None:
+            await self._work.flush(EXIT_FLUSH_S)
+        self.unregister()
+
+    def _stop_work(self) -> None:
+        if self._work is not None:
+            self._work.stop()
 
     def unregister(self) -> None:
         for task in getattr(self, "_tasks", ()):
             task.cancel()
         super().unregister()
+
+
+_registrations: weakref.WeakSet[AsyncRegistration] = weakref.WeakSet()
+
+
+def _no_schema(table: str) -> None:
+    return None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for registration in list(_registrations):
+        registration._flush_without_loop()
 
 
 async def _flush_counters(registration: AsyncRegistration, client: Any, settings: Settings) -> None:
@@ -265,21 +354,43 @@ async def register_async(
     settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
     if switched_off(settings):
         return inactive(AsyncRegistration, settings, AsyncHooks)
-    client = await connect_async(redis, settings)
-    transport = AsyncTransport(client)
+    holder = await connect_async(redis, settings)
+    transport = AsyncTransport(holder)
     try:
         await transport.ping()
         for script in SCRIPTS:
-            await client.script_load(script.source)
+            await transport.client.script_load(script.source)
+        seconds, micros = await transport.client.time()
+        server_ms = int(seconds) * 1000 + int(micros) // 1000
     except RedisError as exc:
         where = redact(redis) if isinstance(redis, str) else repr(redis)
         raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
-    registration = AsyncRegistration(
-        Protocol(settings, cluster=transport.cluster), transport, AsyncHooks
-    )
-    registration._start_background(client)
+    protocol = Protocol(settings, cluster=transport.cluster)
+    if holder.policy is not None:
+        protocol.call_timeout_ms = holder.policy.timeout_ms
+    registration = AsyncRegistration(protocol, transport, AsyncHooks)
+    if holder.policy is not None:
+        registration._exit_twin = _exit_twin(redis, settings, holder.policy)
+        _registrations.add(registration)
+    protocol.clock.observe(server_ms)
+    registration._start_background(holder)
     install(registration, kind, resolved)
     return registration
+
+
+def _exit_twin(target: Any, settings: Settings, policy: Policy) -> Any:
+    """A sync builder of the same connections (IAM included), for the flush at exit."""
+    if not isinstance(target, str):
+        return sync_twin(target, policy)
+    from . import iam
+
+    url, auth = iam.redis_options(check_url(target), settings)
+    return sync_twin(
+        url,
+        policy,
+        credential_provider=auth.get("credential_provider"),
+        connection_class=auth.get("connection_class"),
+    )
 
 
 def _resolve_async_target(target: Any) -> tuple[str, Any]:
@@ -300,15 +411,20 @@ def _resolve_async_target(target: Any) -> tuple[str, Any]:
     return "client", client
 
 
-async def connect_async(redis_target: Any, settings: Settings) -> Any:
-    """The async Redis client: the one given, or one built from a URL with short time-outs.
+async def connect_async(
+    redis_target: Any, settings: Settings, *, credential_provider: Any = None
+) -> Connections:
+    """The library's async connections, built from a URL or the client the user passed.
 
-    IAM tokens (iam.py) are signed with a botocore session's credential chain: an aiobotocore
-    session's credentials are awaitable, and a token is made inside redis-py's connect."""
+    As for :func:`~ddbcache_hooks.plugin.connect_holder`: the user's client is only
+    read for its settings; time-outs are floored (``connections.ASYNC_MIN_*``).
+    IAM tokens (iam.py) are signed with a botocore session's credential chain (an
+    aiobotocore session's credentials are awaitable; a token is made inside
+    redis-py's connect), and the pools reconnect at the age limit.
+    """
     import redis as redis_lib
     import redis.asyncio as aredis
     from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-    from redis.backoff import NoBackoff
     from redis.cluster import RedisCluster
 
     if redis_target is None:
@@ -319,6 +435,8 @@ async def connect_async(redis_target: Any, settings: Settings) -> Any:
                 "register_async() needs a redis.asyncio client; this redis.Redis client is "
                 "synchronous (use register() for boto3, or redis.asyncio.Redis here)"
             )
+        if is_fake(redis_target):
+            return Connections.given(redis_target)
         if not isinstance(redis_target, (aredis.Redis, AsyncRedisCluster)):
             raise RegistrationError(
                 f"redis= must be a redis.asyncio client or URL, got {type(redis_target).__name__}"
@@ -328,37 +446,23 @@ async def connect_async(redis_target: Any, settings: Settings) -> Any:
                 "iam_user applies to a rediss:// URL; a Redis client built by the application "
                 "takes credential_provider=ddbcache_hooks.iam.ElastiCacheIAMProvider(...)"
             )
-        _warn_without_timeout(redis_target)
-        return redis_target
-    from redis.asyncio.retry import Retry
-
+        policy = Policy.from_settings(settings, asynchronous=True)
+        return Connections(
+            async_builder(redis_target, policy, credential_provider=credential_provider), policy
+        )
     from . import iam
 
-    redis_target, auth = iam.redis_options(redis_target, settings)
-    auth.pop("connection_class", None)  # redis.asyncio's from_url keeps the URL's; set below
-
-    # asyncio time-outs also measure how late the event loop gets round to a socket:
-    # in a burst of misses a 50 ms time-out fires while the answer is already there.
-    kwargs: dict[str, Any] = {
-        "socket_timeout": max(settings.redis_timeout_ms, ASYNC_MIN_TIMEOUT_MS) / 1000,
-        "socket_connect_timeout": max(
-            settings.redis_connect_timeout_ms, ASYNC_MIN_CONNECT_TIMEOUT_MS
-        )
-        / 1000,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    # Many tasks may miss at once: they wait briefly for a connection instead of failing
-    # (redis.asyncio's plain pool raises "Too many connections" past 100).
-    pool = aredis.BlockingConnectionPool.from_url(
+    redis_target, auth = iam.redis_options(check_url(redis_target), settings)
+    credential_provider = auth.get("credential_provider", credential_provider)
+    connection_class = iam.AsyncIAMSSLConnection if auth else None
+    policy = Policy.from_settings(settings, asynchronous=True)
+    build = async_builder(
         redis_target,
-        max_connections=ASYNC_MAX_CONNECTIONS,
-        timeout=ASYNC_POOL_WAIT_S,
-        **kwargs,
-        **auth,
+        policy,
+        credential_provider=credential_provider,
+        connection_class=connection_class,
     )
-    if auth:
-        pool.connection_class = iam.AsyncIAMSSLConnection
-    plain = aredis.Redis(connection_pool=pool)
+    plain = build()
     try:
         cluster = (await plain.info("cluster")).get("cluster_enabled") in (1, "1")
     except redis_lib.exceptions.NoPermissionError:
@@ -368,8 +472,22 @@ async def connect_async(redis_target: Any, settings: Settings) -> Any:
             f"Could not connect to Redis at {redact(redis_target)}: {exc}"
         ) from exc
     if not cluster:
-        return plain
+        holder = Connections(build, policy)
+        holder.adopt(plain)
+        return holder
     await plain.aclose()
-    # A cluster's node connections get the credentials; ElastiCache's 12-hour limit closes
-    # them (one Redis error, absorbed like any other), and they reconnect with a new token.
-    return AsyncRedisCluster.from_url(redis_target, **kwargs, **auth)
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    extra = {"credential_provider": credential_provider} if credential_provider else {}
+
+    def cluster_client() -> Any:
+        client = AsyncRedisCluster.from_url(
+            redis_target,
+            max_connections=policy.max_connections,
+            **policy.connection_kwargs(Retry(NoBackoff(), 0)),
+            **extra,
+        )
+        return with_connection_class(client, connection_class)
+
+    return Connections(cluster_client, policy)

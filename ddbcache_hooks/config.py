@@ -358,14 +358,28 @@ OPTIONS: tuple[Option, ...] = (
         "redis_timeout_ms",
         50,
         _positive_int,
-        "Socket time-out of a Redis client built from a URL.",
+        "Socket time-out of the cache's Redis connections (async: at least 250).",
         _env_int,
     ),
     Option(
         "redis_connect_timeout_ms",
         100,
         _positive_int,
-        "Connect time-out of a Redis client built from a URL.",
+        "Connect time-out of the cache's Redis connections (async: at least 1000).",
+        _env_int,
+    ),
+    Option(
+        "redis_max_connections",
+        256,
+        _positive_int,
+        "Most Redis connections the cache opens per process (opened on demand).",
+        _env_int,
+    ),
+    Option(
+        "redis_pool_wait_ms",
+        20,
+        _non_negative_int,
+        "How long a call waits for a free pooled connection before bypassing the cache.",
         _env_int,
     ),
     Option(
@@ -478,6 +492,8 @@ class Settings:
     signing_key: bytes | None = None
     redis_timeout_ms: int = 50
     redis_connect_timeout_ms: int = 100
+    redis_max_connections: int = 256
+    redis_pool_wait_ms: int = 20
     breaker_threshold: int = 5
     breaker_cooldown_ms: int = 5000
     backlog_size: int = 10000

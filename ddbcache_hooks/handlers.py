@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import BotoCoreError, ClientError
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, OutOfMemoryError, RedisError
 
 from . import schema as schema_mod
 from .effects import DescribeTable, Op, RedisBatch, Sleep
@@ -36,7 +36,36 @@ T = TypeVar("T")
 #: Key of the plan in botocore's per-call ``context`` dict.
 PLAN = "ddbcache"
 _FAILED: Any = object()
+#: Error codes of a write that prove DynamoDB applied nothing: a rejected
+#: request, a failed condition, a missing table, throttling. A transaction's
+#: cancellation is not among them (it invalidates, as any unknown outcome).
+NOT_APPLIED = frozenset(
+    {
+        "ValidationException",
+        "ConditionalCheckFailedException",
+        "ResourceNotFoundException",
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "ItemCollectionSizeLimitExceededException",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+    }
+)
 _bypass: contextvars.ContextVar[bool] = contextvars.ContextVar("ddbcache_bypass", default=False)
+
+
+#: Plans of the async call running in this task whose last step has not finished
+#: (see aio.AsyncHooks._guard); None outside such a call.
+_scope: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "ddbcache_scope", default=None
+)
+
+
+def _finished(plan: Any) -> None:
+    scope = _scope.get()
+    if scope:
+        scope[:] = [p for p in scope if p is not plan]
 
 
 @contextlib.contextmanager
@@ -63,6 +92,13 @@ class Hooks:
         #: When set, reads are cached only while it returns True (compat.CacheClient).
         self.gate: Callable[[], bool] | None = None
 
+    def detach(self, client: Any) -> None:
+        """Undo what attaching did to the client besides its event handlers."""
+        client.__dict__.pop("_make_api_call", None)
+
+    def _interrupted(self, scope: list[Any]) -> None:
+        """The call ended without its last handler (cancelled, interrupted): see subclasses."""
+
     def plan_call(
         self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any
     ) -> None:
@@ -78,6 +114,9 @@ class Hooks:
                 log.debug("%s bypasses the cache", model.name)
             return
         context[PLAN] = plan
+        scope = _scope.get()
+        if scope is not None:
+            scope.append(plan)
 
     def _read_plan(self, context: Mapping[str, Any]) -> ReadPlan | None:
         plan = context.get(PLAN)
@@ -96,7 +135,16 @@ class Hooks:
 
     def _remember(self, plan: WritePlan, parsed: dict[str, Any] | None) -> None:
         """A write whose invalidation Redis did not take: keep it for replay."""
-        self.protocol.backlog.add(self.protocol.undelivered(plan, parsed))
+        self.protocol.keep(self.protocol.undelivered(plan, parsed))
+
+    def _changed_nothing(self, parsed: Mapping[str, Any] | None) -> bool:
+        """DynamoDB answered the write with an error that proves nothing was applied."""
+        code = ((parsed or {}).get("Error") or {}).get("Code")
+        if code in NOT_APPLIED:
+            self.protocol.stats.incr("writes_rejected")
+            log.debug("write rejected with %s: nothing to invalidate", code)
+            return True
+        return False
 
     def _schema(self, table: str, describe: Callable[[], Any]) -> TableSchema | None:
         try:
@@ -105,7 +153,21 @@ class Hooks:
             self._describe_failed(table, exc)
             return None
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: RedisError) -> None:
+        """Count a Redis error; only one that says Redis is unwell moves the breaker."""
+        if isinstance(exc, MaxConnectionsError):
+            # Every pooled connection is busy: this process's own limit, not an outage.
+            self.protocol.stats.incr("pool_busy")
+            log.debug("no free Redis connection; this call bypasses the cache")
+            return
+        if isinstance(exc, OutOfMemoryError):
+            # Redis is full (noeviction) and refuses writes, but answers: hits go on.
+            self.protocol.stats.incr("redis_oom")
+            self.protocol.limited.warning(
+                "oom", "Redis is out of memory and refuses writes; misses are not cached: %s", exc
+            )
+            return
+        self.protocol.suspect(getattr(exc, "ddbcache_keys", ()))
         self.protocol.breaker.failure()
         self.protocol.stats.incr("errors")
         self.protocol.limited.warning(
@@ -126,16 +188,48 @@ class Hooks:
 class SyncHooks(Hooks):
     """Handlers for botocore clients."""
 
-    def __init__(self, protocol: Protocol, client: Any, transport: SyncTransport) -> None:
+    def __init__(
+        self, protocol: Protocol, client: Any, transport: SyncTransport, work: Any = None
+    ) -> None:
         super().__init__(protocol, client)
         self.transport = transport
+        # botocore runs after-call-error for an Exception only: a KeyboardInterrupt or
+        # a gevent.Timeout (BaseExceptions) ends a call with no handler run.
+        client._make_api_call = self._guard(client._make_api_call)
+
+    def _guard(self, make_api_call: Any) -> Any:
+        def _make_api_call(operation_name: str, api_params: Any) -> Any:
+            scope: list[Any] = []
+            token = _scope.set(scope)
+            try:
+                return make_api_call(operation_name, api_params)
+            except BaseException as exc:
+                if scope and not isinstance(exc, Exception):
+                    self._interrupted(scope)
+                raise
+            finally:
+                _scope.reset(token)
+
+        return _make_api_call
+
+    def _interrupted(self, scope: list[Any]) -> None:
+        """Writes of unknown outcome are held for the background worker; leases given back."""
+        for plan in scope:
+            if isinstance(plan, WritePlan):
+                self.protocol.stats.incr("writes_cancelled")
+                self._remember(plan, None)
+            elif isinstance(plan, ReadPlan):
+                self.protocol.abandon(plan)
 
     def serve_cached_read(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> Any:
         """before-call: answer from the cache, or shape the real request of a miss."""
         plan = self._read_plan(context)
         if plan is None:
             return None
-        return self._answer(plan, self._run(self.protocol.serve(plan)), params)
+        response = self._run(self.protocol.serve(plan))
+        if response is _FAILED:
+            self.protocol.abandon(plan)
+        return self._answer(plan, response, params)
 
     def store_read_result(
         self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any
@@ -146,12 +240,14 @@ class SyncHooks(Hooks):
             fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
             if fills:
                 self._run(self.protocol.fill(fills))
+            _finished(plan)
 
     def release_leases(self, context: dict[str, Any], **_: Any) -> None:
         """after-call-error of a read: the call failed, give the leases back."""
         plan = self._read_plan(context)
         if plan is not None:
             self._run(self.protocol.release(plan))
+            _finished(plan)
 
     def invalidate_written_items(
         self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
@@ -159,6 +255,9 @@ class SyncHooks(Hooks):
         """after-call / after-call-error of a write: drop what it touched, whatever the outcome."""
         plan = self._write_plan(context)
         if plan is None:
+            return
+        _finished(plan)
+        if self._changed_nothing(parsed):
             return
         if self._run(self.protocol.invalidate(plan, parsed)) is _FAILED:
             self._remember(plan, parsed)

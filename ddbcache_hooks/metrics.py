@@ -96,6 +96,15 @@ _sources_lock = threading.Lock()
 _instrumented = False
 
 
+def _new_lock_in_child() -> None:
+    global _sources_lock
+    _sources_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def export_opentelemetry(snapshot: Snapshot, active: Callable[[], bool], namespace: str) -> bool:
     """Report these counters as OpenTelemetry metrics; False without opentelemetry-api.
 

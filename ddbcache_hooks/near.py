@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -28,6 +30,18 @@ from typing import Any
 log = logging.getLogger("ddbcache_hooks")
 
 CHANNEL_SUFFIX = ":invalidations"
+
+
+_instances: weakref.WeakSet[NearCache] = weakref.WeakSet()
+
+
+def _offline_in_child() -> None:
+    for near in list(_instances):
+        near._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_offline_in_child)
 
 
 class NearCache:
@@ -46,6 +60,7 @@ class NearCache:
         self.max_items = max_items
         self.ttl_ms = ttl_ms
         self._lock = threading.Lock()
+        _instances.add(self)
         #: (redis key, variant field) -> (entry bytes, monotonic expiry, table token key)
         self._entries: OrderedDict[tuple[str, str], tuple[bytes, float, str]] = OrderedDict()
         self._fields: dict[str, set[str]] = {}  # redis key -> variant fields held
@@ -116,6 +131,13 @@ class NearCache:
             self._fields.clear()
             self._tables.clear()
             self._evicted.clear()
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child has no subscription (its thread is the parent's): nothing it
+        holds may be served until its own subscriber is up."""
+        self._lock = threading.Lock()  # the parent's may be held by a thread gone here
+        self.online = False
+        self.clear()
 
     def _remember(self, name: str) -> None:
         self._evicted[name] = self._epoch

@@ -11,6 +11,7 @@ client when it is created, so registering on a session later cannot reach it).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -19,14 +20,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
-from . import store
+from . import connections, store
 from .config import Settings, env_flag
+from .connections import Connections, Policy
 from .errors import CacheConnectionError, ConfigurationError, RegistrationError
 from .handlers import SyncHooks, drive
 from .keys import Location, NotCanonical, TableRef, refs_for_table_arn
 from .policy import POLICIES, Action
 from .protocol import Protocol
-from .resilience import Invalidation
+from .resilience import EXIT_FLUSH_S, BackgroundWork, Invalidation
 from .store import SyncTransport
 
 log = logging.getLogger("ddbcache_hooks")
@@ -67,6 +69,15 @@ _sessions: weakref.WeakKeyDictionary[Any, Registration] = weakref.WeakKeyDiction
 _lock = threading.RLock()
 
 
+def _new_lock_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 class Registration:
     """The handle ``register()`` returns."""
 
@@ -91,11 +102,33 @@ class Registration:
         self._uid = f"ddbcache-hooks-{id(self):x}"
         self._flusher: Any = None
         self._subscriber: Any = None
+        self._work: Any = None
         # Mixed into every DynamoDB client class the registered sessions create.
         self._mixin = type("DynamoDBCacheHooks", (_ClientMixin,), {"_ddbcache": self})
 
-    def _start_background(self, client: Any) -> None:
-        """Counters flushed to Redis and OpenTelemetry, the near cache's subscription."""
+    def _start_background(self, holder: Connections) -> None:
+        """Counters flushed to Redis and OpenTelemetry, the near cache's subscription,
+        the worker that replays held invalidations (started again in a forked child)."""
+        from . import metrics
+
+        protocol = self._protocol
+        self._work = BackgroundWork(
+            protocol, lambda op: drive(op, self._transport, lambda table: None)
+        )
+        protocol.wake = self._work.wake
+        self._start_threads(holder.client)
+        holder.on_rebuild.append(self._restart_after_fork)
+        metrics.export_opentelemetry(self.stats, lambda: self._active, protocol.settings.namespace)
+
+    def _set_clock(self) -> None:
+        """Learn the server's clock before the first lookup (leases are bounded by it)."""
+        try:
+            seconds, micros = self._transport.client.time()
+        except RedisError:
+            return  # unknown until the first lookup's reply: that lease is bounded by lease_ms
+        self._protocol.clock.observe(int(seconds) * 1000 + int(micros) // 1000)
+
+    def _start_threads(self, client: Any) -> None:
         from . import metrics
 
         settings = self._protocol.settings
@@ -107,7 +140,17 @@ class Registration:
             self._flusher = metrics.Flusher(
                 self.stats, client, settings.namespace, settings.metrics_flush_s
             )
-        metrics.export_opentelemetry(self.stats, lambda: self._active, settings.namespace)
+
+    def _restart_after_fork(self, client: Any) -> None:
+        """In a forked child, on first use: the parent's threads do not exist here."""
+        if not self._active:
+            return
+        if self._protocol.near is not None:
+            self._protocol.near.online = False
+            self._protocol.near.clear()
+        self._start_threads(client)
+        if self._work.pending():
+            self._work.wake()
 
     @property
     def settings(self) -> Settings:
@@ -184,7 +227,7 @@ class Registration:
         try:
             drive(self._protocol.deliver(invalidation), self._transport, lambda table: None)
         except RedisError as exc:
-            self._protocol.backlog.add(invalidation)
+            self._protocol.keep(invalidation)
             log.warning("invalidation kept for replay, Redis failed: %s", exc)
             return False
         return True
@@ -216,7 +259,7 @@ class Registration:
                     return
                 owner._detach(client)
             _attached[client] = self
-        hooks = self._hooks_factory(self._protocol, client, self._transport)
+        hooks = self._hooks_factory(self._protocol, client, self._transport, self._work)
         events = client.meta.events
         for event, method, priority in handler_rows():
             register = events.register_last if priority == "last" else events.register
@@ -231,6 +274,7 @@ class Registration:
             self._active = False
             if self._flusher is not None:
                 self._flusher.stop()
+            self._stop_work()
             if self._subscriber is not None:
                 self._subscriber.stop()
             for emitter in self._sessions:
@@ -244,11 +288,18 @@ class Registration:
 
                 _autoload.unpatch()
 
+    def _stop_work(self) -> None:
+        if self._work is not None:
+            self._work.flush(EXIT_FLUSH_S)
+            self._work.stop()
+
     def _detach(self, client: Any) -> None:
         events = client.meta.events
         for event, method, _ in handler_rows():
             events.unregister(event, unique_id=f"{self._uid}-{event}-{method}")
-        self._clients.pop(client, None)
+        hooks = self._clients.pop(client, None)
+        if hooks is not None:
+            hooks.detach(client)
         if _attached.get(client) is self:
             del _attached[client]
 
@@ -316,11 +367,12 @@ def register(
     settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
     if switched_off(settings):
         return inactive(Registration, settings, SyncHooks)
-    client = connect(redis, settings, session=_session_of(target))
-    transport = SyncTransport(client)
+    holder = connect_holder(redis, settings, session=_session_of(target))
+    transport = SyncTransport(holder)
     _check(transport, redis)
     registration = Registration(Protocol(settings, cluster=transport.cluster), transport, SyncHooks)
-    registration._start_background(client)
+    registration._set_clock()
+    registration._start_background(transport.connections)
     install(registration, kind, resolved)
     return registration
 
@@ -375,7 +427,7 @@ def register_from_environment(environ: Mapping[str, str]) -> Registration | None
     url = environ.get("DDBCACHE_REDIS_URL", "")
     try:
         settings = Settings.resolve({}, environ=environ)
-        transport = SyncTransport(connect(url, settings))
+        transport = SyncTransport(connect_holder(url, settings))
         _check(transport, url)
     except Exception as exc:
         log.warning("ddbcache-hooks: caching is off: %s", exc)
@@ -387,13 +439,12 @@ def register_from_environment(environ: Mapping[str, str]) -> Registration | None
         SyncHooks,
         from_environment=True,
     )
-    registration._start_background(transport.client)
+    registration._set_clock()
+    registration._start_background(transport.connections)
     return registration
 
 
 def _environ() -> Mapping[str, str]:
-    import os
-
     return os.environ
 
 
@@ -444,10 +495,29 @@ def _session_of(target: Any) -> Any:
     return target  # a session, or a DynamoDB client (its credentials) or resource
 
 
-def connect(redis_target: Any, settings: Settings, session: Any = None) -> Any:
-    """The Redis client to use: the one given, or one built from a URL with short time-outs.
+def connect(
+    redis_target: Any, settings: Settings, session: Any = None, *, credential_provider: Any = None
+) -> Any:
+    """The library's Redis client (see ``connections.py``); :func:`connect_holder` keeps it."""
+    return connect_holder(
+        redis_target, settings, session=session, credential_provider=credential_provider
+    ).client
 
-    ``session`` signs the IAM tokens when the options ask for IAM authentication (iam.py).
+
+def connect_holder(
+    redis_target: Any,
+    settings: Settings,
+    *,
+    session: Any = None,
+    credential_provider: Any = None,
+) -> Connections:
+    """The library's connections, built from a URL or from the client the user passed.
+
+    The user's client is only read for its settings (host, port, db, TLS, user,
+    password or credential provider, cluster nodes): the cache's traffic runs on
+    a pool of its own with the cache's time-outs (docs/operations.md).
+    ``session`` signs the IAM tokens when the options ask for IAM authentication
+    (iam.py): the pools then authenticate with a token and reconnect at the age limit.
     """
     import redis as redis_lib
 
@@ -470,60 +540,45 @@ def connect(redis_target: Any, settings: Settings, session: Any = None) -> Any:
                 "iam_user applies to a rediss:// URL; a Redis client built by the application "
                 "takes credential_provider=ddbcache_hooks.iam.ElastiCacheIAMProvider(...)"
             )
-        _warn_without_timeout(redis_target)
-        return redis_target
-    if urlsplit(redis_target).scheme not in ("redis", "rediss", "unix", "valkey", "valkeys"):
-        raise RegistrationError(
-            f"redis= URL must start with redis:// or rediss://: {redact(redis_target)}"
+        if connections.is_fake(redis_target):
+            return Connections.given(redis_target)
+    policy = Policy.from_settings(settings)
+    connection_class = None
+    if isinstance(redis_target, str):
+        redis_target, auth = iam.redis_options(
+            connections.check_url(redis_target), settings, session
         )
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    url = (
-        redis_target.replace("valkey", "redis", 1)
-        if redis_target.startswith("valkey")
-        else redis_target
+        credential_provider = auth.get("credential_provider", credential_provider)
+        connection_class = auth.get("connection_class")
+    build = connections.sync_builder(
+        redis_target,
+        policy,
+        credential_provider=credential_provider,
+        connection_class=connection_class,
     )
-    kwargs = {
-        "socket_timeout": settings.redis_timeout_ms / 1000,
-        "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    url, auth = iam.redis_options(url, settings, session)
-    plain = redis_lib.Redis.from_url(url, **kwargs, **auth)
-    try:
-        cluster = plain.info("cluster").get("cluster_enabled") in (1, "1")
-    except redis_lib.exceptions.NoPermissionError:
-        cluster = False  # an ACL user without INFO: pass a RedisCluster client for cluster mode
-    except RedisError as exc:
-        raise CacheConnectionError(f"Could not connect to Redis at {redact(url)}: {exc}") from exc
-    if not cluster:
-        return plain
-    plain.close()
-    from redis.cluster import RedisCluster
-
-    return RedisCluster.from_url(url, **kwargs, **iam.for_cluster(auth))
-
-
-def _warn_without_timeout(client: Any) -> None:
-    """A client without a socket time-out lets a hung Redis hold every DynamoDB call."""
-    if type(client).__module__.startswith("fakeredis"):
-        return  # in-process: nothing to hang
-    pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", None)
-    if kwargs is None:  # a cluster client
-        kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
-    if not isinstance(kwargs, dict):
-        return
-    timeout = kwargs.get("socket_timeout")
-    if timeout is None or timeout > 1:
-        log.warning(
-            "the Redis client's socket_timeout is %s: a hung Redis server would stall "
-            "DynamoDB calls that long until the circuit breaker opens. Create it with "
-            "socket_timeout=0.05, socket_connect_timeout=0.1 and retry=Retry(NoBackoff(), 0) "
-            "(see docs/operations.md), or pass a redis:// URL.",
-            "unset" if timeout is None else f"{timeout} s",
-        )
+    if isinstance(redis_target, str):
+        plain = build()
+        try:
+            cluster = plain.info("cluster").get("cluster_enabled") in (1, "1")
+        except redis_lib.exceptions.NoPermissionError:
+            cluster = False  # an ACL user without INFO: pass a RedisCluster client for cluster mode
+        except RedisError as exc:
+            raise CacheConnectionError(
+                f"Could not connect to Redis at {redact(redis_target)}: {exc}"
+            ) from exc
+        if cluster:
+            plain.close()
+            build = connections.cluster_url_builder(
+                redis_target,
+                policy,
+                credential_provider=credential_provider,
+                connection_class=connection_class,
+            )
+        else:
+            holder = Connections(build, policy)
+            holder.adopt(plain)
+            return holder
+    return Connections(build, policy)
 
 
 def _check(transport: SyncTransport, target: Any) -> None:

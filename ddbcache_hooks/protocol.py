@@ -18,12 +18,13 @@ import math
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import responses, store, writes
 from .codec import Codec, CorruptEntry, ForeignEntry
 from .config import Settings
+from .connections import fork_safe
 from .effects import DescribeTable, Op, Sleep
 from .keys import KeyLayout, NotCanonical, TableRef, canonical_key
 from .near import CHANNEL_SUFFIX, NearCache
@@ -41,7 +42,7 @@ from .plan import (
     Slot,
     WritePlan,
 )
-from .resilience import Backlog, CircuitBreaker, Invalidation
+from .resilience import Backlog, CircuitBreaker, Invalidation, Orphans, ServerClock
 from .schema import TableSchema
 from .stats import LimitedLog, Stats, log
 
@@ -98,6 +99,23 @@ class Protocol:
             settings.breaker_threshold, settings.breaker_cooldown_ms / 1000, self.stats
         )
         self.backlog = Backlog(settings.backlog_size, self.stats)
+        #: Leases of lookups whose reply never reached the caller, to give back.
+        self.orphans = Orphans(self.stats)
+        self.clock = ServerClock()
+        #: The time-out of one Redis call of this registration's connections (ms):
+        #: a lease is taken only while its caller still waits for the reply.
+        self.call_timeout_ms = settings.redis_timeout_ms
+        #: Called when background work is queued (the registration's worker).
+        self.wake: Callable[[], None] = lambda: None
+        #: A field longer than this is no entry this library wrote (see :meth:`tidy`).
+        self.poison_bytes = (
+            2
+            * max(
+                [settings.max_entry_bytes]
+                + [t.max_entry_bytes for t in settings.tables.values() if t.max_entry_bytes]
+            )
+            + 65536
+        )
         self.limited = LimitedLog()
         self.cluster = cluster
         self.token_ttl_ms = 2 * settings.max_ttl_ms
@@ -107,6 +125,7 @@ class Protocol:
         #: Pub/sub channel that near caches listen on.
         self.channel = settings.namespace + CHANNEL_SUFFIX
         self._foreign_reported = threading.Event()
+        fork_safe(self.stats, self.breaker, self.backlog, self.orphans, self.limited, self.near)
 
     # --- reads ---------------------------------------------------------------------
 
@@ -164,6 +183,7 @@ class Protocol:
         return pending
 
     def _lookup(self, slots: Sequence[Slot], *, drop: bool) -> Op[None]:
+        deadline = self.clock.deadline_ms(self.call_timeout_ms)
         requests = [
             store.LookupRequest(
                 s.key,
@@ -175,11 +195,15 @@ class Protocol:
                 s.ttl_ms,
                 drop,
                 s.partition_key,
+                deadline,
             )
             for s in slots
         ]
+        for slot, request in zip(slots, requests, strict=True):
+            slot.lease = request.lease_token  # released if the reply never arrives
         replies = yield from store.lookup(requests, self.token_ttl_ms, cluster=self.cluster)
         for slot, request, reply in zip(slots, requests, replies, strict=True):
+            self.clock.observe(reply.server_ms)
             slot.generation = reply.generation
             if slot.token_kind == ITEM_TOKEN:
                 slot.token = reply.item_token
@@ -556,6 +580,54 @@ class Protocol:
         self.forget_locally(invalidation)
         self.stats.incr("invalidations", len(keys))
         self.stats.incr("table_invalidations", sum(invalidation.tables.values()))
+
+    def keep(self, invalidation: Invalidation) -> None:
+        """An invalidation Redis did not take: hold it, and have it replayed in the background."""
+        self.backlog.add(invalidation)
+        self.wake()
+
+    def abandon(self, plan: ReadPlan) -> None:
+        """A read's lookup or call ended without its fill: give its leases back in the background.
+
+        Its lookup may have taken a lease on the server although the reply never
+        arrived (a time-out, a cancellation); the release only drops a lease that
+        still holds this caller's token.
+        """
+        leases = [(s.key, s.field, s.lease) for s in plan.slots if s.lease]
+        if leases:
+            for slot in plan.slots:
+                slot.lease = None
+            self.orphans.add_leases(leases)
+            self.wake()
+
+    def suspect(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Lookups of these (key, field) pairs timed out: check them for garbage."""
+        if keys:
+            self.orphans.add_suspects(list(keys))
+            self.wake()
+
+    def tidy(self) -> Op[None]:
+        """Give orphaned leases back; delete keys holding a field no entry could be."""
+        leases, suspects = self.orphans.snapshot()
+        if leases:
+            outcomes = yield from store.fill(
+                [store.FillRequest(key, field, token, b"", 0) for key, field, token in leases]
+            )
+            released = sum(1 for outcome, _ in outcomes if outcome == store.FILL_RELEASED)
+            self.stats.incr("leases_released", released)
+        if suspects:
+            poisoned = yield from store.oversized(suspects, self.poison_bytes)
+            if poisoned:
+                yield from store.unlink(poisoned)
+                self.stats.incr("poisoned_keys", len(poisoned))
+                self.limited.warning(
+                    "poisoned",
+                    "deleted %d Redis keys holding a field larger than any cache entry "
+                    "(lookups of them timed out), e.g. %s",
+                    len(poisoned),
+                    poisoned[0],
+                )
+        self.orphans.done(leases, suspects)
 
     def replay_backlog(self) -> Op[None]:
         """Deliver what outages left undelivered, before anything is served."""

@@ -1,13 +1,21 @@
-"""Surviving Redis outages: a circuit breaker and a bounded invalidation backlog."""
+"""Surviving Redis outages: a circuit breaker, a bounded invalidation backlog replayed
+in the background, and clean-up of what lost replies leave behind."""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
+from redis.exceptions import RedisError
+
+from .connections import fork_safe
 from .stats import Stats
 
 log = logging.getLogger("ddbcache_hooks")
@@ -167,3 +175,250 @@ class Backlog:
             for token_key in delivered.tables:
                 if token_key in self._tables and self._tables[token_key][1] <= upto:
                     del self._tables[token_key]
+
+
+class ServerClock:
+    """This process's estimate of the Redis server's clock, from lookup replies.
+
+    Each reply carries the server's time when the script ran; that time minus
+    the local time at receipt is at most the true offset (the reply took some
+    time to arrive), so the largest sample is the best estimate. A sample far
+    below it means the local clock stepped: start again from it.
+    """
+
+    def __init__(self) -> None:
+        self._offset: float | None = None
+
+    def observe(self, server_ms: int) -> None:
+        sample = server_ms - time.time() * 1000
+        offset = self._offset
+        if offset is None or sample > offset or offset - sample > 1000:
+            self._offset = sample
+
+    def deadline_ms(self, timeout_ms: int) -> int:
+        """Server time after which a call sent now no longer waits for its reply (0: unknown)."""
+        if self._offset is None:
+            return 0
+        return int(time.time() * 1000 + self._offset + timeout_ms)
+
+
+class Orphans:
+    """Leases whose lookup's reply never reached its caller, and suspect keys: to clean up.
+
+    A lookup that timed out, failed or was cancelled may still have taken its
+    lease on the server; other readers would wait for a fill that never
+    comes. The lease is given back (only if it still holds this caller's
+    token). A key a lookup timed out on may hold a field too big to read in
+    time; it is checked, and deleted when it does.
+    """
+
+    LIMIT = 1024
+    ATTEMPTS = 5
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+        self._lock = threading.Lock()
+        self._failures = 0
+        #: (entry hash key, variant field) -> lease token
+        self._leases: dict[tuple[str, str], str] = {}
+        self._suspects: dict[tuple[str, str], None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._leases or self._suspects)
+
+    def add_leases(self, leases: list[tuple[str, str, str]]) -> None:
+        with self._lock:
+            for key, field_, token in leases:
+                if len(self._leases) < self.LIMIT:
+                    self._leases[(key, field_)] = token
+
+    def add_suspects(self, suspects: list[tuple[str, str]]) -> None:
+        with self._lock:
+            for suspect in suspects:
+                if len(self._suspects) < 64:
+                    self._suspects[suspect] = None
+
+    def snapshot(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+        with self._lock:
+            leases = [(key, field_, token) for (key, field_), token in self._leases.items()]
+            return leases, list(self._suspects)
+
+    def done(self, leases: list[tuple[str, str, str]], suspects: list[tuple[str, str]]) -> None:
+        """Forget what a pass handled."""
+        with self._lock:
+            for key, field_, token in leases:
+                if self._leases.get((key, field_)) == token:
+                    del self._leases[(key, field_)]
+            for suspect in suspects:
+                self._suspects.pop(suspect, None)
+            self._failures = 0
+
+    def failed(self) -> None:
+        """A pass failed; after a few, give up (leases expire anyway; a suspect comes back)."""
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self.ATTEMPTS:
+                self._leases.clear()
+                self._suspects.clear()
+                self._failures = 0
+
+
+#: Pauses between attempts of background work while Redis refuses it (seconds).
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 1.0
+#: How long interpreter exit waits, at most, to deliver held invalidations.
+EXIT_FLUSH_S = 1.0
+
+
+class BackgroundWork:
+    """Held invalidations, orphaned leases and poisoned keys, handled off the callers' path.
+
+    A daemon thread runs while there is work: it replays the backlog as soon as
+    Redis takes writes again (retrying with a growing pause up to
+    ``RETRY_MAX_S``), whether or not the writer makes another call, then ends.
+    At interpreter exit, what is still held is delivered (waiting at most
+    ``EXIT_FLUSH_S``). A forked child starts its own thread when it has work.
+
+    Args:
+        protocol: the registration's :class:`~ddbcache_hooks.protocol.Protocol`.
+        run: carries out one protocol step; raises ``RedisError``.
+    """
+
+    def __init__(self, protocol: Any, run: Callable[[Any], Any]) -> None:
+        self._protocol = protocol
+        self._run = run
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        _workers.add(self)
+        fork_safe(self)
+
+    def pending(self) -> bool:
+        return bool(self._protocol.backlog or self._protocol.orphans)
+
+    def wake(self) -> None:
+        """There is work: make sure a thread is on it."""
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="ddbcache-background", daemon=True
+                )
+                self._thread.start()
+
+    def work(self) -> bool:
+        """One pass over everything pending; True when nothing is left."""
+        ok = True
+        for step in (self._protocol.tidy, self._protocol.replay_backlog):
+            try:
+                self._run(step())
+            except RedisError as exc:
+                ok = False
+                if step == self._protocol.tidy:
+                    self._protocol.orphans.failed()
+                log.debug("background work deferred, Redis failed: %s", exc)
+        return ok and not self.pending()
+
+    def _loop(self) -> None:
+        pause = RETRY_FIRST_S
+        while not self._stopped.is_set():
+            if self.work():
+                with self._lock:
+                    if not self.pending():
+                        self._thread = None
+                        return
+                pause = RETRY_FIRST_S
+                continue
+            self._stopped.wait(pause)
+            pause = min(pause * 2, RETRY_MAX_S)
+
+    def flush(self, timeout: float) -> bool:
+        """Deliver what is pending now, trying for at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.pending():
+            if self.work():
+                return True
+            if time.monotonic() + RETRY_FIRST_S > deadline:
+                return False
+            time.sleep(RETRY_FIRST_S)
+        return True
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+class AsyncBackgroundWork:
+    """:class:`BackgroundWork` as an asyncio task of the loop the hooks run on."""
+
+    def __init__(self, protocol: Any, run: Callable[[Any], Awaitable[Any]]) -> None:
+        self._protocol = protocol
+        self._run = run
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        #: Deliveries handed over by cancelled callers (kept referenced until done).
+        self.handed_over: set[asyncio.Task[Any]] = set()
+
+    def pending(self) -> bool:
+        return bool(self._protocol.backlog or self._protocol.orphans)
+
+    def wake(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not on the loop: the next call on it replays
+        if not self._stopped and (self._task is None or self._task.done()):
+            self._task = loop.create_task(self._loop())
+
+    def hand_over(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coroutine`` to its end even if the caller that started it is cancelled."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.handed_over.add(task)
+        task.add_done_callback(self.handed_over.discard)
+        return task
+
+    async def work(self) -> bool:
+        ok = True
+        for step in (self._protocol.tidy, self._protocol.replay_backlog):
+            try:
+                await self._run(step())
+            except RedisError as exc:
+                ok = False
+                if step == self._protocol.tidy:
+                    self._protocol.orphans.failed()
+                log.debug("background work deferred, Redis failed: %s", exc)
+        return ok and not self.pending()
+
+    async def _loop(self) -> None:
+        pause = RETRY_FIRST_S
+        while not self._stopped and not await self.work():
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX_S)
+
+    async def flush(self, timeout: float) -> bool:
+        """Deliver what is pending (handed-over deliveries included), for at most ``timeout``."""
+        deadline = time.monotonic() + timeout
+        if self.handed_over:
+            await asyncio.wait(set(self.handed_over), timeout=timeout)
+        while self.pending():
+            if await self.work():
+                return True
+            if time.monotonic() + RETRY_FIRST_S > deadline:
+                return False
+            await asyncio.sleep(RETRY_FIRST_S)
+        return True
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+
+
+_workers: weakref.WeakSet[BackgroundWork] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for worker in list(_workers):
+        if worker.pending() and not worker.flush(EXIT_FLUSH_S):
+            log.warning("exiting with invalidations Redis did not take; entries expire by TTL")

@@ -32,6 +32,12 @@ COUNTERS = (
     "breaker_closed",
     "backlog_replayed",
     "backlog_overflows",
+    "pool_busy",
+    "redis_oom",
+    "leases_released",
+    "poisoned_keys",
+    "writes_rejected",
+    "writes_cancelled",
     # DynamoDB Streams consumer (ddbcache_hooks.streams)
     "stream_records",
     "stream_table_drops",

@@ -51,7 +51,9 @@ from typing import Any, NamedTuple
 import redis
 from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connections import Connections
 from .effects import Call, Op, RedisBatch, Script
 from .near import encode_message
 
@@ -136,16 +138,17 @@ def _script(name: str, body: str) -> Script:
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
-HIT, LEASED, WAIT, NOT_ADMITTED = 1, 2, 3, 4
+HIT, LEASED, WAIT, NOT_ADMITTED, LATE = 1, 2, 3, 4, 5
 
 #: KEYS[1] entry hash, KEYS[2] (optional, same node) the table's token hash,
 #: KEYS[3] (optional, same node) the page's partition token hash.
 #: ARGV: field, lease token, lease ms, admission count, admission window ms,
-#: drop (1: discard the current entry first), token ttl ms.
+#: drop (1: discard the current entry first), token ttl ms, deadline (server ms;
+#: 0: none): a lookup that runs after its caller gave up takes no lease (LATE).
 #: Returns {status, entry or nil, flags (1: the key held garbage and was deleted,
 #: 2: a foreign table token was replaced), item token, query token, generation,
-#: partition token, since when the partition's history is known (server ms)}
-#: (tokens only with their keys).
+#: partition token, since when the partition's history is known (server ms),
+#: server time ms} (tokens only with their keys).
 LOOKUP_OR_LEASE = _script(
     "lookup_or_lease",
     """
@@ -185,7 +188,7 @@ if ARGV[6] == '1' then
 end
 local expires = tonumber(r[2])
 if r[1] and expires and expires > now then
-  return {1, r[1], corrupt, tokens[1], tokens[2], gen, part[1], part[2]}
+  return {1, r[1], corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
 end
 local admission = tonumber(ARGV[4])
 if admission > 1 then
@@ -198,17 +201,21 @@ if admission > 1 then
   redis.call('HSET', key, 'a:'..f, count, 'ax:'..f, window)
   keep_until(key, window, now)
   if count < admission then
-    return {4, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2]}
+    return {4, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
   end
 end
 local lease_end = tonumber(r[4])
 if r[3] and r[3] ~= token and lease_end and lease_end > now then
-  return {3, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2]}
+  return {3, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
+end
+local deadline = tonumber(ARGV[8])
+if deadline > 0 and now > deadline then
+  return {5, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
 end
 lease_end = now + tonumber(ARGV[3])
 redis.call('HSET', key, 'l:'..f, token, 'm:'..f, lease_end)
 keep_until(key, lease_end, now)
-return {2, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2]}
+return {2, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
 """,
 )
 
@@ -329,6 +336,8 @@ class LookupRequest(NamedTuple):
     drop: bool = False
     #: A Query/Scan page's partition token hash ("" for none).
     partition_key: str = ""
+    #: Server time (ms) after which the caller no longer waits for the reply; 0: none.
+    deadline_ms: int = 0
 
 
 class LookupReply(NamedTuple):
@@ -347,6 +356,8 @@ class LookupReply(NamedTuple):
     #: Since when the partition's history is known (server ms; 0: forever): its
     #: last invalidation, or a gap (another server, eviction).
     partition_since_ms: int = 0
+    #: The server's clock when the script ran (ms).
+    server_ms: int = 0
 
 
 class FillRequest(NamedTuple):
@@ -411,6 +422,7 @@ def lookup(
                 r.admission_window_ms,
                 1 if r.drop else 0,
                 token_ttl_ms,
+                r.deadline_ms,
             ),
             1 if cluster else 3 if r.partition_key else 2,
         )
@@ -428,7 +440,8 @@ def lookup(
                 _bytes(r[5]),
                 r[2] >= 2,
                 _bytes(r[6]),
-                int(r[7]) if len(r) > 7 else 0,
+                int(r[7]) if r[7] else 0,
+                int(r[8]),
             )
             for r in replies
         ]
@@ -455,6 +468,7 @@ def lookup(
                 bool(replaced),
                 _bytes(part[0]),
                 int(part[1]),
+                int(reply[8]),
             )
         )
     return out
@@ -515,6 +529,23 @@ def invalidate(
         yield RedisBatch(calls)
 
 
+def oversized(suspects: Sequence[tuple[str, str]], limit: int) -> Op[list[str]]:
+    """Keys of (key, variant field) pairs where a field a lookup reads exceeds ``limit``."""
+    calls = [
+        Call(None, ("HSTRLEN", key, prefix + field))
+        for key, field in suspects
+        for prefix in ("e:", "x:", "l:", "m:")
+    ]
+    lengths = yield RedisBatch(calls)
+    found = [key for i, (key, _) in enumerate(suspects) if max(lengths[4 * i : 4 * i + 4]) > limit]
+    return list(dict.fromkeys(found))
+
+
+def unlink(keys: Sequence[str]) -> Op[None]:
+    """Delete keys without blocking the server on their size."""
+    yield RedisBatch([Call(None, ("UNLINK", key)) for key in keys])
+
+
 def get_value(key: str) -> Op[bytes | None]:
     replies = yield RedisBatch([Call(None, ("GET", key))])
     value = replies[0]
@@ -567,17 +598,43 @@ def _first_error(replies: Sequence[Any]) -> None:
             raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
 
 
+def _holder(target: Any) -> Connections:
+    return target if isinstance(target, Connections) else Connections.given(target)
+
+
+def _suspects(exc: RedisError, calls: Sequence[Call]) -> RedisError:
+    """Note on a time-out which keys the batch read: one of them may hold garbage."""
+    if isinstance(exc, RedisTimeoutError):
+        exc.ddbcache_keys = [  # type: ignore[attr-defined]
+            (call.args[0], call.args[call.numkeys])
+            for call in calls
+            if call.script is LOOKUP_OR_LEASE
+        ]
+    return exc
+
+
 class SyncTransport:
     """Executes a batch on a ``redis.Redis`` / ``RedisCluster`` as one pipeline."""
 
-    def __init__(self, client: redis.Redis | Any) -> None:
-        self.client = client
-        self.cluster = is_cluster(client)
+    def __init__(self, connections: Connections | redis.Redis | Any) -> None:
+        self.connections = _holder(connections)
+        self.cluster = is_cluster(self.connections.client)
+
+    @property
+    def client(self) -> Any:
+        """The library's client (a fresh one after a fork)."""
+        return self.connections.client
+
+    def execute(self, calls: Sequence[Call]) -> list[Any]:
+        try:
+            return self._execute(calls)
+        except RedisError as exc:
+            raise _suspects(exc, calls) from None
 
     def ping(self) -> None:
         self.client.ping()
 
-    def execute(self, calls: Sequence[Call]) -> list[Any]:
+    def _execute(self, calls: Sequence[Call]) -> list[Any]:
         if len(calls) == 1 and not self.cluster:
             return [self._single(calls[0])]
         replies = self._pipeline(calls)
@@ -631,14 +688,24 @@ class SyncTransport:
 class AsyncTransport:
     """Executes a batch on a ``redis.asyncio`` client as one pipeline."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.cluster = is_cluster(client)
+    def __init__(self, connections: Connections | Any) -> None:
+        self.connections = _holder(connections)
+        self.cluster = is_cluster(self.connections.client)
+
+    @property
+    def client(self) -> Any:
+        return self.connections.client
 
     async def ping(self) -> None:
         await self.client.ping()
 
     async def execute(self, calls: Sequence[Call]) -> list[Any]:
+        try:
+            return await self._execute(calls)
+        except RedisError as exc:
+            raise _suspects(exc, calls) from None
+
+    async def _execute(self, calls: Sequence[Call]) -> list[Any]:
         if len(calls) == 1 and not self.cluster:
             return [await self._single(calls[0])]
         replies = await self._pipeline(calls)

@@ -159,8 +159,20 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("DDBCACHE_"):
             monkeypatch.delenv(name)
+    loaded_machine_timeouts(monkeypatch)
     with mock_aws():
         yield
+
+
+def loaded_machine_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache's Redis time-out for tests that do not set their own.
+
+    The cache owns its connections and applies its 50 ms default whatever client
+    a test passes; a CI machine shared by parallel jobs stalls a process longer
+    than that now and then, which would turn a hit into a miss. Tests about
+    time-outs pass ``redis_timeout_ms`` themselves (code wins over environment).
+    """
+    monkeypatch.setenv("DDBCACHE_REDIS_TIMEOUT_MS", "1000")
 
 
 @pytest.fixture
@@ -290,4 +302,5 @@ def moto_url(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
         "AWS_DEFAULT_REGION": REGION,
     }.items():
         monkeypatch.setenv(name, value)
+    loaded_machine_timeouts(monkeypatch)
     return moto_server

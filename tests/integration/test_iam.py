@@ -260,7 +260,11 @@ def test_async_registration_connects_with_the_token_and_reconnects(
                 now[0] += iam.MAX_CONNECTION_AGE_S
                 hit = await client.get_item(TableName="items", Key=KEY)
                 assert hit["CacheMetadata"]["CacheHit"] is True
-                assert not user_connections(admin) & after  # replaced at the age limit
+                # The connection the hit took was replaced at the age limit; one the pool
+                # did not hand out (background work may have opened a second) is replaced
+                # at its own next checkout.
+                now_open = user_connections(admin)
+                assert now_open - after and len(now_open & after) < len(after)
                 assert registration.stats()["errors"] == errors  # without an error
         finally:
             registration.unregister()

@@ -350,3 +350,36 @@ def test_the_async_path_refuses_iam_options_with_a_client_object() -> None:
 
     with pytest.raises(ConfigurationError, match="credential_provider="):
         asyncio.run(connect_async(aredis.Redis(), settings(iam_user="u", iam_cache_name="c")))
+
+
+def test_the_librarys_own_pools_use_the_iam_connection_class() -> None:
+    """Sync and async pools built from a URL, and every cluster node's, reconnect at the
+    age limit (nothing connects here: the builders' clients are only inspected)."""
+    import redis.asyncio as aredis
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    from ddbcache_hooks import connections
+
+    url, kwargs = redis_options(
+        "rediss://h:6379", settings(iam_user="u", iam_cache_name="c"), session_with("A", "s")
+    )
+    provider = kwargs["credential_provider"]
+    policy = connections.Policy(50, 100, 8, 20)
+    sync = connections.sync_builder(
+        url, policy, credential_provider=provider, connection_class=IAMSSLConnection
+    )()
+    assert sync.connection_pool.connection_class is IAMSSLConnection
+    assert sync.connection_pool.connection_kwargs["credential_provider"] is provider
+    asynchronous = connections.async_builder(
+        url, policy, credential_provider=provider, connection_class=iam.AsyncIAMSSLConnection
+    )()
+    assert isinstance(asynchronous, aredis.Redis)
+    assert asynchronous.connection_pool.connection_class is iam.AsyncIAMSSLConnection
+    node_pool = connections._cluster_pool(0.02, IAMSSLConnection)(host="h", port=6379)
+    assert node_pool.connection_class is IAMSSLConnection and node_pool.timeout == 0.02
+    cluster = connections.with_connection_class(
+        AsyncRedisCluster.from_url(url, credential_provider=provider), iam.AsyncIAMSSLConnection
+    )
+    assert cluster.connection_kwargs["connection_class"] is iam.AsyncIAMSSLConnection
+    for node in cluster.nodes_manager.startup_nodes.values():
+        assert node.connection_class is iam.AsyncIAMSSLConnection

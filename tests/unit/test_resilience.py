@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ddbcache_hooks.resilience import CLOSED, HALF_OPEN, OPEN, Backlog, CircuitBreaker, Invalidation
 from ddbcache_hooks.stats import Stats
 
@@ -85,3 +87,34 @@ def test_backlog_table_entries_merge() -> None:
     assert pending.tables == {"t": True}
     backlog.discard(pending, upto)
     assert not backlog
+
+
+def test_the_server_clock_keeps_the_least_delayed_sample(monkeypatch: Any) -> None:
+    from ddbcache_hooks import resilience
+
+    now = [1000.0]  # seconds
+    monkeypatch.setattr(resilience.time, "time", lambda: now[0])
+    clock = resilience.ServerClock()
+    assert clock.deadline_ms(50) == 0  # unknown: no bound
+    clock.observe(1_000_000 + 5_000)  # the server is 5 s ahead
+    assert clock.deadline_ms(50) == 1_000_000 + 5_000 + 50
+    now[0] += 1
+    clock.observe(1_001_000 + 4_990)  # a reply that sat 10 ms in the socket: ignored
+    assert clock.deadline_ms(50) == 1_001_000 + 5_000 + 50
+    clock.observe(1_001_000 - 3_000)  # far below: the local clock stepped
+    assert clock.deadline_ms(50) == 1_001_000 - 3_000 + 50
+
+
+def test_orphans_are_kept_until_handled_and_dropped_after_repeated_failures() -> None:
+    from ddbcache_hooks.resilience import Orphans
+
+    orphans = Orphans(Stats())
+    orphans.add_leases([("k", "f", "t1")])
+    orphans.add_suspects([("k", "f")])
+    leases, suspects = orphans.snapshot()
+    orphans.add_leases([("k", "f", "t2")])  # a newer lease of the same slot survives
+    orphans.done(leases, suspects)
+    assert orphans.snapshot() == ([("k", "f", "t2")], [])
+    for _ in range(Orphans.ATTEMPTS):
+        orphans.failed()
+    assert not orphans
