@@ -145,6 +145,11 @@ class AsyncHooks(Hooks):
             if fills:
                 await self._run(self.protocol.fill(fills))
             _finished(plan)
+            if self._may_rescue(plan, http_response):
+                answer = await self._run(
+                    self.protocol.rescue(plan, http_response.status_code, parsed)
+                )
+                self._replace(http_response, parsed, answer)
 
     async def release_leases(self, context: dict[str, Any], **_: Any) -> None:
         """after-call-error of a read: the call failed, give the leases back."""

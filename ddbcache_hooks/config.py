@@ -250,6 +250,8 @@ class TablePolicy:
     scan_admission: int | None = None
     query_invalidation: str | None = None
     max_entry_bytes: int | None = None
+    #: Seconds an expired entry is kept to answer reads DynamoDB fails (0: off).
+    stale_if_error_s: int | None = None
     #: Per-operation switches, e.g. ``{"Scan": False}``.
     operations: Mapping[str, bool] | None = None
 
@@ -260,6 +262,8 @@ class TablePolicy:
             if getattr(self, name) is not None:
                 _positive_int(f"{where}.{name}", getattr(self, name))
         _ttl_config(f"{where}.ttl_config", self.ttl_config)
+        if self.stale_if_error_s is not None:
+            _non_negative_int(f"{where}.stale_if_error_s", self.stale_if_error_s)
         if self.query_invalidation is not None:
             _one_of(*QUERY_INVALIDATION_MODES)(
                 f"{where}.query_invalidation", self.query_invalidation
@@ -330,6 +334,21 @@ OPTIONS: tuple[Option, ...] = (
         _non_negative_int,
         "How long a miss waits for another caller's fill before reading DynamoDB itself.",
         _env_int,
+    ),
+    Option(
+        "stale_if_error_s",
+        0,
+        _non_negative_int,
+        "Keep expired entries this long and answer a read that DynamoDB throttles or fails "
+        "with 5xx from its expired entry (CacheMetadata.Stale); 0: off.",
+        _env_int,
+    ),
+    Option(
+        "early_refresh",
+        True,
+        _boolean,
+        "Refresh a hot entry shortly before it expires (one caller, under a lease; XFetch).",
+        _env_bool,
     ),
     Option("max_entry_bytes", 1 << 20, _positive_int, "Larger entries are not cached.", _env_int),
     Option(
@@ -463,6 +482,8 @@ class TableSettings:
     query_invalidation: str
     max_entry_bytes: int
     disabled_operations: frozenset[str]
+    #: How long an expired entry may answer a read DynamoDB fails (ms; 0: never).
+    stale_if_error_ms: int = 0
 
     def caches(self, operation: str) -> bool:
         return operation not in self.disabled_operations
@@ -486,6 +507,8 @@ class Settings:
     scan_admission: int = 2
     lease_ms: int = 2000
     lease_wait_ms: int = 200
+    stale_if_error_s: int = 0
+    early_refresh: bool = True
     max_entry_bytes: int = 1 << 20
     compress_min_bytes: int = 16384
     account_id: str | None = None
@@ -535,11 +558,14 @@ class Settings:
 
     @property
     def max_ttl_ms(self) -> int:
+        """The longest an entry's hash may live: its TTL and the stale-if-error grace."""
         ttls = [self.ttl_seconds(kind) for kind in TTL_KINDS]
+        graces = [self.stale_if_error_s]
         for policy in self.tables.values():
             ttls.append(policy.ttl or 0)
             ttls.extend((policy.ttl_config or {}).values())
-        return max(ttls) * 1000
+            graces.append(policy.stale_if_error_s or 0)
+        return (max(ttls) + max(graces)) * 1000
 
     def for_table(self, table: str) -> TableSettings | None:
         """The table's settings, or None when it is not cached at all (memoized)."""
@@ -586,6 +612,7 @@ class Settings:
             query_invalidation=merged.get("query_invalidation", self.query_invalidation),
             max_entry_bytes=merged.get("max_entry_bytes", self.max_entry_bytes),
             disabled_operations=frozenset(op for op, on in operations.items() if not on),
+            stale_if_error_ms=merged.get("stale_if_error_s", self.stale_if_error_s) * 1000,
         )
 
     def describe(self) -> dict[str, Any]:

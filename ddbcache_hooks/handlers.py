@@ -133,6 +133,26 @@ class Hooks:
         _reshape_body(plan, request)
         return None
 
+    @staticmethod
+    def _may_rescue(plan: ReadPlan, http_response: Any) -> bool:
+        """A failed miss that found an entry which may stand in for DynamoDB's error."""
+        return http_response.status_code >= 400 and any(s.fallback for s in plan.slots)
+
+    @staticmethod
+    def _replace(http_response: Any, parsed: dict[str, Any], answer: Any) -> None:
+        """Turn DynamoDB's error into the cached answer, in after-call.
+
+        botocore raises the error only after after-call, by looking at the
+        status code, so the response's status and the parsed dict (the very
+        object botocore returns) are rewritten in place. botocore's retry
+        handler ran before: after-call follows the last attempt.
+        """
+        if answer is None or answer is _FAILED:
+            return
+        parsed.clear()
+        parsed.update(answer)
+        http_response.status_code = 200
+
     def _remember(self, plan: WritePlan, parsed: dict[str, Any] | None) -> None:
         """A write whose invalidation Redis did not take: keep it for replay."""
         self.protocol.keep(self.protocol.undelivered(plan, parsed))
@@ -241,6 +261,9 @@ class SyncHooks(Hooks):
             if fills:
                 self._run(self.protocol.fill(fills))
             _finished(plan)
+            if self._may_rescue(plan, http_response):
+                answer = self._run(self.protocol.rescue(plan, http_response.status_code, parsed))
+                self._replace(http_response, parsed, answer)
 
     def release_leases(self, context: dict[str, Any], **_: Any) -> None:
         """after-call-error of a read: the call failed, give the leases back."""

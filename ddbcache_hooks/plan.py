@@ -55,6 +55,8 @@ class Slot:
     position: int = 0
     #: PARTITION_TOKEN slots: the partition token hash the page hangs off.
     partition_key: str = ""
+    #: How long past its TTL the entry may answer a read DynamoDB fails (0: never).
+    grace_ms: int = 0
     # Filled in while the call runs:
     state: str = "new"  # one of the SLOT_* states below
     lease: str | None = None
@@ -64,6 +66,12 @@ class Slot:
     hit: dict[str, Any] | None = None
     created_ms: int = 0
     blob: bytes = b""
+    #: The entry the lookup found besides a miss: expired within its grace
+    #: (``fallback_fresh`` False), or still valid and being refreshed early (True).
+    fallback: bytes = b""
+    fallback_fresh: bool = False
+    #: When the lookup that leased this slot answered (monotonic s): the fill's cost.
+    leased_at: float = 0.0
 
 
 #: Which token validates a slot's entries: the table's item token; the table's
@@ -268,6 +276,7 @@ class Planner:
             config.ttl_ms["item_negative"],
             1,
             config.max_entry_bytes,
+            grace_ms=config.stale_if_error_ms,
         )
 
     def _query_slot(
@@ -283,6 +292,7 @@ class Planner:
             config.ttl_ms[kind.value],
             config.admission[kind],
             config.max_entry_bytes,
+            grace_ms=config.stale_if_error_ms,
         )
 
     def _partition(self, table: TableRef, params: Mapping[str, Any]) -> tuple[str, Any] | None:

@@ -52,12 +52,32 @@ from .stats import LimitedLog, Stats, log
 _WAIT_STEPS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.025)
 #: Key schemas learned with DescribeTable are shared through Redis for a day.
 SCHEMA_TTL_S = 86400
+#: XFetch's beta (Vattani, Chierichetti, Lowenstein, VLDB 2015): 1 is the optimum
+#: for a fill cost measured as the time of one recomputation.
+XFETCH_BETA = 1.0
+#: DynamoDB's throttling errors; with any 5xx, what a stale entry may answer.
+THROTTLING = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
 _REPORT_LOCK = threading.Lock()
 
 
 def _rcu(size: int) -> float:
     """Read capacity an eventually consistent read of ``size`` bytes costs."""
     return math.ceil(max(size, 1) / 4096) * 0.5
+
+
+def recoverable(status: int, parsed: Mapping[str, Any]) -> bool:
+    """A DynamoDB answer that a cached entry may stand in for: throttling or a 5xx."""
+    if status >= 500:
+        return True
+    code = (parsed.get("Error") or {}).get("Code")
+    return status >= 400 and code in THROTTLING
+
+
+def _refresh_factor() -> float:
+    """XFetch's ``-beta * ln(U)``, U uniform in (0, 1]: drawn per lookup."""
+    return -XFETCH_BETA * math.log(1.0 - random.random())
 
 
 def _identity(key: Mapping[str, Any]) -> Any:
@@ -184,6 +204,7 @@ class Protocol:
 
     def _lookup(self, slots: Sequence[Slot], *, drop: bool) -> Op[None]:
         deadline = self.clock.deadline_ms(self.call_timeout_ms)
+        refresh = _refresh_factor() if self.settings.early_refresh and not drop else 0.0
         requests = [
             store.LookupRequest(
                 s.key,
@@ -196,6 +217,7 @@ class Protocol:
                 drop,
                 s.partition_key,
                 deadline,
+                refresh,
             )
             for s in slots
         ]
@@ -214,17 +236,32 @@ class Protocol:
             else:
                 slot.token = reply.query_token
             slot.lease = None
+            slot.fallback, slot.fallback_fresh = b"", False
             if reply.corrupt:
                 self._corrupt(slot, "the key held another Redis type")
             if reply.foreign_token:
                 self.stats.incr("errors")
                 self._corrupt(slot, "its table's version token was not one of ours; replaced")
+            if reply.status == store.HIT:
+                slot.state = HIT if self._decode(slot, reply.entry or b"") else STALE
+                continue
+            if reply.status == store.REFRESH:
+                # A valid entry near its expiry, leased to this caller: it reads
+                # DynamoDB and refills while everybody else keeps hitting.
+                slot.lease = request.lease_token
+                if not self._decode(slot, reply.entry or b""):
+                    slot.state = STALE
+                    continue
+                slot.state, slot.leased_at = LEASED, time.monotonic()
+                slot.fallback, slot.fallback_fresh = slot.blob, True
+                self.stats.incr("early_refreshes")
+                continue
+            slot.fallback = reply.entry or b""  # expired, within its stale-if-error grace
             if reply.status == store.LEASED:
                 slot.state, slot.lease = LEASED, request.lease_token
+                slot.leased_at = time.monotonic()
             elif reply.status == store.WAIT:
                 slot.state = WAIT
-            elif reply.status == store.HIT:
-                slot.state = HIT if self._decode(slot, reply.entry or b"") else STALE
             else:
                 slot.state = PASS
 
@@ -312,6 +349,45 @@ class Protocol:
             slot.hit, slot.created_ms, plan.capacity, plan.table_label, plan.index, index_kind
         )
 
+    def rescue(
+        self, plan: ReadPlan, status: int, parsed: Mapping[str, Any]
+    ) -> Op[dict[str, Any] | None]:
+        """DynamoDB failed a miss (after botocore's retries): the cached answer, or None.
+
+        Two entries may stand in for a throttling error or a 5xx: one this caller
+        was refreshing early (still valid: an ordinary hit), and one that expired
+        within its ``stale_if_error_s`` grace (``CacheMetadata.Stale``). An entry a
+        write, a table invalidation or a restart dropped is not found by the
+        lookup at all, and one filled under a replaced table token does not match
+        it; strict mode never answers from an expired entry.
+        """
+        if plan.batch is not None or len(plan.slots) != 1 or not recoverable(status, parsed):
+            return None
+        slot = plan.slots[0]
+        if not slot.fallback or (not slot.fallback_fresh and (plan.strict or not slot.grace_ms)):
+            return None
+        try:
+            entry = self.codec.decode(slot.fallback, context=self._context(slot))
+        except (ForeignEntry, CorruptEntry):
+            return None
+        if entry.token != slot.token:
+            return None
+        now_ms = time.time() * 1000
+        if not slot.fallback_fresh:
+            ttl = slot.ttl_ms if "Item" in entry.payload else slot.negative_ttl_ms
+            if now_ms >= entry.created_ms + ttl + slot.grace_ms:
+                return None  # the grace ran out while DynamoDB was retried
+        slot.hit, slot.created_ms = entry.payload, entry.created_ms
+        answer = yield from self._respond(plan, slot)
+        if slot.fallback_fresh:
+            self.stats.incr("refresh_errors_hidden")
+        else:
+            answer["CacheMetadata"]["Stale"] = True
+            answer["CacheMetadata"]["Age"] = round(max(0.0, now_ms - entry.created_ms) / 1000, 3)
+            self.stats.incr("stale_served")
+            log.debug("%s answered from an expired entry: DynamoDB said %s", plan.operation, status)
+        return answer
+
     def _merge_hits(self, plan: ReadPlan, batch: Batch, parsed: dict[str, Any]) -> None:
         """Complete a BatchGetItem response: cache hits, capacity, CacheMetadata."""
         answers = parsed.setdefault("Responses", {})
@@ -393,8 +469,17 @@ class Protocol:
         ttl = slot.ttl_ms if "Item" in payload else slot.negative_ttl_ms
         if settle_ms is None:
             settle_ms = self._settle_ms
+        cost_ms = math.ceil((time.monotonic() - slot.leased_at) * 1000) if slot.leased_at else 0
         return store.FillRequest(
-            slot.key, slot.field, slot.lease, blob, ttl, settle_ms, slot.partition_since_ms
+            slot.key,
+            slot.field,
+            slot.lease,
+            blob,
+            ttl,
+            settle_ms,
+            slot.partition_since_ms,
+            slot.grace_ms,
+            cost_ms,
         )
 
     @staticmethod

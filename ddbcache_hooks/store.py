@@ -11,6 +11,8 @@ field            meaning
 ``x:<v>``        its expiry, server time in ms (variants share a key TTL)
 ``l:<v>``        lease token of the caller filling ``v``
 ``m:<v>``        lease expiry
+``s:<v>``        end of its stale-if-error grace (only with ``stale_if_error_s``)
+``d:<v>``        what its fill cost (ms, from the lookup to DynamoDB's answer)
 ``a:<v>``        admission counter (Scan), ``ax:<v>`` its window end
 ``g``            generation: the server's identity, ``/``, a value new with each
                  invalidation (a signed entry is bound to it)
@@ -138,14 +140,19 @@ def _script(name: str, body: str) -> Script:
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
-HIT, LEASED, WAIT, NOT_ADMITTED, LATE = 1, 2, 3, 4, 5
+HIT, LEASED, WAIT, NOT_ADMITTED, LATE, REFRESH = 1, 2, 3, 4, 5, 6
 
 #: KEYS[1] entry hash, KEYS[2] (optional, same node) the table's token hash,
 #: KEYS[3] (optional, same node) the page's partition token hash.
 #: ARGV: field, lease token, lease ms, admission count, admission window ms,
 #: drop (1: discard the current entry first), token ttl ms, deadline (server ms;
-#: 0: none): a lookup that runs after its caller gave up takes no lease (LATE).
-#: Returns {status, entry or nil, flags (1: the key held garbage and was deleted,
+#: 0: none): a lookup that runs after its caller gave up takes no lease (LATE),
+#: early refresh factor (XFetch's ``-beta * ln(random)``, drawn by the caller since
+#: a script's random numbers repeat; 0: off): a valid entry whose remaining life
+#: is within its fill cost times the factor, and that nobody refreshes yet, is
+#: leased to this caller (REFRESH) and returned.
+#: Returns {status, entry (a hit's or a refresh's; on a miss the expired entry
+#: while within its stale-if-error grace, else nil), flags (1: the key held garbage and was deleted,
 #: 2: a foreign table token was replaced), item token, query token, generation,
 #: partition token, since when the partition's history is known (server ms),
 #: server time ms} (tokens only with their keys).
@@ -161,7 +168,7 @@ local part = {false, 0}
 if KEYS[3] then part = partition_token(KEYS[3], token, tonumber(ARGV[7]), sid) end
 local now = now_ms()
 local corrupt = 2 * tokens[3]
-local r = redis.pcall('HMGET', key, 'e:'..f, 'x:'..f, 'l:'..f, 'm:'..f, 'g')
+local r = redis.pcall('HMGET', key, 'e:'..f, 'x:'..f, 'l:'..f, 'm:'..f, 'g', 's:'..f, 'd:'..f)
 if r['err'] then
   redis.call('DEL', key)
   corrupt = corrupt + 1
@@ -183,13 +190,28 @@ if not gen or string.sub(gen, 1, #sid + 1) ~= sid .. '/' then
   r = {}
 end
 if ARGV[6] == '1' then
-  redis.call('HDEL', key, 'e:'..f, 'x:'..f)
+  redis.call('HDEL', key, 'e:'..f, 'x:'..f, 's:'..f, 'd:'..f)
   r[1] = false
 end
 local expires = tonumber(r[2])
+local lease_end = tonumber(r[4])
+local deadline = tonumber(ARGV[8])
 if r[1] and expires and expires > now then
+  local factor, cost = tonumber(ARGV[9]) or 0, tonumber(r[7])
+  if factor > 0 and cost and expires - now <= cost * factor
+    and not (r[3] and lease_end and lease_end > now)
+    and not (deadline > 0 and now > deadline) then
+    lease_end = now + tonumber(ARGV[3])
+    redis.call('HSET', key, 'l:'..f, token, 'm:'..f, lease_end)
+    keep_until(key, lease_end, now)
+    return {6, r[1], corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
+  end
   return {1, r[1], corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
 end
+-- Expired: still the stale-if-error fallback while within its grace.
+local grace_end = tonumber(r[6])
+local fallback = false
+if r[1] and grace_end and grace_end > now then fallback = r[1] end
 local admission = tonumber(ARGV[4])
 if admission > 1 then
   local a = redis.call('HMGET', key, 'a:'..f, 'ax:'..f)
@@ -201,27 +223,27 @@ if admission > 1 then
   redis.call('HSET', key, 'a:'..f, count, 'ax:'..f, window)
   keep_until(key, window, now)
   if count < admission then
-    return {4, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
+    return {4, fallback, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
   end
 end
-local lease_end = tonumber(r[4])
 if r[3] and r[3] ~= token and lease_end and lease_end > now then
-  return {3, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
+  return {3, fallback, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
 end
-local deadline = tonumber(ARGV[8])
 if deadline > 0 and now > deadline then
-  return {5, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
+  return {5, fallback, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
 end
 lease_end = now + tonumber(ARGV[3])
 redis.call('HSET', key, 'l:'..f, token, 'm:'..f, lease_end)
 keep_until(key, lease_end, now)
-return {2, false, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
+return {2, fallback, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
 """,
 )
 
 #: KEYS[1] entry hash. ARGV: field, lease token, entry ('' = only release), ttl ms,
 #: settle window ms, (optional, a Query/Scan page) since when the history of the
-#: page's partition is known (as the lookup read it with the partition token).
+#: page's partition is known (as the lookup read it with the partition token),
+#: stale-if-error grace ms (kept past the TTL; not for a fill inside the settle
+#: window, which may hold a value from before a write), the fill's cost ms.
 #: Stores only while the caller's lease is intact: a write since the lookup
 #: deleted it. Unless the hash (and the partition) prove that no write happened
 #: within the settle window (``c``: history known since before the window), the
@@ -242,6 +264,7 @@ local now = now_ms()
 local ttl = tonumber(ARGV[4])
 local keep = now + ttl
 local settle = tonumber(ARGV[5]) or 0
+local grace = tonumber(ARGV[7]) or 0
 if settle > 0 then
   -- The entry's own history, and (a Query/Scan page) its partition's.
   local since = math.max(tonumber(r[2]) or now, tonumber(ARGV[6]) or 0)
@@ -249,9 +272,16 @@ if settle > 0 then
   if settle_end > now then
     if settle_end - now < ttl then ttl = settle_end - now end
     keep = math.max(now + ttl, settle_end + settle)
+    grace = 0
   end
 end
-redis.call('HSET', key, 'e:'..f, ARGV[3], 'x:'..f, now + ttl)
+redis.call('HSET', key, 'e:'..f, ARGV[3], 'x:'..f, now + ttl, 'd:'..f, tonumber(ARGV[8]) or 0)
+if grace > 0 then
+  redis.call('HSET', key, 's:'..f, now + ttl + grace)
+  keep = math.max(keep, now + ttl + grace)
+else
+  redis.call('HDEL', key, 's:'..f)
+end
 keep_until(key, keep, now)
 return {1, ttl}
 """,
@@ -338,6 +368,8 @@ class LookupRequest(NamedTuple):
     partition_key: str = ""
     #: Server time (ms) after which the caller no longer waits for the reply; 0: none.
     deadline_ms: int = 0
+    #: XFetch's ``-beta * ln(random)`` for early refresh; 0: off.
+    refresh_factor: float = 0.0
 
 
 class LookupReply(NamedTuple):
@@ -371,6 +403,10 @@ class FillRequest(NamedTuple):
     settle_ms: int = 0
     #: A page's partition: since when its history is known (server ms).
     partition_since_ms: int = 0
+    #: How long the entry is kept past its TTL for stale-if-error (ms).
+    grace_ms: int = 0
+    #: What the fill cost (ms): early refresh starts that long, scaled, before expiry.
+    cost_ms: int = 0
 
 
 FILL_STORED, FILL_LOST, FILL_RELEASED, FILL_GARBAGE = 1, 0, 2, -1
@@ -423,6 +459,7 @@ def lookup(
                 1 if r.drop else 0,
                 token_ttl_ms,
                 r.deadline_ms,
+                f"{r.refresh_factor:.6g}",
             ),
             1 if cluster else 3 if r.partition_key else 2,
         )
@@ -493,6 +530,8 @@ def fill(requests: Sequence[FillRequest]) -> Op[list[tuple[int, int]]]:
                 r.ttl_ms,
                 r.settle_ms,
                 r.partition_since_ms,
+                r.grace_ms,
+                r.cost_ms,
             ),
             1,
         )
@@ -529,15 +568,20 @@ def invalidate(
         yield RedisBatch(calls)
 
 
+#: The per-variant fields a lookup reads.
+_LOOKUP_FIELDS = ("e:", "x:", "l:", "m:", "s:", "d:")
+
+
 def oversized(suspects: Sequence[tuple[str, str]], limit: int) -> Op[list[str]]:
     """Keys of (key, variant field) pairs where a field a lookup reads exceeds ``limit``."""
     calls = [
         Call(None, ("HSTRLEN", key, prefix + field))
         for key, field in suspects
-        for prefix in ("e:", "x:", "l:", "m:")
+        for prefix in _LOOKUP_FIELDS
     ]
     lengths = yield RedisBatch(calls)
-    found = [key for i, (key, _) in enumerate(suspects) if max(lengths[4 * i : 4 * i + 4]) > limit]
+    n = len(_LOOKUP_FIELDS)
+    found = [key for i, (key, _) in enumerate(suspects) if max(lengths[n * i : n * i + n]) > limit]
     return list(dict.fromkeys(found))
 
 
