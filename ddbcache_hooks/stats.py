@@ -38,6 +38,9 @@ COUNTERS = (
     "poisoned_keys",
     "writes_rejected",
     "writes_cancelled",
+    "stale_served",
+    "early_refreshes",
+    "refresh_errors_hidden",
     # DynamoDB Streams consumer (ddbcache_hooks.streams)
     "stream_records",
     "stream_table_drops",
