@@ -36,6 +36,8 @@ class Env:
     server: RedisServer
     rounds: int
     per_round: int
+    hot_seconds: float = 10.0
+    hot_threads: int = 16
 
     def redis(self, **kwargs: Any) -> redis.Redis:
         return redis.Redis(port=self.server.port, **kwargs)
@@ -666,6 +668,120 @@ def bench_outage(env: Env) -> dict[str, float]:
     }
 
 
+def bench_hot_key(env: Env) -> dict[str, float]:
+    """16 threads on one hot key with a 1 s TTL: DynamoDB reads per expiry, early refresh off/on."""
+    import threading
+
+    out: dict[str, float] = {}
+    rows = []
+    for label, on in (("early refresh off", False), ("early refresh on", True)):
+        session = env.session()
+        # Threads of one process share the GIL: a Redis reply can wait longer than
+        # the 50 ms default time-out, which would send callers to DynamoDB.
+        registration = env.register(
+            session,
+            key_schema={"hot": ("pk", "sk")},
+            ttl=1,
+            early_refresh=on,
+            redis_timeout_ms=2000,
+        )
+        clients = [session.client("dynamodb") for _ in range(env.hot_threads)]
+        if label.endswith("off"):
+            make_table(clients[0], "hot", items=1, size=200)
+        reads = [0]
+        lock = threading.Lock()
+
+        def count(**_: Any) -> None:
+            with lock:
+                reads[0] += 1
+
+        for c in clients:
+            c.meta.events.register("before-send.dynamodb.GetItem", count)
+        clients[0].get_item(TableName="hot", Key=key(0))
+        reads[0] = 0
+        samples: list[list[int]] = [[] for _ in clients]
+        started = time.monotonic()
+        deadline = started + env.hot_seconds
+
+        def hammer(c: Any, mine: list[int]) -> None:
+            clock = time.perf_counter_ns
+            while time.monotonic() < deadline:
+                t = clock()
+                c.get_item(TableName="hot", Key=key(0))
+                mine.append(clock() - t)
+
+        threads = [
+            threading.Thread(target=hammer, args=(c, mine))
+            for c, mine in zip(clients, samples, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+        stats = registration.stats()
+        registration.unregister()
+        expiries = elapsed / 1.0
+        merged = Series(label, [x for mine in samples for x in mine])
+        per_expiry = reads[0] / expiries
+        waits = stats.get("lease_waits", 0) / expiries
+        rows.append(
+            (
+                label,
+                str(len(merged.samples_ns)),
+                str(reads[0]),
+                f"{per_expiry:.2f}",
+                f"{waits:.1f}",
+                str(stats.get("early_refreshes", 0)),
+                str(stats.get("errors", 0) + stats.get("lease_wait_timeouts", 0)),
+                f"{merged.median_us:.0f}",
+                f"{merged.p99_us:.0f}",
+            )
+        )
+        out[f"DynamoDB reads per expiry, {label}"] = per_expiry
+        out[f"callers waiting for a fill per expiry, {label}"] = waits
+    print(
+        table(
+            rows,
+            (
+                f"{env.hot_threads} threads, {env.hot_seconds:.0f} s",
+                "calls",
+                "DynamoDB reads",
+                "per expiry",
+                "waits/expiry",
+                "refreshes",
+                "errors+wait timeouts",
+                "median us",
+                "p99 us",
+            ),
+        )
+    )
+
+    # The ordinary hit, far from expiry: what early refresh adds to it.
+    hits = {}
+    for label, on in (("hit, early refresh off", False), ("hit, early refresh on", True)):
+        session = env.session()
+        registration = env.register(session, key_schema={"hot": ("pk", "sk")}, early_refresh=on)
+        c = session.client("dynamodb")
+        c.get_item(TableName="hot", Key=key(0))
+        hits[label] = (registration, c)
+    series = measure(
+        {
+            label: functools.partial(c.get_item, TableName="hot", Key=key(0))
+            for label, (_, c) in hits.items()
+        },
+        rounds=env.rounds,
+        per_round=env.per_round,
+    )
+    for registration, _ in hits.values():
+        registration.unregister()
+    print(table_of(series, "hit, early refresh off"))
+    out["hit latency, early refresh on / off"] = (
+        series["hit, early refresh on"].median_us / series["hit, early refresh off"].median_us
+    )
+    return out
+
+
 BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
     "hits": bench_hits,
     "near": bench_near,
@@ -675,11 +791,12 @@ BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
     "codec": bench_codec,
     "async": bench_async,
     "outage": bench_outage,
+    "hotkey": bench_hot_key,
 }
 
 
 @contextlib.contextmanager
-def environment(rounds: int, per_round: int) -> Iterator[Env]:
+def environment(rounds: int, per_round: int, **options: Any) -> Iterator[Env]:
     for name, value in (
         ("AWS_ACCESS_KEY_ID", "bench"),
         ("AWS_SECRET_ACCESS_KEY", "bench"),
@@ -687,22 +804,32 @@ def environment(rounds: int, per_round: int) -> Iterator[Env]:
     ):
         os.environ.setdefault(name, value)
     with RedisServer() as server, mock_aws():
-        yield Env(server, rounds, per_round)
+        yield Env(server, rounds, per_round, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), default=None)
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
+    parser.add_argument(
+        "--hot-seconds",
+        type=float,
+        default=None,
+        help="how long each mode of the hot-key benchmark runs (default 10, --quick 3)",
+    )
+    parser.add_argument("--hot-threads", type=int, default=16)
     args = parser.parse_args(argv)
     rounds, per_round = (4, 20) if args.quick else (20, 100)
+    hot_seconds = args.hot_seconds or (3.0 if args.quick else 10.0)
     import logging
 
     logging.getLogger("ddbcache_hooks").setLevel(logging.ERROR)  # outages are on purpose here
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server access log
     print(f"machine: {machine()}")
     summary: dict[str, float] = {}
-    with environment(rounds, per_round) as env:
+    with environment(
+        rounds, per_round, hot_seconds=hot_seconds, hot_threads=args.hot_threads
+    ) as env:
         print(f"redis: {env.server.binary} on :{env.server.port}; DynamoDB: moto (in-process)")
         for name in args.only or list(BENCHMARKS):
             print(f"\n== {name}: {BENCHMARKS[name].__doc__}")

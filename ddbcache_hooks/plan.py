@@ -70,7 +70,7 @@ class Slot:
     #: (``fallback_fresh`` False), or still valid and being refreshed early (True).
     fallback: bytes = b""
     fallback_fresh: bool = False
-    #: When the lookup that leased this slot answered (monotonic s): the fill's cost.
+    #: When the lookup that leased this slot began (monotonic s): the fill's cost counts from it.
     leased_at: float = 0.0
 
 

@@ -205,6 +205,7 @@ class Protocol:
     def _lookup(self, slots: Sequence[Slot], *, drop: bool) -> Op[None]:
         deadline = self.clock.deadline_ms(self.call_timeout_ms)
         refresh = _refresh_factor() if self.settings.early_refresh and not drop else 0.0
+        started = time.monotonic()  # a fill's cost counts from here: lookup, read, fill
         requests = [
             store.LookupRequest(
                 s.key,
@@ -252,14 +253,14 @@ class Protocol:
                 if not self._decode(slot, reply.entry or b""):
                     slot.state = STALE
                     continue
-                slot.state, slot.leased_at = LEASED, time.monotonic()
+                slot.state, slot.leased_at = LEASED, started
                 slot.fallback, slot.fallback_fresh = slot.blob, True
                 self.stats.incr("early_refreshes")
                 continue
             slot.fallback = reply.entry or b""  # expired, within its stale-if-error grace
             if reply.status == store.LEASED:
                 slot.state, slot.lease = LEASED, request.lease_token
-                slot.leased_at = time.monotonic()
+                slot.leased_at = started
             elif reply.status == store.WAIT:
                 slot.state = WAIT
             else:
