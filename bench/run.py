@@ -668,76 +668,79 @@ def bench_outage(env: Env) -> dict[str, float]:
     }
 
 
-def bench_hot_key(env: Env) -> dict[str, float]:
-    """16 threads on one hot key with a 1 s TTL: DynamoDB reads per expiry, early refresh off/on."""
+def _hot_key_run(env: Env, label: str, on: bool) -> tuple[tuple[str, ...], float, float]:
+    """One mode of the hot-key benchmark: its table row, reads and waits per expiry."""
     import threading
 
+    session = env.session()
+    # Threads of one process share the GIL: a Redis reply can wait longer than
+    # the 50 ms default time-out, which would send callers to DynamoDB.
+    registration = env.register(
+        session,
+        key_schema={"hot": ("pk", "sk")},
+        ttl=1,
+        early_refresh=on,
+        redis_timeout_ms=2000,
+    )
+    clients = [session.client("dynamodb") for _ in range(env.hot_threads)]
+    reads = [0]
+    lock = threading.Lock()
+
+    def count(**_: Any) -> None:
+        with lock:
+            reads[0] += 1
+
+    for c in clients:
+        c.meta.events.register("before-send.dynamodb.GetItem", count)
+    clients[0].get_item(TableName="hot", Key=key(0))
+    reads[0] = 0
+    samples: list[list[int]] = [[] for _ in clients]
+    started = time.monotonic()
+    deadline = started + env.hot_seconds
+
+    def hammer(c: Any, mine: list[int]) -> None:
+        clock = time.perf_counter_ns
+        while time.monotonic() < deadline:
+            t = clock()
+            c.get_item(TableName="hot", Key=key(0))
+            mine.append(clock() - t)
+
+    threads = [
+        threading.Thread(target=hammer, args=(c, mine))
+        for c, mine in zip(clients, samples, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expiries = (time.monotonic() - started) / 1.0  # TTL 1 s
+    stats = registration.stats()
+    registration.unregister()
+    merged = Series(label, [x for mine in samples for x in mine])
+    per_expiry = reads[0] / expiries
+    waits = stats.get("lease_waits", 0) / expiries
+    row = (
+        label,
+        str(len(merged.samples_ns)),
+        str(reads[0]),
+        f"{per_expiry:.2f}",
+        f"{waits:.1f}",
+        str(stats.get("early_refreshes", 0)),
+        str(stats.get("errors", 0) + stats.get("lease_wait_timeouts", 0)),
+        f"{merged.median_us:.0f}",
+        f"{merged.p99_us:.0f}",
+    )
+    return row, per_expiry, waits
+
+
+def bench_hot_key(env: Env) -> dict[str, float]:
+    """16 threads on one hot key with a 1 s TTL: DynamoDB reads per expiry, early refresh off/on."""
     out: dict[str, float] = {}
     rows = []
+    make_table(env.session().client("dynamodb"), "hot", items=1, size=200)
     for label, on in (("early refresh off", False), ("early refresh on", True)):
-        session = env.session()
-        # Threads of one process share the GIL: a Redis reply can wait longer than
-        # the 50 ms default time-out, which would send callers to DynamoDB.
-        registration = env.register(
-            session,
-            key_schema={"hot": ("pk", "sk")},
-            ttl=1,
-            early_refresh=on,
-            redis_timeout_ms=2000,
-        )
-        clients = [session.client("dynamodb") for _ in range(env.hot_threads)]
-        if label.endswith("off"):
-            make_table(clients[0], "hot", items=1, size=200)
-        reads = [0]
-        lock = threading.Lock()
-
-        def count(**_: Any) -> None:
-            with lock:
-                reads[0] += 1
-
-        for c in clients:
-            c.meta.events.register("before-send.dynamodb.GetItem", count)
-        clients[0].get_item(TableName="hot", Key=key(0))
-        reads[0] = 0
-        samples: list[list[int]] = [[] for _ in clients]
-        started = time.monotonic()
-        deadline = started + env.hot_seconds
-
-        def hammer(c: Any, mine: list[int]) -> None:
-            clock = time.perf_counter_ns
-            while time.monotonic() < deadline:
-                t = clock()
-                c.get_item(TableName="hot", Key=key(0))
-                mine.append(clock() - t)
-
-        threads = [
-            threading.Thread(target=hammer, args=(c, mine))
-            for c, mine in zip(clients, samples, strict=True)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - started
-        stats = registration.stats()
-        registration.unregister()
-        expiries = elapsed / 1.0
-        merged = Series(label, [x for mine in samples for x in mine])
-        per_expiry = reads[0] / expiries
-        waits = stats.get("lease_waits", 0) / expiries
-        rows.append(
-            (
-                label,
-                str(len(merged.samples_ns)),
-                str(reads[0]),
-                f"{per_expiry:.2f}",
-                f"{waits:.1f}",
-                str(stats.get("early_refreshes", 0)),
-                str(stats.get("errors", 0) + stats.get("lease_wait_timeouts", 0)),
-                f"{merged.median_us:.0f}",
-                f"{merged.p99_us:.0f}",
-            )
-        )
+        row, per_expiry, waits = _hot_key_run(env, label, on)
+        rows.append(row)
         out[f"DynamoDB reads per expiry, {label}"] = per_expiry
         out[f"callers waiting for a fill per expiry, {label}"] = waits
     print(

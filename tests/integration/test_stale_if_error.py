@@ -46,7 +46,7 @@ class FailingProxy:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 operation = self.headers.get("X-Amz-Target", "").rsplit(".", 1)[-1]
                 proxy.attempts[operation] = proxy.attempts.get(operation, 0) + 1
@@ -128,9 +128,7 @@ def test_expired_entry_answers_throttling_after_the_retries(
     registration, c = registered(redis_server, namespace, proxy, stale_if_error_s=5)
     events: list[Any] = []
     c.meta.events.register("before-send.dynamodb.GetItem", lambda **_: events.append("send"))
-    c.meta.events.register(
-        "needs-retry.dynamodb.GetItem", lambda **_: events.append("needs-retry")
-    )
+    c.meta.events.register("needs-retry.dynamodb.GetItem", lambda **_: events.append("needs-retry"))
     c.meta.events.register(  # after the cache's own after-call handler
         "after-call.dynamodb.GetItem",
         lambda http_response, parsed, **_: events.append(
@@ -209,18 +207,20 @@ def test_other_errors_surface(
         registration.unregister()
 
 
-@pytest.mark.parametrize("drop", ["write", "invalidate", "invalidate_table"])
+@pytest.mark.parametrize("drop", ["write", "invalidate", "invalidate_table", "settle"])
 def test_a_dropped_entry_is_never_served_stale(
     redis_server: RedisServer, namespace: str, proxy: FailingProxy, drop: str
 ) -> None:
     registration, c = registered(redis_server, namespace, proxy, stale_if_error_s=5)
     try:
+        if drop == "settle":  # filled within the settle window of this write: no grace
+            c.put_item(TableName="items", Item={**KEY, "v": {"S": "new"}})
         filled_and_expired(c)
         if drop == "write":
             c.put_item(TableName="items", Item={**KEY, "v": {"S": "new"}})
         elif drop == "invalidate":
             assert registration.invalidate("items", KEY)
-        else:
+        elif drop == "invalidate_table":
             assert registration.invalidate_table("items")
         proxy.fail("GetItem")
         with pytest.raises(ClientError, match=THROTTLED[1]):
@@ -234,9 +234,7 @@ def test_consistent_reads_and_strict_mode_raise(
     redis_server: RedisServer, namespace: str, proxy: FailingProxy
 ) -> None:
     registration, c = registered(redis_server, namespace, proxy, stale_if_error_s=5)
-    strict, s = registered(
-        redis_server, namespace, proxy, stale_if_error_s=5, consistency="strict"
-    )
+    strict, s = registered(redis_server, namespace, proxy, stale_if_error_s=5, consistency="strict")
     try:
         filled_and_expired(c)
         proxy.fail("GetItem")
@@ -390,7 +388,9 @@ def test_a_failed_early_refresh_answers_from_the_valid_entry(
         monkeypatch.setattr(protocol, "_refresh_factor", lambda: 1e9)
         proxy.fail("GetItem")
         answer = c.get_item(TableName="items", Key=KEY)
-        assert answer["CacheMetadata"]["CacheHit"] is True and "Stale" not in answer["CacheMetadata"]
+        assert (
+            answer["CacheMetadata"]["CacheHit"] is True and "Stale" not in answer["CacheMetadata"]
+        )
         assert proxy.attempts == {"GetItem": ATTEMPTS}
         assert registration.stats()["refresh_errors_hidden"] == 1
         proxy.fail("GetItem", error=(400, "AccessDeniedException"))

@@ -95,3 +95,22 @@ def test_account_id_is_twelve_digits() -> None:
             Settings.resolve({"account_id": bad})
     with pytest.raises(ConfigurationError, match="DDBCACHE_ACCOUNT_ID"):
         Settings.resolve({}, environ={"DDBCACHE_ACCOUNT_ID": "abc"})
+
+
+def test_stale_if_error_and_early_refresh_options() -> None:
+    settings = Settings.resolve(
+        {"ttl": 60, "stale_if_error_s": 300, "tables": {"prices": TablePolicy(stale_if_error_s=0)}}
+    )
+    assert settings.early_refresh is True
+    assert settings.for_table("orders").stale_if_error_ms == 300_000  # type: ignore[union-attr]
+    assert settings.for_table("prices").stale_if_error_ms == 0  # type: ignore[union-attr]
+    # Table tokens must outlive every entry kept for its grace.
+    assert settings.max_ttl_ms == 360_000
+    env = from_environment({"DDBCACHE_STALE_IF_ERROR_S": "30", "DDBCACHE_EARLY_REFRESH": "off"})
+    assert env == {"stale_if_error_s": 30, "early_refresh": False}
+    with pytest.raises(ConfigurationError, match="stale_if_error_s"):
+        Settings.resolve({"stale_if_error_s": -1})
+    with pytest.raises(ConfigurationError, match="stale_if_error_s"):
+        Settings.resolve({"tables": {"t": {"stale_if_error_s": "1"}}})
+    with pytest.raises(ConfigurationError, match="DDBCACHE_EARLY_REFRESH"):
+        from_environment({"DDBCACHE_EARLY_REFRESH": "maybe"})
