@@ -398,3 +398,37 @@ def test_a_failed_early_refresh_answers_from_the_valid_entry(
             c.get_item(TableName="items", Key=KEY)
     finally:
         registration.unregister()
+
+
+def test_async_early_refresh_and_its_failure(
+    redis_server: RedisServer,
+    namespace: str,
+    proxy: FailingProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aioboto3
+
+    async def main() -> None:
+        session = aioboto3.Session(region_name=REGION)
+        registration = await ddbcache_hooks.register_async(
+            session, redis_server.url, namespace=namespace, ttl=60
+        )
+        try:
+            async with session.client("dynamodb", endpoint_url=proxy.url, config=RETRIES) as c:
+                await c.get_item(TableName="items", Key=KEY)
+                proxy.attempts = {}
+                assert (await c.get_item(TableName="items", Key=KEY))["CacheMetadata"]["CacheHit"]
+                assert proxy.attempts == {}
+                monkeypatch.setattr(protocol, "_refresh_factor", lambda: 1e9)
+                assert "CacheMetadata" not in await c.get_item(TableName="items", Key=KEY)
+                assert proxy.attempts == {"GetItem": 1}
+                proxy.fail("GetItem")
+                answer = await c.get_item(TableName="items", Key=KEY)
+                assert answer["CacheMetadata"]["CacheHit"] is True
+                assert proxy.attempts == {"GetItem": ATTEMPTS}
+                stats = registration.stats()
+                assert stats["early_refreshes"] == 2 and stats["refresh_errors_hidden"] == 1
+        finally:
+            registration.unregister()
+
+    asyncio.run(main())
