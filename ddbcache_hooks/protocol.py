@@ -365,7 +365,8 @@ class Protocol:
         if plan.batch is not None or len(plan.slots) != 1 or not recoverable(status, parsed):
             return None
         slot = plan.slots[0]
-        if not slot.fallback or (not slot.fallback_fresh and (plan.strict or not slot.grace_ms)):
+        strict = self.settings.consistency == "strict"
+        if not slot.fallback or (not slot.fallback_fresh and (strict or not slot.grace_ms)):
             return None
         try:
             entry = self.codec.decode(slot.fallback, context=self._context(slot))

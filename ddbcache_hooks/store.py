@@ -242,8 +242,10 @@ return {2, fallback, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
 #: KEYS[1] entry hash. ARGV: field, lease token, entry ('' = only release), ttl ms,
 #: settle window ms, (optional, a Query/Scan page) since when the history of the
 #: page's partition is known (as the lookup read it with the partition token),
-#: stale-if-error grace ms (kept past the TTL; not for a fill inside the settle
-#: window, which may hold a value from before a write), the fill's cost ms.
+#: stale-if-error grace ms (kept past the TTL), the fill's cost ms (early refresh).
+#: A fill inside the settle window gets neither: it may hold a value from before
+#: a write, and it lives only until the window ends (the next fill gets the full
+#: TTL; refreshing it early would only be cut again).
 #: Stores only while the caller's lease is intact: a write since the lookup
 #: deleted it. Unless the hash (and the partition) prove that no write happened
 #: within the settle window (``c``: history known since before the window), the
@@ -264,7 +266,7 @@ local now = now_ms()
 local ttl = tonumber(ARGV[4])
 local keep = now + ttl
 local settle = tonumber(ARGV[5]) or 0
-local grace = tonumber(ARGV[7]) or 0
+local grace, cost = tonumber(ARGV[7]) or 0, tonumber(ARGV[8]) or 0
 if settle > 0 then
   -- The entry's own history, and (a Query/Scan page) its partition's.
   local since = math.max(tonumber(r[2]) or now, tonumber(ARGV[6]) or 0)
@@ -272,16 +274,16 @@ if settle > 0 then
   if settle_end > now then
     if settle_end - now < ttl then ttl = settle_end - now end
     keep = math.max(now + ttl, settle_end + settle)
-    grace = 0
+    grace, cost = 0, 0
   end
 end
-redis.call('HSET', key, 'e:'..f, ARGV[3], 'x:'..f, now + ttl, 'd:'..f, tonumber(ARGV[8]) or 0)
+redis.call('HSET', key, 'e:'..f, ARGV[3], 'x:'..f, now + ttl)
+redis.call('HDEL', key, 's:'..f, 'd:'..f)
 if grace > 0 then
   redis.call('HSET', key, 's:'..f, now + ttl + grace)
   keep = math.max(keep, now + ttl + grace)
-else
-  redis.call('HDEL', key, 's:'..f)
 end
+if cost > 0 then redis.call('HSET', key, 'd:'..f, cost) end
 keep_until(key, keep, now)
 return {1, ttl}
 """,
