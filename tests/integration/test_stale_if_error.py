@@ -432,3 +432,32 @@ def test_async_early_refresh_and_its_failure(
             registration.unregister()
 
     asyncio.run(main())
+
+
+def test_on_a_cluster_an_expired_entry_answers_and_a_written_one_does_not(
+    redis_cluster: Any, namespace: str, proxy: FailingProxy
+) -> None:
+    host, port = redis_cluster.startup_nodes[0]
+    session = boto3.Session(region_name=REGION)
+    registration = ddbcache_hooks.register(
+        session,
+        redis.cluster.RedisCluster(host=host, port=port),
+        namespace=namespace,
+        key_schema={"items": "pk"},
+        ttl=1,
+        stale_if_error_s=5,
+    )
+    c = session.client("dynamodb", endpoint_url=proxy.url, config=RETRIES)
+    other = {"pk": {"S": "b"}}
+    try:
+        c.put_item(TableName="items", Item={**other, "v": {"S": "old"}})
+        time.sleep(1.0)  # the write's settle window is over: the next fills get a grace
+        c.get_item(TableName="items", Key=other)
+        filled_and_expired(c)
+        c.put_item(TableName="items", Item={**other, "v": {"S": "new"}})
+        proxy.fail("GetItem")
+        assert c.get_item(TableName="items", Key=KEY)["CacheMetadata"]["Stale"] is True
+        with pytest.raises(ClientError, match=THROTTLED[1]):
+            c.get_item(TableName="items", Key=other)
+    finally:
+        registration.unregister()
