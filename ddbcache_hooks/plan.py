@@ -16,7 +16,15 @@ from typing import Any
 from . import expressions
 from .config import Settings, TableSettings
 from .keys import KeyLayout, NotCanonical, canonical_key, digest, item_digest, table_name, variant
-from .policy import NOT_DATA, POLICIES, Action, OperationPolicy, ReadKind
+from .policy import (
+    NOT_DATA,
+    PASS_THROUGH,
+    POLICIES,
+    Action,
+    OperationPolicy,
+    ReadKind,
+    unknown_operation,
+)
 from .resilience import Invalidation
 from .responses import capacity_mode
 
@@ -113,9 +121,11 @@ class Planner:
 
     def plan(self, operation: str, params: Mapping[str, Any]) -> Plan | None:
         policy = POLICIES.get(operation)
+        if policy is None and operation not in PASS_THROUGH:
+            policy = unknown_operation(operation)
         if policy is None or policy.action is Action.BYPASS:
             return None
-        if policy.action is Action.WRITE:
+        if policy.action in (Action.WRITE, Action.OBSERVE):
             return WritePlan(operation, policy, params)
         try:
             if policy.action is Action.BATCH_READ:
@@ -128,6 +138,8 @@ class Planner:
         self, operation: str, policy: OperationPolicy, params: Mapping[str, Any]
     ) -> ReadPlan | None:
         if params.get("ConsistentRead") is True:
+            return None
+        if not policy.capacity_in_hits and capacity_mode(params):
             return None
         assert policy.read_kind is not None
         label = params["TableName"]

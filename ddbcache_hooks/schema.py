@@ -14,12 +14,21 @@ LSI = "LocalSecondaryIndexes"
 
 @dataclass(frozen=True)
 class TableSchema:
-    """Primary key attribute names (hash[, range]) and, when known, index names."""
+    """Primary key attribute names (hash[, range]) and, when known, index names.
+
+    A schema learned with DescribeTable is tied to the table it described: its
+    ``table_id`` (DynamoDB's, new for every creation) and the ``generation`` the
+    table had in Redis when it was learned (table lifecycle operations made
+    through registered clients replace it). A schema of another generation is
+    never used.
+    """
 
     key: tuple[str, ...]
     global_indexes: frozenset[str] = frozenset()
     local_indexes: frozenset[str] = frozenset()
     described: bool = False
+    table_id: str = ""
+    generation: bytes = b""
 
     def project(self, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
         """The primary key inside ``attrs`` (an item, or PartiQL equalities), if all there."""
@@ -36,16 +45,25 @@ class TableSchema:
         return None
 
     def encode(self) -> bytes:
-        data = [list(self.key), sorted(self.global_indexes), sorted(self.local_indexes)]
+        data = [
+            list(self.key),
+            sorted(self.global_indexes),
+            sorted(self.local_indexes),
+            self.table_id,
+            self.generation,
+        ]
         return bytes(msgpack.packb(data, use_bin_type=True))
 
     @classmethod
     def decode(cls, blob: bytes) -> TableSchema | None:
         try:
-            key, gsi, lsi = msgpack.unpackb(blob, raw=False)
+            key, gsi, lsi, *tie = msgpack.unpackb(blob, raw=False)
             if not 1 <= len(key) <= 2 or not all(isinstance(k, str) for k in key):
                 return None
-            return cls(tuple(key), frozenset(gsi), frozenset(lsi), described=True)
+            table_id, generation = tie if len(tie) == 2 else ("", b"")
+            if not isinstance(table_id, str) or not isinstance(generation, bytes):
+                return None
+            return cls(tuple(key), frozenset(gsi), frozenset(lsi), True, table_id, generation)
         except Exception:  # untrusted bytes from Redis: any failure means "unknown"
             return None
 
@@ -60,4 +78,5 @@ def from_description(response: Mapping[str, Any]) -> TableSchema:
         frozenset(i["IndexName"] for i in table.get("GlobalSecondaryIndexes") or ()),
         frozenset(i["IndexName"] for i in table.get("LocalSecondaryIndexes") or ()),
         described=True,
+        table_id=str(table.get("TableId") or table.get("CreationDateTime") or ""),
     )

@@ -66,6 +66,16 @@ local function table_tokens(key, fresh, ttl)
   end
   return t
 end
+-- A replacement for a table token: ``fresh``, keeping the bulk-load mark
+-- ('B<until ms>:', see protocol.py) the old token carried.
+local function renew(old, fresh)
+  local mark = old and string.match(old, '^B%d+:')
+  return (mark or '') .. fresh
+end
+local function as_hash(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', key) end
+end
 """
 
 
@@ -181,18 +191,82 @@ REPLACE_TOKENS = _script(
     "replace_tokens",
     """
 local key = KEYS[1]
-local kind = redis.call('TYPE', key)['ok']
-if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', key) end
-if ARGV[3] == '1' or redis.call('HEXISTS', key, 'i') == 0 then
-  redis.call('HSET', key, 'i', ARGV[1])
+as_hash(key)
+local old = redis.call('HMGET', key, 'i', 'q')
+if ARGV[3] == '1' or not old[1] then
+  redis.call('HSET', key, 'i', renew(old[1], ARGV[1]))
 end
-redis.call('HSET', key, 'q', ARGV[2])
+redis.call('HSET', key, 'q', renew(old[2], ARGV[2]))
 redis.call('PEXPIRE', key, ARGV[4])
 return 1
 """,
 )
 
-SCRIPTS = (LOOKUP_OR_LEASE, FILL_IF_LEASED, INVALIDATE_ITEMS, TABLE_TOKENS, REPLACE_TOKENS)
+#: KEYS[1] token hash, KEYS[2] the table's schema key (same slot). ARGV: fresh
+#: item token, fresh query token, fresh generation ('' keeps generation and
+#: schema), bulk mark ('' keeps the tokens' mark, '-' clears it, else the new
+#: mark), ttl ms (the hash's TTL is only ever raised).
+#: A table's lifecycle: every entry goes; with a generation, its schema too.
+TABLE_LIFECYCLE = _script(
+    "table_lifecycle",
+    """
+local key, mark = KEYS[1], ARGV[4]
+as_hash(key)
+local old = redis.call('HMGET', key, 'i', 'q')
+local i, q = renew(old[1], ARGV[1]), renew(old[2], ARGV[2])
+if mark == '-' then
+  i, q = ARGV[1], ARGV[2]
+elseif mark ~= '' then
+  i, q = mark..ARGV[1], mark..ARGV[2]
+end
+redis.call('HSET', key, 'i', i, 'q', q)
+if ARGV[3] ~= '' then
+  redis.call('HSET', key, 'g', ARGV[3])
+  redis.call('DEL', KEYS[2])
+end
+if redis.call('PTTL', key) < tonumber(ARGV[5]) then redis.call('PEXPIRE', key, ARGV[5]) end
+return 1
+""",
+)
+
+#: KEYS[1] token hash, KEYS[2] schema key (same slot). ARGV: fresh generation
+#: (stored when the table has none), ttl ms, expected generation ('' = only
+#: read), fresh item token, fresh query token.
+#: Returns {generation, schema blob or false, 1 if the expected generation was
+#: not current}: a write projected with a schema of another generation drops
+#: every entry of the table instead.
+TABLE_GENERATION = _script(
+    "table_generation",
+    """
+local key = KEYS[1]
+as_hash(key)
+local g = redis.call('HGET', key, 'g')
+if not g then
+  g = ARGV[1]
+  redis.call('HSET', key, 'g', g)
+  if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[2]) end
+end
+if ARGV[3] == '' then
+  local blob = redis.pcall('GET', KEYS[2])
+  if type(blob) ~= 'string' then blob = false end
+  return {g, blob, 0}
+end
+if g == ARGV[3] then return {g, false, 0} end
+local old = redis.call('HMGET', key, 'i', 'q')
+redis.call('HSET', key, 'i', renew(old[1], ARGV[4]), 'q', renew(old[2], ARGV[5]))
+return {g, false, 1}
+""",
+)
+
+SCRIPTS = (
+    LOOKUP_OR_LEASE,
+    FILL_IF_LEASED,
+    INVALIDATE_ITEMS,
+    TABLE_TOKENS,
+    REPLACE_TOKENS,
+    TABLE_LIFECYCLE,
+    TABLE_GENERATION,
+)
 
 
 class LookupRequest(NamedTuple):
@@ -300,6 +374,18 @@ def fill(requests: Sequence[FillRequest]) -> Op[list[tuple[int, int]]]:
     return [(int(reply[0]), int(reply[1])) for reply in replies]
 
 
+class Lifecycle(NamedTuple):
+    """A table lifecycle change, for :func:`invalidate`."""
+
+    schema_key: str
+    #: Forget the learned key schema and replace the table's generation.
+    forget_schema: bool = True
+    #: '' keeps a bulk-load mark on the tokens, '-' clears it, else the new mark.
+    mark: str = ""
+    #: Keep the table's token hash at least this long (a bulk load's bypass).
+    ttl_ms: int = 0
+
+
 def invalidate(
     keys: Sequence[str],
     settle_ms: int,
@@ -307,10 +393,15 @@ def invalidate(
     token_ttl_ms: int = 0,
     cluster: bool = False,
     channel: str | None = None,
-) -> Op[None]:
+    lifecycle: Sequence[tuple[str, Lifecycle]] = (),
+    generations: Sequence[tuple[str, str, bytes]] = (),
+) -> Op[list[str]]:
     """Drop items and replace table tokens, and tell the near caches: one round trip.
 
-    ``tokens`` holds (token key, True to drop item entries too, not only queries).
+    ``tokens`` holds (token key, True to drop item entries too, not only queries);
+    ``lifecycle`` (token key, change) pairs; ``generations`` (token key, schema
+    key, generation) for writes projected with a learned key schema. Returns the
+    token keys whose generation was not current (their tables were dropped whole).
     On a cluster, keys are grouped by slot (a script touches one slot).
     """
     groups = group_by_slot(keys) if cluster else [list(keys)]
@@ -319,11 +410,54 @@ def invalidate(
         Call(REPLACE_TOKENS, (key, new_token(), new_token(), int(items), token_ttl_ms), 1)
         for key, items in tokens
     ]
+    checked = len(calls)
+    calls += [
+        Call(
+            TABLE_GENERATION,
+            (key, schema_key, new_token(), token_ttl_ms, generation, new_token(), new_token()),
+            2,
+        )
+        for key, schema_key, generation in generations
+    ]
+    lifecycle_calls = [
+        Call(
+            TABLE_LIFECYCLE,
+            (
+                key,
+                change.schema_key,
+                new_token(),
+                new_token(),
+                new_token() if change.forget_schema else "",
+                change.mark,
+                max(token_ttl_ms, change.ttl_ms),
+            ),
+            2,
+        )
+        for key, change in lifecycle
+    ]
+    calls[checked:checked] = lifecycle_calls  # before the checks: they see the new generation
+    checked += len(lifecycle_calls)
     if calls and channel is not None:
-        message = encode_message(keys, [key for key, _ in tokens])
+        tables = [key for key, _ in tokens] + [key for key, _ in lifecycle]
+        message = encode_message(keys, tables)
         calls.append(Call(None, ("PUBLISH", channel, message)))
-    if calls:
-        yield RedisBatch(calls)
+    if not calls:
+        return []
+    replies = yield RedisBatch(calls)
+    return [
+        key
+        for (key, _, _), reply in zip(generations, replies[checked:], strict=False)
+        if int(reply[2])
+    ]
+
+
+def read_schema(token_key: str, schema_key: str, token_ttl_ms: int) -> Op[tuple[bytes, bytes]]:
+    """A table's generation and its stored key schema (b"" when none): one round trip."""
+    replies = yield RedisBatch(
+        [Call(TABLE_GENERATION, (token_key, schema_key, new_token(), token_ttl_ms, ""), 2)]
+    )
+    generation, blob, _ = replies[0]
+    return bytes(generation), blob if isinstance(blob, bytes) else b""
 
 
 def get_value(key: str) -> Op[bytes | None]:

@@ -9,12 +9,14 @@ written.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import partiql
 from .keys import NotCanonical, canonical_key, table_name
+
+WriteExtractor = Callable[[Mapping[str, Any], "Mapping[str, Any] | None"], "WriteSet"]
 
 
 @dataclass(frozen=True)
@@ -28,14 +30,29 @@ class ItemRef:
     is_key: bool
 
 
+#: Bulk load states after which nothing more is written.
+BULK_TERMINAL = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS", "CANCELLED", "FAILED"})
+#: Parameters that name the table an operation acts on (``ResourceArn`` only a table's).
+TABLE_PARAMS = ("TableName", "TableArn", "ResourceArn", "SourceTableName", "SourceTableArn")
+
+
 @dataclass
 class WriteSet:
     items: list[ItemRef] = field(default_factory=list)
-    #: Tables whose every entry must go, with the reason (for the log).
-    tables: dict[str, str] = field(default_factory=dict)
+    #: Tables whose every entry must go, with the reason for the log (None: already reported).
+    tables: dict[str, str | None] = field(default_factory=dict)
+    #: Tables created, deleted, restored, imported into or bulk-loaded: every entry
+    #: and the learned key schema go, in every process.
+    lifecycle: set[str] = field(default_factory=set)
+    #: Tables a bulk load started writing to (reads bypass the cache until it ends).
+    bulk_started: set[str] = field(default_factory=set)
+    #: Tables whose bulk load reached a terminal state (the bypass ends, entries go).
+    bulk_ended: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.items or self.tables)
+        return bool(
+            self.items or self.tables or self.lifecycle or self.bulk_started or self.bulk_ended
+        )
 
 
 def single_item(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
@@ -91,6 +108,64 @@ def partiql_batch(params: Mapping[str, Any], response: Mapping[str, Any] | None)
 def partiql_transaction(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
     """ExecuteTransaction: every write statement of the transaction."""
     return _statements((s["Statement"], s.get("Parameters")) for s in params["TransactStatements"])
+
+
+def lifecycle(param: str) -> WriteExtractor:
+    """CreateTable, DeleteTable, UpdateTable, restores: the table named by ``param``."""
+
+    def extract(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+        return WriteSet(lifecycle={table_name(params[param])})
+
+    extract.__doc__ = f"The table named by {param}: every entry and its key schema go."
+    return extract
+
+
+def import_table(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+    """ImportTable: the table it creates."""
+    return WriteSet(lifecycle={table_name(params["TableCreationParameters"]["TableName"])})
+
+
+def start_bulk_load(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+    """StartBulkPutItems: the table goes now, and reads bypass it until the load ends.
+
+    A load DynamoDB refused (an error response) writes nothing: no bypass.
+    """
+    table = table_name(params["TableName"])
+    if response is not None and "Error" in response:
+        return WriteSet(lifecycle={table})
+    return WriteSet(lifecycle={table}, bulk_started={table})
+
+
+def bulk_load_status(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+    """DescribeBulkOperation: the tables of a load that reached a terminal state."""
+    description = (response or {}).get("BulkOperationDescription") or {}
+    if description.get("BulkOperationStatus") not in BULK_TERMINAL:
+        return WriteSet()
+    details = description.get("TableDetails") or ()
+    return WriteSet(bulk_ended={table_name(d["TableName"]) for d in details if "TableName" in d})
+
+
+def whole_table(params: Mapping[str, Any], response: Mapping[str, Any] | None) -> WriteSet:
+    """An operation this version does not know: the tables it names, as a whole."""
+    return WriteSet(tables=dict.fromkeys(named_tables(params)))
+
+
+def named_tables(params: Mapping[str, Any]) -> list[str]:
+    """Tables a request names at its top level (or as ``RequestItems`` keys)."""
+    values = [params.get(param) for param in TABLE_PARAMS]
+    if ":table/" not in str(params.get("ResourceArn", ":table/")):
+        values.remove(params["ResourceArn"])
+    requested = params.get("RequestItems")
+    if isinstance(requested, Mapping):
+        values.extend(requested)
+    names = []
+    for value in values:
+        if isinstance(value, str):
+            try:
+                names.append(table_name(value))
+            except NotCanonical:
+                continue
+    return list(dict.fromkeys(names))
 
 
 def _statements(statements: Iterable[tuple[str, Sequence[Any] | None]]) -> WriteSet:

@@ -28,7 +28,10 @@ import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
 from tests.conftest import CallCounter, make_table
 
-FLAVORS = ["sync", "async"]
+#: Every test here is marked ``shared``; the async flavour and the async-only tests
+#: also ``aio`` (they need the async extra: the sync nox sessions leave them out).
+pytestmark = pytest.mark.shared
+FLAVORS = ["sync", pytest.param("async", marks=pytest.mark.aio)]
 KEY = {"pk": {"S": "a"}}
 
 
@@ -356,6 +359,7 @@ def test_fill_racing_a_write_is_discarded(
     asyncio.run(main())
 
 
+@pytest.mark.aio
 def test_200_concurrent_async_misses_cost_one_read(
     moto_url: str, redis_server: RedisServer, namespace: str
 ) -> None:
@@ -409,6 +413,7 @@ def test_redis_down_is_invisible_and_the_breaker_stops_trying(
     asyncio.run(main())
 
 
+@pytest.mark.aio
 def test_register_async_rejects_mismatched_clients(redis_server: RedisServer) -> None:
     import aioboto3
 
@@ -433,6 +438,7 @@ def test_register_async_rejects_mismatched_clients(redis_server: RedisServer) ->
     asyncio.run(main())
 
 
+@pytest.mark.aio
 def test_async_invalidate_and_table(
     moto_url: str, redis_server: RedisServer, namespace: str
 ) -> None:
@@ -449,6 +455,7 @@ def test_async_invalidate_and_table(
     asyncio.run(main())
 
 
+@pytest.mark.aio
 def test_async_near_cache_and_counter_flush(
     moto_url: str, redis_server: RedisServer, namespace: str
 ) -> None:

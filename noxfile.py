@@ -1,0 +1,114 @@
+"""The CI matrix: ``python -m pip install nox && python -m nox`` runs all of it.
+
+Sessions (in this order by default):
+
+- ``tests_newest``: the sync suite on the newest botocore / boto3 on PyPI;
+  fails if pip did not install the newest release.
+- ``tests_oldest``: the sync suite on the oldest botocore / boto3 that
+  pyproject.toml declares (``botocore>=X``: exactly ``X``).
+- ``tests_async``: the async extra (aiobotocore pins its own, older botocore):
+  the tests marked ``aio`` and the behavioural suite shared by both paths.
+- ``lint``: ruff check, ruff format --check, mypy (strict, on the package).
+
+Environments are kept between runs (``reuse_venv``); each session reinstalls
+the package (editable, from PyPI only) so that a change of pins takes effect.
+Extra pytest arguments go after ``--``: ``python -m nox -s tests_newest -- -x -k lifecycle``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["tests_newest", "tests_oldest", "tests_async", "lint"]
+
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+ROOT = Path(__file__).parent
+#: The sync sessions leave out what needs aiobotocore (``-m "not aio"``); the async
+#: session runs it and the suite shared by both paths (marked ``shared``). A later
+#: marker for tests that need other servers (e.g. Valkey) is added to these
+#: expressions and given a session of its own below, like tests_async.
+SYNC_TESTS = ("-m", "not aio")
+ASYNC_TESTS = ("-m", "aio or shared")
+
+
+def _floor(package: str) -> str:
+    """The lowest version of ``package`` that pyproject.toml's dependencies accept."""
+    text = (ROOT / "pyproject.toml").read_text()
+    dependencies = text.split("dependencies = [", 1)[1].split("]", 1)[0]
+    match = re.search(rf'"{package}>=([0-9.]+)', dependencies)
+    if match is None:
+        raise ValueError(f"pyproject.toml declares no lower bound for {package}")
+    return match.group(1)
+
+
+def _installed(session: nox.Session, package: str) -> str:
+    out = session.run(
+        "python",
+        "-c",
+        f"import importlib.metadata as m; print(m.version({package!r}))",
+        silent=True,
+    )
+    return str(out).strip()
+
+
+def _newest(session: nox.Session, package: str) -> str:
+    """The newest release on the package index (``pip index versions``)."""
+    out = str(session.run("python", "-m", "pip", "index", "versions", package, silent=True))
+    match = re.search(rf"^{package} \(([^)]+)\)", out, re.MULTILINE)
+    if match is None:
+        session.error(f"cannot tell the newest {package} release from: {out!r}")
+    return match.group(1)
+
+
+def _pytest(session: nox.Session, *selection: str) -> None:
+    session.run("python", "-m", "pytest", "-q", *selection, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests_newest(session: nox.Session) -> None:
+    """The sync suite on the newest botocore and boto3."""
+    session.install("--upgrade", "-e", ".[test]", "botocore", "boto3")
+    for package in ("botocore", "boto3"):
+        installed, newest = _installed(session, package), _newest(session, package)
+        session.log(f"{package} {installed} (newest: {newest})")
+        if installed != newest:
+            session.error(f"{package} {installed} installed, but the newest is {newest}")
+    _pytest(session, *SYNC_TESTS)
+
+
+@nox.session(python=PYTHON)
+def tests_oldest(session: nox.Session) -> None:
+    """The sync suite on the oldest botocore and boto3 the package declares."""
+    pins = {package: _floor(package) for package in ("botocore", "boto3")}
+    session.install("-e", ".[test]", *(f"{p}=={v}" for p, v in pins.items()))
+    for package, floor in pins.items():
+        installed = _installed(session, package)
+        session.log(f"{package} {installed} (declared floor: {floor})")
+        if installed != floor:
+            session.error(f"{package} {installed} installed, but the floor is {floor}")
+    _pytest(session, *SYNC_TESTS)
+
+
+@nox.session(python=PYTHON)
+def tests_async(session: nox.Session) -> None:
+    """The async path (aiobotocore's pinned botocore) and the behaviour shared by both paths."""
+    session.install("-e", ".[test,async]")
+    for package in ("aiobotocore", "botocore"):
+        session.log(f"{package} {_installed(session, package)}")
+    _pytest(session, *ASYNC_TESTS)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check, ruff format --check, mypy."""
+    session.install("-e", ".[lint]")
+    session.run("python", "-m", "ruff", "check", ".")
+    session.run("python", "-m", "ruff", "format", "--check", ".")
+    session.run("python", "-m", "mypy")
