@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import nox
+from packaging.version import Version
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_venv = "yes"
@@ -48,19 +49,30 @@ def _floor(package: str) -> str:
     return match.group(1)
 
 
-def _installed(session: nox.Session, package: str) -> str:
+def _installed(session: nox.Session, package: str) -> str | None:
+    """The installed version (None under ``--install-only``, which runs nothing)."""
     out = session.run(
         "python",
         "-c",
         f"import importlib.metadata as m; print(m.version({package!r}))",
         silent=True,
     )
-    return str(out).strip()
+    return None if out is None else str(out).strip()
+
+
+def _check(session: nox.Session, package: str, want: str, what: str) -> None:
+    """Fail the session unless ``package`` is installed at version ``want``."""
+    installed = _installed(session, package)
+    if installed is None:
+        return
+    session.log(f"{package} {installed} ({what}: {want})")
+    if Version(installed) != Version(want):
+        session.error(f"{package} {installed} is installed, but the {what} is {want}")
 
 
 def _newest(session: nox.Session, package: str) -> str:
     """The newest release on the package index (``pip index versions``)."""
-    out = str(session.run("python", "-m", "pip", "index", "versions", package, silent=True))
+    out = str(session.run_install("python", "-m", "pip", "index", "versions", package, silent=True))
     match = re.search(rf"^{package} \(([^)]+)\)", out, re.MULTILINE)
     if match is None:
         session.error(f"cannot tell the newest {package} release from: {out!r}")
@@ -74,12 +86,10 @@ def _pytest(session: nox.Session, *selection: str) -> None:
 @nox.session(python=PYTHON)
 def tests_newest(session: nox.Session) -> None:
     """The sync suite on the newest botocore and boto3."""
-    session.install("--upgrade", "-e", ".[test]", "botocore", "boto3")
-    for package in ("botocore", "boto3"):
-        installed, newest = _installed(session, package), _newest(session, package)
-        session.log(f"{package} {installed} (newest: {newest})")
-        if installed != newest:
-            session.error(f"{package} {installed} installed, but the newest is {newest}")
+    newest = {package: _newest(session, package) for package in ("botocore", "boto3")}
+    session.install("-e", ".[test]", *(f"{p}=={v}" for p, v in newest.items()))
+    for package, version in newest.items():
+        _check(session, package, version, "newest release")
     _pytest(session, *SYNC_TESTS)
 
 
@@ -89,10 +99,7 @@ def tests_oldest(session: nox.Session) -> None:
     pins = {package: _floor(package) for package in ("botocore", "boto3")}
     session.install("-e", ".[test]", *(f"{p}=={v}" for p, v in pins.items()))
     for package, floor in pins.items():
-        installed = _installed(session, package)
-        session.log(f"{package} {installed} (declared floor: {floor})")
-        if installed != floor:
-            session.error(f"{package} {installed} installed, but the floor is {floor}")
+        _check(session, package, floor, "declared floor")
     _pytest(session, *SYNC_TESTS)
 
 
@@ -100,8 +107,8 @@ def tests_oldest(session: nox.Session) -> None:
 def tests_async(session: nox.Session) -> None:
     """The async path (aiobotocore's pinned botocore) and the behaviour shared by both paths."""
     session.install("-e", ".[test,async]")
-    for package in ("aiobotocore", "botocore"):
-        session.log(f"{package} {_installed(session, package)}")
+    session.log(f"aiobotocore {_installed(session, 'aiobotocore')}")
+    session.log(f"botocore {_installed(session, 'botocore')} (as aiobotocore pins it)")
     _pytest(session, *ASYNC_TESTS)
 
 
