@@ -27,7 +27,7 @@ from tests.fake_dynamodb import FakeDynamoDB, later_operations
 KEY = {"pk": {"S": "a"}}
 VECTORS = {"a": ["0", "0"], "b": ["1", "1"], "c": ["5", "5"]}
 BULK = {
-    "TableName": "t",
+    "TableName": "tbl",
     "InputS3Configuration": {"S3Bucket": "loads", "InputFormat": "DYNAMODB_JSON"},
     "OutputS3Configuration": {"OutputType": ["FAILED_ITEMS"], "S3Bucket": "reports"},
 }
@@ -66,14 +66,14 @@ def vector(*values: str) -> list[dict[str, str]]:
 
 
 def put_vectors(client: Any) -> None:
-    make_table(client, "t")
+    make_table(client, "tbl")
     for pk, values in VECTORS.items():
-        client.put_item(TableName="t", Item={"pk": {"S": pk}, "v": {"L": vector(*values)}})
+        client.put_item(TableName="tbl", Item={"pk": {"S": pk}, "v": {"L": vector(*values)}})
 
 
 def search(client: Any, *values: str, top: int = 1) -> dict[str, Any]:
     response: dict[str, Any] = client.search_vectors(
-        TableName="t", IndexName="by-v", SearchVector=vector(*values), TopK=top
+        TableName="tbl", IndexName="by-v", SearchVector=vector(*values), TopK=top
     )
     return response
 
@@ -92,14 +92,14 @@ def test_search_vectors_miss_hit_then_a_write_drops_it(clients: Any) -> None:
     assert len(search(client, "0.9", "0.9", top=2)["SearchResults"]) == 2
     assert client.calls["SearchVectors"] == 3
 
-    client.put_item(TableName="t", Item={"pk": {"S": "d"}, "v": {"L": vector("0.9", "0.9")}})
+    client.put_item(TableName="tbl", Item={"pk": {"S": "d"}, "v": {"L": vector("0.9", "0.9")}})
     after = search(client, "0.9", "0.9")
     assert "CacheMetadata" not in after and client.calls["SearchVectors"] == 4
     assert [r["Item"]["pk"] for r in after["SearchResults"]] == [{"S": "d"}]
 
 
 def test_search_vectors_can_be_switched_off_per_table(clients: Any) -> None:
-    client = clients(tables={"t": TablePolicy(operations={"SearchVectors": False})})
+    client = clients(tables={"tbl": TablePolicy(operations={"SearchVectors": False})})
     put_vectors(client)
     search(client, "1", "1")
     assert "CacheMetadata" not in search(client, "1", "1")
@@ -110,24 +110,24 @@ def test_a_bulk_load_bypasses_the_table_in_every_process_until_it_ends(
     clients: Any, fake: FakeDynamoDB
 ) -> None:
     loader, other = clients(), clients()
-    make_table(loader, "t")
-    make_table(loader, "u")
+    make_table(loader, "tbl")
+    make_table(loader, "two")
     for client in (loader, other):
-        client.put_item(TableName="u", Item=KEY)
-    loader.put_item(TableName="t", Item={**KEY, "v": {"S": "before"}})
-    loader.get_item(TableName="t", Key=KEY)
-    assert "CacheMetadata" in other.get_item(TableName="t", Key=KEY)
+        client.put_item(TableName="two", Item=KEY)
+    loader.put_item(TableName="tbl", Item={**KEY, "v": {"S": "before"}})
+    loader.get_item(TableName="tbl", Key=KEY)
+    assert "CacheMetadata" in other.get_item(TableName="tbl", Key=KEY)
 
     arn = loader.start_bulk_put_items(**BULK)["BulkOperationDescription"]["BulkOperationArn"]
     fake.finish_bulk_load(arn, [{**KEY, "v": {"S": "loaded"}}], status="IN_PROGRESS")
     for client in (loader, other):
         before = client.calls["GetItem"]
         for _ in range(2):  # nothing is stored while the load runs
-            item = client.get_item(TableName="t", Key=KEY)
+            item = client.get_item(TableName="tbl", Key=KEY)
             assert "CacheMetadata" not in item and item["Item"]["v"] == {"S": "loaded"}
         assert client.calls["GetItem"] == before + 2
-        client.get_item(TableName="u", Key=KEY)  # other tables are cached as before
-        assert "CacheMetadata" in client.get_item(TableName="u", Key=KEY)
+        client.get_item(TableName="two", Key=KEY)  # other tables are cached as before
+        assert "CacheMetadata" in client.get_item(TableName="two", Key=KEY)
 
     assert (
         loader.describe_bulk_operation(BulkOperationArn=arn)["BulkOperationDescription"][
@@ -135,34 +135,34 @@ def test_a_bulk_load_bypasses_the_table_in_every_process_until_it_ends(
         ]
         == "IN_PROGRESS"
     )
-    assert "CacheMetadata" not in other.get_item(TableName="t", Key=KEY)
+    assert "CacheMetadata" not in other.get_item(TableName="tbl", Key=KEY)
 
     fake.finish_bulk_load(arn, [{**KEY, "v": {"S": "final"}}])
     other.describe_bulk_operation(BulkOperationArn=arn)  # terminal: the bypass ends
     for client in (other, loader):
-        assert client.get_item(TableName="t", Key=KEY)["Item"]["v"] == {"S": "final"}
-    assert "CacheMetadata" in loader.get_item(TableName="t", Key=KEY)
+        assert client.get_item(TableName="tbl", Key=KEY)["Item"]["v"] == {"S": "final"}
+    assert "CacheMetadata" in loader.get_item(TableName="tbl", Key=KEY)
 
 
 def test_a_bulk_load_bypass_is_bounded(clients: Any) -> None:
     client = clients(bulk_load_bypass_s=1)
-    make_table(client, "t")
-    client.put_item(TableName="t", Item=KEY)
+    make_table(client, "tbl")
+    client.put_item(TableName="tbl", Item=KEY)
     client.start_bulk_put_items(**BULK)
-    client.get_item(TableName="t", Key=KEY)
-    assert "CacheMetadata" not in client.get_item(TableName="t", Key=KEY)
+    client.get_item(TableName="tbl", Key=KEY)
+    assert "CacheMetadata" not in client.get_item(TableName="tbl", Key=KEY)
     time.sleep(1.05)  # past the bound, with no DescribeBulkOperation: cached again
-    client.get_item(TableName="t", Key=KEY)
-    assert "CacheMetadata" in client.get_item(TableName="t", Key=KEY)
+    client.get_item(TableName="tbl", Key=KEY)
+    assert "CacheMetadata" in client.get_item(TableName="tbl", Key=KEY)
 
 
 def test_an_unknown_operation_drops_its_table_once_per_call_and_warns_once(
     clients: Any, fake: FakeDynamoDB, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = clients()
-    make_table(client, "t")
-    make_table(client, "u")
-    for table in ("t", "u"):
+    make_table(client, "tbl")
+    make_table(client, "two")
+    for table in ("tbl", "two"):
         client.put_item(TableName=table, Item=KEY)
         client.get_item(TableName=table, Key=KEY)
     registration = client._ddbcache
@@ -170,10 +170,10 @@ def test_an_unknown_operation_drops_its_table_once_per_call_and_warns_once(
     with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
         for _ in range(2):
             before = registration.stats()["table_invalidations"]
-            client.frobnicate_table(TableName="t")
+            client.frobnicate_table(TableName="tbl")
             assert registration.stats()["table_invalidations"] == before + 1
-            assert "CacheMetadata" not in client.get_item(TableName="t", Key=KEY)
-            assert "CacheMetadata" in client.get_item(TableName="u", Key=KEY)
+            assert "CacheMetadata" not in client.get_item(TableName="tbl", Key=KEY)
+            assert "CacheMetadata" in client.get_item(TableName="two", Key=KEY)
     assert fake.handled.count("FrobnicateTable") == 2
     (record,) = caplog.records
     message = record.getMessage()

@@ -44,65 +44,65 @@ def served_from_cache(response: dict[str, Any]) -> bool:
 
 def test_delete_and_recreate_serves_no_ghost_item_or_query(registered: Any) -> None:
     client = registered(query_admission=1)
-    make_table(client, "t")
-    client.put_item(TableName="t", Item={**KEY, "v": {"S": "old"}})
-    query = {"TableName": "t", "KeyConditionExpression": "pk = :a"}
+    make_table(client, "tbl")
+    client.put_item(TableName="tbl", Item={**KEY, "v": {"S": "old"}})
+    query = {"TableName": "tbl", "KeyConditionExpression": "pk = :a"}
     query["ExpressionAttributeValues"] = {":a": {"S": "a"}}  # type: ignore[assignment]
-    client.get_item(TableName="t", Key=KEY)
+    client.get_item(TableName="tbl", Key=KEY)
     client.query(**query)
-    assert served_from_cache(client.get_item(TableName="t", Key=KEY))
+    assert served_from_cache(client.get_item(TableName="tbl", Key=KEY))
     assert served_from_cache(client.query(**query))
 
-    client.delete_table(TableName="t")
-    make_table(client, "t")
+    client.delete_table(TableName="tbl")
+    make_table(client, "tbl")
 
-    item = client.get_item(TableName="t", Key=KEY)
+    item = client.get_item(TableName="tbl", Key=KEY)
     assert "Item" not in item and not served_from_cache(item)
     page = client.query(**query)
     assert page["Items"] == [] and not served_from_cache(page)
-    assert client.scan(TableName="t")["Items"] == []
+    assert client.scan(TableName="tbl")["Items"] == []
 
 
 def test_recreated_with_another_key_a_write_drops_the_right_entry_in_every_process(
     registered: Any,
 ) -> None:
     first, second = registered(), registered()
-    make_table(first, "t")
-    first.put_item(TableName="t", Item={**KEY, "v": {"N": "0"}})  # first learns (pk)
-    second.put_item(TableName="t", Item={**KEY, "v": {"N": "0"}})  # second learns (pk) too
+    make_table(first, "tbl")
+    first.put_item(TableName="tbl", Item={**KEY, "v": {"N": "0"}})  # first learns (pk)
+    second.put_item(TableName="tbl", Item={**KEY, "v": {"N": "0"}})  # second learns (pk) too
 
-    first.delete_table(TableName="t")
-    make_table(first, "t", ("pk", "S"), ("sk", "S"))
+    first.delete_table(TableName="tbl")
+    make_table(first, "tbl", ("pk", "S"), ("sk", "S"))
     key = {**KEY, "sk": {"S": "x"}}
-    first.put_item(TableName="t", Item={**key, "v": {"N": "1"}})
-    assert first.get_item(TableName="t", Key=key)["Item"]["v"] == {"N": "1"}
-    assert served_from_cache(first.get_item(TableName="t", Key=key))
+    first.put_item(TableName="tbl", Item={**key, "v": {"N": "1"}})
+    assert first.get_item(TableName="tbl", Key=key)["Item"]["v"] == {"N": "1"}
+    assert served_from_cache(first.get_item(TableName="tbl", Key=key))
 
     # The second process still holds the old schema (pk): its write is projected onto
     # the wrong key, and the table's generation tells so: the whole table goes.
     calls = CallCounter().attach(second)
-    second.put_item(TableName="t", Item={**key, "v": {"N": "2"}})
+    second.put_item(TableName="tbl", Item={**key, "v": {"N": "2"}})
     assert calls["DescribeTable"] == 0
     for reader in (first, second):
-        item = reader.get_item(TableName="t", Key=key)
+        item = reader.get_item(TableName="tbl", Key=key)
         assert item["Item"]["v"] == {"N": "2"}
     # It learns the new schema (the first process stored it in Redis) and projects
     # correctly again.
-    second.put_item(TableName="t", Item={**key, "v": {"N": "3"}})
+    second.put_item(TableName="tbl", Item={**key, "v": {"N": "3"}})
     assert calls["DescribeTable"] == 0
-    assert first.get_item(TableName="t", Key=key)["Item"]["v"] == {"N": "3"}
-    assert served_from_cache(first.get_item(TableName="t", Key=key))
+    assert first.get_item(TableName="tbl", Key=key)["Item"]["v"] == {"N": "3"}
+    assert served_from_cache(first.get_item(TableName="tbl", Key=key))
 
 
 def test_a_table_deleted_elsewhere_is_dropped_by_resource_not_found(
     registered: Any, session: boto3.Session, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = registered()
-    make_table(client, "t")
-    client.put_item(TableName="t", Item={**KEY, "v": {"S": "old"}})
-    client.get_item(TableName="t", Key=KEY)
-    assert served_from_cache(client.get_item(TableName="t", Key=KEY))
-    session.client("dynamodb").delete_table(TableName="t")  # not a registered client
+    make_table(client, "tbl")
+    client.put_item(TableName="tbl", Item={**KEY, "v": {"S": "old"}})
+    client.get_item(TableName="tbl", Key=KEY)
+    assert served_from_cache(client.get_item(TableName="tbl", Key=KEY))
+    session.client("dynamodb").delete_table(TableName="tbl")  # not a registered client
 
     calls = CallCounter().attach(client)
     caplog.clear()
@@ -110,38 +110,38 @@ def test_a_table_deleted_elsewhere_is_dropped_by_resource_not_found(
         caplog.at_level(logging.WARNING, logger="ddbcache_hooks"),
         pytest.raises(ClientError, match="ResourceNotFoundException"),
     ):
-        client.put_item(TableName="t", Item={**KEY, "v": {"S": "new"}})
+        client.put_item(TableName="tbl", Item={**KEY, "v": {"S": "new"}})
     # No DescribeTable of a table that is not there, and not a word about it.
     assert calls["DescribeTable"] == 0
     assert caplog.records == []
     with pytest.raises(ClientError, match="ResourceNotFoundException"):
-        client.get_item(TableName="t", Key=KEY)  # the old item is gone from the cache
+        client.get_item(TableName="tbl", Key=KEY)  # the old item is gone from the cache
 
 
 def test_resource_not_found_from_a_read_drops_the_table_too(
     registered: Any, session: boto3.Session
 ) -> None:
     client = registered(query_admission=1)
-    make_table(client, "t")
+    make_table(client, "tbl")
     make_table(client, "other")
-    client.put_item(TableName="t", Item=KEY)
-    client.get_item(TableName="t", Key=KEY)
-    session.client("dynamodb").delete_table(TableName="t")
+    client.put_item(TableName="tbl", Item=KEY)
+    client.get_item(TableName="tbl", Key=KEY)
+    session.client("dynamodb").delete_table(TableName="tbl")
     with pytest.raises(ClientError, match="ResourceNotFoundException"):
         client.query(
-            TableName="t",
+            TableName="tbl",
             KeyConditionExpression="pk = :a",
             ExpressionAttributeValues={":a": {"S": "a"}},
         )
-    make_table(session.client("dynamodb"), "t")  # recreated elsewhere, empty
-    assert "Item" not in client.get_item(TableName="t", Key=KEY)
+    make_table(session.client("dynamodb"), "tbl")  # recreated elsewhere, empty
+    assert "Item" not in client.get_item(TableName="tbl", Key=KEY)
 
 
 def test_describe_table_failure_names_the_environment_variable(
     registered: Any, caplog: pytest.LogCaptureFixture, session: boto3.Session
 ) -> None:
     client = registered()
-    make_table(client, "t")
+    make_table(client, "tbl")
 
     def deny(**_: Any) -> None:
         raise ClientError({"Error": {"Code": "AccessDeniedException"}}, "DescribeTable")
@@ -149,8 +149,8 @@ def test_describe_table_failure_names_the_environment_variable(
     client.meta.events.register("before-call.dynamodb.DescribeTable", deny)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
-        client.put_item(TableName="t", Item=KEY)
+        client.put_item(TableName="tbl", Item=KEY)
     (record,) = caplog.records
-    assert "DDBCACHE_KEY_SCHEMA=t=hash:range" in record.getMessage()
+    assert "DDBCACHE_KEY_SCHEMA=tbl=hash:range" in record.getMessage()
     assert "key_schema=" in record.getMessage()
     assert record.pathname.endswith("handlers.py")  # where it was decided, not the log wrapper
