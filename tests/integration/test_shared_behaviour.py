@@ -324,6 +324,27 @@ async def _every_write_path_invalidates(f: Flavor) -> None:
 test_every_write_path_invalidates = shared(_every_write_path_invalidates)
 
 
+async def _table_lifecycle_and_missing_tables(f: Flavor) -> None:
+    """Delete + recreate serves no ghost; a write to a missing table is dropped quietly."""
+    await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "old"}})
+    await get(f)
+    assert "CacheMetadata" in await get(f)
+    await f.call("delete_table", TableName="items")
+    await create_items(f)
+    assert "Item" not in await get(f)
+
+    calls = CallCounter().attach(f.client)
+    await f.call("delete_table", TableName="items")
+    with pytest.raises(ClientError, match="ResourceNotFoundException"):
+        await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "new"}})
+    assert calls["DescribeTable"] == 0
+    await create_items(f)
+    assert "Item" not in await get(f)
+
+
+test_table_lifecycle_and_missing_tables = shared(_table_lifecycle_and_missing_tables)
+
+
 # --- leases ------------------------------------------------------------------------
 
 
