@@ -575,11 +575,6 @@ class Protocol:
             if described is None:
                 return None
             schema = dataclasses.replace(described, generation=generation)
-            if stored is not None and stored.table_id and stored.table_id != schema.table_id:
-                # Recreated since the stored schema was learned, maybe outside registered
-                # clients: what is cached may be from the old table.
-                log.info("table %s was recreated: every entry dropped", table)
-                yield from self.deliver(Invalidation(tables={tokens: True}))
             yield from store.set_value(schema_key, schema.encode(), self.schema_ttl_s)
         configured = self._schemas.get(table)
         if configured is not None:  # keep the configured key names, learn the indexes

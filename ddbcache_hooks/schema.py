@@ -16,18 +16,16 @@ LSI = "LocalSecondaryIndexes"
 class TableSchema:
     """Primary key attribute names (hash[, range]) and, when known, index names.
 
-    A schema learned with DescribeTable is tied to the table it described: its
-    ``table_id`` (DynamoDB's, new for every creation) and the ``generation`` the
-    table had in Redis when it was learned (table lifecycle operations made
-    through registered clients replace it). A schema of another generation is
-    never used.
+    A schema learned with DescribeTable is tied to the ``generation`` the table
+    had in Redis when it was learned: table lifecycle operations made through
+    registered clients replace it (and a token hash Redis lost comes back with
+    a new one), and a schema of another generation is never used.
     """
 
     key: tuple[str, ...]
     global_indexes: frozenset[str] = frozenset()
     local_indexes: frozenset[str] = frozenset()
     described: bool = False
-    table_id: str = ""
     generation: bytes = b""
 
     def project(self, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -49,7 +47,6 @@ class TableSchema:
             list(self.key),
             sorted(self.global_indexes),
             sorted(self.local_indexes),
-            self.table_id,
             self.generation,
         ]
         return bytes(msgpack.packb(data, use_bin_type=True))
@@ -57,13 +54,11 @@ class TableSchema:
     @classmethod
     def decode(cls, blob: bytes) -> TableSchema | None:
         try:
-            key, gsi, lsi, *tie = msgpack.unpackb(blob, raw=False)
+            key, gsi, lsi, *rest = msgpack.unpackb(blob, raw=False)
             if not 1 <= len(key) <= 2 or not all(isinstance(k, str) for k in key):
                 return None
-            table_id, generation = tie if len(tie) == 2 else ("", b"")
-            if not isinstance(table_id, str) or not isinstance(generation, bytes):
-                return None
-            return cls(tuple(key), frozenset(gsi), frozenset(lsi), True, table_id, generation)
+            generation = rest[0] if rest and isinstance(rest[0], bytes) else b""
+            return cls(tuple(key), frozenset(gsi), frozenset(lsi), True, generation)
         except Exception:  # untrusted bytes from Redis: any failure means "unknown"
             return None
 
@@ -78,5 +73,4 @@ def from_description(response: Mapping[str, Any]) -> TableSchema:
         frozenset(i["IndexName"] for i in table.get("GlobalSecondaryIndexes") or ()),
         frozenset(i["IndexName"] for i in table.get("LocalSecondaryIndexes") or ()),
         described=True,
-        table_id=str(table.get("TableId") or table.get("CreationDateTime") or ""),
     )

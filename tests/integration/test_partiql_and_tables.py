@@ -112,13 +112,14 @@ def test_unresolvable_statement_invalidates_the_whole_table(
 ) -> None:
     warm(c, "pairs", PAIR)
     warm(c, "single", A)
+    before = cache.stats()["table_invalidations"]  # CreateTable drops its table too
     with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
         # No sort key in the WHERE: it does not pin one item of "pairs".
         c.execute_statement(Statement="UPDATE pairs SET v = 'all' WHERE pk = 'a'")
     assert "invalidating every entry of table pairs" in caplog.text
     assert cached_value(c, "pairs", PAIR) == (False, "all")
     assert cached_value(c, "single", A) == (True, "old")  # other tables untouched
-    assert cache.stats()["table_invalidations"] == 1
+    assert cache.stats()["table_invalidations"] == before + 1
 
 
 def test_select_statements_pass_through_and_invalidate_nothing(
