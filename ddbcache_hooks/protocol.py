@@ -21,6 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import botocore
+
 from . import responses, store
 from ._version import __version__
 from .codec import Codec, CorruptEntry
@@ -33,6 +35,7 @@ from .policy import UNKNOWN_WRITE
 from .resilience import Backlog, CircuitBreaker, Invalidation
 from .schema import TableSchema
 from .stats import LimitedLog, Stats, log
+from .writes import WriteSet
 
 #: First waits of a caller that finds another caller's lease (seconds); the
 #: last value repeats until ``lease_wait_ms`` is spent. Each is jittered by up to
@@ -449,7 +452,7 @@ class Protocol:
             )
         result.tables[self.layout.tokens(table)] = True
 
-    def _lifecycle(self, result: Invalidation, table: str, written: Any) -> None:
+    def _lifecycle(self, result: Invalidation, table: str, written: WriteSet) -> None:
         """A table created, deleted, restored, imported or bulk-loaded: entries and schema go."""
         tokens = self.layout.tokens(table)
         self._learned.pop(tokens, None)
@@ -479,8 +482,6 @@ class Protocol:
         if operation in self._unknown_warned:
             return
         self._unknown_warned.add(operation)
-        import botocore
-
         log.warning(
             "ddbcache-hooks %s does not know the DynamoDB operation %s (botocore %s): after "
             "every %s call, each entry of the table it names (%s) is dropped. Upgrade "

@@ -460,12 +460,6 @@ def read_schema(token_key: str, schema_key: str, token_ttl_ms: int) -> Op[tuple[
     return bytes(generation), blob if isinstance(blob, bytes) else b""
 
 
-def get_value(key: str) -> Op[bytes | None]:
-    replies = yield RedisBatch([Call(None, ("GET", key))])
-    value = replies[0]
-    return value if isinstance(value, bytes) else None
-
-
 def set_value(key: str, value: bytes, ttl_s: int) -> Op[None]:
     yield RedisBatch([Call(None, ("SET", key, value, "EX", ttl_s))])
 
