@@ -2,8 +2,9 @@
 
 Sessions (in this order by default):
 
-- ``tests_newest``: the sync suite on the newest botocore / boto3 on PyPI;
-  fails if pip did not install the newest release.
+- ``tests_newest``: the sync suite on the newest botocore / boto3 release
+  (as ``pip index versions`` reports it; the session prints the installed
+  versions and fails unless they are those).
 - ``tests_oldest``: the sync suite on the oldest botocore / boto3 that
   pyproject.toml declares (``botocore>=X``: exactly ``X``).
 - ``tests_async``: the async extra (aiobotocore pins its own, older botocore):
@@ -110,6 +111,10 @@ def tests_async(session: nox.Session) -> None:
     session.log(f"aiobotocore {_installed(session, 'aiobotocore')}")
     session.log(f"botocore {_installed(session, 'botocore')} (as aiobotocore pins it)")
     _pytest(session, *ASYNC_TESTS)
+
+
+# Sessions for tests that need other servers (Valkey, ...) go here, selected by
+# their own marker, which SYNC_TESTS then leaves out.
 
 
 @nox.session(python=PYTHON)
