@@ -15,7 +15,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 import ddbcache_hooks
-from tests.conftest import REGION, Backend, CallCounter, make_table
+from ddbcache_hooks._redis_server import RedisServer
+from tests.conftest import REGION, Backend, CallCounter, counting_redis, make_table
 
 KEY = {"pk": {"S": "a"}}
 
@@ -154,3 +155,27 @@ def test_describe_table_failure_names_the_environment_variable(
     assert "DDBCACHE_KEY_SCHEMA=tbl=hash:range" in record.getMessage()
     assert "key_schema=" in record.getMessage()
     assert record.pathname.endswith("handlers.py")  # where it was decided, not the log wrapper
+
+
+def test_round_trips_of_learning_checked_writes_and_lifecycle(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> None:
+    """Learning costs one Redis read; a write checked against the generation and a
+    table lifecycle change cost one round trip each."""
+    cache, counting = counting_redis(redis_server.port)
+    registration = ddbcache_hooks.register(session, cache, namespace=namespace)
+    try:
+        client = session.client("dynamodb")
+        make_table(client, "tbl")
+        before = counting.sends
+        client.put_item(TableName="tbl", Item={**KEY, "v": {"N": "1"}})
+        # read generation + schema, store the learned schema, invalidate (+ check)
+        assert counting.sends - before == 3
+        before = counting.sends
+        client.put_item(TableName="tbl", Item={**KEY, "v": {"N": "2"}})
+        assert counting.sends - before == 1
+        before = counting.sends
+        client.delete_table(TableName="tbl")
+        assert counting.sends - before == 1
+    finally:
+        registration.unregister()
