@@ -168,8 +168,8 @@ PASS_THROUGH: frozenset[str] = frozenset(
     }
 )
 
-#: Rows for operations that older botocore releases (down to the floor the package
-#: declares) do not have yet; on those releases the rows are simply never used.
+#: Operations listed above (rows or pass-through) that older botocore releases, down
+#: to the floor the package declares, do not have yet: there they are never called.
 LATER_OPERATIONS = frozenset(
     {"SearchVectors", "StartBulkPutItems", "DescribeBulkOperation", "ListBulkOperations"}
     | {"CancelBulkOperation", "GetResourcePolicy", "PutResourcePolicy", "DeleteResourcePolicy"}
