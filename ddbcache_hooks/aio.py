@@ -28,9 +28,10 @@ from redis.exceptions import RedisError
 from .config import Settings
 from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .errors import CacheConnectionError, ConfigurationError, RegistrationError
-from .handlers import _FAILED, Hooks
+from .handlers import _FAILED, MISSING, Hooks
 from .keys import TableRef
 from .near import NearCache, decode_message
+from .plan import WritePlan
 from .plugin import (
     Registration,
     _warn_without_timeout,
@@ -115,7 +116,23 @@ class AsyncHooks(Hooks):
         self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
     ) -> None:
         """after-call / after-call-error of a write: drop what it touched, whatever the outcome."""
-        plan = self._write_plan(context)
+        await self._invalidate(self._write_plan(context, parsed), parsed)
+
+    async def invalidate_unknown_write(
+        self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        """after-call / after-call-error of an operation not in the policy table."""
+        await self._invalidate(self._unknown_write(context, parsed), parsed)
+
+    async def drop_missing_table(
+        self, parsed: dict[str, Any], context: dict[str, Any], **_: Any
+    ) -> None:
+        """after-call of any call: ResourceNotFoundException drops the table's entries, schema."""
+        tables = self._missing_tables(parsed, context)
+        if tables:
+            await self._run(self.protocol.forget_tables(tables, MISSING))
+
+    async def _invalidate(self, plan: WritePlan | None, parsed: dict[str, Any] | None) -> None:
         if plan is None:
             return
         outcome: Any = await self._run(self.protocol.invalidate(plan, parsed))

@@ -25,7 +25,16 @@ from .keys import (
     item_digest,
     variant,
 )
-from .policy import NOT_DATA, POLICIES, Action, OperationPolicy, ReadKind, valid_not_data
+from .policy import (
+    NOT_DATA,
+    PASS_THROUGH,
+    POLICIES,
+    Action,
+    OperationPolicy,
+    ReadKind,
+    unknown_operation,
+    valid_not_data,
+)
 from .resilience import Invalidation
 from .responses import capacity_mode
 
@@ -127,9 +136,11 @@ class Planner:
     def plan(self, operation: str, params: Mapping[str, Any], location: Location) -> Plan | None:
         """The call's plan; None when it passes through (not cached, or not understood)."""
         policy = POLICIES.get(operation)
+        if policy is None and operation not in PASS_THROUGH:
+            policy = unknown_operation(operation)
         if policy is None or policy.action is Action.BYPASS:
             return None
-        if policy.action is Action.WRITE:
+        if policy.action in (Action.WRITE, Action.OBSERVE):
             return WritePlan(operation, policy, params, location)
         try:
             if not valid_not_data(params):
@@ -148,6 +159,8 @@ class Planner:
         location: Location,
     ) -> ReadPlan | None:
         if params.get("ConsistentRead") is True:
+            return None
+        if not policy.capacity_in_hits and capacity_mode(params):
             return None
         assert policy.read_kind is not None
         label = params["TableName"]

@@ -214,6 +214,7 @@ def test_connections_older_than_the_limit_reconnect_on_checkout(
         registration.unregister()
 
 
+@pytest.mark.aio
 def test_async_registration_connects_with_the_token_and_reconnects(
     tls_server: tuple[RedisServer, int, Path],
     admin: redis.Redis,

@@ -185,6 +185,7 @@ def test_endpoint_is_part_of_the_identity(moto_url: str, redis_server: Any, name
         registration.unregister()
 
 
+@pytest.mark.aio
 def test_async_clients_of_two_regions_do_not_share_entries(
     moto_url: str, redis_server: Any, namespace: str
 ) -> None:
