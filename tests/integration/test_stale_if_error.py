@@ -461,3 +461,40 @@ def test_on_a_cluster_an_expired_entry_answers_and_a_written_one_does_not(
             c.get_item(TableName="items", Key=other)
     finally:
         registration.unregister()
+
+
+def test_an_entry_of_a_table_under_bulk_load_is_not_served_stale(
+    redis_server: RedisServer, namespace: str, moto_url: str, tmp_path: Any
+) -> None:
+    from tests.fake_dynamodb import FakeDynamoDB, later_operations
+
+    bulk = {
+        "TableName": "tbl",
+        "InputS3Configuration": {"S3Bucket": "loads", "InputFormat": "DYNAMODB_JSON"},
+        "OutputS3Configuration": {"OutputType": ["FAILED_ITEMS"], "S3Bucket": "reports"},
+    }
+    admin = boto3.Session(region_name=REGION).client("dynamodb", endpoint_url=moto_url)
+    for table in ("items", "tbl"):
+        make_table(admin, table)
+        admin.put_item(TableName=table, Item={**KEY, "v": {"S": "old"}})
+    with FakeDynamoDB(moto_url) as fake:
+        p = FailingProxy(fake.url)
+        session = boto3.Session(region_name=REGION)
+        later_operations(session, tmp_path)
+        registration = ddbcache_hooks.register(
+            session, redis_server.url, namespace=namespace, ttl=1, stale_if_error_s=5
+        )
+        c = session.client("dynamodb", endpoint_url=p.url, config=RETRIES)
+        try:
+            for table in ("items", "tbl"):
+                c.get_item(TableName=table, Key=KEY)
+            time.sleep(1.1)
+            c.start_bulk_put_items(**bulk)
+            p.fail("GetItem")
+            with pytest.raises(ClientError, match=THROTTLED[1]):
+                c.get_item(TableName="tbl", Key=KEY)
+            # The other table's expired entry still answers.
+            assert c.get_item(TableName="items", Key=KEY)["CacheMetadata"]["Stale"] is True
+        finally:
+            registration.unregister()
+            p.close()
