@@ -284,6 +284,7 @@ def test_query_pages_are_served_stale_too(
         registration.unregister()
 
 
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
 def test_async_expired_entry_answers_throttling(
     redis_server: RedisServer, namespace: str, proxy: FailingProxy
 ) -> None:
@@ -400,6 +401,7 @@ def test_a_failed_early_refresh_answers_from_the_valid_entry(
         registration.unregister()
 
 
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
 def test_async_early_refresh_and_its_failure(
     redis_server: RedisServer,
     namespace: str,
