@@ -183,10 +183,11 @@ def test_a_write_with_an_unknown_outcome_still_invalidates(sync_cache: tuple[Any
     def fail(**_: Any) -> None:
         raise ConnectionResetError("the connection dropped after sending")
 
-    c.meta.events.register_first("before-parse.dynamodb.PutItem", fail)
+    # After the request was sent and applied (an event every supported botocore emits).
+    c.meta.events.register_first("response-received.dynamodb.PutItem", fail)
     with pytest.raises(ConnectionResetError):
         c.put_item(TableName="items", Item={**KEY, "v": {"S": "2"}})
-    c.meta.events.unregister("before-parse.dynamodb.PutItem", fail)
+    c.meta.events.unregister("response-received.dynamodb.PutItem", fail)
     assert registration.stats()["invalidations"] >= 1
     response = c.get_item(TableName="items", Key=KEY)
     assert "CacheMetadata" not in response and response["Item"]["v"] == {"S": "2"}
