@@ -118,6 +118,10 @@ class Protocol:
         )
         self.limited = LimitedLog()
         self.cluster = cluster
+        #: Server identities that let a hit be read without the lookup script
+        #: (off until :meth:`store.ServerIds.enable` finds the transport can tell
+        #: when it reconnects).
+        self.servers = store.ServerIds()
         self.token_ttl_ms = 2 * settings.max_ttl_ms
         #: Fills read with ConsistentRead in strict mode: no settle window for them.
         self._settle_ms = 0 if settings.consistency == "strict" else settings.settle_ms
@@ -201,7 +205,9 @@ class Protocol:
         ]
         for slot, request in zip(slots, requests, strict=True):
             slot.lease = request.lease_token  # released if the reply never arrives
-        replies = yield from store.lookup(requests, self.token_ttl_ms, cluster=self.cluster)
+        replies = yield from store.lookup(
+            requests, self.token_ttl_ms, cluster=self.cluster, servers=self.servers
+        )
         for slot, request, reply in zip(slots, requests, replies, strict=True):
             self.clock.observe(reply.server_ms)
             slot.generation = reply.generation

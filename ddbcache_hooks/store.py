@@ -45,7 +45,9 @@ import hashlib
 import itertools
 import logging
 import os
-from collections.abc import Sequence
+import re
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import redis
@@ -53,7 +55,7 @@ from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connections import Connections
+from .connections import CONNECTS, Connections
 from .effects import Call, Op, RedisBatch, Script
 from .near import encode_message
 
@@ -399,10 +401,223 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed)
 
 
+class ServerIds:
+    """Per node, the server identity a lookup script last read, to trust plain reads by.
+
+    A plain read cannot ask the server who it is (``INFO`` costs what the
+    script costs); it compares the identity recorded in what it reads with the
+    one a script read on the same node. That value is used only while no
+    library connection was (re)established since it was learned (a restarted or
+    promoted server is only reached over a new connection, see
+    connections.CONNECTS), while no call failed since, and for at most
+    :data:`MAX_AGE_S`; otherwise the lookup script runs, and teaches it again.
+    """
+
+    #: A node's identity is read again by a script at least this often (seconds).
+    MAX_AGE_S = 1.0
+
+    def __init__(self) -> None:
+        #: Node of a key ("" on one node); None: plain reads are off.
+        self.node_of: Callable[[str], str] | None = None
+        self._ids: dict[str, tuple[bytes, int, float]] = {}
+
+    def enable(self, transport: Any) -> None:
+        """Plain reads on this transport's client, if its pools report reconnects."""
+        client = transport.client
+        if transport.cluster:
+            if is_async_cluster(client):
+                return  # its nodes' connections are not made by a pool of ours
+            pool_class = client.nodes_manager.connection_pool_class
+            if getattr(pool_class, "counts_connects", False):
+                self.node_of = lambda key: str(transport.client.get_node_from_key(key).name)
+        elif getattr(getattr(client, "connection_pool", None), "counts_connects", False):
+            self.node_of = lambda key: ""
+
+    @staticmethod
+    def epoch() -> int:
+        return CONNECTS.value
+
+    def get(self, node: str, epoch: int) -> bytes | None:
+        known = self._ids.get(node)
+        if known is None or known[1] != epoch or time.monotonic() - known[2] > self.MAX_AGE_S:
+            return None
+        return known[0]
+
+    def learn(self, node: str, sid: bytes, epoch: int) -> None:
+        if CONNECTS.value == epoch:
+            self._ids[node] = (sid, epoch, time.monotonic())
+
+    def forget(self) -> None:
+        """A call failed: whatever the cause, a script reads the identities again."""
+        self._ids.clear()
+
+
 def lookup(
-    requests: Sequence[LookupRequest], token_ttl_ms: int, *, cluster: bool = False
+    requests: Sequence[LookupRequest],
+    token_ttl_ms: int,
+    *,
+    cluster: bool = False,
+    servers: ServerIds | None = None,
 ) -> Op[list[LookupReply]]:
-    """Look up entries (taking leases on misses) and read table tokens: one round trip.
+    """Look up entries (taking leases on misses) and read table tokens.
+
+    With ``servers`` (plain reads on), the entries, their tokens and the
+    server's clock are first read with plain commands in one round trip; only
+    what that does not prove to be a hit goes through the lookup script, in a
+    second one (docs/consistency.md, "Hits without a script"). Without, or
+    while a node's identity is not known, the script runs at once: one round trip.
+    """
+    replies: list[LookupReply | None] = [None] * len(requests)
+    if servers is not None and servers.node_of is not None:
+        found = yield from _plain_read(requests, servers, cluster)
+        replies = list(found)
+    rest = [i for i, reply in enumerate(replies) if reply is None]
+    if rest:
+        epoch = ServerIds.epoch()
+        scripted = yield from _scripted([requests[i] for i in rest], token_ttl_ms, cluster)
+        for i, reply in zip(rest, scripted, strict=True):
+            replies[i] = reply
+            if servers is not None and servers.node_of is not None:
+                sid = reply.generation.partition(b"/")[0]
+                if sid:
+                    servers.learn(servers.node_of(requests[i].key), sid, epoch)
+    return [reply for reply in replies if reply is not None]
+
+
+_DIGITS = re.compile(rb"[0-9]+\Z")
+
+
+def _number(value: Any) -> int | None:
+    """A field the scripts wrote as a decimal integer; None for anything else."""
+    return int(value) if isinstance(value, bytes) and _DIGITS.match(value) else None
+
+
+def _plain_read(
+    requests: Sequence[LookupRequest], servers: ServerIds, cluster: bool
+) -> Op[list[LookupReply | None]]:
+    """Hits proven with plain reads (HMGET, TIME) alone; None where the script must decide.
+
+    A hit here is exactly a hit the lookup script would return, with the same
+    reply: the entry is present and unexpired by the server's clock, the item
+    hash, the table's tokens and the partition's hash were made by the server
+    that answers (the identity a script read on that node, still valid), the
+    tokens are well formed. Anything else — a lease, an expired or missing
+    entry, state of another server, a key of another type, a drop — goes to
+    the script, which also repairs what needs repair.
+    """
+    assert servers.node_of is not None
+    epoch = ServerIds.epoch()
+    node_of = servers.node_of
+    nodes: dict[str, str] = {}
+    sids: dict[str, bytes | None] = {}
+
+    def sid_of(key: str) -> bytes | None:
+        node = nodes.get(key)
+        if node is None:
+            node = nodes[key] = node_of(key)
+        if node not in sids:
+            sids[node] = servers.get(node, epoch)
+        return sids[node]
+
+    eligible = [
+        i
+        for i, r in enumerate(requests)
+        if not r.drop
+        and sid_of(r.key) is not None
+        and sid_of(r.token_key) is not None
+        and (not r.partition_key or sid_of(r.partition_key) is not None)
+    ]
+    out: list[LookupReply | None] = [None] * len(requests)
+    if not eligible:
+        return out
+    calls = [
+        Call(None, ("HMGET", r.key, "e:" + r.field, "x:" + r.field, "g"))
+        for r in (requests[i] for i in eligible)
+    ]
+    token_keys = list(dict.fromkeys(requests[i].token_key for i in eligible))
+    calls += [Call(None, ("HMGET", key, "i", "q", "n")) for key in token_keys]
+    partition_keys = list(
+        dict.fromkeys(requests[i].partition_key for i in eligible if requests[i].partition_key)
+    )
+    calls += [Call(None, ("HMGET", key, "t", "g", "c")) for key in partition_keys]
+    # The server's clock, on each node holding an entry (one on a single node).
+    clock_keys = {nodes[requests[i].key]: requests[i].key for i in eligible}
+    calls += [Call(None, ("TIME",), route=key if cluster else "") for key in clock_keys.values()]
+    replies = yield RedisBatch(calls, errors_as_values=True)
+    if ServerIds.epoch() != epoch:
+        return out  # a connection was made meanwhile: another server may have answered
+    if cluster and any(node_of(key) != node for key, node in nodes.items()):
+        return out  # a slot moved meanwhile
+    n, t, p = len(eligible), len(token_keys), len(partition_keys)
+    tokens = dict(zip(token_keys, replies[n : n + t], strict=True))
+    partitions = dict(zip(partition_keys, replies[n + t : n + t + p], strict=True))
+    clocks: dict[str, int] = {}
+    for node, reply in zip(clock_keys, replies[n + t + p :], strict=True):
+        if isinstance(reply, (tuple, list)) and len(reply) == 2:
+            clocks[node] = int(reply[0]) * 1000 + int(reply[1]) // 1000
+    for i, entry in zip(eligible, replies[:n], strict=True):
+        r = requests[i]
+        out[i] = _plain_hit(
+            r,
+            entry,
+            tokens[r.token_key],
+            partitions.get(r.partition_key) if r.partition_key else None,
+            clocks.get(nodes[r.key]),
+            sid_of,
+        )
+    return out
+
+
+def _plain_hit(
+    r: LookupRequest,
+    entry: Any,
+    tokens: Any,
+    partition: Any,
+    now: int | None,
+    sid_of: Callable[[str], bytes | None],
+) -> LookupReply | None:
+    """The reply the lookup script would give if it is a hit (see :func:`_plain_read`)."""
+    if now is None or not isinstance(entry, list) or not isinstance(tokens, list):
+        return None
+    blob, expires, generation = entry
+    sid = sid_of(r.key)
+    if not blob or not isinstance(generation, bytes) or sid is None:
+        return None
+    if not generation.startswith(sid + b"/"):
+        return None
+    expiry = _number(expires)
+    if expiry is None or expiry <= now:
+        return None
+    item_token, query_token, maker = tokens
+    if not item_token or not query_token or len(item_token) > 255 or len(query_token) > 255:
+        return None
+    if maker != sid_of(r.token_key):
+        return None
+    part_token, since = b"", 0
+    if r.partition_key:
+        if not isinstance(partition, list):
+            return None
+        part_token, part_generation, part_since = partition
+        part_sid = sid_of(r.partition_key)
+        if not isinstance(part_generation, bytes) or part_sid is None:
+            return None
+        if not part_generation.startswith(part_sid + b"/"):
+            return None
+        if not part_token or len(part_token) > 255:
+            return None
+        since_value = _number(part_since) if part_since is not None else 0
+        if since_value is None:
+            return None
+        since = since_value
+    return LookupReply(
+        HIT, blob, False, item_token, query_token, generation, False, part_token, since, now
+    )
+
+
+def _scripted(
+    requests: Sequence[LookupRequest], token_ttl_ms: int, cluster: bool
+) -> Op[list[LookupReply]]:
+    """The lookup script for each request (and, on a cluster, the token scripts).
 
     On one node each script also reads its table's tokens (and its partition's);
     on a cluster they live on other nodes, so each table's tokens and each
@@ -559,6 +774,12 @@ def set_value(key: str, value: bytes, ttl_s: int) -> Op[None]:
 # --- transports --------------------------------------------------------------------
 
 
+def is_async_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    return isinstance(client, AsyncRedisCluster)
+
+
 def is_cluster(client: Any) -> bool:
     from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
     from redis.cluster import RedisCluster
@@ -619,22 +840,25 @@ class SyncTransport:
     def __init__(self, connections: Connections | redis.Redis | Any) -> None:
         self.connections = _holder(connections)
         self.cluster = is_cluster(self.connections.client)
+        #: Server identities for plain reads (the protocol's, see Registration).
+        self.servers = ServerIds()
 
     @property
     def client(self) -> Any:
         """The library's client (a fresh one after a fork)."""
         return self.connections.client
 
-    def execute(self, calls: Sequence[Call]) -> list[Any]:
+    def execute(self, calls: Sequence[Call], errors_as_values: bool = False) -> list[Any]:
         try:
-            return self._execute(calls)
+            return self._execute(calls, errors_as_values)
         except RedisError as exc:
+            self.servers.forget()
             raise _suspects(exc, calls) from None
 
     def ping(self) -> None:
         self.client.ping()
 
-    def _execute(self, calls: Sequence[Call]) -> list[Any]:
+    def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
         if len(calls) == 1 and not self.cluster:
             return [self._single(calls[0])]
         replies = self._pipeline(calls)
@@ -646,7 +870,8 @@ class SyncTransport:
                 self.client.script_load(script.source)
             for i, reply in zip(missing, self._pipeline([calls[i] for i in missing]), strict=True):
                 replies[i] = reply
-        _first_error(replies)
+        if not errors_as_values:
+            _first_error(replies)
         return replies
 
     def _single(self, call: Call) -> Any:
@@ -691,6 +916,8 @@ class AsyncTransport:
     def __init__(self, connections: Connections | Any) -> None:
         self.connections = _holder(connections)
         self.cluster = is_cluster(self.connections.client)
+        #: Server identities for plain reads (the protocol's, see Registration).
+        self.servers = ServerIds()
 
     @property
     def client(self) -> Any:
@@ -699,13 +926,14 @@ class AsyncTransport:
     async def ping(self) -> None:
         await self.client.ping()
 
-    async def execute(self, calls: Sequence[Call]) -> list[Any]:
+    async def execute(self, calls: Sequence[Call], errors_as_values: bool = False) -> list[Any]:
         try:
-            return await self._execute(calls)
+            return await self._execute(calls, errors_as_values)
         except RedisError as exc:
+            self.servers.forget()
             raise _suspects(exc, calls) from None
 
-    async def _execute(self, calls: Sequence[Call]) -> list[Any]:
+    async def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
         if len(calls) == 1 and not self.cluster:
             return [await self._single(calls[0])]
         replies = await self._pipeline(calls)
@@ -718,7 +946,8 @@ class AsyncTransport:
                 missing, await self._pipeline([calls[i] for i in missing]), strict=True
             ):
                 replies[i] = reply
-        _first_error(replies)
+        if not errors_as_values:
+            _first_error(replies)
         return replies
 
     async def _single(self, call: Call) -> Any:
