@@ -176,6 +176,7 @@ class Protocol:
     def _near_hits(self, slots: list[Slot]) -> list[Slot]:
         """Serve what the near cache holds; the slots it does not."""
         assert self.near is not None
+        self.near.refresh()  # invalidations that arrived apply before anything is served
         pending = []
         for slot in slots:
             blob = self.near.get(slot.key, slot.field)
