@@ -251,3 +251,35 @@ def test_concurrent_misses_wait_for_one_filler(
         assert all(r["Item"] == KEY for r in results)
     finally:
         registration.unregister()
+
+
+def test_a_zlib_entry_of_the_previous_format_is_a_hit(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> None:
+    """A large entry an older release stored (zlib) is served by one writing zstd."""
+    from ddbcache_hooks.codec import COMPRESSED, ZSTD, Codec
+
+    old_session = boto3.Session(region_name="us-east-1")
+    old = ddbcache_hooks.register(
+        old_session, redis.Redis(port=redis_server.port), namespace=namespace
+    )
+    old._protocol.codec = Codec(
+        compress_min_bytes=old._protocol.codec.compress_min_bytes, zstd=False
+    )
+    new = ddbcache_hooks.register(session, redis.Redis(port=redis_server.port), namespace=namespace)
+    try:
+        writer = old_session.client("dynamodb")
+        make_table(writer, "items")
+        big = {**KEY, "v": {"S": "x" * 40_000}}
+        writer.put_item(TableName="items", Item=big)
+        writer.get_item(TableName="items", Key=KEY)  # the old release fills
+        key = old._protocol.planner.item_key(*old.table_refs("items"), KEY)
+        stored = redis.Redis(port=redis_server.port).hget(key, "e:")
+        assert stored is not None and stored[2] & (COMPRESSED | ZSTD) == COMPRESSED
+        reader = session.client("dynamodb")
+        calls = CallCounter().attach(reader)
+        hit = reader.get_item(TableName="items", Key=KEY)
+        assert "CacheMetadata" in hit and hit["Item"] == big and calls["GetItem"] == 0
+    finally:
+        old.unregister()
+        new.unregister()
