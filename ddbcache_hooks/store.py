@@ -826,11 +826,17 @@ def _holder(target: Any) -> Connections:
 def _suspects(exc: RedisError, calls: Sequence[Call]) -> RedisError:
     """Note on a time-out which keys the batch read: one of them may hold garbage."""
     if isinstance(exc, RedisTimeoutError):
-        exc.ddbcache_keys = [  # type: ignore[attr-defined]
+        scripted = [
             (call.args[0], call.args[call.numkeys])
             for call in calls
             if call.script is LOOKUP_OR_LEASE
         ]
+        plain = [  # a plain read of an entry: HMGET key e:<v> x:<v> g
+            (call.args[1], call.args[2][2:])
+            for call in calls
+            if call.script is None and call.args[0] == "HMGET" and call.args[2].startswith("e:")
+        ]
+        exc.ddbcache_keys = scripted + plain  # type: ignore[attr-defined]
     return exc
 
 
