@@ -89,18 +89,22 @@ class Replaying:
 
     With it, a cached read runs all of the library's own code but no network:
     the difference to botocore's floor is the library's own work on a hit.
+    Replies are recorded per kind of batch (a plain read, or the lookup script
+    when the server's identity is read again).
     """
 
     def __init__(self, real: Any) -> None:
         self.real = real
         self.cluster = real.cluster
-        self.replies: list[Any] = []
+        self.servers = real.servers
+        self.replies: dict[tuple[str, ...], list[Any]] = {}
         self.recording = True
 
     def execute(self, calls: Any, errors_as_values: bool = False) -> list[Any]:
-        if self.recording:
-            self.replies = self.real.execute(calls, errors_as_values)
-        return list(self.replies)
+        kind = tuple(c.script.name if c.script else c.args[0] for c in calls)
+        if self.recording or kind not in self.replies:
+            self.replies[kind] = self.real.execute(calls, errors_as_values)
+        return list(self.replies[kind])
 
 
 def canned_client(session: boto3.Session, response: dict[str, Any]) -> Any:
