@@ -840,6 +840,20 @@ def _suspects(exc: RedisError, calls: Sequence[Call]) -> RedisError:
     return exc
 
 
+def _pack(calls: Sequence[Call]) -> bytes:
+    """Plain commands in the Redis protocol (keys and fields are str, numbers int).
+
+    redis-py's packer spends more per command than the server does on an HMGET.
+    """
+    out = []
+    for call in calls:
+        out.append(b"*%d\r\n" % len(call.args))
+        for arg in call.args:
+            data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 #: redis-py before 6 wants a command name to pick a pooled connection, later ones none.
 _POOL_ARGS: tuple[str, ...] = () if int(redis.__version__.split(".")[0]) >= 6 else ("HMGET",)
 
@@ -895,7 +909,7 @@ class SyncTransport:
         pool = self.client.connection_pool
         connection = pool.get_connection(*_POOL_ARGS)
         try:
-            connection.send_packed_command(connection.pack_commands([c.args for c in calls]))
+            connection.send_packed_command([_pack(calls)])
             replies: list[Any] = []
             for _ in calls:
                 try:
