@@ -352,10 +352,12 @@ def bench_query_modes(env: Env) -> dict[str, float]:
         sent = [0, 0]
         execute = transport.execute
 
-        def counted(calls: Any, execute: Any = execute, sent: list[int] = sent) -> Any:
+        def counted(
+            calls: Any, errors_as_values: bool = False, execute: Any = execute, sent: Any = sent
+        ) -> Any:
             sent[0] += 1
             sent[1] += len(calls)
-            return execute(calls)
+            return execute(calls, errors_as_values)
 
         transport.execute = counted  # type: ignore[method-assign]
         client.put_item(TableName="modes", Item=item(0, 0, 1))
@@ -447,6 +449,72 @@ def bench_codec(env: Env) -> dict[str, float]:
         / series[f"msgpack decode, {label}"].median_us
         for label in results
     }
+
+
+def bench_compression(env: Env) -> dict[str, float]:
+    """Compressors for large entries: zlib levels, lz4 (frame), zstd; decode, encode, size."""
+    import zlib
+
+    import lz4.frame
+    import msgpack
+    import zstandard
+
+    def page(total: int, text: bool) -> bytes:
+        items, size, i = [], 0, 0
+        while size < total:
+            if text:
+                data = " ".join(f"lorem ipsum dolor sit amet {i * 7 + j} elit" for j in range(8))
+            else:
+                data = os.urandom(150).hex()  # random hex: compresses about 2:1 at best
+            items.append({"pk": {"S": f"k{i}"}, "sk": {"N": str(i)}, "data": {"S": data}})
+            size += len(data) + 20
+            i += 1
+        return bytes(msgpack.packb({"Items": items, "Count": len(items)}, use_bin_type=True))
+
+    codecs: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
+        "zlib 1": (lambda b: zlib.compress(b, 1), zlib.decompress),
+        "zlib 6": (lambda b: zlib.compress(b, 6), zlib.decompress),
+        "lz4 frame": (lz4.frame.compress, lz4.frame.decompress),
+        "zstd 1": (lambda b: zstandard.compress(b, 1), zstandard.decompress),
+        "zstd 3": (lambda b: zstandard.compress(b, 3), zstandard.decompress),
+    }
+    ratios: dict[str, float] = {}
+    rows = []
+    for label, body in (
+        ("1 KB", page(1000, False)),
+        ("100 KB", page(100_000, False)),
+        ("1 MB", page(1_000_000, False)),
+        ("1 MB text", page(1_000_000, True)),
+    ):
+        cases: dict[str, Callable[[], object]] = {}
+        sizes = {}
+        for name, (encode, decode) in codecs.items():
+            packed = encode(body)
+            sizes[name] = len(packed) / len(body)
+            cases[f"{name} decode"] = functools.partial(decode, packed)
+            cases[f"{name} encode"] = functools.partial(encode, body)
+        small = len(body) < 200_000
+        series = measure(
+            cases,
+            rounds=max(3, env.rounds // (2 if small else 5)),
+            per_round=max(3, env.per_round // (10 if small else 50)),
+            warmup=3,
+        )
+        for name in codecs:
+            rows.append(
+                (
+                    label,
+                    name,
+                    f"{series[f'{name} decode'].median_us:9.1f}",
+                    f"{series[f'{name} encode'].median_us:9.1f}",
+                    f"{sizes[name]:.3f}",
+                )
+            )
+        ratios[f"zstd 1 / zlib 1 decode, {label}"] = (
+            series["zstd 1 decode"].median_us / series["zlib 1 decode"].median_us
+        )
+    print(table(rows, ("page", "codec", "decode µs", "encode µs", "size / raw")))
+    return ratios
 
 
 def bench_async(env: Env) -> dict[str, float]:
@@ -678,6 +746,7 @@ BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
     "pages": bench_pages,
     "modes": bench_query_modes,
     "codec": bench_codec,
+    "compression": bench_compression,
     "async": bench_async,
     "outage": bench_outage,
 }
