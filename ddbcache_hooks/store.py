@@ -281,22 +281,26 @@ return #KEYS
 )
 
 #: KEYS[1] token hash. ARGV: a fresh random value, ttl ms. Returns {item token,
-#: query token, 1 if a foreign value was replaced}. Used on a cluster, where the
-#: token hash is on another node.
+#: query token, 1 if a foreign value was replaced, the server's identity}. Used
+#: on a cluster, where the token hash is on another node.
 TABLE_TOKENS = _script(
     "table_tokens",
     """
-return table_tokens(KEYS[1], ARGV[1], tonumber(ARGV[2]), server_id())
+local sid = server_id()
+local t = table_tokens(KEYS[1], ARGV[1], tonumber(ARGV[2]), sid)
+return {t[1], t[2], t[3], sid}
 """,
 )
 
 #: KEYS[1] partition token hash. ARGV: a fresh random value, ttl ms. Returns
-#: {token, since when the partition's history is known (server ms)}. Used on a
-#: cluster, where the partition token lives on its own slot.
+#: {token, since when the partition's history is known (server ms), the server's
+#: identity}. Used on a cluster, where the partition token lives on its own slot.
 PARTITION_TOKEN = _script(
     "partition_token",
     """
-return partition_token(KEYS[1], ARGV[1], tonumber(ARGV[2]), server_id())
+local sid = server_id()
+local p = partition_token(KEYS[1], ARGV[1], tonumber(ARGV[2]), sid)
+return {p[1], p[2], sid}
 """,
 )
 
@@ -474,13 +478,17 @@ def lookup(
     rest = [i for i, reply in enumerate(replies) if reply is None]
     if rest:
         epoch = ServerIds.epoch()
-        scripted = yield from _scripted([requests[i] for i in rest], token_ttl_ms, cluster)
+        learned: dict[str, bytes] = {}
+        scripted = yield from _scripted([requests[i] for i in rest], token_ttl_ms, cluster, learned)
         for i, reply in zip(rest, scripted, strict=True):
             replies[i] = reply
-            if servers is not None and servers.node_of is not None:
-                sid = reply.generation.partition(b"/")[0]
+            sid = reply.generation.partition(b"/")[0]
+            if sid:
+                learned[requests[i].key] = sid
+        if servers is not None and servers.node_of is not None:
+            for key, sid in learned.items():
                 if sid:
-                    servers.learn(servers.node_of(requests[i].key), sid, epoch)
+                    servers.learn(servers.node_of(key), sid, epoch)
     return [reply for reply in replies if reply is not None]
 
 
@@ -615,7 +623,10 @@ def _plain_hit(
 
 
 def _scripted(
-    requests: Sequence[LookupRequest], token_ttl_ms: int, cluster: bool
+    requests: Sequence[LookupRequest],
+    token_ttl_ms: int,
+    cluster: bool,
+    learned: dict[str, bytes] | None = None,
 ) -> Op[list[LookupReply]]:
     """The lookup script for each request (and, on a cluster, the token scripts).
 
@@ -668,9 +679,12 @@ def _scripted(
     n, t = len(requests), len(token_keys)
     tokens = dict(zip(token_keys, replies[n : n + t], strict=True))
     partitions = dict(zip(partition_keys, replies[n + t :], strict=True))
+    if learned is not None:  # the identities of the nodes holding the tokens
+        learned.update((key, _bytes(reply[3])) for key, reply in tokens.items())
+        learned.update((key, _bytes(reply[2])) for key, reply in partitions.items())
     out = []
     for request, reply in zip(requests, replies[:n], strict=True):
-        item_token, query_token, replaced = tokens[request.token_key]
+        item_token, query_token, replaced = tokens[request.token_key][:3]
         part = partitions.get(request.partition_key, (b"", 0))
         out.append(
             LookupReply(
