@@ -207,7 +207,11 @@ class Protocol:
         for slot, request in zip(slots, requests, strict=True):
             slot.lease = request.lease_token  # released if the reply never arrives
         replies = yield from store.lookup(
-            requests, self.token_ttl_ms, cluster=self.cluster, servers=self.servers
+            requests,
+            self.token_ttl_ms,
+            cluster=self.cluster,
+            servers=self.servers,
+            deadline=lambda: self.clock.deadline_ms(self.call_timeout_ms),
         )
         for slot, request, reply in zip(slots, requests, replies, strict=True):
             self.clock.observe(reply.server_ms)

@@ -462,6 +462,7 @@ def lookup(
     *,
     cluster: bool = False,
     servers: ServerIds | None = None,
+    deadline: Callable[[], int] | None = None,
 ) -> Op[list[LookupReply]]:
     """Look up entries (taking leases on misses) and read table tokens.
 
@@ -470,6 +471,8 @@ def lookup(
     what that does not prove to be a hit goes through the lookup script, in a
     second one (docs/consistency.md, "Hits without a script"). Without, or
     while a node's identity is not known, the script runs at once: one round trip.
+    ``deadline`` gives the scripts' ``deadline_ms`` anew when they are sent after
+    a plain read (a lease is only taken while its caller still waits).
     """
     replies: list[LookupReply | None] = [None] * len(requests)
     if servers is not None and servers.node_of is not None:
@@ -479,7 +482,11 @@ def lookup(
     if rest:
         epoch = ServerIds.epoch()
         learned: dict[str, bytes] = {}
-        scripted = yield from _scripted([requests[i] for i in rest], token_ttl_ms, cluster, learned)
+        pending = [requests[i] for i in rest]
+        if deadline is not None:
+            ends = deadline()
+            pending = [r._replace(deadline_ms=ends) for r in pending]
+        scripted = yield from _scripted(pending, token_ttl_ms, cluster, learned)
         for i, reply in zip(rest, scripted, strict=True):
             replies[i] = reply
             sid = reply.generation.partition(b"/")[0]
