@@ -39,7 +39,7 @@ from .connections import (
 )
 from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .errors import CacheConnectionError, ConfigurationError, RegistrationError
-from .handlers import _FAILED, Hooks, _finished, _scope
+from .handlers import _FAILED, MISSING, Hooks, _finished, _scope
 from .handlers import drive as sync_drive
 from .keys import TableRef
 from .near import NearCache, decode_message
@@ -119,7 +119,7 @@ class AsyncHooks(Hooks):
         for plan in scope:
             if isinstance(plan, WritePlan):
                 self.protocol.stats.incr("writes_cancelled")
-                self.work.hand_over(self._invalidate(plan, None))
+                self.work.hand_over(self._deliver_invalidation(plan, None))
             elif isinstance(plan, ReadPlan):
                 self.protocol.abandon(plan)
 
@@ -157,7 +157,23 @@ class AsyncHooks(Hooks):
         self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
     ) -> None:
         """after-call / after-call-error of a write: drop what it touched, whatever the outcome."""
-        plan = self._write_plan(context)
+        await self._invalidate(self._write_plan(context, parsed), parsed)
+
+    async def invalidate_unknown_write(
+        self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        """after-call / after-call-error of an operation not in the policy table."""
+        await self._invalidate(self._unknown_write(context, parsed), parsed)
+
+    async def drop_missing_table(
+        self, parsed: dict[str, Any], context: dict[str, Any], **_: Any
+    ) -> None:
+        """after-call of any call: ResourceNotFoundException drops the table's entries, schema."""
+        tables = self._missing_tables(parsed, context)
+        if tables:
+            await self._run(self.protocol.forget_tables(tables, MISSING))
+
+    async def _invalidate(self, plan: WritePlan | None, parsed: dict[str, Any] | None) -> None:
         if plan is None:
             return
         _finished(plan)
@@ -165,9 +181,9 @@ class AsyncHooks(Hooks):
             return
         # Shielded: a caller cancelled while this waits (say for a pooled
         # connection) leaves the invalidation running to its end in a task.
-        await asyncio.shield(self.work.hand_over(self._invalidate(plan, parsed)))
+        await asyncio.shield(self.work.hand_over(self._deliver_invalidation(plan, parsed)))
 
-    async def _invalidate(self, plan: WritePlan, parsed: dict[str, Any] | None) -> None:
+    async def _deliver_invalidation(self, plan: WritePlan, parsed: dict[str, Any] | None) -> None:
         outcome: Any = await self._run(self.protocol.invalidate(plan, parsed))
         if outcome is _FAILED:
             self._remember(plan, parsed)

@@ -418,6 +418,14 @@ OPTIONS: tuple[Option, ...] = (
         _env_bool,
     ),
     Option(
+        "bulk_load_bypass_s",
+        86400,
+        _positive_int,
+        "Longest time reads of a table bypass the cache after a StartBulkPutItems made through "
+        "a registered client (a terminal DescribeBulkOperation ends it sooner).",
+        _env_int,
+    ),
+    Option(
         "metrics_flush_s",
         0,
         _non_negative_int,
@@ -499,6 +507,7 @@ class Settings:
     backlog_size: int = 10000
     near_cache: Any = None
     publish_invalidations: bool = True
+    bulk_load_bypass_s: int = 86400
     metrics_flush_s: int = 0
     iam_user: str | None = None
     iam_cache_name: str | None = None

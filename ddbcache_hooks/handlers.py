@@ -22,10 +22,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import MaxConnectionsError, OutOfMemoryError, RedisError
 
 from . import schema as schema_mod
+from . import writes
 from .effects import DescribeTable, Op, RedisBatch, Sleep
-from .keys import location_of
+from .keys import TableRef, location_of
 from .plan import ReadPlan, WritePlan, shape_miss_request
-from .policy import CACHED_OPERATIONS
+from .policy import CACHED_OPERATIONS, POLICIES
 from .protocol import Protocol
 from .schema import TableSchema
 from .store import SyncTransport
@@ -35,6 +36,9 @@ T = TypeVar("T")
 
 #: Key of the plan in botocore's per-call ``context`` dict.
 PLAN = "ddbcache"
+#: Key of the call's parameters there (to name the table of a ResourceNotFoundException).
+PARAMS = "ddbcache_params"
+MISSING = "ResourceNotFoundException"
 _FAILED: Any = object()
 #: Error codes of a write that prove DynamoDB applied nothing: a rejected
 #: request, a failed condition, a missing table, throttling. A transaction's
@@ -103,6 +107,7 @@ class Hooks:
         self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any
     ) -> None:
         """before-parameter-build (registered last: after boto3 made AttributeValues)."""
+        context[PARAMS] = params
         plan = self.protocol.planner.plan(model.name, params, self.location)
         if isinstance(plan, ReadPlan) and (
             _bypass.get() or (self.gate is not None and not self.gate())
@@ -122,9 +127,29 @@ class Hooks:
         plan = context.get(PLAN)
         return plan if isinstance(plan, ReadPlan) and not plan.served else None
 
-    def _write_plan(self, context: Mapping[str, Any]) -> WritePlan | None:
+    def _write_plan(
+        self, context: Mapping[str, Any], parsed: Mapping[str, Any] | None = None
+    ) -> WritePlan | None:
+        """The write to invalidate; None for a table that does not exist (drop_missing_table)."""
         plan = context.get(PLAN)
-        return plan if isinstance(plan, WritePlan) else None
+        if not isinstance(plan, WritePlan) or _error_code(parsed) == MISSING:
+            return None
+        return plan
+
+    def _unknown_write(
+        self, context: Mapping[str, Any], parsed: Mapping[str, Any] | None = None
+    ) -> WritePlan | None:
+        """A write by an operation the policy table does not list (a newer botocore's)."""
+        plan = self._write_plan(context, parsed)
+        return plan if plan is not None and plan.operation not in POLICIES else None
+
+    def _missing_tables(
+        self, parsed: Mapping[str, Any], context: Mapping[str, Any]
+    ) -> list[TableRef]:
+        """The tables (where this client's live) of a call answered ResourceNotFoundException."""
+        if _error_code(parsed) != MISSING:
+            return []
+        return writes.named_tables(context.get(PARAMS) or {}, self.location)
 
     def _answer(self, plan: ReadPlan, response: Any, request: dict[str, Any]) -> Any:
         """before-call's result: a hit short-circuits the HTTP call; a miss may reshape it."""
@@ -178,9 +203,11 @@ class Hooks:
         self.protocol.limited.warning(
             f"describe:{table}",
             "DescribeTable %s failed (%s); writes to it invalidate the whole table. "
-            "Pass key_schema={%r: ('hash', 'range')} to avoid the call.",
+            "Pass key_schema={%r: ('hash', 'range')} or set DDBCACHE_KEY_SCHEMA=%s=hash:range "
+            "to avoid the call.",
             table,
             exc,
+            table,
             table,
         )
 
@@ -253,7 +280,21 @@ class SyncHooks(Hooks):
         self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
     ) -> None:
         """after-call / after-call-error of a write: drop what it touched, whatever the outcome."""
-        plan = self._write_plan(context)
+        self._invalidate(self._write_plan(context, parsed), parsed)
+
+    def invalidate_unknown_write(
+        self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        """after-call / after-call-error of an operation not in the policy table."""
+        self._invalidate(self._unknown_write(context, parsed), parsed)
+
+    def drop_missing_table(self, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        """after-call of any call: ResourceNotFoundException drops the table's entries, schema."""
+        tables = self._missing_tables(parsed, context)
+        if tables:
+            self._run(self.protocol.forget_tables(tables, MISSING))
+
+    def _invalidate(self, plan: WritePlan | None, parsed: dict[str, Any] | None) -> None:
         if plan is None:
             return
         _finished(plan)
@@ -303,6 +344,11 @@ def drive(op: Op[T], transport: SyncTransport, describe: Callable[[str], TableSc
     except StopIteration as done:
         value: T = done.value
         return value
+
+
+def _error_code(parsed: Mapping[str, Any] | None) -> str | None:
+    error = (parsed or {}).get("Error")
+    return error.get("Code") if isinstance(error, Mapping) else None
 
 
 def _reshape_body(plan: ReadPlan, request: dict[str, Any]) -> None:

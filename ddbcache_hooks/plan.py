@@ -9,7 +9,7 @@ with their own errors); it never guesses.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,16 @@ from .keys import (
     partition_digest,
     variant,
 )
-from .policy import NOT_DATA, POLICIES, Action, OperationPolicy, ReadKind, valid_not_data
+from .policy import (
+    NOT_DATA,
+    PASS_THROUGH,
+    POLICIES,
+    Action,
+    OperationPolicy,
+    ReadKind,
+    unknown_operation,
+    valid_not_data,
+)
 from .resilience import Invalidation
 from .responses import capacity_mode
 from .schema import TableSchema
@@ -134,26 +143,28 @@ class Planner:
         self,
         settings: Settings,
         layout: KeyLayout,
-        schemas: Mapping[TableRef, TableSchema] | None = None,
+        learned: Callable[[TableRef], TableSchema | None] | None = None,
         configured: Mapping[str, TableSchema] | None = None,
     ) -> None:
         self.settings = settings
         self.layout = layout
-        #: Key schemas this process knows, by table wherever it lives, and the
-        #: ``key_schema`` option's by name (read only: no I/O while planning).
-        self.schemas: Mapping[TableRef, TableSchema] = {} if schemas is None else schemas
+        #: The key schema this process learned for a table wherever it lives (no
+        #: I/O: read only while planning), and the ``key_schema`` option's by name.
+        self.learned: Callable[[TableRef], TableSchema | None] = learned or (lambda table: None)
         self.configured: Mapping[str, TableSchema] = {} if configured is None else configured
 
     def _schema(self, table: TableRef) -> TableSchema | None:
         """The table's schema as known in process (learned first, then configured)."""
-        return self.schemas.get(table) or self.configured.get(table.name)
+        return self.learned(table) or self.configured.get(table.name)
 
     def plan(self, operation: str, params: Mapping[str, Any], location: Location) -> Plan | None:
         """The call's plan; None when it passes through (not cached, or not understood)."""
         policy = POLICIES.get(operation)
+        if policy is None and operation not in PASS_THROUGH:
+            policy = unknown_operation(operation)
         if policy is None or policy.action is Action.BYPASS:
             return None
-        if policy.action is Action.WRITE:
+        if policy.action in (Action.WRITE, Action.OBSERVE):
             return WritePlan(operation, policy, params, location)
         try:
             if not valid_not_data(params):
@@ -172,6 +183,8 @@ class Planner:
         location: Location,
     ) -> ReadPlan | None:
         if params.get("ConsistentRead") is True:
+            return None
+        if not policy.capacity_in_hits and capacity_mode(params):
             return None
         assert policy.read_kind is not None
         label = params["TableName"]

@@ -35,7 +35,7 @@ log = logging.getLogger("ddbcache_hooks")
 R = TypeVar("R", bound="Registration")
 
 _READS = frozenset({Action.ITEM_READ, Action.BATCH_READ, Action.QUERY_READ})
-_WRITES = frozenset({Action.WRITE})
+_WRITES = frozenset({Action.WRITE, Action.OBSERVE})
 
 #: (event, handler method, registration priority, operations the event is per).
 #: An empty action set means one event for every operation.
@@ -46,6 +46,9 @@ HANDLERS: tuple[tuple[str, str, str, frozenset[Action]], ...] = (
     ("after-call-error.dynamodb.{op}", "release_leases", "middle", _READS),
     ("after-call.dynamodb.{op}", "invalidate_written_items", "middle", _WRITES),
     ("after-call-error.dynamodb.{op}", "invalidate_written_items", "middle", _WRITES),
+    ("after-call.dynamodb", "drop_missing_table", "middle", frozenset()),
+    ("after-call.dynamodb", "invalidate_unknown_write", "middle", frozenset()),
+    ("after-call-error.dynamodb", "invalidate_unknown_write", "middle", frozenset()),
 )
 
 

@@ -13,6 +13,7 @@ fill that read DynamoDB before a write and stores after it is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -21,7 +22,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import botocore
+
 from . import responses, store, writes
+from ._version import __version__
 from .codec import Codec, CorruptEntry, ForeignEntry
 from .config import Settings
 from .connections import fork_safe
@@ -42,17 +46,29 @@ from .plan import (
     Slot,
     WritePlan,
 )
+from .policy import UNKNOWN_WRITE
 from .resilience import Backlog, CircuitBreaker, Invalidation, Orphans, ServerClock
 from .schema import TableSchema
 from .stats import LimitedLog, Stats, log
+from .writes import WriteSet
 
 #: First waits of a caller that finds another caller's lease (seconds); the
 #: last value repeats until ``lease_wait_ms`` is spent. Each is jittered by up to
 #: half, so that a crowd of waiters does not poll Redis in lockstep.
 _WAIT_STEPS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.025)
-#: Key schemas learned with DescribeTable are shared through Redis for a day.
-SCHEMA_TTL_S = 86400
 _REPORT_LOCK = threading.Lock()
+#: Table tokens of a table a bulk load writes to start with this mark and the
+#: end of the bypass (ms since the epoch): ``B1767225600000:<token>``.
+BULK_MARK = b"B"
+
+
+def bulk_loading(token: bytes, now_ms: float | None = None) -> bool:
+    """Whether a table token says a bulk load is writing to the table now."""
+    if not isinstance(token, bytes) or token[:1] != BULK_MARK:
+        return False
+    until, _, _ = token[1:].partition(b":")
+    now = time.time() * 1000 if now_ms is None else now_ms
+    return until.isdigit() and int(until) > now
 
 
 def _rcu(size: int) -> float:
@@ -85,12 +101,18 @@ class Protocol:
     def __init__(self, settings: Settings, *, cluster: bool = False) -> None:
         self.settings = settings
         self.layout = KeyLayout(settings.namespace)
-        #: Key schemas by table, wherever it lives; ``key_schema`` names apply everywhere.
-        self._schemas: dict[TableRef, TableSchema] = {}
+        #: Key names from the key_schema option, by table name: they apply wherever
+        #: the table lives.
         self._configured: dict[str, TableSchema] = {
             table: TableSchema(key) for table, key in settings.key_schema.items()
         }
-        self.planner = Planner(settings, self.layout, self._schemas, self._configured)
+        #: Schemas learned with DescribeTable (or from Redis), by table token key:
+        #: (schema, monotonic time it may be used until (the longest entry TTL), table).
+        self._learned: dict[str, tuple[TableSchema, float, str]] = {}
+        self.schema_ttl_s = max(1, settings.max_ttl_ms // 1000)
+        #: Unknown operations already warned about.
+        self._unknown_warned: set[str] = set()
+        self.planner = Planner(settings, self.layout, self._learned_schema, self._configured)
         self.codec = Codec(
             compress_min_bytes=settings.compress_min_bytes, signing_key=settings.signing_key
         )
@@ -230,6 +252,12 @@ class Protocol:
             if reply.foreign_token:
                 self.stats.incr("errors")
                 self._corrupt(slot, "its table's version token was not one of ours; replaced")
+            if bulk_loading(slot.token):
+                # A bulk load writes to the table: read DynamoDB, store nothing
+                # (the lease, if this caller took it, is released by the fill).
+                leased = reply.status == store.LEASED
+                slot.state, slot.lease = (LEASED, request.lease_token) if leased else (PASS, None)
+                continue
             if reply.status == store.LEASED:
                 slot.state, slot.lease = LEASED, request.lease_token
             elif reply.status == store.WAIT:
@@ -385,7 +413,7 @@ class Protocol:
     ) -> store.FillRequest:
         assert slot.lease is not None
         blob = b""
-        if ok:
+        if ok and not bulk_loading(slot.token):
             try:
                 blob = self.codec.encode(
                     payload,
@@ -476,7 +504,8 @@ class Protocol:
     def forget_locally(self, invalidation: Invalidation) -> None:
         """Evict from this process's near cache, at once and whether or not Redis answers."""
         if self.near is not None:
-            self.near.evict((key for _, key in invalidation.items), invalidation.tables)
+            tables = [*invalidation.tables, *invalidation.lifecycle]
+            self.near.evict((key for _, key in invalidation.items), tables)
 
     def invalidation(
         self, plan: WritePlan, parsed: Mapping[str, Any] | None, *, offline: bool = False
@@ -493,14 +522,18 @@ class Protocol:
         except (NotCanonical, KeyError, TypeError, AttributeError, ValueError):
             written = writes.tables_named(plan.params, plan.location)
         result = Invalidation()
-        for reason in written.unknown:
+        for unknown in written.unknown:
             self.limited.warning(
                 "unknown-table",
                 "cannot tell which table a write changed; nothing invalidated: %s",
-                reason,
+                unknown,
             )
+        if plan.policy is UNKNOWN_WRITE:
+            self._warn_unknown(plan.operation, written.tables)
         for table, reason in written.tables.items():
             self._whole_table(result, table, reason)
+        for table in written.lifecycle | written.bulk_started | written.bulk_ended:
+            self._lifecycle(result, table, written)
         for ref in written.items:
             tokens = self.layout.tokens(ref.table)
             if result.tables.get(tokens):
@@ -514,13 +547,16 @@ class Protocol:
                         ref.table, plan.location.api_name(ref.table)
                     )
                 if schema is None:
-                    self._whole_table(result, ref.table, "its key schema is unknown")
+                    # The DescribeTable failure was reported where it happened.
+                    self._whole_table(result, ref.table, None)
                     continue
                 projected = schema.project(ref.attrs)
                 if projected is None:
                     self._whole_table(result, ref.table, "a write did not name a whole key")
                     continue
                 key = projected
+                if schema.generation:
+                    result.generations[tokens] = (self.layout.schema(ref.table), schema.generation)
             try:
                 result.items.extend(self.written_keys(ref.table, key))
             except (NotCanonical, TypeError):
@@ -559,18 +595,67 @@ class Protocol:
             return [schema.key[0]]
         return sorted(key)
 
-    def _whole_table(self, result: Invalidation, table: TableRef, reason: str) -> None:
+    def _whole_table(self, result: Invalidation, table: TableRef, reason: str | None) -> None:
+        """Drop every entry of ``table``; ``reason`` for the log (None: reported already)."""
         tokens = self.layout.tokens(table)
         if result.tables.get(tokens):
             return
-        self.limited.warning(
-            f"table:{tokens}",
-            "invalidating every entry of table %s (%s): %s",
+        if reason is not None:
+            self.limited.warning(
+                f"table:{tokens}",
+                "invalidating every entry of table %s (%s): %s",
+                table.name,
+                table.place,
+                reason,
+            )
+        result.tables[tokens] = True
+
+    def _lifecycle(self, result: Invalidation, table: TableRef, written: WriteSet) -> None:
+        """A table created, deleted, restored, imported or bulk-loaded: entries and schema go."""
+        tokens = self.layout.tokens(table)
+        self._learned.pop(tokens, None)
+        mark = ""
+        if table in written.bulk_started:
+            until = int(time.time() * 1000) + self.settings.bulk_load_bypass_s * 1000
+            mark = f"{BULK_MARK.decode()}{until}:"
+        elif table in written.bulk_ended:
+            mark = "-"
+        forget = table in written.lifecycle
+        ttl_ms = self.settings.bulk_load_bypass_s * 1000 if mark not in ("", "-") else 0
+        result.lifecycle[tokens] = store.Lifecycle(self.layout.schema(table), forget, mark, ttl_ms)
+        log.debug(
+            "table %s (%s): every entry dropped (lifecycle %r)",
             table.name,
             table.place,
-            reason,
+            mark or "change",
         )
-        result.tables[tokens] = True
+
+    def forget_tables(self, tables: Sequence[TableRef], reason: str) -> Op[None]:
+        """Tables DynamoDB says do not exist: drop their entries and key schemas."""
+        invalidation = Invalidation()
+        for table in tables:
+            self._learned.pop(self.layout.tokens(table), None)
+            invalidation.lifecycle[self.layout.tokens(table)] = store.Lifecycle(
+                self.layout.schema(table)
+            )
+            log.debug("table %s (%s): every entry dropped (%s)", table.name, table.place, reason)
+        yield from self.deliver(invalidation)
+
+    def _warn_unknown(self, operation: str, tables: Mapping[TableRef, Any]) -> None:
+        if operation in self._unknown_warned:
+            return
+        self._unknown_warned.add(operation)
+        log.warning(
+            "ddbcache-hooks %s does not know the DynamoDB operation %s (botocore %s): after "
+            "every %s call, each entry of the table it names (%s) is dropped. Upgrade "
+            "ddbcache-hooks to a release newer than %s, which lists the operation.",
+            __version__,
+            operation,
+            botocore.__version__,
+            operation,
+            ", ".join(dict.fromkeys(table.name for table in tables)) or "none named",
+            __version__,
+        )
 
     def deliver(self, invalidation: Invalidation) -> Op[None]:
         """Drop the items and replace the tokens: one round trip."""
@@ -580,17 +665,35 @@ class Protocol:
         # Evicted from the near cache before and after Redis: a lookup that began in
         # between may have read the old entry, and must not park it here afterwards.
         self.forget_locally(invalidation)
-        yield from store.invalidate(
+        stale = yield from store.invalidate(
             keys,
             self.settings.settle_ms,
             list(invalidation.tables.items()),
             self.token_ttl_ms,
             cluster=self.cluster,
             channel=self.channel if self.settings.publish_invalidations else None,
+            lifecycle=list(invalidation.lifecycle.items()),
+            generations=[(key, *check) for key, check in invalidation.generations.items()],
         )
         self.forget_locally(invalidation)
+        for tokens in stale:
+            # The table was recreated (or updated) since its key schema was learned:
+            # the write's items were projected with the old key, so the table went whole.
+            learned = self._learned.pop(tokens, None)
+            self.limited.warning(
+                f"generation:{tokens}",
+                "the key schema learned for table %s is from before a table lifecycle change "
+                "(DeleteTable, CreateTable, ...): every entry of the table was dropped, and the "
+                "schema is learned again",
+                learned[2] if learned else tokens,
+            )
+        if stale and self.near is not None:
+            self.near.evict((), stale)
         self.stats.incr("invalidations", len(keys))
-        self.stats.incr("table_invalidations", sum(invalidation.tables.values()))
+        self.stats.incr(
+            "table_invalidations",
+            sum(invalidation.tables.values()) + len(invalidation.lifecycle) + len(stale),
+        )
 
     def keep(self, invalidation: Invalidation) -> None:
         """An invalidation Redis did not take: hold it, and have it replayed in the background."""
@@ -654,7 +757,7 @@ class Protocol:
     # --- schemas -------------------------------------------------------------------
 
     def _known_schema(self, table: TableRef) -> TableSchema | None:
-        return self._schemas.get(table) or self._configured.get(table.name)
+        return self._configured.get(table.name) or self._learned_schema(table)
 
     def key_schema(self, table: TableRef, api_name: str | None) -> Op[TableSchema | None]:
         """The table's key names: option, process memory, Redis, then DescribeTable.
@@ -666,32 +769,50 @@ class Protocol:
             return known
         return (yield from self.describe(table, api_name))
 
+    def _learned_schema(self, table: TableRef) -> TableSchema | None:
+        learned = self._learned.get(self.layout.tokens(table))
+        if learned is None or learned[1] <= time.monotonic():
+            return None
+        return learned[0]
+
     def describe(self, table: TableRef, api_name: str | None) -> Op[TableSchema | None]:
-        known = self._known_schema(table)
-        if known is not None and known.described:
+        """The table's schema with its indexes: process memory, Redis, then DescribeTable.
+
+        A schema is used only while the table's generation in Redis is the one it
+        was learned under, and never longer than the longest entry TTL. The copy in
+        Redis is signed (with a signing key): one that does not verify is ignored.
+        """
+        known = self._learned_schema(table)
+        if known is not None:
             return known
-        where = self.layout.schema(table)
-        blob = yield from store.get_value(where)
-        schema = None
+        tokens, where = self.layout.tokens(table), self.layout.schema(table)
+        generation, blob = yield from store.read_schema(tokens, where, self.token_ttl_ms)
+        stored = None
         if blob:
             data = self.codec.unseal(where, blob)
             if data is None:
                 self.stats.incr("corrupt_entries")
                 self.limited.warning(
-                    f"schema:{table}", "ignored an unsigned or forged key schema at %s", where
+                    f"schema:{tokens}", "ignored an unsigned or forged key schema at %s", where
                 )
             else:
-                schema = TableSchema.decode(data)
-        learned = schema is None
+                stored = TableSchema.decode(data)
+        schema = stored if stored is not None and stored.generation == generation else None
         if schema is None:
             if api_name is None:
                 return None
-            schema = yield DescribeTable(api_name)
-            if schema is None:
+            described = yield DescribeTable(api_name)
+            if described is None:
                 return None
-        if known is not None:  # keep the configured key names, learn the indexes
-            schema = TableSchema(known.key, schema.global_indexes, schema.local_indexes, True)
-        self._schemas[table] = schema
-        if learned:
-            yield from store.set_value(where, self.codec.seal(where, schema.encode()), SCHEMA_TTL_S)
+            schema = dataclasses.replace(described, generation=generation)
+            sealed = self.codec.seal(where, schema.encode())
+            yield from store.set_value(where, sealed, self.schema_ttl_s)
+        configured = self._configured.get(table.name)
+        if configured is not None:  # keep the configured key names, learn the indexes
+            schema = dataclasses.replace(schema, key=configured.key)
+        self._learned[tokens] = (
+            schema,
+            time.monotonic() + self.schema_ttl_s,
+            f"{table.name} ({table.place})",
+        )
         return schema

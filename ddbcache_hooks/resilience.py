@@ -11,12 +11,15 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
 from .connections import fork_safe
 from .stats import Stats
+
+if TYPE_CHECKING:
+    from .store import Lifecycle
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -98,14 +101,21 @@ class Invalidation:
     items: list[tuple[str, str]] = field(default_factory=list)
     #: table token key -> True to drop item entries too (not only Query/Scan ones).
     tables: dict[str, bool] = field(default_factory=dict)
+    #: table token key -> a lifecycle change (entries, key schema, bulk-load mark).
+    lifecycle: dict[str, Lifecycle] = field(default_factory=dict)
+    #: table token key -> (schema key, generation of the key schema that projected
+    #: a write's items): a stale generation drops the whole table instead.
+    generations: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.items or self.tables)
+        return bool(self.items or self.tables or self.lifecycle)
 
     def merge(self, other: Invalidation) -> None:
         self.items.extend(other.items)
         for key, items in other.tables.items():
             self.tables[key] = self.tables.get(key, False) or items
+        self.lifecycle.update(other.lifecycle)
+        self.generations.update(other.generations)
 
 
 class Backlog:
@@ -128,12 +138,16 @@ class Backlog:
         self._items: dict[str, tuple[str, int]] = {}
         #: table token key -> (drop item entries too, sequence number)
         self._tables: dict[str, tuple[bool, int]] = {}
+        #: table token key -> (lifecycle change, sequence number)
+        self._lifecycle: dict[str, tuple[Lifecycle, int]] = {}
+        #: table token key -> (schema key, generation): checked again on replay
+        self._generations: dict[str, tuple[str, bytes]] = {}
 
     def __bool__(self) -> bool:
-        return bool(self._items or self._tables)
+        return bool(self._items or self._tables or self._lifecycle)
 
     def __len__(self) -> int:
-        return len(self._items) + len(self._tables)
+        return len(self._items) + len(self._tables) + len(self._lifecycle)
 
     def add(self, invalidation: Invalidation) -> None:
         with self._lock:
@@ -144,6 +158,9 @@ class Backlog:
             for token_key, items in invalidation.tables.items():
                 held = self._tables.get(token_key, (False, 0))[0]
                 self._tables[token_key] = (held or items, self._seq)
+            for token_key, change in invalidation.lifecycle.items():
+                self._lifecycle[token_key] = (change, self._seq)
+            self._generations.update(invalidation.generations)
             overflow = len(self._items) - self.limit
             if overflow <= 0:
                 return
@@ -163,6 +180,8 @@ class Backlog:
             pending = Invalidation(
                 items=[(token_key, key) for key, (token_key, _) in self._items.items()],
                 tables={key: items for key, (items, _) in self._tables.items()},
+                lifecycle={key: change for key, (change, _) in self._lifecycle.items()},
+                generations=dict(self._generations),
             )
             return pending, self._seq
 
@@ -175,6 +194,11 @@ class Backlog:
             for token_key in delivered.tables:
                 if token_key in self._tables and self._tables[token_key][1] <= upto:
                     del self._tables[token_key]
+            for token_key in delivered.lifecycle:
+                if token_key in self._lifecycle and self._lifecycle[token_key][1] <= upto:
+                    del self._lifecycle[token_key]
+            if not self._items:
+                self._generations.clear()
 
 
 class ServerClock:

@@ -14,12 +14,19 @@ LSI = "LocalSecondaryIndexes"
 
 @dataclass(frozen=True)
 class TableSchema:
-    """Primary key attribute names (hash[, range]) and, when known, index names."""
+    """Primary key attribute names (hash[, range]) and, when known, index names.
+
+    A schema learned with DescribeTable is tied to the ``generation`` the table
+    had in Redis when it was learned: table lifecycle operations made through
+    registered clients replace it (and a token hash Redis lost comes back with
+    a new one), and a schema of another generation is never used.
+    """
 
     key: tuple[str, ...]
     global_indexes: frozenset[str] = frozenset()
     local_indexes: frozenset[str] = frozenset()
     described: bool = False
+    generation: bytes = b""
 
     def project(self, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
         """The primary key inside ``attrs`` (an item, or PartiQL equalities), if all there."""
@@ -36,16 +43,22 @@ class TableSchema:
         return None
 
     def encode(self) -> bytes:
-        data = [list(self.key), sorted(self.global_indexes), sorted(self.local_indexes)]
+        data = [
+            list(self.key),
+            sorted(self.global_indexes),
+            sorted(self.local_indexes),
+            self.generation,
+        ]
         return bytes(msgpack.packb(data, use_bin_type=True))
 
     @classmethod
     def decode(cls, blob: bytes) -> TableSchema | None:
         try:
-            key, gsi, lsi = msgpack.unpackb(blob, raw=False)
+            key, gsi, lsi, *rest = msgpack.unpackb(blob, raw=False)
             if not 1 <= len(key) <= 2 or not all(isinstance(k, str) for k in key):
                 return None
-            return cls(tuple(key), frozenset(gsi), frozenset(lsi), described=True)
+            generation = rest[0] if rest and isinstance(rest[0], bytes) else b""
+            return cls(tuple(key), frozenset(gsi), frozenset(lsi), True, generation)
         except Exception:  # untrusted bytes from Redis: any failure means "unknown"
             return None
 

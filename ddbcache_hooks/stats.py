@@ -119,7 +119,8 @@ class LimitedLog:
         self._suppressed: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def warning(self, kind: str, message: str, *args: Any) -> None:
+    def warning(self, kind: str, message: str, *args: Any, stacklevel: int = 2) -> None:
+        """Log once per interval; the record points at the caller (``stacklevel`` 2)."""
         now = time.monotonic()
         with self._lock:
             last = self._last.get(kind)
@@ -131,4 +132,4 @@ class LimitedLog:
         if suppressed:
             message += " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        log.warning(message, *args)
+        log.warning(message, *args, stacklevel=stacklevel + 1)

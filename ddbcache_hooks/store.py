@@ -20,12 +20,15 @@ field            meaning
 
 A Query or Scan variant has a hash of its own with the same fields (``v`` is
 empty). Per table, a small hash holds two random version tokens (``i`` for
-item entries, ``q`` for query entries) and the identity of the server that
-made them (``n``). Per partition a page depends on (``query_invalidation``
-``"partition"`` or ``"write"``), a hash holds its token ``t`` and, like an
-item's, ``g`` and ``c``: a write drops it in the same script as the item's.
-All times are the server's (``TIME``), so processes with skewed clocks agree.
-Every key gets a TTL.
+item entries, ``q`` for query entries, each prefixed ``B<until ms>:`` while a
+bulk load writes to the table), the identity of the server that made them
+(``n``) and the table generation (``g``, unrelated to the item hash's field of
+the same name: new with each table lifecycle change; a key schema learned with
+DescribeTable is tied to it, see protocol.py). Per partition a page depends on
+(``query_invalidation`` ``"partition"`` or ``"write"``), a hash holds its token
+``t`` and, like an item's, ``g`` and ``c``: a write drops it in the same script
+as the item's. All times are the server's (``TIME``), so processes with skewed
+clocks agree. Every key gets a TTL.
 
 The server's identity is its replication id (``INFO replication``, read inside
 the scripts, so no round trip is added; a primary draws a new one at every
@@ -85,18 +88,31 @@ local function never_evicted()
   local s = redis.pcall('INFO', 'stats')
   return type(s) == 'string' and string.match(s, 'evicted_keys:(%d+)') == '0'
 end
+-- A replacement for a table token: ``fresh``, keeping the bulk-load mark
+-- ('B<until ms>:', see protocol.py) the old token carried.
+local function renew(old, fresh)
+  local mark = old and string.match(old, '^B%d+:')
+  return (mark or '') .. fresh
+end
+local function as_hash(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', key) end
+end
 -- A table's {item token, query token, 1 if a foreign value was replaced}; both
 -- are created (from fresh, a random value) when either is missing (a new table,
 -- an evicted token hash), unusable, or made by another server (restart, failover).
+-- A bulk-load mark is kept (reads keep bypassing); the table generation ('g') of
+-- such a hash is dropped, so that no key schema learned under it is used again.
 local function table_tokens(key, fresh, ttl, sid)
   local t = redis.pcall('HMGET', key, 'i', 'q', 'n')
   local replaced = 0
   if t['err'] then redis.call('DEL', key); t = {}; replaced = 1 end
   if t[1] and t[2] and (#t[1] > 255 or #t[2] > 255) then t = {}; replaced = 1 end
   if not t[1] or not t[2] or t[3] ~= sid then
-    t = {fresh .. 'i', fresh .. 'q'}
+    t = {renew(t[1], fresh .. 'i'), renew(t[2], fresh .. 'q')}
     redis.call('HSET', key, 'i', t[1], 'q', t[2], 'n', sid)
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('HDEL', key, 'g')
+    if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
   elseif redis.call('PTTL', key) < ttl / 2 then
     redis.call('PEXPIRE', key, ttl)
   end
@@ -305,19 +321,85 @@ return {p[1], p[2], sid}
 )
 
 #: KEYS[1] token hash. ARGV: fresh item token, fresh query token, '1' to replace
-#: the item token too (else only query entries go), ttl ms.
+#: the item token too (else only query entries go), ttl ms. A bulk-load mark on
+#: the tokens is kept; the writing server's identity is recorded.
 REPLACE_TOKENS = _script(
     "replace_tokens",
     """
 local key = KEYS[1]
-local kind = redis.call('TYPE', key)['ok']
-if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', key) end
-if ARGV[3] == '1' or redis.call('HEXISTS', key, 'i') == 0 then
-  redis.call('HSET', key, 'i', ARGV[1])
+as_hash(key)
+local sid = server_id()
+local old = redis.call('HMGET', key, 'i', 'q', 'n')
+if ARGV[3] == '1' or not old[1] then
+  redis.call('HSET', key, 'i', renew(old[1], ARGV[1]))
 end
-redis.call('HSET', key, 'q', ARGV[2], 'n', server_id())
-redis.call('PEXPIRE', key, ARGV[4])
+redis.call('HSET', key, 'q', renew(old[2], ARGV[2]), 'n', sid)
+-- Another server's table generation: no key schema learned under it is used.
+if old[3] ~= sid then redis.call('HDEL', key, 'g') end
+-- Only ever raised: a bulk load's bypass keeps its hash.
+if redis.call('PTTL', key) < tonumber(ARGV[4]) then redis.call('PEXPIRE', key, ARGV[4]) end
 return 1
+""",
+)
+
+#: KEYS[1] token hash, KEYS[2] the table's schema key (same slot). ARGV: fresh
+#: item token, fresh query token, fresh generation ('' keeps generation and
+#: schema), bulk mark ('' keeps the tokens' mark, '-' clears it, else the new
+#: mark), ttl ms (the hash's TTL is only ever raised).
+#: A table's lifecycle: every entry goes; with a generation, its schema too.
+TABLE_LIFECYCLE = _script(
+    "table_lifecycle",
+    """
+local key, mark = KEYS[1], ARGV[4]
+as_hash(key)
+local sid = server_id()
+local old = redis.call('HMGET', key, 'i', 'q', 'n')
+local i, q = renew(old[1], ARGV[1]), renew(old[2], ARGV[2])
+if mark == '-' then
+  i, q = ARGV[1], ARGV[2]
+elseif mark ~= '' then
+  i, q = mark..ARGV[1], mark..ARGV[2]
+end
+redis.call('HSET', key, 'i', i, 'q', q, 'n', sid)
+if ARGV[3] ~= '' then
+  redis.call('HSET', key, 'g', ARGV[3])
+  redis.call('DEL', KEYS[2])
+elseif old[3] ~= sid then
+  redis.call('HDEL', key, 'g')
+end
+if redis.call('PTTL', key) < tonumber(ARGV[5]) then redis.call('PEXPIRE', key, ARGV[5]) end
+return 1
+""",
+)
+
+#: KEYS[1] token hash, KEYS[2] schema key (same slot). ARGV: fresh generation
+#: (stored when the table has none), ttl ms, expected generation ('' = only
+#: read), fresh item token, fresh query token.
+#: A token hash missing, or made by another server, gets new tokens and a new
+#: generation (a schema stored under the old one is never used).
+#: Returns {generation, schema blob or false, 1 if the expected generation was
+#: not current}: a write projected with a schema of another generation drops
+#: every entry of the table instead.
+TABLE_GENERATION = _script(
+    "table_generation",
+    """
+local key = KEYS[1]
+-- Tokens (and so the generation) another server made are replaced first.
+table_tokens(key, ARGV[1], tonumber(ARGV[2]), server_id())
+local g = redis.call('HGET', key, 'g')
+if not g then
+  g = ARGV[1]
+  redis.call('HSET', key, 'g', g)
+end
+if ARGV[3] == '' then
+  local blob = redis.pcall('GET', KEYS[2])
+  if type(blob) ~= 'string' then blob = false end
+  return {g, blob, 0}
+end
+if g == ARGV[3] then return {g, false, 0} end
+local old = redis.call('HMGET', key, 'i', 'q')
+redis.call('HSET', key, 'i', renew(old[1], ARGV[4]), 'q', renew(old[2], ARGV[5]))
+return {g, false, 1}
 """,
 )
 
@@ -328,6 +410,8 @@ SCRIPTS = (
     TABLE_TOKENS,
     PARTITION_TOKEN,
     REPLACE_TOKENS,
+    TABLE_LIFECYCLE,
+    TABLE_GENERATION,
 )
 
 
@@ -738,6 +822,18 @@ def fill(requests: Sequence[FillRequest]) -> Op[list[tuple[int, int]]]:
     return [(int(reply[0]), int(reply[1])) for reply in replies]
 
 
+class Lifecycle(NamedTuple):
+    """A table lifecycle change, for :func:`invalidate`."""
+
+    schema_key: str
+    #: Forget the learned key schema and replace the table's generation.
+    forget_schema: bool = True
+    #: '' keeps a bulk-load mark on the tokens, '-' clears it, else the new mark.
+    mark: str = ""
+    #: Keep the table's token hash at least this long (a bulk load's bypass).
+    ttl_ms: int = 0
+
+
 def invalidate(
     keys: Sequence[str],
     settle_ms: int,
@@ -745,10 +841,15 @@ def invalidate(
     token_ttl_ms: int = 0,
     cluster: bool = False,
     channel: str | None = None,
-) -> Op[None]:
+    lifecycle: Sequence[tuple[str, Lifecycle]] = (),
+    generations: Sequence[tuple[str, str, bytes]] = (),
+) -> Op[list[str]]:
     """Drop items and replace table tokens, and tell the near caches: one round trip.
 
-    ``tokens`` holds (token key, True to drop item entries too, not only queries).
+    ``tokens`` holds (token key, True to drop item entries too, not only queries);
+    ``lifecycle`` (token key, change) pairs; ``generations`` (token key, schema
+    key, generation) for writes projected with a learned key schema. Returns the
+    token keys whose generation was not current (their tables were dropped whole).
     On a cluster, keys are grouped by slot (a script touches one slot).
     """
     groups = group_by_slot(keys) if cluster else [list(keys)]
@@ -758,11 +859,45 @@ def invalidate(
         Call(REPLACE_TOKENS, (key, new_token(), new_token(), int(items), token_ttl_ms), 1)
         for key, items in tokens
     ]
+    checked = len(calls)
+    calls += [
+        Call(
+            TABLE_GENERATION,
+            (key, schema_key, new_token(), token_ttl_ms, generation, new_token(), new_token()),
+            2,
+        )
+        for key, schema_key, generation in generations
+    ]
+    lifecycle_calls = [
+        Call(
+            TABLE_LIFECYCLE,
+            (
+                key,
+                change.schema_key,
+                new_token(),
+                new_token(),
+                new_token() if change.forget_schema else "",
+                change.mark,
+                max(token_ttl_ms, change.ttl_ms),
+            ),
+            2,
+        )
+        for key, change in lifecycle
+    ]
+    calls[checked:checked] = lifecycle_calls  # before the checks: they see the new generation
+    checked += len(lifecycle_calls)
     if calls and channel is not None:
-        message = encode_message(keys, [key for key, _ in tokens])
+        tables = [key for key, _ in tokens] + [key for key, _ in lifecycle]
+        message = encode_message(keys, tables)
         calls.append(Call(None, ("PUBLISH", channel, message)))
-    if calls:
-        yield RedisBatch(calls)
+    if not calls:
+        return []
+    replies = yield RedisBatch(calls)
+    return [
+        key
+        for (key, _, _), reply in zip(generations, replies[checked:], strict=False)
+        if int(reply[2])
+    ]
 
 
 def oversized(suspects: Sequence[tuple[str, str]], limit: int) -> Op[list[str]]:
@@ -782,10 +917,13 @@ def unlink(keys: Sequence[str]) -> Op[None]:
     yield RedisBatch([Call(None, ("UNLINK", key)) for key in keys])
 
 
-def get_value(key: str) -> Op[bytes | None]:
-    replies = yield RedisBatch([Call(None, ("GET", key))])
-    value = replies[0]
-    return value if isinstance(value, bytes) else None
+def read_schema(token_key: str, schema_key: str, token_ttl_ms: int) -> Op[tuple[bytes, bytes]]:
+    """A table's generation and its stored key schema (b"" when none): one round trip."""
+    replies = yield RedisBatch(
+        [Call(TABLE_GENERATION, (token_key, schema_key, new_token(), token_ttl_ms, ""), 2)]
+    )
+    generation, blob, _ = replies[0]
+    return bytes(generation), blob if isinstance(blob, bytes) else b""
 
 
 def set_value(key: str, value: bytes, ttl_s: int) -> Op[None]:

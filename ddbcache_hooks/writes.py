@@ -12,12 +12,14 @@ protocol then falls back to :func:`tables_named`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import partiql
 from .keys import Location, NotCanonical, TableRef, canonical_key
+
+WriteExtractor = Callable[[Mapping[str, Any], "Mapping[str, Any] | None", Location], "WriteSet"]
 
 
 @dataclass(frozen=True)
@@ -31,16 +33,31 @@ class ItemRef:
     is_key: bool
 
 
+#: Bulk load states after which nothing more is written.
+BULK_TERMINAL = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS", "CANCELLED", "FAILED"})
+#: Parameters that name the table an operation acts on (``ResourceArn`` only a table's).
+TABLE_PARAMS = ("TableName", "TableArn", "ResourceArn", "SourceTableName", "SourceTableArn")
+
+
 @dataclass
 class WriteSet:
     items: list[ItemRef] = field(default_factory=list)
-    #: Tables whose every entry must go, with the reason (for the log).
-    tables: dict[TableRef, str] = field(default_factory=dict)
+    #: Tables whose every entry must go, with the reason for the log (None: already reported).
+    tables: dict[TableRef, str | None] = field(default_factory=dict)
     #: Writes whose table could not be told at all (for the log).
     unknown: list[str] = field(default_factory=list)
+    #: Tables created, deleted, restored, imported into or bulk-loaded: every entry
+    #: and the learned key schema go, in every process.
+    lifecycle: set[TableRef] = field(default_factory=set)
+    #: Tables a bulk load started writing to (reads bypass the cache until it ends).
+    bulk_started: set[TableRef] = field(default_factory=set)
+    #: Tables whose bulk load reached a terminal state (the bypass ends, entries go).
+    bulk_ended: set[TableRef] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.items or self.tables)
+        return bool(
+            self.items or self.tables or self.lifecycle or self.bulk_started or self.bulk_ended
+        )
 
 
 def _items(
@@ -126,6 +143,81 @@ def partiql_transaction(
     return _statements(
         ((s["Statement"], s.get("Parameters")) for s in params["TransactStatements"]), location
     )
+
+
+def lifecycle(param: str) -> WriteExtractor:
+    """CreateTable, DeleteTable, UpdateTable, restores: the table named by ``param``."""
+
+    def extract(
+        params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+    ) -> WriteSet:
+        return WriteSet(lifecycle=set(location.refs(params[param])))
+
+    extract.__doc__ = f"The table named by {param}: every entry and its key schema go."
+    return extract
+
+
+def import_table(
+    params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+) -> WriteSet:
+    """ImportTable: the table it creates."""
+    return WriteSet(lifecycle=set(location.refs(params["TableCreationParameters"]["TableName"])))
+
+
+def start_bulk_load(
+    params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+) -> WriteSet:
+    """StartBulkPutItems: the table goes now, and reads bypass it until the load ends.
+
+    A load DynamoDB refused (an error response) writes nothing: no bypass.
+    """
+    tables = set(location.refs(params["TableName"]))
+    if response is not None and "Error" in response:
+        return WriteSet(lifecycle=tables)
+    return WriteSet(lifecycle=tables, bulk_started=set(tables))
+
+
+def bulk_load_status(
+    params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+) -> WriteSet:
+    """DescribeBulkOperation: the tables of a load that reached a terminal state."""
+    description = (response or {}).get("BulkOperationDescription") or {}
+    if description.get("BulkOperationStatus") not in BULK_TERMINAL:
+        return WriteSet()
+    details = description.get("TableDetails") or ()
+    ended = {t for d in details if "TableName" in d for t in location.refs(d["TableName"])}
+    return WriteSet(bulk_ended=ended)
+
+
+def whole_table(
+    params: Mapping[str, Any], response: Mapping[str, Any] | None, location: Location
+) -> WriteSet:
+    """An operation this version does not know: the tables it names, as a whole."""
+    return WriteSet(tables=dict.fromkeys(named_tables(params, location)))
+
+
+def named_tables(params: Mapping[str, Any], location: Location) -> list[TableRef]:
+    """Tables a request names at its top level (or as ``RequestItems`` keys).
+
+    An ARN the client's own account may or may not be yields both forms
+    (``Location.refs``). Never raises.
+    """
+    if not isinstance(params, Mapping):
+        return []
+    values = [params.get(param) for param in TABLE_PARAMS]
+    if ":table/" not in str(params.get("ResourceArn", ":table/")):
+        values.remove(params["ResourceArn"])
+    requested = params.get("RequestItems")
+    if isinstance(requested, Mapping):
+        values.extend(requested)
+    tables: list[TableRef] = []
+    for value in values:
+        if isinstance(value, str):
+            try:
+                tables += location.refs(value)
+            except NotCanonical:
+                continue
+    return list(dict.fromkeys(tables))
 
 
 def _statements(

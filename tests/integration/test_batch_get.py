@@ -21,7 +21,7 @@ def key(pk: str) -> dict[str, Any]:
 @pytest.fixture
 def tables(session: boto3.Session, cache: ddbcache_hooks.Registration) -> Any:
     c = session.client("dynamodb")
-    for name in ("a", "b", "c"):
+    for name in ("aaa", "bbb", "ccc"):
         make_table(c, name)
         for pk in ("1", "2", "3"):
             c.put_item(TableName=name, Item={**key(pk), "v": {"S": f"{name}{pk}"}})
@@ -29,9 +29,9 @@ def tables(session: boto3.Session, cache: ddbcache_hooks.Registration) -> Any:
 
 
 REQUEST = {
-    "a": {"Keys": [key("1"), key("2"), key("missing-a")]},
-    "b": {"Keys": [key("3"), key("missing-b")], "ProjectionExpression": "v"},
-    "c": {"Keys": [key("1"), key("2")], "ConsistentRead": True},
+    "aaa": {"Keys": [key("1"), key("2"), key("missing-a")]},
+    "bbb": {"Keys": [key("3"), key("missing-b")], "ProjectionExpression": "v"},
+    "ccc": {"Keys": [key("1"), key("2")], "ConsistentRead": True},
 }
 
 
@@ -42,7 +42,7 @@ def values(response: dict[str, Any]) -> dict[str, list[str]]:
 def test_first_call_counts_then_all_hits(tables: Any) -> None:
     calls = CallCounter().attach(tables)
     first = tables.batch_get_item(RequestItems=REQUEST)
-    assert values(first) == {"a": ["a1", "a2"], "b": ["b3"], "c": ["c1", "c2"]}
+    assert values(first) == {"aaa": ["aaa1", "aaa2"], "bbb": ["bbb3"], "ccc": ["ccc1", "ccc2"]}
     meta = first["CacheMetadata"]
     assert (meta["CacheHitCount"], meta["CacheMissCount"], meta["StronglyConsistentCount"]) == (
         0,
@@ -61,68 +61,68 @@ def test_first_call_counts_then_all_hits(tables: Any) -> None:
     )
     # Table c (ConsistentRead) still went to DynamoDB, alone.
     assert calls["BatchGetItem"] == 2
-    assert set(json.loads(calls.bodies[-1][1])["RequestItems"]) == {"c"}
+    assert set(json.loads(calls.bodies[-1][1])["RequestItems"]) == {"ccc"}
 
 
 def test_all_hits_make_no_real_call(tables: Any) -> None:
-    request = {"a": REQUEST["a"], "b": REQUEST["b"]}
+    request = {"aaa": REQUEST["aaa"], "bbb": REQUEST["bbb"]}
     tables.batch_get_item(RequestItems=request)
     calls = CallCounter().attach(tables)
     response = tables.batch_get_item(RequestItems=request)
     assert calls["BatchGetItem"] == 0
-    assert values(response) == {"a": ["a1", "a2"], "b": ["b3"]}
+    assert values(response) == {"aaa": ["aaa1", "aaa2"], "bbb": ["bbb3"]}
     assert response["CacheMetadata"]["CacheHitCount"] == 5
 
 
 def test_partial_hit_sends_only_the_missing_keys(tables: Any) -> None:
-    tables.get_item(TableName="a", Key=key("1"))  # one key already cached
+    tables.get_item(TableName="aaa", Key=key("1"))  # one key already cached
     calls = CallCounter().attach(tables)
     response = tables.batch_get_item(
-        RequestItems={"a": {"Keys": [key("1"), key("2"), key("missing")]}}
+        RequestItems={"aaa": {"Keys": [key("1"), key("2"), key("missing")]}}
     )
     assert calls["BatchGetItem"] == 1
     sent = json.loads(calls.bodies[0][1])["RequestItems"]
-    assert sent == {"a": {"Keys": [key("2"), key("missing")]}}
-    assert values(response) == {"a": ["a1", "a2"]}
+    assert sent == {"aaa": {"Keys": [key("2"), key("missing")]}}
+    assert values(response) == {"aaa": ["aaa1", "aaa2"]}
     assert response["CacheMetadata"]["CacheHitCount"] == 1
 
 
 def test_entries_are_shared_with_get_item(tables: Any) -> None:
-    tables.batch_get_item(RequestItems={"a": {"Keys": [key("1"), key("missing")]}})
-    assert "CacheMetadata" in tables.get_item(TableName="a", Key=key("1"))
-    absent = tables.get_item(TableName="a", Key=key("missing"))
+    tables.batch_get_item(RequestItems={"aaa": {"Keys": [key("1"), key("missing")]}})
+    assert "CacheMetadata" in tables.get_item(TableName="aaa", Key=key("1"))
+    absent = tables.get_item(TableName="aaa", Key=key("missing"))
     assert "CacheMetadata" in absent and "Item" not in absent
-    tables.get_item(TableName="b", Key=key("2"), ProjectionExpression="v")
+    tables.get_item(TableName="bbb", Key=key("2"), ProjectionExpression="v")
     again = tables.batch_get_item(
-        RequestItems={"b": {"Keys": [key("2")], "ProjectionExpression": "v"}}
+        RequestItems={"bbb": {"Keys": [key("2")], "ProjectionExpression": "v"}}
     )
     assert again["CacheMetadata"]["CacheHitCount"] == 1
-    assert again["Responses"]["b"] == [{"v": {"S": "b2"}}]
+    assert again["Responses"]["bbb"] == [{"v": {"S": "bbb2"}}]
 
 
 def test_writes_invalidate_batch_entries(tables: Any) -> None:
-    tables.batch_get_item(RequestItems={"a": {"Keys": [key("1")]}})
-    tables.put_item(TableName="a", Item={**key("1"), "v": {"S": "changed"}})
-    response = tables.batch_get_item(RequestItems={"a": {"Keys": [key("1")]}})
+    tables.batch_get_item(RequestItems={"aaa": {"Keys": [key("1")]}})
+    tables.put_item(TableName="aaa", Item={**key("1"), "v": {"S": "changed"}})
+    response = tables.batch_get_item(RequestItems={"aaa": {"Keys": [key("1")]}})
     assert (
-        values(response) == {"a": ["changed"]} and response["CacheMetadata"]["CacheHitCount"] == 0
+        values(response) == {"aaa": ["changed"]} and response["CacheMetadata"]["CacheHitCount"] == 0
     )
 
 
 def test_unprocessed_keys_are_returned_and_never_cached_as_absent(tables: Any) -> None:
     def leave_key_2_unprocessed(parsed: dict[str, Any], **_: Any) -> None:
-        parsed["Responses"]["a"] = [
-            i for i in parsed["Responses"]["a"] if i["pk"] != key("2")["pk"]
+        parsed["Responses"]["aaa"] = [
+            i for i in parsed["Responses"]["aaa"] if i["pk"] != key("2")["pk"]
         ]
-        parsed["UnprocessedKeys"] = {"a": {"Keys": [key("2")]}}
+        parsed["UnprocessedKeys"] = {"aaa": {"Keys": [key("2")]}}
 
     tables.meta.events.register_first("after-call.dynamodb.BatchGetItem", leave_key_2_unprocessed)
-    first = tables.batch_get_item(RequestItems={"a": {"Keys": [key("1"), key("2")]}})
+    first = tables.batch_get_item(RequestItems={"aaa": {"Keys": [key("1"), key("2")]}})
     tables.meta.events.unregister("after-call.dynamodb.BatchGetItem", leave_key_2_unprocessed)
-    assert first["UnprocessedKeys"] == {"a": {"Keys": [key("2")]}}
-    assert values(first) == {"a": ["a1"]}
-    second = tables.get_item(TableName="a", Key=key("2"))
-    assert "CacheMetadata" not in second and second["Item"]["v"] == {"S": "a2"}
+    assert first["UnprocessedKeys"] == {"aaa": {"Keys": [key("2")]}}
+    assert values(first) == {"aaa": ["aaa1"]}
+    second = tables.get_item(TableName="aaa", Key=key("2"))
+    assert "CacheMetadata" not in second and second["Item"]["v"] == {"S": "aaa2"}
 
 
 @pytest.mark.parametrize(
@@ -135,47 +135,49 @@ def test_unprocessed_keys_are_returned_and_never_cached_as_absent(tables: Any) -
 )
 def test_projection_without_the_key_still_caches(tables: Any, projection: dict[str, Any]) -> None:
     """The real call asks for the key too (to match items to keys); the caller never sees it."""
-    request = {"a": {"Keys": [key("1"), key("missing")], **projection}}
+    request = {"aaa": {"Keys": [key("1"), key("missing")], **projection}}
     calls = CallCounter().attach(tables)
     first = tables.batch_get_item(RequestItems=request)
     again = tables.batch_get_item(RequestItems=request)
-    assert first["Responses"] == again["Responses"] == {"a": [{"v": {"S": "a1"}}]}
+    assert first["Responses"] == again["Responses"] == {"aaa": [{"v": {"S": "aaa1"}}]}
     assert again["CacheMetadata"]["CacheHitCount"] == 2 and calls["BatchGetItem"] == 1
-    direct = tables.get_item(TableName="a", Key=key("1"), **projection)
-    assert direct["Item"] == {"v": {"S": "a1"}} and "CacheMetadata" in direct
+    direct = tables.get_item(TableName="aaa", Key=key("1"), **projection)
+    assert direct["Item"] == {"v": {"S": "aaa1"}} and "CacheMetadata" in direct
 
 
 def test_projection_that_names_the_key_keeps_it(tables: Any) -> None:
-    request = {"a": {"Keys": [key("1")], "ProjectionExpression": "pk, v"}}
+    request = {"aaa": {"Keys": [key("1")], "ProjectionExpression": "pk, v"}}
     tables.batch_get_item(RequestItems=request)
     again = tables.batch_get_item(RequestItems=request)
-    assert again["Responses"]["a"] == [{"pk": {"S": "1"}, "v": {"S": "a1"}}]
+    assert again["Responses"]["aaa"] == [{"pk": {"S": "1"}, "v": {"S": "aaa1"}}]
 
 
 @pytest.mark.parametrize("mode", ["TOTAL", "INDEXES"])
 def test_consumed_capacity_lists_every_table(tables: Any, mode: str) -> None:
-    tables.batch_get_item(RequestItems={"a": REQUEST["a"]})
+    tables.batch_get_item(RequestItems={"aaa": REQUEST["aaa"]})
     response = tables.batch_get_item(
-        RequestItems={"a": REQUEST["a"], "b": REQUEST["b"]}, ReturnConsumedCapacity=mode
+        RequestItems={"aaa": REQUEST["aaa"], "bbb": REQUEST["bbb"]}, ReturnConsumedCapacity=mode
     )
     capacity = {c["TableName"]: c for c in response["ConsumedCapacity"]}
-    assert set(capacity) == {"a", "b"}
-    assert capacity["a"]["CapacityUnits"] == 0.0  # served wholly from the cache
-    assert capacity["b"]["CapacityUnits"] > 0.0  # what the real call read
-    all_hits = tables.batch_get_item(RequestItems={"a": REQUEST["a"]}, ReturnConsumedCapacity=mode)
-    expected = {"TableName": "a", "CapacityUnits": 0.0}
+    assert set(capacity) == {"aaa", "bbb"}
+    assert capacity["aaa"]["CapacityUnits"] == 0.0  # served wholly from the cache
+    assert capacity["bbb"]["CapacityUnits"] > 0.0  # what the real call read
+    all_hits = tables.batch_get_item(
+        RequestItems={"aaa": REQUEST["aaa"]}, ReturnConsumedCapacity=mode
+    )
+    expected = {"TableName": "aaa", "CapacityUnits": 0.0}
     if mode == "INDEXES":
         expected["Table"] = {"CapacityUnits": 0.0}
     assert all_hits["ConsumedCapacity"] == [expected]
-    assert "ConsumedCapacity" not in tables.batch_get_item(RequestItems={"a": REQUEST["a"]})
+    assert "ConsumedCapacity" not in tables.batch_get_item(RequestItems={"aaa": REQUEST["aaa"]})
 
 
 def test_resource_batch_get_item(session: boto3.Session, tables: Any) -> None:
     resource = session.resource("dynamodb")
-    request = {"a": {"Keys": [{"pk": "1"}, {"pk": "2"}]}}
+    request = {"aaa": {"Keys": [{"pk": "1"}, {"pk": "2"}]}}
     resource.batch_get_item(RequestItems=request)
     response = resource.batch_get_item(RequestItems=request)
-    assert sorted(i["v"] for i in response["Responses"]["a"]) == ["a1", "a2"]
+    assert sorted(i["v"] for i in response["Responses"]["aaa"]) == ["aaa1", "aaa2"]
     assert response["CacheMetadata"]["CacheHitCount"] == 2
 
 
@@ -186,7 +188,7 @@ def counted(
     cache, Counting = counting_redis(redis_server.port)
     registration = ddbcache_hooks.register(session, cache, namespace=namespace)
     c = session.client("dynamodb")
-    for name in ("a", "b", "c"):
+    for name in ("aaa", "bbb", "ccc"):
         make_table(c, name)
     yield c, Counting
     registration.unregister()
@@ -198,7 +200,7 @@ def test_round_trips_do_not_grow_with_the_batch(counted: tuple[Any, Any], size: 
     per_table = [size // 3 + (1 if i < size % 3 else 0) for i in range(3)]
     request = {
         name: {"Keys": [key(f"{name}-{i}") for i in range(n)]}
-        for name, n in zip("abc", per_table, strict=True)
+        for name, n in zip(("aaa", "bbb", "ccc"), per_table, strict=True)
     }
     half = {name: {"Keys": spec["Keys"][::2]} for name, spec in request.items()}
     c.batch_get_item(RequestItems=half)  # warm half of the keys

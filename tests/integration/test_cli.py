@@ -180,11 +180,11 @@ def test_flush_table_keeps_other_tables_and_namespaces(
     theirs = ddbcache_hooks.register(other_session, redis_server.url, namespace=namespace + "x")
     try:
         c, o = session.client("dynamodb"), other_session.client("dynamodb")
-        make_table(c, "a")
-        make_table(c, "b")
+        make_table(c, "aaa")
+        make_table(c, "bbb")
         key = {"pk": {"S": "k"}}
         for client in (c, o):
-            for table in ("a", "b"):
+            for table in ("aaa", "bbb"):
                 client.get_item(TableName=table, Key=key)
         code, out = ddbcache(
             "flush",
@@ -193,19 +193,19 @@ def test_flush_table_keeps_other_tables_and_namespaces(
             "--namespace",
             namespace,
             "--table",
-            "a",
+            "aaa",
             "--yes",
         )
-        assert code == 0 and "dropped table 'a'" in out
-        assert "CacheMetadata" not in c.get_item(TableName="a", Key=key)
-        assert "CacheMetadata" in c.get_item(TableName="b", Key=key)
-        assert "CacheMetadata" in o.get_item(TableName="a", Key=key)  # other namespace untouched
+        assert code == 0 and "dropped table 'aaa'" in out
+        assert "CacheMetadata" not in c.get_item(TableName="aaa", Key=key)
+        assert "CacheMetadata" in c.get_item(TableName="bbb", Key=key)
+        assert "CacheMetadata" in o.get_item(TableName="aaa", Key=key)  # other namespace untouched
         code, out = ddbcache(
             "flush", "--redis-url", redis_server.url, "--namespace", namespace, "--yes"
         )
         assert code == 0
-        assert "CacheMetadata" not in c.get_item(TableName="b", Key=key)
-        assert "CacheMetadata" in o.get_item(TableName="b", Key=key)
+        assert "CacheMetadata" not in c.get_item(TableName="bbb", Key=key)
+        assert "CacheMetadata" in o.get_item(TableName="bbb", Key=key)
     finally:
         mine.unregister()
         theirs.unregister()

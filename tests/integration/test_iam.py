@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-import botocore.auth
 import pytest
 import redis
 
@@ -25,6 +24,7 @@ import ddbcache_hooks
 from ddbcache_hooks import cli, iam
 from ddbcache_hooks._redis_server import RedisServer, free_port
 from ddbcache_hooks.errors import ConfigurationError
+from tests.botocore_compat import pin_signing_clock, pin_source
 from tests.conftest import REGION, make_table
 from tests.servers import RedisCluster, free_cluster_port
 
@@ -111,7 +111,7 @@ def tls_cluster(
 @pytest.fixture
 def pinned_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """botocore signs at a fixed time: the token is reproducible."""
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: PINNED)
+    pin_signing_clock(monkeypatch, lambda: PINNED)
 
 
 @pytest.fixture
@@ -214,6 +214,7 @@ def test_connections_older_than_the_limit_reconnect_on_checkout(
         registration.unregister()
 
 
+@pytest.mark.aio
 def test_async_registration_connects_with_the_token_and_reconnects(
     tls_server: tuple[RedisServer, int, Path],
     admin: redis.Redis,
@@ -335,12 +336,7 @@ for _ in range(2):
 """
 
 # Pins botocore's signing clock in the child, as pinned_clock does here.
-PIN_CLOCK = f"""
-import datetime
-import botocore.auth
-
-botocore.auth.get_current_datetime = lambda: datetime.datetime.fromisoformat({PINNED.isoformat()!r})
-"""
+PIN_CLOCK = pin_source(PINNED)
 
 
 def test_environment_activation_with_iam(

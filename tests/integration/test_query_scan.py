@@ -432,10 +432,10 @@ def test_scan_admission_is_configurable(
     )
     try:
         c = session.client("dynamodb")
-        make_table(c, "t")
-        assert ["CacheMetadata" in c.scan(TableName="t") for _ in range(2)] == [False, True]
+        make_table(c, "tbl")
+        assert ["CacheMetadata" in c.scan(TableName="tbl") for _ in range(2)] == [False, True]
         q = {
-            "TableName": "t",
+            "TableName": "tbl",
             "KeyConditionExpression": "pk = :p",
             "ExpressionAttributeValues": {":p": {"S": "x"}},
         }
@@ -477,9 +477,9 @@ def test_query_ttl(session: boto3.Session, backend: Any, namespace: str) -> None
     )
     try:
         c = session.client("dynamodb")
-        make_table(c, "t")
+        make_table(c, "tbl")
         q = {
-            "TableName": "t",
+            "TableName": "tbl",
             "KeyConditionExpression": "pk = :p",
             "ExpressionAttributeValues": {":p": {"S": "x"}},
         }

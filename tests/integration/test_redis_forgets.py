@@ -38,14 +38,14 @@ def client_for(host: str, port: int) -> redis.Redis:
 
 
 def put(c: Any, value: str) -> None:
-    c.put_item(TableName="t", Item={**A, "v": {"S": value}})
+    c.put_item(TableName="tbl", Item={**A, "v": {"S": value}})
 
 
 def reads(c: Any, count: int = 3) -> list[tuple[str, bool]]:
     """``count`` reads of A: (value, served from the cache)."""
     out = []
     for _ in range(count):
-        answer = c.get_item(TableName="t", Key=A)
+        answer = c.get_item(TableName="tbl", Key=A)
         out.append((answer["Item"]["v"]["S"], "CacheMetadata" in answer))
     return out
 
@@ -79,7 +79,7 @@ def test_restart_from_a_snapshot_does_not_bring_back_invalidated_entries(
         )
         try:
             c = session.client("dynamodb")
-            make_table(c, "t")
+            make_table(c, "tbl")
             put(c, "1")
             assert reads(c, 2) == [("1", False), ("1", True)]
             assert [page(c), page(c)] == [("1", False), ("1", True)]
@@ -108,7 +108,7 @@ def test_failover_to_a_replica_that_missed_an_invalidation(
         )
         try:
             c = session.client("dynamodb")
-            make_table(c, "t")
+            make_table(c, "tbl")
             put(c, "1")
             assert reads(c, 2) == [("1", False), ("1", True)]
             settle_replicas(primary)  # the replica holds the entry of "1" ...
@@ -132,7 +132,7 @@ def test_fail_back_to_an_old_primary_that_missed_an_invalidation(
         )
         try:
             c = session.client("dynamodb")
-            make_table(c, "t")
+            make_table(c, "tbl")
             put(c, "1")
             settle_replicas(primary)
             promote(replica)  # a clean failover: nothing lost
@@ -171,7 +171,7 @@ def test_an_evicted_settle_marker_does_not_lengthen_a_fill(
         )
         try:
             c = session.client("dynamodb")
-            make_table(c, "t")
+            make_table(c, "tbl")
             put(c, "1")  # opens the window: a marker with a TTL of (at most) two windows
             markers = [
                 k
@@ -231,13 +231,13 @@ def test_a_cluster_master_restarted_from_a_snapshot_is_judged_on_its_own(
     )
     try:
         c = session.client("dynamodb")
-        make_table(c, "t")
+        make_table(c, "tbl")
         where: dict[str, int] = {}  # item -> master holding its hash
         known = set()
         for i in range(12):
             key = {"pk": {"S": f"k{i}"}}
-            c.put_item(TableName="t", Item={**key, "v": {"S": "1"}})
-            c.get_item(TableName="t", Key=key)
+            c.put_item(TableName="tbl", Item={**key, "v": {"S": "1"}})
+            c.get_item(TableName="tbl", Key=key)
             new = {k: n for k, n in _hashes_on(cluster, namespace).items() if k not in known}
             known.update(new)
             for hash_key, node in new.items():
@@ -255,13 +255,13 @@ def test_a_cluster_master_restarted_from_a_snapshot_is_judged_on_its_own(
 
         with cluster.client(where[x]) as node:
             node.save()  # the snapshot holds x's entry
-        c.put_item(TableName="t", Item={"pk": {"S": x}, "v": {"S": "2"}})  # acknowledged
+        c.put_item(TableName="tbl", Item={"pk": {"S": x}, "v": {"S": "2"}})  # acknowledged
         restarted.kill()
         restarted.restart()
         cluster.wait_consistent()
 
         def read(item: str) -> tuple[str, bool]:
-            answer = c.get_item(TableName="t", Key={"pk": {"S": item}})
+            answer = c.get_item(TableName="tbl", Key={"pk": {"S": item}})
             return answer["Item"]["v"]["S"], "CacheMetadata" in answer
 
         assert [read(x)[0] for _ in range(3)] == ["2", "2", "2"]

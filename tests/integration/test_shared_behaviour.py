@@ -28,7 +28,10 @@ import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
 from tests.conftest import CallCounter, make_table
 
-FLAVORS = ["sync", "async"]
+#: Every test here is marked ``shared``; the async flavour and the async-only tests
+#: also ``aio`` (they need the async extra: the sync nox sessions leave them out).
+pytestmark = pytest.mark.shared
+FLAVORS = ["sync", pytest.param("async", marks=pytest.mark.aio)]
 KEY = {"pk": {"S": "a"}}
 
 
@@ -346,6 +349,27 @@ async def _every_write_path_invalidates(f: Flavor) -> None:
 test_every_write_path_invalidates = shared(_every_write_path_invalidates)
 
 
+async def _table_lifecycle_and_missing_tables(f: Flavor) -> None:
+    """Delete + recreate serves no ghost; a write to a missing table is dropped quietly."""
+    await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "old"}})
+    await get(f)
+    assert "CacheMetadata" in await get(f)
+    await f.call("delete_table", TableName="items")
+    await create_items(f)
+    assert "Item" not in await get(f)
+
+    calls = CallCounter().attach(f.client)
+    await f.call("delete_table", TableName="items")
+    with pytest.raises(ClientError, match="ResourceNotFoundException"):
+        await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "new"}})
+    assert calls["DescribeTable"] == 0
+    await create_items(f)
+    assert "Item" not in await get(f)
+
+
+test_table_lifecycle_and_missing_tables = shared(_table_lifecycle_and_missing_tables)
+
+
 # --- leases ------------------------------------------------------------------------
 
 
@@ -381,6 +405,7 @@ def test_fill_racing_a_write_is_discarded(
     asyncio.run(main())
 
 
+@pytest.mark.aio
 def test_200_concurrent_async_misses_cost_one_read(
     moto_url: str, redis_server: RedisServer, namespace: str
 ) -> None:
@@ -434,6 +459,7 @@ def test_redis_down_is_invisible_and_the_breaker_stops_trying(
     asyncio.run(main())
 
 
+@pytest.mark.aio
 def test_register_async_rejects_mismatched_clients(redis_server: RedisServer) -> None:
     import aioboto3
 
@@ -458,6 +484,7 @@ def test_register_async_rejects_mismatched_clients(redis_server: RedisServer) ->
     asyncio.run(main())
 
 
+@pytest.mark.aio
 def test_async_invalidate_and_table(
     moto_url: str, redis_server: RedisServer, namespace: str
 ) -> None:
@@ -474,6 +501,7 @@ def test_async_invalidate_and_table(
     asyncio.run(main())
 
 
+@pytest.mark.aio
 def test_async_near_cache_and_counter_flush(
     moto_url: str, redis_server: RedisServer, namespace: str
 ) -> None:

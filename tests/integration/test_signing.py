@@ -25,11 +25,11 @@ KEY = b"k" * 32
 
 
 def put(c: Any, value: str) -> None:
-    c.put_item(TableName="t", Item={**A, "v": {"S": value}})
+    c.put_item(TableName="tbl", Item={**A, "v": {"S": value}})
 
 
 def read(c: Any) -> tuple[str, bool]:
-    answer = c.get_item(TableName="t", Key=A)
+    answer = c.get_item(TableName="tbl", Key=A)
     return answer["Item"]["v"]["S"], "CacheMetadata" in answer
 
 
@@ -55,7 +55,7 @@ def test_an_unsigned_schema_written_by_someone_else_is_not_trusted(
         first, real_redis.client(), namespace=namespace, signing_key=KEY
     )
     c = first.client("dynamodb")
-    make_table(c, "t")
+    make_table(c, "tbl")
     put(c, "1")  # learns the key schema (DescribeTable) and shares it, signed
     assert [read(c), read(c)] == [("1", False), ("1", True)]
     registration.unregister()
@@ -87,7 +87,7 @@ def test_an_old_signed_entry_copied_back_after_a_write_is_a_miss(
     )
     try:
         c = session.client("dynamodb")
-        make_table(c, "t")
+        make_table(c, "tbl")
         put(c, "1")
         assert [read(c), read(c)] == [("1", False), ("1", True)]
         key = entry_hash(raw, namespace)
@@ -113,7 +113,7 @@ def test_a_table_token_too_long_for_an_entry_is_replaced_and_counted(
     registration = ddbcache_hooks.register(session, real_redis.client(), namespace=namespace)
     try:
         c = session.client("dynamodb")
-        make_table(c, "t")
+        make_table(c, "tbl")
         put(c, "1")
         assert [read(c), read(c)] == [("1", False), ("1", True)]
         (tokens,) = [k for k in keys_of_type(raw, namespace, b"hash") if raw.hexists(k, "i")]
@@ -136,7 +136,7 @@ def test_registrations_with_different_signing_keys_in_one_namespace_are_reported
     ]
     try:
         clients = [s.client("dynamodb") for s in sessions]
-        make_table(clients[0], "t")
+        make_table(clients[0], "tbl")
         put(clients[0], "1")
         with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
             for _ in range(5):

@@ -240,3 +240,38 @@ def test_a_partition_hash_another_server_made_is_replaced_and_bounds_fills(
     fill_request = FillRequest(page, "", "L2", b"page", 60_000, 300, second.partition_since_ms)
     outcome, ttl = run(transport, store.fill([fill_request]))[0]
     assert outcome == store.FILL_STORED and 0 < ttl <= 300
+
+
+def test_a_token_hash_another_server_made_gets_a_new_generation_and_keeps_a_bulk_mark(
+    transport: SyncTransport, namespace: str, backend: Any
+) -> None:
+    tokens_key, schema_key = f"{namespace}:t:{{t}}", f"{namespace}:k:{{t}}"
+    raw = backend.client()
+
+    def generation() -> bytes:
+        found: bytes = run(transport, store.read_schema(tokens_key, schema_key, 60_000))[0]
+        return found
+
+    def tokens() -> tuple[bytes, bytes]:
+        request = LookupRequest(f"{namespace}:i:{{x}}:t", "", tokens_key, "L", 1000)
+        (reply,) = run(transport, store.lookup([request], 60_000, cluster=transport.cluster))
+        return reply.item_token, reply.query_token
+
+    first = generation()
+    assert generation() == first
+    mark = store.Lifecycle(schema_key, forget_schema=False, mark="B99999999999999:", ttl_ms=60_000)
+    run(
+        transport,
+        store.invalidate([], 0, (), 60_000, transport.cluster, lifecycle=[(tokens_key, mark)]),
+    )
+    assert generation() == first  # a bulk load keeps the generation
+    marked = tokens()
+    raw.hset(tokens_key, "n", "another-server")  # what a restart or a failover leaves
+    renewed = generation()
+    assert renewed != first
+    after = tokens()
+    assert after != marked and all(t.startswith(b"B99999999999999:") for t in after)
+    raw.hset(tokens_key, "n", "another-server")
+    run(transport, store.invalidate([], 0, [(tokens_key, False)], 60_000, transport.cluster))
+    assert raw.hget(tokens_key, "g") is None  # replaced tokens: no generation of the other's
+    assert generation() not in (first, renewed)

@@ -70,22 +70,22 @@ def served_from_cache(client: Any, table: str, key: dict[str, Any]) -> bool:
 
 
 WRITES: dict[str, Callable[[Any, str], None]] = {
-    "PutItem": lambda c, k: c.put_item(TableName="t", Item={"pk": {"S": k}, "v": {"S": "new"}}),
+    "PutItem": lambda c, k: c.put_item(TableName="tbl", Item={"pk": {"S": k}, "v": {"S": "new"}}),
     "UpdateItem": lambda c, k: c.update_item(
-        TableName="t",
+        TableName="tbl",
         Key={"pk": {"S": k}},
         UpdateExpression="SET v = :v",
         ExpressionAttributeValues={":v": {"S": "new"}},
     ),
-    "DeleteItem": lambda c, k: c.delete_item(TableName="t", Key={"pk": {"S": k}}),
+    "DeleteItem": lambda c, k: c.delete_item(TableName="tbl", Key={"pk": {"S": k}}),
     "BatchWriteItem": lambda c, k: c.batch_write_item(
-        RequestItems={"t": [{"PutRequest": {"Item": {"pk": {"S": k}, "v": {"S": "new"}}}}]}
+        RequestItems={"tbl": [{"PutRequest": {"Item": {"pk": {"S": k}, "v": {"S": "new"}}}}]}
     ),
     "TransactWriteItems": lambda c, k: c.transact_write_items(
-        TransactItems=[{"Delete": {"TableName": "t", "Key": {"pk": {"S": k}}}}]
+        TransactItems=[{"Delete": {"TableName": "tbl", "Key": {"pk": {"S": k}}}}]
     ),
     "ExecuteStatement": lambda c, k: c.execute_statement(
-        Statement="UPDATE t SET v = 'new' WHERE pk = ?", Parameters=[{"S": k}]
+        Statement="UPDATE tbl SET v = 'new' WHERE pk = ?", Parameters=[{"S": k}]
     ),
 }
 
@@ -94,8 +94,8 @@ def test_unregistered_writes_stop_being_served_once_the_consumer_applied_them(
     moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, cached: Any
 ) -> None:
     client, _ = cached
-    stream_table(plain, "t")
-    consumer = consumer_for(moto_url, redis_server.url, namespace, "t", poll_ms=5)
+    stream_table(plain, "tbl")
+    consumer = consumer_for(moto_url, redis_server.url, namespace, "tbl", poll_ms=5)
     consumer.step()  # starts following the stream (from its tip)
     stop = threading.Event()
     worker = threading.Thread(target=consumer.run, args=(stop,))
@@ -104,20 +104,20 @@ def test_unregistered_writes_stop_being_served_once_the_consumer_applied_them(
     try:
         for operation, write in WRITES.items():
             key = {"pk": {"S": operation}}
-            plain.put_item(TableName="t", Item={**key, "v": {"S": "old"}})
+            plain.put_item(TableName="tbl", Item={**key, "v": {"S": "old"}})
             time.sleep(0.05)  # that put's record applied too: the entry below stays
-            client.get_item(TableName="t", Key=key)
-            assert served_from_cache(client, "t", key)
+            client.get_item(TableName="tbl", Key=key)
+            assert served_from_cache(client, "tbl", key)
             write(plain, operation)
             written = time.monotonic()
             for _ in range(500):
-                if not served_from_cache(client, "t", key):
+                if not served_from_cache(client, "tbl", key):
                     break
                 time.sleep(0.002)
             else:
                 pytest.fail(f"{operation} through an unregistered client is still served")
             delays[operation] = (time.monotonic() - written) * 1000
-            fresh = client.get_item(TableName="t", Key=key).get("Item", {}).get("v")
+            fresh = client.get_item(TableName="tbl", Key=key).get("Item", {}).get("v")
             assert fresh in (None, {"S": "new"})
     finally:
         stop.set()
@@ -135,17 +135,17 @@ def test_first_start_reads_from_the_tip_and_drops_what_was_cached(
     moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, cached: Any
 ) -> None:
     client, _ = cached
-    stream_table(plain, "t")
+    stream_table(plain, "tbl")
     key = {"pk": {"S": "a"}}
-    plain.put_item(TableName="t", Item=key)
-    client.get_item(TableName="t", Key=key)
-    assert served_from_cache(client, "t", key)
-    consumer = consumer_for(moto_url, redis_server.url, namespace, "t")
+    plain.put_item(TableName="tbl", Item=key)
+    client.get_item(TableName="tbl", Key=key)
+    assert served_from_cache(client, "tbl", key)
+    consumer = consumer_for(moto_url, redis_server.url, namespace, "tbl")
     assert consumer.step() == 0  # the put before the start is not read again
-    assert not served_from_cache(client, "t", key)  # but the table was dropped
-    assert served_from_cache(client, "t", key)
+    assert not served_from_cache(client, "tbl", key)  # but the table was dropped
+    assert served_from_cache(client, "tbl", key)
     assert consumer.step() == 0
-    assert served_from_cache(client, "t", key)  # dropped once, not every round
+    assert served_from_cache(client, "tbl", key)  # dropped once, not every round
     assert consumer.stats()["stream_table_drops"] == 1
 
 
@@ -153,23 +153,23 @@ def test_a_restarted_consumer_resumes_from_its_checkpoint(
     moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, cached: Any
 ) -> None:
     client, _ = cached
-    stream_table(plain, "t", range_key=True)
-    first = consumer_for(moto_url, redis_server.url, namespace, "t")
+    stream_table(plain, "tbl", range_key=True)
+    first = consumer_for(moto_url, redis_server.url, namespace, "tbl")
     first.step()
     for n in range(5):
-        plain.put_item(TableName="t", Item={"pk": {"S": "p"}, "sk": {"N": str(n)}})
+        plain.put_item(TableName="tbl", Item={"pk": {"S": "p"}, "sk": {"N": str(n)}})
     assert first.step() == 5
     first.release()
     for n in range(5, 8):
-        plain.put_item(TableName="t", Item={"pk": {"S": "p"}, "sk": {"N": str(n)}})
+        plain.put_item(TableName="tbl", Item={"pk": {"S": "p"}, "sk": {"N": str(n)}})
     key = {"pk": {"S": "p"}, "sk": {"N": "7"}}
-    client.get_item(TableName="t", Key=key)
-    assert served_from_cache(client, "t", key)
-    plain.delete_item(TableName="t", Key=key)
-    second = consumer_for(moto_url, redis_server.url, namespace, "t")
+    client.get_item(TableName="tbl", Key=key)
+    assert served_from_cache(client, "tbl", key)
+    plain.delete_item(TableName="tbl", Key=key)
+    second = consumer_for(moto_url, redis_server.url, namespace, "tbl")
     assert second.step() == 4  # the three puts and the delete after the checkpoint
     assert second.stats()["stream_table_drops"] == 0
-    assert "Item" not in client.get_item(TableName="t", Key=key)
+    assert "Item" not in client.get_item(TableName="tbl", Key=key)
 
 
 def test_a_record_drops_its_partitions_query_pages_and_no_others(
@@ -208,13 +208,13 @@ def test_one_round_costs_few_redis_round_trips(
     moto_url: str, redis_server: RedisServer, namespace: str, plain: Any
 ) -> None:
     """Checkpoints read, leases renewed, one delivery for every record, checkpoints written."""
-    stream_table(plain, "t")
-    stream_table(plain, "u")
+    stream_table(plain, "tbl")
+    stream_table(plain, "utbl")
     redis_client, counting = counting_redis(redis_server.port)
-    consumer = consumer_for(moto_url, redis_client, namespace, "t", "u")
+    consumer = consumer_for(moto_url, redis_client, namespace, "tbl", "utbl")
     consumer.step()
     for n in range(20):
-        plain.put_item(TableName="t" if n % 2 else "u", Item={"pk": {"S": str(n)}})
+        plain.put_item(TableName="tbl" if n % 2 else "utbl", Item={"pk": {"S": str(n)}})
     counting.sends = 0
     assert consumer.step() == 20
     assert counting.sends == 4
@@ -232,7 +232,7 @@ def test_cli_streams_follows_and_reports_in_stats(
     import sys
 
     client, _ = cached
-    stream_table(plain, "t")
+    stream_table(plain, "tbl")
     env = {
         **os.environ,
         "AWS_ENDPOINT_URL": moto_url,
@@ -241,7 +241,7 @@ def test_cli_streams_follows_and_reports_in_stats(
         "DDBCACHE_METRICS_FLUSH_S": "1",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "ddbcache_hooks", "streams", "--table", "t", "--poll-ms", "10"],
+        [sys.executable, "-m", "ddbcache_hooks", "streams", "--table", "tbl", "--poll-ms", "10"],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -250,13 +250,13 @@ def test_cli_streams_follows_and_reports_in_stats(
         assert process.stdout is not None
         assert "following the streams of t" in process.stdout.readline()
         key = {"pk": {"S": "a"}}
-        plain.put_item(TableName="t", Item=key)
-        client.get_item(TableName="t", Key=key)
+        plain.put_item(TableName="tbl", Item=key)
+        client.get_item(TableName="tbl", Key=key)
         time.sleep(0.3)  # past the consumer's start and its drop
-        client.get_item(TableName="t", Key=key)
-        plain.delete_item(TableName="t", Key=key)
+        client.get_item(TableName="tbl", Key=key)
+        plain.delete_item(TableName="tbl", Key=key)
         for _ in range(500):
-            if "Item" not in client.get_item(TableName="t", Key=key):
+            if "Item" not in client.get_item(TableName="tbl", Key=key):
                 break
             time.sleep(0.01)
         else:
@@ -308,13 +308,13 @@ def test_a_round_redis_did_not_take_is_read_again(
     """Nothing is checkpointed that was not applied: after an outage the records come again."""
     from redis.exceptions import RedisError
 
-    stream_table(plain, "t")
+    stream_table(plain, "tbl")
     # A Redis that keeps its data over the outage (else the consumer starts afresh).
     with RedisServer(extra_args=("--appendonly", "yes"), workdir=str(tmp_path)) as server:
-        consumer = consumer_for(moto_url, server.url, namespace, "t")
+        consumer = consumer_for(moto_url, server.url, namespace, "tbl")
         consumer.step()
         for n in range(3):
-            plain.put_item(TableName="t", Item={"pk": {"S": str(n)}})
+            plain.put_item(TableName="tbl", Item={"pk": {"S": str(n)}})
         server.stop()
         with pytest.raises(RedisError):
             consumer.step()
@@ -331,16 +331,16 @@ def test_a_record_sends_the_near_cache_message_a_registered_write_sends(
     import redis
 
     client, _ = cached
-    stream_table(plain, "t")
-    consumer = consumer_for(moto_url, redis_server.url, namespace, "t")
+    stream_table(plain, "tbl")
+    consumer = consumer_for(moto_url, redis_server.url, namespace, "tbl")
     consumer.step()
-    plain.put_item(TableName="t", Item={"pk": {"S": "a"}})
+    plain.put_item(TableName="tbl", Item={"pk": {"S": "a"}})
     assert consumer.step() == 1
     subscriber = redis.Redis(port=redis_server.port).pubsub()
     subscriber.subscribe(consumer.protocol.channel)
     assert subscriber.get_message(timeout=1)["type"] == "subscribe"
     key = {"pk": {"S": "a"}}
-    client.delete_item(TableName="t", Key=key)  # registered: publishes, and is streamed
+    client.delete_item(TableName="tbl", Key=key)  # registered: publishes, and is streamed
     from_write = subscriber.get_message(timeout=1)
     assert consumer.step() == 1
     from_record = subscriber.get_message(timeout=1)

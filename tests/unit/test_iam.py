@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import boto3
-import botocore.auth
 import botocore.session
 import botocore.signers
 import pytest
@@ -30,6 +29,7 @@ from ddbcache_hooks.iam import (
     IAMSSLConnection,
     redis_options,
 )
+from tests.botocore_compat import pin_signing_clock
 
 START = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
 
@@ -51,7 +51,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", fake.wall)
+    pin_signing_clock(monkeypatch, fake.wall)
     return fake
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from ddbcache_hooks import expressions, keys
 from ddbcache_hooks.keys import KeyLayout, NotCanonical
+from tests.botocore_compat import CREDENTIALS_CARRY_ACCOUNT
 
 T = keys.TableRef("aws", "us-east-1", "", "t")
 
@@ -268,6 +269,15 @@ def test_location_of_a_client() -> None:
         region_name="us-east-1", endpoint_url="http://LOCALHOST:8000/"
     ) == keys.Location("http://localhost:8000", "us-east-1")
     # The own account: the option, else static credentials that carry it.
+    assert location(region_name="eu-west-1").own_account == ""
+    assert keys.location_of(boto3.client("dynamodb", region_name="eu-west-1"), OWN) == (
+        keys.Location("aws", "eu-west-1", OWN)
+    )
+    if not CREDENTIALS_CARRY_ACCOUNT:
+        # botocore before 1.35: credentials carry no account; only the option tells it.
+        with pytest.raises(TypeError, match="aws_account_id"):
+            location(region_name="eu-west-1", aws_account_id=OWN)
+        return
     assert location(region_name="eu-west-1", aws_account_id=OWN).own_account == OWN
     client = boto3.client(
         "dynamodb",

@@ -255,7 +255,7 @@ def test_query_pages_hang_off_their_partition_when_it_is_certain() -> None:
     t = TableRef("aws", "us-east-1", "", "t")
     schemas = {t: TableSchema(("pk", "sk"), frozenset({"gsi"}), frozenset({"lsi"}), True)}
     settings = Settings.resolve({})
-    p = Planner(settings, KeyLayout(settings.namespace), schemas)
+    p = Planner(settings, KeyLayout(settings.namespace), schemas.get)
     values = {":p": {"N": "1"}, ":s": {"N": "2"}}
     a = _page(p, KeyConditionExpression="pk = :p AND sk > :s", ExpressionAttributeValues=values)
     partition_a = p.partition_key(t, ("pk", {"N": "1.0"}))
@@ -290,7 +290,9 @@ def test_query_pages_hang_off_their_partition_when_it_is_certain() -> None:
     )
     assert two.partition_key == table_wide
     # The key_schema option names the partition key of the tables so named, anywhere.
-    configured = Planner(settings, KeyLayout(settings.namespace), {}, {"t": TableSchema(("pk",))})
+    configured = Planner(
+        settings, KeyLayout(settings.namespace), None, {"t": TableSchema(("pk",))}
+    )
     named = _page(
         configured, KeyConditionExpression="pk = :p AND sk = :s", ExpressionAttributeValues=values
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 from ddbcache_hooks.resilience import CLOSED, HALF_OPEN, OPEN, Backlog, CircuitBreaker, Invalidation
 from ddbcache_hooks.stats import Stats
+from ddbcache_hooks.store import Lifecycle
 
 
 class Clock:
@@ -118,3 +119,20 @@ def test_orphans_are_kept_until_handled_and_dropped_after_repeated_failures() ->
     for _ in range(Orphans.ATTEMPTS):
         orphans.failed()
     assert not orphans
+
+
+def test_backlog_keeps_table_lifecycle_changes_and_generation_checks() -> None:
+    backlog = Backlog(limit=10, stats=Stats())
+    change = Lifecycle("CC:k:{t}", forget_schema=True, mark="")
+    backlog.add(
+        Invalidation(
+            items=[("CC:t:{u}", "CC:i:{x}:u")],
+            lifecycle={"CC:t:{t}": change},
+            generations={"CC:t:{u}": ("CC:k:{u}", b"g1")},
+        )
+    )
+    pending, upto = backlog.snapshot()
+    assert pending.lifecycle == {"CC:t:{t}": change}
+    assert pending.generations == {"CC:t:{u}": ("CC:k:{u}", b"g1")}
+    backlog.discard(pending, upto)
+    assert not backlog and backlog.snapshot()[0].generations == {}
