@@ -290,9 +290,7 @@ def test_query_pages_hang_off_their_partition_when_it_is_certain() -> None:
     )
     assert two.partition_key == table_wide
     # The key_schema option names the partition key of the tables so named, anywhere.
-    configured = Planner(
-        settings, KeyLayout(settings.namespace), None, {"t": TableSchema(("pk",))}
-    )
+    configured = Planner(settings, KeyLayout(settings.namespace), None, {"t": TableSchema(("pk",))})
     named = _page(
         configured, KeyConditionExpression="pk = :p AND sk = :s", ExpressionAttributeValues=values
     )
