@@ -53,7 +53,7 @@ def reads(c: Any, count: int = 3) -> list[tuple[str, bool]]:
 def page(c: Any) -> tuple[str, bool]:
     """A Query page of A's partition: (A's value on it, served from the cache)."""
     answer = c.query(
-        TableName="t", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": A["pk"]}
+        TableName="tbl", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": A["pk"]}
     )
     return answer["Items"][0]["v"]["S"], "CacheMetadata" in answer
 
