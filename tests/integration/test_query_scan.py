@@ -337,9 +337,9 @@ def test_strict_mode_never_reads_a_gsi_consistently(
     )
     try:
         c = session.client("dynamodb")
-        make_table(c, "t", ("pk", "S"), ("sk", "N"), gsi=("by_s", "s", "S"))
-        c.put_item(TableName="t", Item={"pk": {"S": "a"}, "sk": {"N": "1"}, "s": {"S": "x"}})
-        gsi = {**GSI_QUERY, "TableName": "t", "IndexName": "by_s"}
+        make_table(c, "tbl", ("pk", "S"), ("sk", "N"), gsi=("by_s", "s", "S"))
+        c.put_item(TableName="tbl", Item={"pk": {"S": "a"}, "sk": {"N": "1"}, "s": {"S": "x"}})
+        gsi = {**GSI_QUERY, "TableName": "tbl", "IndexName": "by_s"}
         gsi["ExpressionAttributeNames"] = {"#s": "s"}
         gsi["ExpressionAttributeValues"] = {":s": {"S": "x"}}
         assert c.query(**gsi)["Count"] == 1
@@ -356,14 +356,14 @@ def test_ttl_mode_leaves_pages_to_their_ttl(
     )
     try:
         c = session.client("dynamodb")
-        make_table(c, "t")
+        make_table(c, "tbl")
         q = {
-            "TableName": "t",
+            "TableName": "tbl",
             "KeyConditionExpression": "pk = :p",
             "ExpressionAttributeValues": {":p": {"S": "a"}},
         }
         before = c.query(**q)
-        c.put_item(TableName="t", Item={"pk": {"S": "a"}})
+        c.put_item(TableName="tbl", Item={"pk": {"S": "a"}})
         after = c.query(**q)
         assert _hit(after) and after["Count"] == before["Count"] == 0
     finally:
@@ -378,13 +378,13 @@ def test_settle_window_bounds_page_fills_after_a_write(
     )
     try:
         c = session.client("dynamodb")
-        make_table(c, "t")
+        make_table(c, "tbl")
         q = {
-            "TableName": "t",
+            "TableName": "tbl",
             "KeyConditionExpression": "pk = :p",
             "ExpressionAttributeValues": {":p": {"S": "a"}},
         }
-        c.put_item(TableName="t", Item={"pk": {"S": "a"}})  # opens a 400 ms window for "a"
+        c.put_item(TableName="tbl", Item={"pk": {"S": "a"}})  # opens a 400 ms window for "a"
         c.query(**q)  # filled with at most the rest of the window
         assert _hit(c.query(**q))
         time.sleep(0.45)

@@ -176,16 +176,16 @@ def test_a_record_drops_its_partitions_query_pages_and_no_others(
     moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, cached: Any
 ) -> None:
     client, _ = cached
-    stream_table(plain, "t", range_key=True)
-    consumer = consumer_for(moto_url, redis_server.url, namespace, "t")
+    stream_table(plain, "tbl", range_key=True)
+    consumer = consumer_for(moto_url, redis_server.url, namespace, "tbl")
     consumer.step()
     for pk in ("p", "q"):
-        plain.put_item(TableName="t", Item={"pk": {"S": pk}, "sk": {"N": "1"}})
+        plain.put_item(TableName="tbl", Item={"pk": {"S": pk}, "sk": {"N": "1"}})
     assert consumer.step() == 2
 
     def page(pk: str) -> tuple[int, bool]:
         answer = client.query(
-            TableName="t",
+            TableName="tbl",
             KeyConditionExpression="pk = :p",
             ExpressionAttributeValues={":p": {"S": pk}},
         )
@@ -197,7 +197,7 @@ def test_a_record_drops_its_partitions_query_pages_and_no_others(
         (1, False),
         (1, True),
     ]
-    plain.put_item(TableName="t", Item={"pk": {"S": "p"}, "sk": {"N": "2"}})
+    plain.put_item(TableName="tbl", Item={"pk": {"S": "p"}, "sk": {"N": "2"}})
     assert consumer.step() == 1
     assert page("p") == (2, False)  # the record dropped the partition's page
     assert page("q") == (1, True)  # another partition's page still serves
