@@ -209,7 +209,9 @@ class Protocol:
                 pending.append(slot)
         return pending
 
-    def _lookup(self, slots: Sequence[Slot], *, drop: bool) -> Op[None]:
+    def _lookup(self, slots: Sequence[Slot], *, drop: bool, plain: bool = True) -> Op[None]:
+        """Look the slots up; ``plain=False``: the lookup script at once (a waiter's
+        poll, which mostly finds the lease still held: one round trip, not two)."""
         deadline = self.clock.deadline_ms(self.call_timeout_ms)
         requests = [
             store.LookupRequest(
@@ -232,7 +234,7 @@ class Protocol:
             requests,
             self.token_ttl_ms,
             cluster=self.cluster,
-            servers=self.servers,
+            servers=self.servers if plain else None,
             deadline=lambda: self.clock.deadline_ms(self.call_timeout_ms),
         )
         for slot, request, reply in zip(slots, requests, replies, strict=True):
@@ -335,7 +337,7 @@ class Protocol:
             pause = _WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)] * (1 + random.random() / 2)
             yield Sleep(min(pause, remaining))
             step += 1
-            yield from self._lookup([slot], drop=False)
+            yield from self._lookup([slot], drop=False, plain=False)
             if slot.state == STALE:
                 yield from self._lookup([slot], drop=True)
 
