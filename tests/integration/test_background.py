@@ -200,7 +200,7 @@ def test_an_idle_writers_invalidation_is_replayed_in_the_background(
     assert '"backlog_replayed": 1' in writer.finish()
 
 
-@pytest.mark.parametrize("mode", ["exit", "async exit"])
+@pytest.mark.parametrize("mode", ["exit", pytest.param("async exit", marks=pytest.mark.aio)])
 def test_held_invalidations_are_flushed_at_exit(
     mode: str,
     tmp_path: Path,

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import boto3
+import pytest
 import redis
 import redis.asyncio as aredis
 import redis.connection
@@ -116,6 +117,7 @@ def test_200_threads_missing_one_item_through_a_default_client_cost_one_read(
         registration.unregister()
 
 
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
 def test_200_tasks_missing_one_item_through_a_default_async_client_cost_one_read(
     redis_server: RedisServer, namespace: str, moto_url: str
 ) -> None:
@@ -329,6 +331,7 @@ def test_cluster_clients_get_a_blocking_pool_per_node(
         registration.unregister()
 
 
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
 def test_async_cluster_clients_are_rebuilt_with_the_policy(
     redis_cluster: Any, namespace: str, moto_url: str
 ) -> None:
@@ -397,6 +400,7 @@ def _self_signed(directory: Any) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
 def test_tls_settings_of_the_users_client_are_kept(
     tmp_path: Any, namespace: str, moto_url: str
 ) -> None:

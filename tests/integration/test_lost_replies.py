@@ -266,6 +266,7 @@ async def _wait(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     return check()
 
 
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
 def test_a_cancelled_async_write_is_invalidated(
     moto_url: str, redis_server: RedisServer, namespace: str
 ) -> None:
@@ -286,6 +287,7 @@ def test_a_cancelled_async_write_is_invalidated(
     _async_case(moto_url, redis_server, namespace, body)
 
 
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
 def test_a_cancelled_invalidation_is_completed(
     moto_url: str, redis_server: RedisServer, namespace: str
 ) -> None:
@@ -309,6 +311,7 @@ def test_a_cancelled_invalidation_is_completed(
     )
 
 
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
 def test_a_cancelled_async_miss_gives_its_lease_back(
     moto_url: str, redis_server: RedisServer, namespace: str
 ) -> None:
