@@ -69,7 +69,7 @@ async def drive(op: Op[T], transport: AsyncTransport, hooks: AsyncHooks | None) 
         effect = next(op)
         while True:
             if isinstance(effect, RedisBatch):
-                result: Any = await transport.execute(effect.calls)
+                result: Any = await transport.execute(effect.calls, effect.errors_as_values)
             elif isinstance(effect, Sleep):
                 await asyncio.sleep(effect.seconds)
                 result = None

@@ -355,7 +355,7 @@ OPTIONS: tuple[Option, ...] = (
         "compress_min_bytes",
         16384,
         _positive_int,
-        "Entries from this size are compressed.",
+        "Entries from this size are compressed (zstd where installed, else zlib).",
         _env_int,
     ),
     Option(

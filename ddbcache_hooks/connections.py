@@ -121,7 +121,34 @@ class Policy:
         }
 
 
+class ConnectCount:
+    """How many connections the library's own pools have (re)established, ever.
+
+    A server that restarted, or an endpoint that now names another (promoted)
+    server, is only reached over a connection made after the change; so a value
+    learned from the server (its identity, store.ServerIds) holds only while
+    this count stays the same. Shared by every pool of the process.
+    """
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def bump(self, connection: Any = None) -> None:
+        self.value += 1
+
+
+CONNECTS = ConnectCount()
+
+
 class _BlockingPool(redis.BlockingConnectionPool):
+    #: Its connections report every (re)connect to CONNECTS.
+    counts_connects = True
+
+    def make_connection(self) -> Any:
+        connection = super().make_connection()  # type: ignore[no-untyped-call]
+        connection.register_connect_callback(CONNECTS.bump)
+        return connection
+
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -147,6 +174,13 @@ def _cluster_pool(wait_s: float, connection_class: Any = None) -> type[_Blocking
 
 
 class _AsyncBlockingPool(aredis.BlockingConnectionPool):
+    counts_connects = True
+
+    def make_connection(self) -> Any:
+        connection = super().make_connection()  # type: ignore[no-untyped-call]
+        connection.register_connect_callback(CONNECTS.bump)
+        return connection
+
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]

@@ -30,9 +30,13 @@ class Call(NamedTuple):
     args: tuple[Any, ...]
     #: For scripts: how many of ``args`` are keys. For commands: unused.
     numkeys: int = 0
+    #: On a cluster, a key whose node a keyless command (``TIME``) goes to.
+    route: str = ""
 
     @property
     def first_key(self) -> str:
+        if self.route:
+            return self.route
         return str(self.args[0] if self.script else self.args[1])
 
 
@@ -40,6 +44,9 @@ class RedisBatch(NamedTuple):
     """Commands sent together: one round trip (one per node, in parallel, on a cluster)."""
 
     calls: Sequence[Call]
+    #: Error replies come back as values (plain reads: a key of another type is
+    #: the lookup script's to clean up) instead of failing the batch.
+    errors_as_values: bool = False
 
 
 class Sleep(NamedTuple):

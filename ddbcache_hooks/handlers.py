@@ -355,7 +355,7 @@ def drive(op: Op[T], transport: SyncTransport, describe: Callable[[str], TableSc
         effect = next(op)
         while True:
             if isinstance(effect, RedisBatch):
-                result: Any = transport.execute(effect.calls)
+                result: Any = transport.execute(effect.calls, effect.errors_as_values)
             elif isinstance(effect, Sleep):
                 time.sleep(effect.seconds)
                 result = None

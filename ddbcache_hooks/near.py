@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import threading
 import time
 import weakref
@@ -72,6 +73,8 @@ class NearCache:
         self._evicted: OrderedDict[str, int] = OrderedDict()
         self._floor = 0
         self.online = False
+        #: Applies invalidation messages already received (set by the Subscriber).
+        self.catch_up: Any = None
 
     def __repr__(self) -> str:
         return f"NearCache(max_items={self.max_items}, ttl_ms={self.ttl_ms})"
@@ -81,6 +84,16 @@ class NearCache:
 
     def epoch(self) -> int:
         return self._epoch
+
+    def refresh(self) -> None:
+        """Apply the invalidation messages that have already arrived, before serving.
+
+        Without it, a message waits for the subscriber thread, which a busy
+        thread of the process holds off for a GIL switch interval or more.
+        """
+        catch_up = self.catch_up
+        if catch_up is not None:
+            catch_up()
 
     def get(self, key: str, field: str) -> bytes | None:
         with self._lock:
@@ -137,6 +150,7 @@ class NearCache:
         holds may be served until its own subscriber is up."""
         self._lock = threading.Lock()  # the parent's may be held by a thread gone here
         self.online = False
+        self.catch_up = None  # the parent's subscription is not this process's
         self.clear()
 
     def _remember(self, name: str) -> None:
@@ -192,6 +206,8 @@ class Subscriber:
         self._retry_s = retry_s
         self._stopped = threading.Event()
         self._pubsub: Any = None
+        #: Held while reading the subscription (this thread, or a reader catching up).
+        self._read_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="ddbcache-near", daemon=True)
         self._thread.start()
 
@@ -208,12 +224,26 @@ class Subscriber:
                 self._close()
 
     def _listen(self) -> None:
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)
-        self._pubsub.subscribe(self._channel)
+        pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+        with self._read_lock:
+            self._pubsub = pubsub
+            pubsub.subscribe(self._channel)
+        self._near.catch_up = self.catch_up
         while not self._stopped.is_set():
-            message = self._pubsub.get_message(timeout=1.0)
+            with self._read_lock:
+                self._drain(pubsub)
+            # Wait for data without the lock, so that a reader may take it and
+            # drain what arrived (catch_up) while this thread is not scheduled.
+            sock = getattr(pubsub.connection, "_sock", None)
+            if sock is None:
+                raise ConnectionError("the subscription's connection is closed")
+            select.select([sock], [], [], 1.0)
+
+    def _drain(self, pubsub: Any) -> None:
+        while True:
+            message = pubsub.get_message(timeout=0.0)
             if message is None:
-                continue
+                return
             if message["type"] == "subscribe":
                 self._near.clear()  # whatever happened before we listened is unknown
                 self._near.online = True
@@ -222,8 +252,26 @@ class Subscriber:
                 keys, tables = decode_message(message["data"])
                 self._near.evict(keys, tables)
 
+    def catch_up(self) -> None:
+        """Apply messages that already arrived (a few µs when none has): called before a
+        near-cache hit is served. A failure here takes the near cache offline; the
+        thread notices the broken connection and subscribes again."""
+        pubsub = self._pubsub
+        if pubsub is None or not self._near.online:
+            return
+        with self._read_lock:
+            if pubsub is not self._pubsub:
+                return
+            try:
+                self._drain(pubsub)
+            except Exception:
+                self._near.online = False
+                self._near.clear()
+
     def _close(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
+        self._near.catch_up = None
+        with self._read_lock:
+            pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(Exception):  # closing a broken connection may fail too
                 pubsub.close()

@@ -96,6 +96,9 @@ class Registration:
         self.from_environment = from_environment
         self._protocol = protocol
         self._transport = transport
+        if transport is not None:
+            transport.servers = protocol.servers
+            protocol.servers.enable(transport)
         self._hooks_factory = hooks_factory
         self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         #: Where the attached clients' requests went (an ordered set; a few entries).

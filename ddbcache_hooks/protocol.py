@@ -160,6 +160,10 @@ class Protocol:
         )
         self.limited = LimitedLog()
         self.cluster = cluster
+        #: Server identities that let a hit be read without the lookup script
+        #: (off until :meth:`store.ServerIds.enable` finds the transport can tell
+        #: when it reconnects).
+        self.servers = store.ServerIds()
         self.token_ttl_ms = 2 * settings.max_ttl_ms
         #: Fills read with ConsistentRead in strict mode: no settle window for them.
         self._settle_ms = 0 if settings.consistency == "strict" else settings.settle_ms
@@ -214,6 +218,7 @@ class Protocol:
     def _near_hits(self, slots: list[Slot]) -> list[Slot]:
         """Serve what the near cache holds; the slots it does not."""
         assert self.near is not None
+        self.near.refresh()  # invalidations that arrived apply before anything is served
         pending = []
         for slot in slots:
             blob = self.near.get(slot.key, slot.field)
@@ -224,7 +229,9 @@ class Protocol:
                 pending.append(slot)
         return pending
 
-    def _lookup(self, slots: Sequence[Slot], *, drop: bool) -> Op[None]:
+    def _lookup(self, slots: Sequence[Slot], *, drop: bool, plain: bool = True) -> Op[None]:
+        """Look the slots up; ``plain=False``: the lookup script at once (a waiter's
+        poll, which mostly finds the lease still held: one round trip, not two)."""
         deadline = self.clock.deadline_ms(self.call_timeout_ms)
         refresh = _refresh_factor() if self.settings.early_refresh and not drop else 0.0
         started = time.monotonic()  # a fill's cost counts from here: lookup, read, fill
@@ -246,7 +253,13 @@ class Protocol:
         ]
         for slot, request in zip(slots, requests, strict=True):
             slot.lease = request.lease_token  # released if the reply never arrives
-        replies = yield from store.lookup(requests, self.token_ttl_ms, cluster=self.cluster)
+        replies = yield from store.lookup(
+            requests,
+            self.token_ttl_ms,
+            cluster=self.cluster,
+            servers=self.servers if plain else None,
+            deadline=lambda: self.clock.deadline_ms(self.call_timeout_ms),
+        )
         for slot, request, reply in zip(slots, requests, replies, strict=True):
             self.clock.observe(reply.server_ms)
             slot.generation = reply.generation
@@ -363,7 +376,7 @@ class Protocol:
             pause = _WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)] * (1 + random.random() / 2)
             yield Sleep(min(pause, remaining))
             step += 1
-            yield from self._lookup([slot], drop=False)
+            yield from self._lookup([slot], drop=False, plain=False)
             if slot.state == STALE:
                 yield from self._lookup([slot], drop=True)
 

@@ -50,15 +50,17 @@ import hashlib
 import itertools
 import logging
 import os
-from collections.abc import Sequence
+import re
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import redis
 from redis.client import NEVER_DECODE
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connections import Connections
+from .connections import CONNECTS, Connections
 from .effects import Call, Op, RedisBatch, Script
 from .near import encode_message
 
@@ -327,22 +329,26 @@ return #KEYS
 )
 
 #: KEYS[1] token hash. ARGV: a fresh random value, ttl ms. Returns {item token,
-#: query token, 1 if a foreign value was replaced}. Used on a cluster, where the
-#: token hash is on another node.
+#: query token, 1 if a foreign value was replaced, the server's identity}. Used
+#: on a cluster, where the token hash is on another node.
 TABLE_TOKENS = _script(
     "table_tokens",
     """
-return table_tokens(KEYS[1], ARGV[1], tonumber(ARGV[2]), server_id())
+local sid = server_id()
+local t = table_tokens(KEYS[1], ARGV[1], tonumber(ARGV[2]), sid)
+return {t[1], t[2], t[3], sid}
 """,
 )
 
 #: KEYS[1] partition token hash. ARGV: a fresh random value, ttl ms. Returns
-#: {token, since when the partition's history is known (server ms)}. Used on a
-#: cluster, where the partition token lives on its own slot.
+#: {token, since when the partition's history is known (server ms), the server's
+#: identity}. Used on a cluster, where the partition token lives on its own slot.
 PARTITION_TOKEN = _script(
     "partition_token",
     """
-return partition_token(KEYS[1], ARGV[1], tonumber(ARGV[2]), server_id())
+local sid = server_id()
+local p = partition_token(KEYS[1], ARGV[1], tonumber(ARGV[2]), sid)
+return {p[1], p[2], sid}
 """,
 )
 
@@ -521,10 +527,237 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed)
 
 
+class ServerIds:
+    """Per node, the server identity a lookup script last read, to trust plain reads by.
+
+    A plain read cannot ask the server who it is (``INFO`` costs what the
+    script costs); it compares the identity recorded in what it reads with the
+    one a script read on the same node. That value is used only while no
+    library connection was (re)established since it was learned (a restarted or
+    promoted server is only reached over a new connection, see
+    connections.CONNECTS), while no call failed since, and for at most
+    :data:`MAX_AGE_S`; otherwise the lookup script runs, and teaches it again.
+    """
+
+    #: A node's identity is read again by a script at least this often (seconds).
+    MAX_AGE_S = 1.0
+
+    def __init__(self) -> None:
+        #: Node of a key ("" on one node); None: plain reads are off.
+        self.node_of: Callable[[str], str] | None = None
+        self._ids: dict[str, tuple[bytes, int, float]] = {}
+
+    def enable(self, transport: Any) -> None:
+        """Plain reads on this transport's client, if its pools report reconnects."""
+        client = transport.client
+        if transport.cluster:
+            if is_async_cluster(client):
+                return  # its nodes' connections are not made by a pool of ours
+            pool_class = client.nodes_manager.connection_pool_class
+            if getattr(pool_class, "counts_connects", False):
+                self.node_of = lambda key: str(transport.client.get_node_from_key(key).name)
+        elif getattr(getattr(client, "connection_pool", None), "counts_connects", False):
+            self.node_of = lambda key: ""
+
+    @staticmethod
+    def epoch() -> int:
+        return CONNECTS.value
+
+    def get(self, node: str, epoch: int) -> bytes | None:
+        known = self._ids.get(node)
+        if known is None or known[1] != epoch or time.monotonic() - known[2] > self.MAX_AGE_S:
+            return None
+        return known[0]
+
+    def learn(self, node: str, sid: bytes, epoch: int) -> None:
+        if CONNECTS.value == epoch:
+            self._ids[node] = (sid, epoch, time.monotonic())
+
+    def forget(self) -> None:
+        """A call failed: whatever the cause, a script reads the identities again."""
+        self._ids.clear()
+
+
 def lookup(
-    requests: Sequence[LookupRequest], token_ttl_ms: int, *, cluster: bool = False
+    requests: Sequence[LookupRequest],
+    token_ttl_ms: int,
+    *,
+    cluster: bool = False,
+    servers: ServerIds | None = None,
+    deadline: Callable[[], int] | None = None,
 ) -> Op[list[LookupReply]]:
-    """Look up entries (taking leases on misses) and read table tokens: one round trip.
+    """Look up entries (taking leases on misses) and read table tokens.
+
+    With ``servers`` (plain reads on), the entries, their tokens and the
+    server's clock are first read with plain commands in one round trip; only
+    what that does not prove to be a hit goes through the lookup script, in a
+    second one (docs/consistency.md, "Hits without a script"). Without, or
+    while a node's identity is not known, the script runs at once: one round trip.
+    ``deadline`` gives the scripts' ``deadline_ms`` anew when they are sent after
+    a plain read (a lease is only taken while its caller still waits).
+    """
+    replies: list[LookupReply | None] = [None] * len(requests)
+    if servers is not None and servers.node_of is not None:
+        found = yield from _plain_read(requests, servers, cluster)
+        replies = list(found)
+    rest = [i for i, reply in enumerate(replies) if reply is None]
+    if rest:
+        epoch = ServerIds.epoch()
+        learned: dict[str, bytes] = {}
+        pending = [requests[i] for i in rest]
+        if deadline is not None:
+            ends = deadline()
+            pending = [r._replace(deadline_ms=ends) for r in pending]
+        scripted = yield from _scripted(pending, token_ttl_ms, cluster, learned)
+        for i, reply in zip(rest, scripted, strict=True):
+            replies[i] = reply
+            sid = reply.generation.partition(b"/")[0]
+            if sid:
+                learned[requests[i].key] = sid
+        if servers is not None and servers.node_of is not None:
+            for key, sid in learned.items():
+                if sid:
+                    servers.learn(servers.node_of(key), sid, epoch)
+    return [reply for reply in replies if reply is not None]
+
+
+_DIGITS = re.compile(rb"[0-9]+\Z")
+
+
+def _number(value: Any) -> int | None:
+    """A field the scripts wrote as a decimal integer; None for anything else."""
+    return int(value) if isinstance(value, bytes) and _DIGITS.match(value) else None
+
+
+def _plain_read(
+    requests: Sequence[LookupRequest], servers: ServerIds, cluster: bool
+) -> Op[list[LookupReply | None]]:
+    """Hits proven with plain reads (HMGET, TIME) alone; None where the script must decide.
+
+    A hit here is exactly a hit the lookup script would return, with the same
+    reply: the entry is present and unexpired by the server's clock, the item
+    hash, the table's tokens and the partition's hash were made by the server
+    that answers (the identity a script read on that node, still valid), the
+    tokens are well formed. Anything else — a lease, an expired or missing
+    entry, state of another server, a key of another type, a drop — goes to
+    the script, which also repairs what needs repair.
+    """
+    assert servers.node_of is not None
+    epoch = ServerIds.epoch()
+    node_of = servers.node_of
+    nodes: dict[str, str] = {}
+    sids: dict[str, bytes | None] = {}
+
+    def sid_of(key: str) -> bytes | None:
+        node = nodes.get(key)
+        if node is None:
+            node = nodes[key] = node_of(key)
+        if node not in sids:
+            sids[node] = servers.get(node, epoch)
+        return sids[node]
+
+    eligible = [
+        i
+        for i, r in enumerate(requests)
+        if not r.drop
+        and sid_of(r.key) is not None
+        and sid_of(r.token_key) is not None
+        and (not r.partition_key or sid_of(r.partition_key) is not None)
+    ]
+    out: list[LookupReply | None] = [None] * len(requests)
+    if not eligible:
+        return out
+    calls = [
+        Call(None, ("HMGET", r.key, "e:" + r.field, "x:" + r.field, "g"))
+        for r in (requests[i] for i in eligible)
+    ]
+    token_keys = list(dict.fromkeys(requests[i].token_key for i in eligible))
+    calls += [Call(None, ("HMGET", key, "i", "q", "n")) for key in token_keys]
+    partition_keys = list(
+        dict.fromkeys(requests[i].partition_key for i in eligible if requests[i].partition_key)
+    )
+    calls += [Call(None, ("HMGET", key, "t", "g", "c")) for key in partition_keys]
+    # The server's clock, on each node holding an entry (one on a single node).
+    clock_keys = {nodes[requests[i].key]: requests[i].key for i in eligible}
+    calls += [Call(None, ("TIME",), route=key if cluster else "") for key in clock_keys.values()]
+    replies = yield RedisBatch(calls, errors_as_values=True)
+    if ServerIds.epoch() != epoch:
+        return out  # a connection was made meanwhile: another server may have answered
+    if cluster and any(node_of(key) != node for key, node in nodes.items()):
+        return out  # a slot moved meanwhile
+    n, t, p = len(eligible), len(token_keys), len(partition_keys)
+    tokens = dict(zip(token_keys, replies[n : n + t], strict=True))
+    partitions = dict(zip(partition_keys, replies[n + t : n + t + p], strict=True))
+    clocks: dict[str, int] = {}
+    for node, reply in zip(clock_keys, replies[n + t + p :], strict=True):
+        if isinstance(reply, (tuple, list)) and len(reply) == 2:
+            clocks[node] = int(reply[0]) * 1000 + int(reply[1]) // 1000
+    for i, entry in zip(eligible, replies[:n], strict=True):
+        r = requests[i]
+        out[i] = _plain_hit(
+            r,
+            entry,
+            tokens[r.token_key],
+            partitions.get(r.partition_key) if r.partition_key else None,
+            clocks.get(nodes[r.key]),
+            sid_of,
+        )
+    return out
+
+
+def _plain_hit(
+    r: LookupRequest,
+    entry: Any,
+    tokens: Any,
+    partition: Any,
+    now: int | None,
+    sid_of: Callable[[str], bytes | None],
+) -> LookupReply | None:
+    """The reply the lookup script would give if it is a hit (see :func:`_plain_read`)."""
+    if now is None or not isinstance(entry, list) or not isinstance(tokens, list):
+        return None
+    blob, expires, generation = entry
+    sid = sid_of(r.key)
+    if not blob or not isinstance(generation, bytes) or sid is None:
+        return None
+    if not generation.startswith(sid + b"/"):
+        return None
+    expiry = _number(expires)
+    if expiry is None or expiry <= now:
+        return None
+    item_token, query_token, maker = tokens
+    if not item_token or not query_token or len(item_token) > 255 or len(query_token) > 255:
+        return None
+    if maker != sid_of(r.token_key):
+        return None
+    part_token, since = b"", 0
+    if r.partition_key:
+        if not isinstance(partition, list):
+            return None
+        part_token, part_generation, part_since = partition
+        part_sid = sid_of(r.partition_key)
+        if not isinstance(part_generation, bytes) or part_sid is None:
+            return None
+        if not part_generation.startswith(part_sid + b"/"):
+            return None
+        if not part_token or len(part_token) > 255:
+            return None
+        since_value = _number(part_since) if part_since is not None else 0
+        if since_value is None:
+            return None
+        since = since_value
+    return LookupReply(
+        HIT, blob, False, item_token, query_token, generation, False, part_token, since, now
+    )
+
+
+def _scripted(
+    requests: Sequence[LookupRequest],
+    token_ttl_ms: int,
+    cluster: bool,
+    learned: dict[str, bytes] | None = None,
+) -> Op[list[LookupReply]]:
+    """The lookup script for each request (and, on a cluster, the token scripts).
 
     On one node each script also reads its table's tokens (and its partition's);
     on a cluster they live on other nodes, so each table's tokens and each
@@ -576,9 +809,12 @@ def lookup(
     n, t = len(requests), len(token_keys)
     tokens = dict(zip(token_keys, replies[n : n + t], strict=True))
     partitions = dict(zip(partition_keys, replies[n + t :], strict=True))
+    if learned is not None:  # the identities of the nodes holding the tokens
+        learned.update((key, _bytes(reply[3])) for key, reply in tokens.items())
+        learned.update((key, _bytes(reply[2])) for key, reply in partitions.items())
     out = []
     for request, reply in zip(requests, replies[:n], strict=True):
-        item_token, query_token, replaced = tokens[request.token_key]
+        item_token, query_token, replaced = tokens[request.token_key][:3]
         part = partitions.get(request.partition_key, (b"", 0))
         out.append(
             LookupReply(
@@ -743,6 +979,12 @@ def set_value(key: str, value: bytes, ttl_s: int) -> Op[None]:
 # --- transports --------------------------------------------------------------------
 
 
+def is_async_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    return isinstance(client, AsyncRedisCluster)
+
+
 def is_cluster(client: Any) -> bool:
     from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
     from redis.cluster import RedisCluster
@@ -789,12 +1031,36 @@ def _holder(target: Any) -> Connections:
 def _suspects(exc: RedisError, calls: Sequence[Call]) -> RedisError:
     """Note on a time-out which keys the batch read: one of them may hold garbage."""
     if isinstance(exc, RedisTimeoutError):
-        exc.ddbcache_keys = [  # type: ignore[attr-defined]
+        scripted = [
             (call.args[0], call.args[call.numkeys])
             for call in calls
             if call.script is LOOKUP_OR_LEASE
         ]
+        plain = [  # a plain read of an entry: HMGET key e:<v> x:<v> g
+            (call.args[1], call.args[2][2:])
+            for call in calls
+            if call.script is None and call.args[0] == "HMGET" and call.args[2].startswith("e:")
+        ]
+        exc.ddbcache_keys = scripted + plain  # type: ignore[attr-defined]
     return exc
+
+
+def _pack(calls: Sequence[Call]) -> bytes:
+    """Plain commands in the Redis protocol (keys and fields are str, numbers int).
+
+    redis-py's packer spends more per command than the server does on an HMGET.
+    """
+    out = []
+    for call in calls:
+        out.append(b"*%d\r\n" % len(call.args))
+        for arg in call.args:
+            data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+#: redis-py before 6 wants a command name to pick a pooled connection, later ones none.
+_POOL_ARGS: tuple[str, ...] = () if int(redis.__version__.split(".")[0]) >= 6 else ("HMGET",)
 
 
 class SyncTransport:
@@ -803,22 +1069,27 @@ class SyncTransport:
     def __init__(self, connections: Connections | redis.Redis | Any) -> None:
         self.connections = _holder(connections)
         self.cluster = is_cluster(self.connections.client)
+        #: Server identities for plain reads (the protocol's, see Registration).
+        self.servers = ServerIds()
 
     @property
     def client(self) -> Any:
         """The library's client (a fresh one after a fork)."""
         return self.connections.client
 
-    def execute(self, calls: Sequence[Call]) -> list[Any]:
+    def execute(self, calls: Sequence[Call], errors_as_values: bool = False) -> list[Any]:
         try:
-            return self._execute(calls)
+            return self._execute(calls, errors_as_values)
         except RedisError as exc:
+            self.servers.forget()
             raise _suspects(exc, calls) from None
 
     def ping(self) -> None:
         self.client.ping()
 
-    def _execute(self, calls: Sequence[Call]) -> list[Any]:
+    def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
+        if errors_as_values and not self.cluster and self.servers.node_of is not None:
+            return self._plain(calls)
         if len(calls) == 1 and not self.cluster:
             return [self._single(calls[0])]
         replies = self._pipeline(calls)
@@ -830,8 +1101,32 @@ class SyncTransport:
                 self.client.script_load(script.source)
             for i, reply in zip(missing, self._pipeline([calls[i] for i in missing]), strict=True):
                 replies[i] = reply
-        _first_error(replies)
+        if not errors_as_values:
+            _first_error(replies)
         return replies
+
+    def _plain(self, calls: Sequence[Call]) -> list[Any]:
+        """Plain commands written at once on one pooled connection, replies raw.
+
+        What a pipeline does, without its per-command bookkeeping (a third of a
+        hit's Redis cost on the client). Only on the library's own pools.
+        """
+        pool = self.client.connection_pool
+        connection = pool.get_connection(*_POOL_ARGS)
+        try:
+            connection.send_packed_command([_pack(calls)])
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(connection.read_response(disable_decoding=True))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
 
     def _single(self, call: Call) -> Any:
         """One command without a pipeline object: the common hit costs less."""
@@ -875,6 +1170,8 @@ class AsyncTransport:
     def __init__(self, connections: Connections | Any) -> None:
         self.connections = _holder(connections)
         self.cluster = is_cluster(self.connections.client)
+        #: Server identities for plain reads (the protocol's, see Registration).
+        self.servers = ServerIds()
 
     @property
     def client(self) -> Any:
@@ -883,13 +1180,16 @@ class AsyncTransport:
     async def ping(self) -> None:
         await self.client.ping()
 
-    async def execute(self, calls: Sequence[Call]) -> list[Any]:
+    async def execute(self, calls: Sequence[Call], errors_as_values: bool = False) -> list[Any]:
         try:
-            return await self._execute(calls)
+            return await self._execute(calls, errors_as_values)
         except RedisError as exc:
+            self.servers.forget()
             raise _suspects(exc, calls) from None
 
-    async def _execute(self, calls: Sequence[Call]) -> list[Any]:
+    async def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
+        if errors_as_values and not self.cluster and self.servers.node_of is not None:
+            return await self._plain(calls)
         if len(calls) == 1 and not self.cluster:
             return [await self._single(calls[0])]
         replies = await self._pipeline(calls)
@@ -902,8 +1202,28 @@ class AsyncTransport:
                 missing, await self._pipeline([calls[i] for i in missing]), strict=True
             ):
                 replies[i] = reply
-        _first_error(replies)
+        if not errors_as_values:
+            _first_error(replies)
         return replies
+
+    async def _plain(self, calls: Sequence[Call]) -> list[Any]:
+        """:meth:`SyncTransport._plain`, awaited."""
+        pool = self.client.connection_pool
+        connection = await pool.get_connection(*_POOL_ARGS)
+        try:
+            await connection.send_packed_command(connection.pack_commands([c.args for c in calls]))
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(await connection.read_response(disable_decoding=True))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
     async def _single(self, call: Call) -> Any:
         try:

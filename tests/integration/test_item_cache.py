@@ -356,3 +356,28 @@ def test_writes_with_filters_from_resource_conditions(session: boto3.Session, cl
     table.get_item(Key={"pk": "a"})
     table.put_item(Item={"pk": "a", "v": 2}, ConditionExpression=Attr("v").eq(1))
     assert table.get_item(Key={"pk": "a"})["Item"]["v"] == 2
+
+
+def test_hits_are_read_without_the_lookup_script(backend: Any, client: Any, cache: Any) -> None:
+    """Once a script told the process who each server is, hits run no script."""
+    if backend.name == "fakeredis":
+        assert cache._protocol.servers.node_of is None  # it cannot tell reconnects
+        return
+    keys = [{"pk": {"S": str(i)}} for i in range(12)]  # spread over a cluster's masters
+    for key in keys:
+        client.put_item(TableName="items", Item=key)
+        client.get_item(TableName="items", Key=key)
+    before = _lookup_scripts(backend)
+    for key in keys:
+        assert "CacheMetadata" in client.get_item(TableName="items", Key=key)
+    assert _lookup_scripts(backend) == before
+
+
+def _lookup_scripts(backend: Any) -> int:
+    """EVALSHA calls served so far, summed over every master."""
+    raw = backend.client()
+    if hasattr(raw, "get_primaries"):
+        nodes = [raw.info("commandstats", target_nodes=n) for n in raw.get_primaries()]
+    else:
+        nodes = [raw.info("commandstats")]
+    return sum(int(node.get("cmdstat_evalsha", {}).get("calls", 0)) for node in nodes)

@@ -139,14 +139,17 @@ def test_a_garbage_field_is_deleted_in_the_background_once(
     admin.hset(key, entry_field, b"\x00" * (64 << 20))  # 64 MiB where an entry was
     with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
         assert c.get_item(TableName="items", Key=KEY)["Item"] == KEY
-        assert eventually(lambda: registration.stats()["poisoned_keys"] == 1)
-        assert not admin.exists(key)
+        # Either the lookup timed out on it (the key is deleted in the background),
+        # or the plain read got it in time and it failed to decode (the lookup
+        # script that drops it runs next): the garbage goes either way.
+        assert eventually(lambda: admin.hstrlen(key, entry_field) < 1 << 20)
         for _ in range(5):
             assert c.get_item(TableName="items", Key=KEY)["Item"] == KEY
     stats = registration.stats()
-    assert stats["poisoned_keys"] == 1 and stats["breaker_opened"] == 0
+    assert stats["poisoned_keys"] <= 1 and stats["breaker_opened"] == 0
+    assert stats["poisoned_keys"] + stats["corrupt_entries"] >= 1
     assert stats["hits"] >= 4  # cached again at once
-    assert caplog.text.count("larger than any cache entry") == 1
+    assert caplog.text.count("larger than any cache entry") == stats["poisoned_keys"]
 
 
 # --- writes that changed nothing ------------------------------------------------------
@@ -183,10 +186,11 @@ def test_a_write_with_an_unknown_outcome_still_invalidates(sync_cache: tuple[Any
     def fail(**_: Any) -> None:
         raise ConnectionResetError("the connection dropped after sending")
 
-    c.meta.events.register_first("before-parse.dynamodb.PutItem", fail)
+    # After the request was sent and applied (an event every supported botocore emits).
+    c.meta.events.register_first("response-received.dynamodb.PutItem", fail)
     with pytest.raises(ConnectionResetError):
         c.put_item(TableName="items", Item={**KEY, "v": {"S": "2"}})
-    c.meta.events.unregister("before-parse.dynamodb.PutItem", fail)
+    c.meta.events.unregister("response-received.dynamodb.PutItem", fail)
     assert registration.stats()["invalidations"] >= 1
     response = c.get_item(TableName="items", Key=KEY)
     assert "CacheMetadata" not in response and response["Item"]["v"] == {"S": "2"}

@@ -189,3 +189,94 @@ def test_near_cache_from_the_environment() -> None:
     assert from_environment({"DDBCACHE_NEAR_CACHE": "off"})["near_cache"] is None
     with pytest.raises(ValueError, match="DDBCACHE_NEAR_CACHE"):
         from_environment({"DDBCACHE_NEAR_CACHE": "size=5"})
+
+
+SPINNING_READER = textwrap.dedent(
+    """
+    import os, sys, time
+    import boto3, ddbcache_hooks
+    from ddbcache_hooks import NearCache
+
+    moto_url, redis_url, namespace, stop_file, out_file = sys.argv[1:6]
+    near = NearCache(max_items=100, ttl_ms=60_000)
+    session = boto3.Session(region_name="us-east-1")
+    ddbcache_hooks.register(session, redis_url, namespace=namespace, near_cache=near)
+    client = session.client("dynamodb", endpoint_url=moto_url)
+    key = {"pk": {"S": "a"}}
+    deadline = time.monotonic() + 10
+    while not near.online and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for _ in range(3):
+        client.get_item(TableName="items", Key=key)
+    print("ready", flush=True)
+    reads = []
+    # A tight loop: the subscriber thread gets the GIL only at switch intervals.
+    while not os.path.exists(stop_file) and time.monotonic() < deadline:
+        start = time.monotonic()
+        item = client.get_item(TableName="items", Key=key)["Item"]
+        reads.append((start, int(item["v"]["S"])))
+    with open(out_file, "w") as out:
+        out.write("\\n".join(f"{s!r} {v}" for s, v in reads))
+    print(near.online, flush=True)
+    """
+)
+
+#: The staleness bound the test holds a busy near-cache reader to: a read that
+#: starts this long after a write returned sees it (the message is delivered
+#: before or with the write's reply, and every near hit applies what arrived).
+NEAR_BOUND_S = 0.005
+
+
+def test_a_busy_reader_sees_writes_within_the_bound(
+    moto_url: str, redis_server: RedisServer, namespace: str, tmp_path: Any
+) -> None:
+    session = boto3.Session(region_name="us-east-1")
+    registration = ddbcache_hooks.register(session, redis_server.url, namespace=namespace)
+    stop_file, out_file = tmp_path / "stop", tmp_path / "reads"
+    try:
+        writer = session.client("dynamodb", endpoint_url=moto_url)
+        make_table(writer, "items")
+        writer.put_item(TableName="items", Item={**KEY, "v": {"S": "0"}})
+        reader = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                SPINNING_READER,
+                moto_url,
+                redis_server.url,
+                namespace,
+                str(stop_file),
+                str(out_file),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert reader.stdout is not None
+            assert reader.stdout.readline().strip() == "ready"
+            returned = [0.0]
+            for k in range(1, 31):
+                time.sleep(0.02)  # the reader is back on near hits in between
+                writer.put_item(TableName="items", Item={**KEY, "v": {"S": str(k)}})
+                returned.append(time.monotonic())
+            time.sleep(0.05)
+            stop_file.touch()
+            out, _ = reader.communicate(timeout=30)
+        finally:
+            if reader.poll() is None:
+                reader.kill()
+        assert out.strip() == "True", "the reader's near cache went offline"
+        reads = [line.split() for line in out_file.read_text().splitlines()]
+        stale = []
+        near_hits = 0
+        for start_text, seen_text in reads:
+            start, seen = float(start_text), int(seen_text)
+            # The newest write that had returned NEAR_BOUND_S before this read began.
+            due = max((k for k, t in enumerate(returned) if t + NEAR_BOUND_S <= start), default=0)
+            if seen < due:
+                stale.append((start - returned[due], seen, due))
+            near_hits += 1
+        assert near_hits > 100, "the reader did not spin"
+        assert stale == [], f"reads older than the bound: {stale[:5]}"
+    finally:
+        registration.unregister()

@@ -44,11 +44,37 @@ def rounds(counter: type[CountingConnection], action: Any) -> int:
     return counter.sends - before
 
 
-def test_hit_is_one_round_trip_miss_two(counted: tuple[Any, Any]) -> None:
+def test_hit_is_one_round_trip_miss_two_or_three(counted: tuple[Any, Any]) -> None:
+    """A hit is one plain read. A miss is the lookup script and the fill; once a
+    script told the process who the server is, a plain read comes first (3)."""
     c, counter = counted
     c.put_item(TableName="items", Item=KEY)
     assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 2
     assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 1
+    other = {"pk": {"S": "b"}}
+    assert rounds(counter, lambda: c.get_item(TableName="items", Key=other)) == 3
+    assert rounds(counter, lambda: c.get_item(TableName="items", Key=other)) == 1
+    keys = [{"pk": {"S": str(i)}} for i in range(99)] + [KEY]
+    batch = {"items": {"Keys": keys}}
+    # 99 misses and a hit: plain reads, the lookup script, the real call's fills.
+    assert rounds(counter, lambda: c.batch_get_item(RequestItems=batch)) == 3
+    assert rounds(counter, lambda: c.batch_get_item(RequestItems=batch)) == 1
+
+
+def test_a_reconnect_makes_the_script_read_the_server_again(counted: tuple[Any, Any]) -> None:
+    """After a new connection the server may be another one: no plain read is trusted."""
+    from ddbcache_hooks.connections import CONNECTS
+
+    c, counter = counted
+    c.put_item(TableName="items", Item=KEY)
+    c.get_item(TableName="items", Key=KEY)
+    assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 1
+    CONNECTS.bump()
+    # The script serves the hit (and reads the identity again); then plain reads.
+    assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 1
+    assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 1
+    other = {"pk": {"S": "b"}}
+    assert rounds(counter, lambda: c.get_item(TableName="items", Key=other)) == 3
 
 
 @pytest.mark.parametrize(
@@ -81,7 +107,7 @@ QUERY: dict[str, Any] = {
 def test_query_pages_hit_one_miss_two_write_one_in_every_mode(
     session: boto3.Session, redis_server: RedisServer, namespace: str, mode: str
 ) -> None:
-    """The partition token is read inside the lookup script: no extra round trip."""
+    """The partition token is read with the entry (plainly or by the script)."""
     cache, counter = counting_redis(redis_server.port)
     registration = ddbcache_hooks.register(
         session,
@@ -97,7 +123,9 @@ def test_query_pages_hit_one_miss_two_write_one_in_every_mode(
         assert rounds(counter, lambda: c.query(**QUERY)) == 2
         assert rounds(counter, lambda: c.query(**QUERY)) == 1
         scan = [rounds(counter, lambda: c.scan(TableName="pairs")) for _ in range(3)]
-        assert scan == [1, 2, 1]  # admission: not leased, then leased and filled, then a hit
+        # Admission: not leased, then leased and filled, then a hit; each of the
+        # first two reads plainly first (the Query taught the server's identity).
+        assert scan == [2, 3, 1]
         put = {"pk": {"S": "a"}, "sk": {"N": "2"}}
         assert rounds(counter, lambda: c.put_item(TableName="pairs", Item=put)) == 1
         assert rounds(counter, lambda: c.delete_item(TableName="pairs", Key=put)) == 1
@@ -223,3 +251,35 @@ def test_concurrent_misses_wait_for_one_filler(
         assert all(r["Item"] == KEY for r in results)
     finally:
         registration.unregister()
+
+
+def test_a_zlib_entry_of_the_previous_format_is_a_hit(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> None:
+    """A large entry an older release stored (zlib) is served by one writing zstd."""
+    from ddbcache_hooks.codec import COMPRESSED, ZSTD, Codec
+
+    old_session = boto3.Session(region_name="us-east-1")
+    old = ddbcache_hooks.register(
+        old_session, redis.Redis(port=redis_server.port), namespace=namespace
+    )
+    old._protocol.codec = Codec(
+        compress_min_bytes=old._protocol.codec.compress_min_bytes, zstd=False
+    )
+    new = ddbcache_hooks.register(session, redis.Redis(port=redis_server.port), namespace=namespace)
+    try:
+        writer = old_session.client("dynamodb")
+        make_table(writer, "items")
+        big = {**KEY, "v": {"S": "x" * 40_000}}
+        writer.put_item(TableName="items", Item=big)
+        writer.get_item(TableName="items", Key=KEY)  # the old release fills
+        key = old._protocol.planner.item_key(*old.table_refs("items"), KEY)
+        stored = redis.Redis(port=redis_server.port).hget(key, "e:")
+        assert stored is not None and stored[2] & (COMPRESSED | ZSTD) == COMPRESSED
+        reader = session.client("dynamodb")
+        calls = CallCounter().attach(reader)
+        hit = reader.get_item(TableName="items", Key=KEY)
+        assert "CacheMetadata" in hit and hit["Item"] == big and calls["GetItem"] == 0
+    finally:
+        old.unregister()
+        new.unregister()

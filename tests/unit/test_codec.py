@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from ddbcache_hooks.codec import COMPRESSED, Codec, CorruptEntry, ForeignEntry
+from ddbcache_hooks import codec as codec_module
+from ddbcache_hooks.codec import COMPRESSED, ZSTD, Codec, CorruptEntry, ForeignEntry
 
 PAYLOAD: dict[str, Any] = {
     "Item": {
@@ -41,14 +42,41 @@ def test_each_decode_builds_fresh_objects() -> None:
     assert codec.decode(blob, context="k").payload == PAYLOAD
 
 
-def test_large_entries_are_compressed_and_flagged() -> None:
-    codec = Codec(compress_min_bytes=100)
+@pytest.mark.parametrize("zstd, flag", [(False, COMPRESSED), (True, ZSTD)])
+def test_large_entries_are_compressed_and_flagged(zstd: bool, flag: int) -> None:
+    codec = Codec(compress_min_bytes=100, zstd=zstd)
     big = {"Items": [{"pk": {"S": "x" * 50}} for _ in range(20)]}
     blob = encode(codec, big)
-    assert blob[2] & COMPRESSED
+    assert blob[2] & (COMPRESSED | ZSTD) == flag
     assert len(blob) < len(encode(Codec(), big))
     assert codec.decode(blob, context="k").payload == big
-    assert not encode(codec, {"Item": {}})[2] & COMPRESSED
+    assert not encode(codec, {"Item": {}})[2] & (COMPRESSED | ZSTD)
+
+
+def test_zstd_is_the_default_where_installed() -> None:
+    assert codec_module.HAVE_ZSTD  # the dev extra installs zstandard
+    assert encode(Codec(compress_min_bytes=10))[2] & ZSTD
+
+
+def test_entries_of_the_previous_format_still_decode() -> None:
+    """Before zstd, every compressed entry was zlib: a process writing zstd reads them."""
+    old = Codec(compress_min_bytes=10, zstd=False)
+    new = Codec(compress_min_bytes=10)
+    blob = encode(old)
+    assert blob[2] == COMPRESSED
+    assert new.decode(blob, context="k").payload == PAYLOAD
+    assert old.decode(encode(new), context="k").payload == PAYLOAD  # one release of the other
+
+
+def test_a_zstd_entry_without_zstd_is_a_miss_not_an_error(monkeypatch: Any) -> None:
+    blob = encode(Codec(compress_min_bytes=10))
+    monkeypatch.setattr(codec_module, "_zstd_decompress", None)
+    with pytest.raises(CorruptEntry, match="no zstd"):
+        Codec().decode(blob, context="k")
+    # What a release before zstd does with it: the body is no msgpack, a miss.
+    unflagged = blob[:2] + bytes([blob[2] & ~ZSTD]) + blob[3:]
+    with pytest.raises(CorruptEntry):
+        Codec().decode(unflagged, context="k")
 
 
 @pytest.mark.parametrize(
@@ -97,7 +125,7 @@ def test_signed_entries_verify_key_context_and_payload() -> None:
 
 
 def test_compressed_and_signed() -> None:
-    codec = Codec(compress_min_bytes=10, signing_key=b"s" * 16)
+    codec = Codec(compress_min_bytes=10, signing_key=b"s" * 16, zstd=False)
     blob = encode(codec)
     assert codec.decode(blob, context="k").compressed
     body = blob[15:-36]
