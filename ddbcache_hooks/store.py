@@ -668,7 +668,7 @@ def _plain_read(
     if not eligible:
         return out
     calls = [
-        Call(None, ("HMGET", r.key, "e:" + r.field, "x:" + r.field, "g"))
+        Call(None, ("HMGET", r.key, "e:" + r.field, "x:" + r.field, "g", "d:" + r.field))
         for r in (requests[i] for i in eligible)
     ]
     token_keys = list(dict.fromkeys(requests[i].token_key for i in eligible))
@@ -716,7 +716,7 @@ def _plain_hit(
     """The reply the lookup script would give if it is a hit (see :func:`_plain_read`)."""
     if now is None or not isinstance(entry, list) or not isinstance(tokens, list):
         return None
-    blob, expires, generation = entry
+    blob, expires, generation, cost = entry
     sid = sid_of(r.key)
     if not blob or not isinstance(generation, bytes) or sid is None:
         return None
@@ -725,6 +725,9 @@ def _plain_hit(
     expiry = _number(expires)
     if expiry is None or expiry <= now:
         return None
+    fill_cost = _number(cost) if cost is not None else None
+    if r.refresh_factor > 0 and fill_cost and expiry - now <= fill_cost * r.refresh_factor:
+        return None  # an early refresh may be due: the script decides, and leases
     item_token, query_token, maker = tokens
     if not item_token or not query_token or len(item_token) > 255 or len(query_token) > 255:
         return None
