@@ -322,18 +322,28 @@ def item_digest(table: TableRef, key: Mapping[str, Any]) -> str:
     """
     parts: list[Any] = [*table]
     for name in _key_names(key):
-        tag, value = canonical_value(key[name])
-        if tag not in _KEY_TYPES:
-            raise NotCanonical(f"key attribute {name!r} has type {tag}; keys are S, N or B")
-        parts += (name, tag, value)
+        parts += _key_part(name, key[name])
+    return _key_digest(parts, b"ddbcache-item")
+
+
+_KEY_TYPES = frozenset({"S", "N", "B"})
+
+
+def _key_part(name: str, value: Any) -> tuple[str, str, Any]:
+    """(name, type, canonical value) of one key attribute; keys are S, N or B."""
+    tag, canon = canonical_value(value)
+    if tag not in _KEY_TYPES:
+        raise NotCanonical(f"key attribute {name!r} has type {tag}; keys are S, N or B")
+    return (name, tag, canon)
+
+
+def _key_digest(parts: list[Any], person: bytes) -> str:
+    """128-bit digest of msgpack'd key parts (typed, length-prefixed)."""
     try:
         packed = msgpack.packb(parts, use_bin_type=True)
     except UnicodeEncodeError as exc:  # a lone surrogate: not UTF-8, DynamoDB's to judge
         raise NotCanonical(f"key is not valid UTF-8: {exc}") from None
-    return hashlib.blake2b(packed, digest_size=16, person=b"ddbcache-item").hexdigest()
-
-
-_KEY_TYPES = frozenset({"S", "N", "B"})
+    return hashlib.blake2b(packed, digest_size=16, person=person).hexdigest()
 
 
 def partition_digest(table: TableRef, name: str | None, value: Any = None) -> str:
@@ -347,15 +357,8 @@ def partition_digest(table: TableRef, name: str | None, value: Any = None) -> st
     """
     parts: list[Any] = [*table]
     if name is not None:
-        tag, canon = canonical_value(value)
-        if tag not in _KEY_TYPES:
-            raise NotCanonical(f"key attribute {name!r} has type {tag}; keys are S, N or B")
-        parts += (name, tag, canon)
-    try:
-        packed = msgpack.packb(parts, use_bin_type=True)
-    except UnicodeEncodeError as exc:  # a lone surrogate: not UTF-8, DynamoDB's to judge
-        raise NotCanonical(f"key is not valid UTF-8: {exc}") from None
-    return hashlib.blake2b(packed, digest_size=16, person=b"ddbcache-part").hexdigest()
+        parts += _key_part(name, value)
+    return _key_digest(parts, b"ddbcache-part")
 
 
 def variant(params: Mapping[str, Any], skip: frozenset[str] | set[str]) -> Any:
