@@ -294,6 +294,13 @@ RETRY_MAX_S = 1.0
 EXIT_FLUSH_S = 1.0
 
 
+def _deferred(protocol: Any, step: Any, exc: RedisError) -> None:
+    """A background step Redis refused: counted against the orphans if it was the tidy-up."""
+    if step == protocol.tidy:
+        protocol.orphans.failed()
+    log.debug("background work deferred, Redis failed: %s", exc)
+
+
 class BackgroundWork:
     """Held invalidations, orphaned leases and poisoned keys, handled off the callers' path.
 
@@ -339,9 +346,7 @@ class BackgroundWork:
                 self._run(step())
             except RedisError as exc:
                 ok = False
-                if step == self._protocol.tidy:
-                    self._protocol.orphans.failed()
-                log.debug("background work deferred, Redis failed: %s", exc)
+                _deferred(self._protocol, step, exc)
         return ok and not self.pending()
 
     def _loop(self) -> None:
@@ -408,9 +413,7 @@ class AsyncBackgroundWork:
                 await self._run(step())
             except RedisError as exc:
                 ok = False
-                if step == self._protocol.tidy:
-                    self._protocol.orphans.failed()
-                log.debug("background work deferred, Redis failed: %s", exc)
+                _deferred(self._protocol, step, exc)
         return ok and not self.pending()
 
     async def _loop(self) -> None:
