@@ -1,21 +1,26 @@
 """Environment activation: caching for an application that is not changed at all.
 
-The ``ddbcache_hooks.pth`` start-up hook imports this module only when
-``DDBCACHE_ENABLED`` is set, before the application runs. It then:
+The ``ddbcache_hooks.pth`` start-up hook imports this module only when a
+``DDBCACHE_*`` variable is set, before the application runs. It then:
 
-1. checks the ``DDBCACHE_*`` variables (a bad one is reported by name and the
-   application runs uncached);
-2. waits for ``botocore.session`` to be imported (nothing heavy is imported
-   before the application asks for botocore itself);
+1. reports unknown ``DDBCACHE_*`` names (with the closest known one), a
+   ``DDBCACHE_ENABLED`` that is not a boolean, and bad values, by name (the
+   application then runs uncached);
+2. when ``DDBCACHE_ENABLED`` is on, waits for ``botocore.session`` to be
+   imported (nothing heavy is imported before the application asks for
+   botocore itself);
 3. wraps ``botocore.session.Session.create_client`` (public API) so that
    every DynamoDB client any session creates is attached to one registration,
    made on the first such client: that is when Redis is first contacted. If
    Redis does not answer, one warning is logged and the application runs
    uncached.
 
-A registration made in code wins over this one (code > environment), and an
-explicit ``DDBCACHE_ENABLED=0`` wins over both. Nothing here ever raises into
-the application.
+The same wrapper tells, once, of DynamoDB clients that will not be cached: in
+a process that ``ddbcache-run`` did not start itself (a reloader's child, say)
+and, for registrations made in code, of clients made from another session
+(plugin.py). A registration made in code wins over this one (code >
+environment), and an explicit ``DDBCACHE_ENABLED=0`` wins over both. Nothing
+here ever raises into the application.
 """
 
 from __future__ import annotations
@@ -41,12 +46,22 @@ RUN_CHILDREN = "DDBCACHE_RUN_CHILDREN"
 REDIS_URL = "DDBCACHE_REDIS_URL"
 
 _lock = threading.Lock()
+#: Variables by which a reloader marks the child process that serves the application.
+RELOADER_MARKS = ("WERKZEUG_RUN_MAIN", "RUN_MAIN")
+
 _state: dict[str, Any] = {
     "activated": False,
     "registration": None,
     "failed": False,
     "original": None,
+    # Attach environment activation's registration to new DynamoDB clients.
+    "attach": False,
+    # The pid of the process ddbcache-run started, in a descendant left uncached.
+    "run_pid": None,
+    "child_told": False,
 }
+#: Called with (session, client) for every DynamoDB client made (plugin.py's check).
+observers: list[Any] = []
 
 
 def wanted(environ: Any = os.environ) -> bool:
@@ -61,7 +76,13 @@ def wanted(environ: Any = os.environ) -> bool:
         return False
     started_by = environ.get(RUN_PID)
     if started_by and started_by != str(os.getpid()):
-        return (environ.get(RUN_CHILDREN) or "").strip() in ("1", "true", "yes", "on")
+        try:
+            children = bool(env_flag(RUN_CHILDREN[len("DDBCACHE_") :], environ))
+        except ValueError:
+            children = False
+        if not children:
+            _state["run_pid"] = started_by  # said at its first DynamoDB client
+        return children
     return True
 
 
@@ -78,9 +99,24 @@ def check_environment(environ: Any = os.environ) -> bool:
     try:
         from_environment(environ)
     except ConfigurationError as exc:
-        log.warning("ddbcache-hooks: bad setting %s; caching is off", exc)
+        log.warning("ddbcache-hooks: %s; caching is off", exc)
         return False
     return True
+
+
+def child_message(environ: Any = os.environ) -> str:
+    """What a process ``ddbcache-run`` did not start itself says at its first DynamoDB client."""
+    marks = [name for name in RELOADER_MARKS if environ.get(name)]
+    what = (
+        f"a reloader's child process ({marks[0]} is set), which serves the application"
+        if marks
+        else "a process the command started"
+    )
+    return (
+        f"ddbcache-hooks: DynamoDB clients in this process (pid {os.getpid()}) are not cached: "
+        f"ddbcache-run caches only the command it started (pid {environ.get(RUN_PID)}), "
+        f"and this is {what}. Run `ddbcache-run --children ...` to cache here too"
+    )
 
 
 def install() -> None:
@@ -88,7 +124,7 @@ def install() -> None:
     module = sys.modules.get("botocore.session")
     if module is not None:
         patch(module)
-    else:
+    elif not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _PatchOnImport())
 
 
@@ -126,20 +162,39 @@ def patch(module: ModuleType) -> None:
     def create_client(self: Any, service_name: str, *args: Any, **kwargs: Any) -> Any:
         client = original(self, service_name, *args, **kwargs)
         if service_name == "dynamodb":
-            attach(client)
+            created(self, client)
         return client
 
     session_class.create_client = create_client
 
 
+def created(session: Any, client: Any) -> None:
+    """A session made a DynamoDB client: attach it, or say why it is not cached; never raises."""
+    if _state["attach"]:
+        attach(client)
+    elif _state["run_pid"] is not None and not _state["child_told"]:
+        _state["child_told"] = True
+        log.warning("%s", child_message())
+    for observer in list(observers):
+        try:
+            observer(session, client)
+        except Exception:  # an application must never fail because of this hook
+            log.exception("ddbcache-hooks: checking a new DynamoDB client failed")
+
+
 def unpatch() -> None:
-    """Undo :func:`patch` (tests, and ``Registration.unregister`` of this registration)."""
+    """Undo :func:`patch` (tests)."""
     original = _state["original"]
     if original is not None:
         import botocore.session
 
         botocore.session.Session.create_client = original
         _state["original"] = None
+
+
+def stop_attaching() -> None:
+    """Environment activation's registration was unregistered: new clients stay uncached."""
+    _state["attach"] = False
 
 
 def attach(client: Any) -> None:
@@ -168,7 +223,13 @@ def activate() -> None:
         return
     _state["activated"] = True
     try:
+        from .config import warn_unknown_variables
+
+        warn_unknown_variables()
         if wanted() and check_environment():
+            _state["attach"] = True
             install()
+        elif _state["run_pid"] is not None:
+            install()  # to say so at this process's first DynamoDB client
     except Exception:  # never break interpreter start-up
         log.exception("ddbcache-hooks: environment activation failed; caching is off")

@@ -47,9 +47,11 @@ from .plan import ReadPlan, WritePlan
 from .plugin import (
     Registration,
     already_registered,
+    describe_target,
     inactive,
     install,
     is_async,
+    log_attached,
     redact,
     resolve_settings,
     switched_off,
@@ -396,6 +398,7 @@ async def register_async(
     protocol.clock.observe(server_ms)
     registration._start_background(holder)
     install(registration, kind, resolved)
+    log_attached(describe_target(target, kind), redis, settings, transport.cluster, "async")
     return registration
 
 

@@ -51,16 +51,24 @@ def _connect(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
+    """What an application started in this environment gets; bad settings as it reports them.
+
+    Unknown ``DDBCACHE_*`` names are warned about on stderr, as in the application.
+    """
     from .plugin import redact
 
     try:
+        from_env = from_environment()  # warns of unknown names, once
         enabled = env_flag("ENABLED")
-        from_env = from_environment()
     except ConfigurationError as exc:
-        raise CommandError(f"bad setting {exc}") from None
+        raise CommandError(str(exc)) from None
     settings = _settings(args)
     url = args.redis_url or os.environ.get(REDIS_URL)
-    state = {None: "no (DDBCACHE_ENABLED unset)", True: "yes", False: "no (DDBCACHE_ENABLED=0)"}
+    state = {
+        None: "no (DDBCACHE_ENABLED unset)",
+        True: "yes",
+        False: f"no (DDBCACHE_ENABLED={os.environ.get('DDBCACHE_ENABLED', '')!r})",
+    }
     print(f"environment activation: {state[enabled]}", file=out)
     print(f"redis: {redact(url) if url else '(DDBCACHE_REDIS_URL unset)'}", file=out)
     shown = settings.describe()
@@ -311,6 +319,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
         prog="ddbcache-run",
         description="Run a command with DynamoDB caching switched on from the environment.",
     )
+    _version_argument(parser)
     parser.add_argument("--redis-url", help=f"Redis URL (default: ${REDIS_URL})")
     parser.add_argument(
         "--children",
@@ -349,10 +358,30 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
     return demo.run(operations=args.operations, items=args.items, seed=args.seed, out=out)
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _version_argument(parser: argparse.ArgumentParser) -> None:
+    from ._version import __version__
+
+    parser.add_argument(
+        "--version", action="version", version=f"{parser.prog} (ddbcache-hooks) {__version__}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddbcache", description="ddbcache-hooks: a read-through Redis cache for DynamoDB."
     )
+    _version_argument(parser)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--redis-url", help=f"Redis URL (default: ${REDIS_URL})")
     common.add_argument("--namespace", help="key namespace (default: $DDBCACHE_NAMESPACE or CC)")
@@ -378,31 +407,100 @@ def build_parser() -> argparse.ArgumentParser:
     streams.add_argument(
         "--table", action="append", required=True, help="table to follow (repeatable)"
     )
-    streams.add_argument("--lease-ms", type=int, default=10_000, help="shard lease (ms)")
-    streams.add_argument("--poll-ms", type=int, default=500, help="pause when idle (ms)")
+    streams.add_argument("--lease-ms", type=_positive, default=10_000, help="shard lease (ms)")
+    streams.add_argument("--poll-ms", type=_positive, default=500, help="pause when idle (ms)")
     streams.add_argument(
         "--stats-every-s",
-        type=int,
+        type=_positive,
         default=10,
         help="counter flush for `ddbcache stats` (when DDBCACHE_METRICS_FLUSH_S is unset)",
     )
     streams.set_defaults(func=cmd_streams)
     demo = sub.add_parser("demo", help="run a short workload on embedded DynamoDB and Redis")
-    demo.add_argument("--operations", type=int, default=2000)
-    demo.add_argument("--items", type=int, default=200)
+    demo.add_argument("--operations", type=_positive, default=2000)
+    demo.add_argument("--items", type=_positive, default=200)
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """``ddbcache``: an expected failure ends in one line on stderr and a non-zero exit."""
     args = build_parser().parse_args(argv)
+    stream = out or sys.stdout
+    return run_command(f"ddbcache {args.command}", lambda: args.func(args, stream), stream, args)
+
+
+def run_command(
+    label: str, command: Callable[[], int], out: TextIO, args: argparse.Namespace | None = None
+) -> int:
+    """Run one command; turn the failures an operator can expect into one line.
+
+    Exit status: 0 done; 1 failed while running (Redis or AWS refused or failed);
+    2 could not start (bad argument or setting, Redis not reachable); 130 interrupted;
+    141 (as for SIGPIPE) when the reader of the output went away, silently.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+    from redis.exceptions import (
+        AuthenticationError,
+        NoPermissionError,
+        RedisError,
+        ResponseError,
+    )
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    def fail(message: str, status: int) -> int:
+        try:
+            print(f"{label}: {message}", file=sys.stderr)
+        except (BrokenPipeError, ValueError):
+            pass
+        return status
+
     try:
-        result: int = args.func(args, out or sys.stdout)
+        result = command()
+        out.flush()
+    except BrokenPipeError:
+        return _pipe_closed()
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
     except CommandError as exc:
-        print(f"ddbcache {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
+    except ConfigurationError as exc:
+        return fail(str(exc), 2)
+    except NoPermissionError as exc:
+        return fail(f"Redis refused a command: {exc} (the ACL: docs/operations.md)", 1)
+    except AuthenticationError as exc:
+        return fail(f"Redis refused the credentials of {_where(args)}: {exc}", 1)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        return fail(f"Redis at {_where(args)} did not answer: {exc}", 1)
+    except ResponseError as exc:
+        return fail(f"Redis refused a command: {exc}", 1)
+    except RedisError as exc:
+        return fail(f"Redis failed: {type(exc).__name__}: {exc}", 1)
+    except (ClientError, BotoCoreError) as exc:
+        return fail(f"AWS: {exc}", 1)
     return result
+
+
+def _where(args: argparse.Namespace | None) -> str:
+    from .plugin import redact
+
+    url = getattr(args, "redis_url", None) or os.environ.get(REDIS_URL, "")
+    return redact(url) if url else "(no URL)"
+
+
+def _pipe_closed() -> int:
+    """The reader of stdout went away (``ddbcache stats | head -1``): end quietly."""
+    import signal
+
+    try:
+        # Later writes (the interpreter's own flush at exit) go nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + int(signal.SIGPIPE)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ raises :class:`~ddbcache_hooks.errors.ConfigurationError` naming the option
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
 import threading
@@ -24,6 +25,11 @@ TTL_KINDS = ("item", "item_negative", "query", "scan")
 CONSISTENCY_MODES = ("eventual", "strict")
 QUERY_INVALIDATION_MODES = ("partition", "write", "ttl")
 ENV_PREFIX = "DDBCACHE_"
+#: The spellings every boolean variable accepts (case-insensitive).
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+BOOLEAN_FORM = "a boolean (1/0, true/false, yes/no, on/off)"
+log = logging.getLogger("ddbcache_hooks")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -48,6 +54,7 @@ def _one_of(*choices: str) -> Callable[[str, Any], str]:
             raise ConfigurationError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
         return str(value)
 
+    check.choices = choices  # type: ignore[attr-defined]
     return check
 
 
@@ -138,7 +145,10 @@ def _tables(name: str, value: Any) -> dict[str, TablePolicy]:
 
 
 def _env_int(text: str) -> int:
-    return int(text.strip())
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("") from None  # the message names the expected form
 
 
 def _env_str(text: str) -> str:
@@ -147,11 +157,11 @@ def _env_str(text: str) -> str:
 
 def _env_bool(text: str) -> bool:
     lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in ("0", "false", "no", "off", ""):
+    if lowered in FALSE_WORDS or lowered == "":
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    raise ValueError("")
 
 
 def _env_ttl_config(text: str) -> dict[str, int]:
@@ -160,8 +170,11 @@ def _env_ttl_config(text: str) -> dict[str, int]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         kind, sep, ttl = part.partition("=")
         if not sep:
-            raise ValueError(f"expected kind=seconds, got {part!r}")
-        out[kind.strip()] = int(ttl)
+            raise ValueError(f"{part!r} is not kind=seconds")
+        try:
+            out[kind.strip()] = int(ttl)
+        except ValueError:
+            raise ValueError(f"{ttl.strip()!r} is not a whole number of seconds") from None
     return out
 
 
@@ -171,7 +184,7 @@ def _env_key_schema(text: str) -> dict[str, tuple[str, ...]]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         table, sep, names = part.partition("=")
         if not sep:
-            raise ValueError(f"expected table=hash[:range], got {part!r}")
+            raise ValueError(f"{part!r} is not table=hash[:range]")
         out[table.strip()] = tuple(names.strip().split(":"))
     return out
 
@@ -202,14 +215,17 @@ def _env_near_cache(text: str) -> Any:
     """``max_items=10000,ttl_ms=500`` (or ``off``)."""
     from .near import NearCache
 
-    if text.strip().lower() in ("", "0", "off", "no", "false"):
+    if text.strip().lower() in ("", *FALSE_WORDS):
         return None
     values = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, number = part.partition("=")
         if not sep or name.strip() not in ("max_items", "ttl_ms"):
-            raise ValueError(f"expected max_items=N,ttl_ms=N, got {part!r}")
-        values[name.strip()] = int(number)
+            raise ValueError(f"{part!r} is not max_items=N or ttl_ms=N")
+        try:
+            values[name.strip()] = int(number)
+        except ValueError:
+            raise ValueError(f"{number.strip()!r} is not a whole number") from None
     return NearCache(**values)
 
 
@@ -230,10 +246,39 @@ class Option:
     doc: str
     from_env: Callable[[str], Any] | None = _env_str
     secret: bool = False
+    #: What the variable must hold, for messages (derived from the check when None).
+    form: str | None = None
 
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def expected(self) -> str:
+        """The variable's expected form, e.g. "a positive whole number of seconds"."""
+        if self.form is not None:
+            return self.form
+        if self.check is _boolean:
+            return BOOLEAN_FORM
+        unit = _unit(self.name)
+        if self.check is _positive_int:
+            return f"a positive whole number{unit}"
+        if self.check is _non_negative_int:
+            return f"a whole number{unit}, 0 or more"
+        choices = getattr(self.check, "choices", None)
+        if choices:
+            return f"one of {', '.join(choices)}"
+        return "a valid value (docs/configuration.md)"
+
+
+def _unit(name: str) -> str:
+    if name.endswith("_ms"):
+        return " of milliseconds"
+    if name == "ttl" or name.endswith("_s"):
+        return " of seconds"
+    if name.endswith("_bytes"):
+        return " of bytes"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -287,14 +332,22 @@ OPTIONS: tuple[Option, ...] = (
         _ttl_config,
         "TTL per read kind: keys item, item_negative, query, scan (seconds).",
         _env_ttl_config,
+        form='kind=seconds pairs such as item=60,query=30 (kinds: item, item_negative, query, scan)',
     ),
-    Option("namespace", "CC", _namespace, "Prefix of every Redis key; isolates deployments."),
+    Option(
+        "namespace",
+        "CC",
+        _namespace,
+        "Prefix of every Redis key; isolates deployments.",
+        form="1-64 characters of letters, digits, '_', '.', ':' or '-'",
+    ),
     Option(
         "key_schema",
         None,
         _key_schema,
         "Primary key names per table, instead of a DescribeTable call.",
         _env_key_schema,
+        form='table=hash[:range] pairs such as orders=pk:sk,users=id',
     ),
     Option("include_tables", ("*",), _patterns, "Tables to cache (names or * patterns).", _env_str),
     Option("exclude_tables", (), _patterns, "Tables never cached (wins over include).", _env_str),
@@ -304,6 +357,7 @@ OPTIONS: tuple[Option, ...] = (
         _tables,
         "Per-table TablePolicy overrides, by name or pattern (JSON in the variable).",
         _env_json,
+        form='a JSON object of table patterns to TablePolicy fields, e.g. {"audit*": {"enabled": false}}',
     ),
     Option(
         "consistency",
@@ -365,6 +419,7 @@ OPTIONS: tuple[Option, ...] = (
         "The AWS account of the clients' credentials (default: the credentials' own, "
         "when known): ARNs naming it share the entries of plain table names; "
         "unknown, reads naming a table by ARN bypass the cache.",
+        form='a 12-digit AWS account id',
     ),
     Option(
         "signing_key",
@@ -372,6 +427,7 @@ OPTIONS: tuple[Option, ...] = (
         _signing_key,
         "HMAC key; when set, every entry is signed and unsigned entries are ignored.",
         secret=True,
+        form='a key of at least 16 bytes',
     ),
     Option(
         "redis_timeout_ms",
@@ -428,6 +484,7 @@ OPTIONS: tuple[Option, ...] = (
         _near_cache,
         "An in-process NearCache(max_items, ttl_ms) in front of Redis (opt-in, bounded staleness).",
         _env_near_cache,
+        form='max_items=N,ttl_ms=N (or off)',
     ),
     Option(
         "publish_invalidations",
@@ -479,6 +536,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
+_STRUCTURED = (_env_ttl_config, _env_key_schema, _env_json, _env_near_cache)
 
 
 @dataclass(frozen=True)
@@ -641,9 +699,79 @@ def _specificity(pattern: str) -> tuple[int, int]:
     return (0 if wildcards else 1, len(pattern) - wildcards)
 
 
-def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Options set by ``DDBCACHE_*`` variables, validated; errors name the variable."""
+#: ``DDBCACHE_*`` variables that are not options: name -> what it does (docs/configuration.md).
+OTHER_VARIABLES: dict[str, str] = {
+    "DDBCACHE_ENABLED": "switches environment activation on (1) or caching off everywhere (0)",
+    "DDBCACHE_REDIS_URL": "the Redis URL of environment activation and the ddbcache command",
+    "DDBCACHE_RUN_PID": "set by ddbcache-run: the process it started",
+    "DDBCACHE_RUN_CHILDREN": "set by ddbcache-run --children",
+    "DDBCACHE_REDIS_SERVER": "the redis-server / valkey-server binary of the demo and tests",
+    "DDBCACHE_CHECKER_SCALE": "how long the test suite's consistency checker runs",
+}
+
+_warned_unknown: set[str] = set()
+
+
+def known_variables() -> list[str]:
+    """Every ``DDBCACHE_*`` name the library reads."""
+    return [option.env for option in OPTIONS] + list(OTHER_VARIABLES)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """``DDBCACHE_*`` names nothing reads, each with the closest known name (or None)."""
+    import difflib
+
     environ = os.environ if environ is None else environ
+    known = known_variables()
+    out: dict[str, str | None] = {}
+    suffixes = {name[len(ENV_PREFIX) :]: name for name in known}
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            # Compared without the shared prefix, which would make every name look close.
+            suffix = name[len(ENV_PREFIX) :].upper()
+            close = difflib.get_close_matches(suffix, list(suffixes), n=1, cutoff=0.6)
+            out[name] = suffixes[close[0]] if close else None
+    return out
+
+
+def unknown_variable_message(name: str, suggestion: str | None) -> str:
+    hint = f"did you mean {suggestion}?" if suggestion else "see docs/configuration.md"
+    return f"ddbcache-hooks: unknown variable {name} is ignored; {hint}"
+
+
+def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Log each unknown ``DDBCACHE_*`` name once per process; return all of them."""
+    environ = os.environ if environ is None else environ
+    if not any(name.startswith(ENV_PREFIX) for name in environ):
+        return {}
+    unknown = unknown_variables(environ)
+    for name, suggestion in unknown.items():
+        if name not in _warned_unknown:
+            _warned_unknown.add(name)
+            log.warning("%s", unknown_variable_message(name, suggestion))
+    return unknown
+
+
+def _shown(option: Option, raw: str) -> str:
+    """The raw value for a message; a secret's is never shown."""
+    if option.secret:
+        return f"a value of {len(raw.encode('utf-8'))} bytes (not shown)"
+    return repr(raw)
+
+
+def env_error(option: Option, raw: str, detail: str = "") -> str:
+    """``DDBCACHE_TTL must be a positive whole number of seconds, got 'abc'``."""
+    message = f"{option.env} must be {option.expected}, got {_shown(option, raw)}"
+    return f"{message} ({detail})" if detail and not option.secret else message
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Options set by ``DDBCACHE_*`` variables, validated; errors name the variable.
+
+    Unknown ``DDBCACHE_*`` names are logged once each (with the closest known name).
+    """
+    environ = os.environ if environ is None else environ
+    warn_unknown_variables(environ)
     values = {}
     for option in OPTIONS:
         raw = environ.get(option.env)
@@ -652,16 +780,21 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
         try:
             parsed = option.from_env(raw)
         except ValueError as exc:
-            raise ConfigurationError(f"{option.env}={raw!r}: {exc}") from None
+            raise ConfigurationError(env_error(option, raw, str(exc))) from None
         try:
             values[option.name] = option.check(option.name, parsed)
         except ConfigurationError as exc:
-            raise ConfigurationError(f"{option.env}={raw!r}: {exc}") from None
+            # Structured values say which part is wrong; a scalar's form says it all.
+            detail = str(exc) if option.from_env in _STRUCTURED else ""
+            raise ConfigurationError(env_error(option, raw, detail)) from None
     return values
 
 
 def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool | None:
-    """A boolean ``DDBCACHE_<name>`` variable: True, False, or None when unset."""
+    """A boolean ``DDBCACHE_<name>`` variable: True, False, or None when unset.
+
+    Raises ConfigurationError naming the variable and the accepted spellings.
+    """
     environ = os.environ if environ is None else environ
     raw = environ.get(ENV_PREFIX + name)
     if raw is None:
@@ -669,7 +802,9 @@ def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool | None
     try:
         return _env_bool(raw)
     except ValueError:
-        raise ConfigurationError(f"{ENV_PREFIX}{name}={raw!r}: not a boolean") from None
+        raise ConfigurationError(
+            f"{ENV_PREFIX}{name} must be {BOOLEAN_FORM}, got {raw!r}"
+        ) from None
 
 
 __all__ = ["OPTIONS", "Option", "Settings", "TablePolicy", "TableSettings"]

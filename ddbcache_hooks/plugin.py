@@ -292,7 +292,7 @@ class Registration:
             if self.from_environment:
                 from . import _autoload
 
-                _autoload.unpatch()
+                _autoload.stop_attaching()
 
     def _stop_work(self) -> None:
         if self._work is not None:
@@ -380,10 +380,50 @@ def register(
     registration._set_clock()
     registration._start_background(transport.connections)
     install(registration, kind, resolved)
+    log_attached(describe_target(target, kind), redis, settings, transport.cluster, "sync")
     return registration
 
 
 # Steps register() and register_async() share.
+
+
+def describe_target(target: Any, kind: str) -> str:
+    """What a registration caches, for the line :func:`log_attached` logs."""
+    if target is None:
+        return "boto3's default session"
+    if kind == "session":
+        return f"a {type(target).__module__.split('.')[0]} session"
+    client = getattr(getattr(target, "meta", None), "client", target)
+    meta = getattr(client, "meta", None)
+    return (
+        f"one DynamoDB client ({getattr(meta, 'region_name', '?')}, "
+        f"{getattr(meta, 'endpoint_url', '?')})"
+    )
+
+
+def describe_redis(target: Any) -> str:
+    """A Redis URL or client for messages, its secrets masked."""
+    if isinstance(target, str):
+        return redact(target)
+    pool = getattr(target, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None) or {}
+    if "host" in kwargs:
+        return f"{type(target).__name__} client for {kwargs['host']}:{kwargs.get('port', 6379)}"
+    if "path" in kwargs:
+        return f"{type(target).__name__} client for {kwargs['path']}"
+    return f"{type(target).__name__} client"
+
+
+def log_attached(target: str, redis: Any, settings: Settings, cluster: bool, mode: str) -> None:
+    """The one INFO line that says caching is on: what, where, namespace, mode."""
+    log.info(
+        "ddbcache-hooks: caching DynamoDB reads of %s in %s (namespace %r, %s, %s)",
+        target,
+        describe_redis(redis),
+        settings.namespace,
+        mode,
+        "cluster" if cluster else "single node",
+    )
 
 
 def already_registered(kind: str, resolved: Any) -> Registration | None:
@@ -421,8 +461,87 @@ def install(registration: Registration, kind: str, resolved: Any) -> None:
         if kind == "session":
             registration.attach_session(resolved)
             _sessions[resolved] = registration
+            _watch_other_sessions()
         else:
             registration.attach_client(resolved)
+
+
+# --- clients no registration reaches ------------------------------------------------
+
+_unreached = {"watching": False, "told": False}
+_FIRST_CALL = "ddbcache-hooks-unregistered-session"
+
+
+def _watch_other_sessions() -> None:
+    """Once a session is registered, look at every DynamoDB client any session makes."""
+    from . import _autoload
+
+    if not _unreached["watching"]:
+        _unreached["watching"] = True
+        _autoload.observers.append(_check_new_client)
+        _autoload.install()
+
+
+def _check_new_client(session: Any, client: Any) -> None:
+    """A client no registration attached to, while sessions are registered: told at its
+    first call (the application may still register the client itself before that)."""
+    import botocore.client
+
+    if _unreached["told"] or not isinstance(client, botocore.client.BaseClient):
+        return
+    if client in _attached or not _session_registrations():
+        return
+    client_ref = weakref.ref(client)
+    from_default = _is_default_session(session)
+
+    def first_call(**_: Any) -> None:
+        current = client_ref()
+        if current is None:
+            return
+        current.meta.events.unregister("before-call.dynamodb", unique_id=_FIRST_CALL)
+        if current in _attached or _unreached["told"] or not _session_registrations():
+            return
+        _unreached["told"] = True
+        log.warning("%s", unreached_message(from_default, len(_session_registrations())))
+
+    client.meta.events.register("before-call.dynamodb", first_call, unique_id=_FIRST_CALL)
+
+
+def _session_registrations() -> list[Registration]:
+    with _lock:
+        return [
+            r
+            for r in _sessions.values()
+            if r.active and not r.from_environment and r._hooks_factory is SyncHooks
+        ]
+
+
+def _is_default_session(session: Any) -> bool:
+    import sys
+
+    boto3 = sys.modules.get("boto3")
+    default = getattr(boto3, "DEFAULT_SESSION", None)
+    try:
+        return default is not None and default.events is session.get_component("event_emitter")
+    except Exception:
+        return False
+
+
+def unreached_message(from_default: bool, registered: int) -> str:
+    """What a DynamoDB client made from a session no registration is on says, once."""
+    sessions = f"{registered} other session{'s' if registered != 1 else ''}"
+    if from_default:
+        return (
+            "ddbcache-hooks: a DynamoDB client made from boto3's default session "
+            "(boto3.client() / boto3.resource()) is not cached: register() was given "
+            f"{sessions}. Call ddbcache_hooks.register() with no session to cache the "
+            "default session, or make the clients from the registered session"
+        )
+    return (
+        "ddbcache-hooks: a DynamoDB client made from a session that is not registered "
+        f"is not cached (register() was given {sessions}). Register the session the "
+        "application uses, or make the clients from the registered session"
+    )
 
 
 def register_from_environment(environ: Mapping[str, str]) -> Registration | None:
@@ -438,7 +557,9 @@ def register_from_environment(environ: Mapping[str, str]) -> Registration | None
     except Exception as exc:
         log.warning("ddbcache-hooks: caching is off: %s", exc)
         return None
-    log.info("ddbcache-hooks: caching DynamoDB reads in %s (from the environment)", redact(url))
+    log_attached(
+        "every DynamoDB client (environment activation)", url, settings, transport.cluster, "sync"
+    )
     registration = Registration(
         Protocol(settings, cluster=transport.cluster),
         transport,

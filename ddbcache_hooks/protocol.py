@@ -842,7 +842,7 @@ class Protocol:
         self.backlog.discard(pending, upto)
         count = len(pending.items) + len(pending.tables)
         self.stats.incr("backlog_replayed", count)
-        log.warning("replayed %d invalidations that an outage had held back", count)
+        log.info("replayed %d invalidations that an outage had held back", count)
 
     # --- schemas -------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ class CircuitBreaker:
         with self._lock:
             if self._state != CLOSED:
                 self._stats.incr("breaker_closed")
-                log.warning("Redis circuit breaker closed: Redis answers again")
+                log.info("Redis circuit breaker closed: Redis answers again")
             self._state = CLOSED
             self._failures = 0
 

@@ -114,3 +114,115 @@ def test_stale_if_error_and_early_refresh_options() -> None:
         Settings.resolve({"tables": {"t": {"stale_if_error_s": "1"}}})
     with pytest.raises(ConfigurationError, match="DDBCACHE_EARLY_REFRESH"):
         from_environment({"DDBCACHE_EARLY_REFRESH": "maybe"})
+
+
+# --- environment variables say what is wrong with them --------------------------------
+
+
+def test_unknown_variable_warns_once_with_the_closest_name(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ddbcache_hooks import config
+
+    monkeypatch.setattr(config, "_warned_unknown", set())
+    env = {"DDBCACHE_TTLL": "5", "DDBCACHE_ENABLE": "1", "DDBCACHE_ZZZ": "1", "DDBCACHE_TTL": "9"}
+    with caplog.at_level("WARNING", logger="ddbcache_hooks"):
+        assert from_environment(env) == {"ttl": 9}  # the unknown names are ignored
+        from_environment(env)
+    assert [r.getMessage() for r in caplog.records] == [
+        "ddbcache-hooks: unknown variable DDBCACHE_ENABLE is ignored; did you mean "
+        "DDBCACHE_ENABLED?",
+        "ddbcache-hooks: unknown variable DDBCACHE_TTLL is ignored; did you mean DDBCACHE_TTL?",
+        "ddbcache-hooks: unknown variable DDBCACHE_ZZZ is ignored; see docs/configuration.md",
+    ]
+
+
+def test_variables_the_library_reads_are_not_unknown() -> None:
+    from ddbcache_hooks.config import known_variables, unknown_variables
+
+    environ = dict.fromkeys(known_variables(), "1")
+    assert unknown_variables(environ) == {}
+    assert "DDBCACHE_REDIS_URL" in environ and "DDBCACHE_SIGNING_KEY" in environ
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [(t, True) for t in ("1", "true", "TRUE", "Yes", "on", " On ")]
+    + [(t, False) for t in ("0", "false", "False", "NO", "off")],
+)
+def test_every_boolean_variable_takes_the_documented_spellings(text: str, value: bool) -> None:
+    from ddbcache_hooks.config import env_flag
+
+    assert env_flag("ENABLED", {"DDBCACHE_ENABLED": text}) is value
+    booleans = [o for o in OPTIONS if o.check.__name__ == "_boolean"]
+    assert len(booleans) >= 3
+    for option in booleans:
+        assert from_environment({option.env: text}) == {option.name: value}
+
+
+def test_a_bad_boolean_names_the_variable_and_the_accepted_spellings() -> None:
+    from ddbcache_hooks.config import env_flag
+
+    accepted = "must be a boolean (1/0, true/false, yes/no, on/off), got 'maybe'"
+    with pytest.raises(ConfigurationError) as raised:
+        env_flag("ENABLED", {"DDBCACHE_ENABLED": "maybe"})
+    assert str(raised.value) == f"DDBCACHE_ENABLED {accepted}"
+    with pytest.raises(ConfigurationError) as raised:
+        from_environment({"DDBCACHE_PUBLISH_INVALIDATIONS": "maybe"})
+    assert str(raised.value) == f"DDBCACHE_PUBLISH_INVALIDATIONS {accepted}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DDBCACHE_TTL", "abc", "DDBCACHE_TTL must be a positive whole number of seconds, got 'abc'"),
+        ("DDBCACHE_TTL", "0", "DDBCACHE_TTL must be a positive whole number of seconds, got '0'"),
+        (
+            "DDBCACHE_LEASE_MS",
+            "2s",
+            "DDBCACHE_LEASE_MS must be a positive whole number of milliseconds, got '2s'",
+        ),
+        (
+            "DDBCACHE_METRICS_FLUSH_S",
+            "-5",
+            "DDBCACHE_METRICS_FLUSH_S must be a whole number of seconds, 0 or more, got '-5'",
+        ),
+        (
+            "DDBCACHE_MAX_ENTRY_BYTES",
+            "1MB",
+            "DDBCACHE_MAX_ENTRY_BYTES must be a positive whole number of bytes, got '1MB'",
+        ),
+        (
+            "DDBCACHE_CONSISTENCY",
+            "maybe",
+            "DDBCACHE_CONSISTENCY must be one of eventual, strict, got 'maybe'",
+        ),
+        (
+            "DDBCACHE_TTL_CONFIG",
+            "item=x",
+            "DDBCACHE_TTL_CONFIG must be kind=seconds pairs such as item=60,query=30 (kinds: "
+            "item, item_negative, query, scan), got 'item=x' ('x' is not a whole number of "
+            "seconds)",
+        ),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_the_expected_form(
+    variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        from_environment({variable: value})
+    assert str(raised.value) == message
+    assert "invalid literal" not in str(raised.value)
+
+
+def test_a_bad_signing_key_is_not_echoed() -> None:
+    secret = "hunter2-secret"  # 14 bytes: too short
+    with pytest.raises(ConfigurationError) as raised:
+        from_environment({"DDBCACHE_SIGNING_KEY": secret})
+    assert str(raised.value) == (
+        "DDBCACHE_SIGNING_KEY must be a key of at least 16 bytes, got a value of 14 bytes "
+        "(not shown)"
+    )
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.resolve({"signing_key": secret})
+    assert secret not in str(raised.value)
