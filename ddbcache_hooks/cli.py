@@ -7,6 +7,7 @@ Commands read the same ``DDBCACHE_*`` variables as environment activation, so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -360,10 +361,7 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
 
 def _positive(text: str) -> int:
     """An argparse type: a whole number above 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    value = int(text) if text.strip().isdigit() else 0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return value
@@ -451,10 +449,8 @@ def run_command(
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     def fail(message: str, status: int) -> int:
-        try:
+        with contextlib.suppress(BrokenPipeError, ValueError):
             print(f"{label}: {message}", file=sys.stderr)
-        except (BrokenPipeError, ValueError):
-            pass
         return status
 
     try:

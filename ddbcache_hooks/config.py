@@ -332,7 +332,8 @@ OPTIONS: tuple[Option, ...] = (
         _ttl_config,
         "TTL per read kind: keys item, item_negative, query, scan (seconds).",
         _env_ttl_config,
-        form='kind=seconds pairs such as item=60,query=30 (kinds: item, item_negative, query, scan)',
+        form="kind=seconds pairs such as item=60,query=30 "
+        "(kinds: item, item_negative, query, scan)",
     ),
     Option(
         "namespace",
@@ -347,7 +348,7 @@ OPTIONS: tuple[Option, ...] = (
         _key_schema,
         "Primary key names per table, instead of a DescribeTable call.",
         _env_key_schema,
-        form='table=hash[:range] pairs such as orders=pk:sk,users=id',
+        form="table=hash[:range] pairs such as orders=pk:sk,users=id",
     ),
     Option("include_tables", ("*",), _patterns, "Tables to cache (names or * patterns).", _env_str),
     Option("exclude_tables", (), _patterns, "Tables never cached (wins over include).", _env_str),
@@ -357,7 +358,8 @@ OPTIONS: tuple[Option, ...] = (
         _tables,
         "Per-table TablePolicy overrides, by name or pattern (JSON in the variable).",
         _env_json,
-        form='a JSON object of table patterns to TablePolicy fields, e.g. {"audit*": {"enabled": false}}',
+        form='a JSON object of table patterns to TablePolicy fields, e.g. {"audit*": '
+        '{"enabled": false}}',
     ),
     Option(
         "consistency",
@@ -419,7 +421,7 @@ OPTIONS: tuple[Option, ...] = (
         "The AWS account of the clients' credentials (default: the credentials' own, "
         "when known): ARNs naming it share the entries of plain table names; "
         "unknown, reads naming a table by ARN bypass the cache.",
-        form='a 12-digit AWS account id',
+        form="a 12-digit AWS account id",
     ),
     Option(
         "signing_key",
@@ -427,7 +429,7 @@ OPTIONS: tuple[Option, ...] = (
         _signing_key,
         "HMAC key; when set, every entry is signed and unsigned entries are ignored.",
         secret=True,
-        form='a key of at least 16 bytes',
+        form="a key of at least 16 bytes",
     ),
     Option(
         "redis_timeout_ms",
@@ -484,7 +486,7 @@ OPTIONS: tuple[Option, ...] = (
         _near_cache,
         "An in-process NearCache(max_items, ttl_ms) in front of Redis (opt-in, bounded staleness).",
         _env_near_cache,
-        form='max_items=N,ttl_ms=N (or off)',
+        form="max_items=N,ttl_ms=N (or off)",
     ),
     Option(
         "publish_invalidations",

@@ -175,7 +175,11 @@ def test_a_bad_boolean_names_the_variable_and_the_accepted_spellings() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("DDBCACHE_TTL", "abc", "DDBCACHE_TTL must be a positive whole number of seconds, got 'abc'"),
+        (
+            "DDBCACHE_TTL",
+            "abc",
+            "DDBCACHE_TTL must be a positive whole number of seconds, got 'abc'",
+        ),
         ("DDBCACHE_TTL", "0", "DDBCACHE_TTL must be a positive whole number of seconds, got '0'"),
         (
             "DDBCACHE_LEASE_MS",
