@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from .config import OPTIONS, Settings, env_flag, from_environment
 from .errors import ConfigurationError
@@ -316,7 +316,7 @@ def cmd_streams(args: argparse.Namespace, out: TextIO) -> int:
 
 def run_main(argv: Sequence[str] | None = None) -> int:
     """``ddbcache-run [--children] [--redis-url URL] command ...``"""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ddbcache-run",
         description="Run a command with DynamoDB caching switched on from the environment.",
     )
@@ -367,6 +367,13 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad argument is one line on stderr (and exit status 2), like every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _version_argument(parser: argparse.ArgumentParser) -> None:
     from ._version import __version__
 
@@ -376,7 +383,7 @@ def _version_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ddbcache", description="ddbcache-hooks: a read-through Redis cache for DynamoDB."
     )
     _version_argument(parser)

@@ -266,3 +266,157 @@ def test_opentelemetry_export(session: boto3.Session, real_redis: Any, namespace
         assert "ddbcache.rcu_saved" in points
     finally:
         registration.unregister()
+
+
+# --- one line for an expected failure, through the installed console script -------------
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def console(*argv: str, program: str = "ddbcache", **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed console script, running this tree's package."""
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DDBCACHE_")}
+    return subprocess.run(
+        [str(BIN / program), *argv],
+        env={**base, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def stopped_redis_url() -> str:
+    """The URL of a real server that was started, then stopped."""
+    from tests.conftest import _binary
+
+    server = RedisServer(_binary()).start()
+    url = server.url
+    server.stop()
+    return url
+
+
+@pytest.fixture
+def refusing_url(redis_server: RedisServer) -> Any:
+    """A Redis ACL user (with a password) that may run everything but SCAN."""
+    import uuid
+
+    import redis
+
+    user, password = "cli" + uuid.uuid4().hex[:8], "pw" + uuid.uuid4().hex[:8]
+    admin = redis.Redis(host=redis_server.host, port=redis_server.port)
+    admin.execute_command(
+        "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-scan"
+    )
+    try:
+        yield user, password, f"redis://{user}:{password}@127.0.0.1:{redis_server.port}/0"
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()
+
+
+@pytest.mark.parametrize("command", [["flush", "--yes"], ["stats"]])
+def test_stopped_redis_is_one_line_and_a_failure(
+    stopped_redis_url: str, command: list[str]
+) -> None:
+    result = console(*command, "--redis-url", stopped_redis_url)
+    assert result.returncode == 2 and result.stdout == ""
+    port = stopped_redis_url.rsplit(":", 1)[1].split("/")[0]
+    assert result.stderr.splitlines() == [
+        f"ddbcache {command[0]}: cannot connect to Redis: Could not connect to Redis at "
+        f"{stopped_redis_url}: Error 111 connecting to 127.0.0.1:{port}. Connection refused."
+    ]
+
+
+@pytest.mark.parametrize("command", [["flush", "--yes"], ["stats"]])
+def test_refused_command_is_one_line_and_a_failure(
+    refusing_url: tuple[str, str, str], command: list[str]
+) -> None:
+    _, password, url = refusing_url
+    result = console(*command, "--redis-url", url, "--namespace", "refused")
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()  # the server's own words in the middle
+    assert line.startswith(f"ddbcache {command[0]}: Redis refused a command: ")
+    assert "no permissions to run the 'scan' command" in line
+    assert line.endswith(" (the ACL: docs/operations.md)")
+    assert password not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("command", [["info"], ["stats"]])
+def test_a_pipe_closed_early_ends_quietly(redis_server: RedisServer, command: list[str]) -> None:
+    """``ddbcache stats | head -1``: the reader is gone before the output is written."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        process = subprocess.Popen(
+            [str(BIN / "ddbcache"), *command],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "DDBCACHE_REDIS_URL": redis_server.url},
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    _, err = process.communicate(timeout=60)
+    assert err == "" and process.returncode == 141  # as a tool that SIGPIPE ended
+
+
+@pytest.mark.parametrize("program", ["ddbcache", "ddbcache-run"])
+def test_version(program: str) -> None:
+    result = console("--version", program=program)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{program} (ddbcache-hooks) {ddbcache_hooks.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["demo", "--operations", "0"],
+            "ddbcache demo: argument --operations: expected a positive whole number, got '0' "
+            "(see ddbcache demo --help)",
+        ),
+        (
+            ["flush", "--yes", "--redis-url", "http://example.com"],
+            "ddbcache flush: cannot connect to Redis: ",
+        ),
+        (
+            ["streams", "--table", "t", "--poll-ms", "-1"],
+            "ddbcache streams: argument --poll-ms: expected a positive whole number, got '-1' "
+            "(see ddbcache streams --help)",
+        ),
+    ],
+)
+def test_bad_argument_is_one_line(argv: list[str], message: str) -> None:
+    result = console(*argv)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_info_names_unknown_variables_as_the_application_does() -> None:
+    result = console("info", DDBCACHE_TTLL="5", DDBCACHE_TTL="60")
+    assert result.returncode == 0
+    assert result.stderr.splitlines() == [
+        "ddbcache-hooks: unknown variable DDBCACHE_TTLL is ignored; did you mean DDBCACHE_TTL?"
+    ]
+    assert "DDBCACHE_TTL" in result.stdout and "DDBCACHE_TTLL" not in result.stdout
+
+
+def test_info_and_the_application_read_booleans_alike() -> None:
+    shown = {"Yes": "yes", "off": "no (DDBCACHE_ENABLED='off')"}
+    for value, state in shown.items():
+        result = console("info", DDBCACHE_ENABLED=value)
+        assert f"environment activation: {state}" in result.stdout, result.stderr
+    bad = console("info", DDBCACHE_ENABLED="maybe")
+    assert bad.returncode == 2 and bad.stderr.splitlines()[-1] == (
+        "ddbcache info: DDBCACHE_ENABLED must be a boolean (1/0, true/false, yes/no, on/off), "
+        "got 'maybe'"
+    )
