@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ddbcache", description="ddbcache-hooks: a read-through Redis cache for DynamoDB."
     )
     _version_argument(parser)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--redis-url", help=f"Redis URL (default: ${REDIS_URL})")
     common.add_argument("--namespace", help="key namespace (default: $DDBCACHE_NAMESPACE or CC)")
     sub = parser.add_subparsers(dest="command", required=True)

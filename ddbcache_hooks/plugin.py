@@ -392,7 +392,8 @@ def describe_target(target: Any, kind: str) -> str:
     if target is None:
         return "boto3's default session"
     if kind == "session":
-        return f"a {type(target).__module__.split('.')[0]} session"
+        package = type(target).__module__.split(".")[0]
+        return f"{'an' if package[0] in 'aeiou' else 'a'} {package} session"
     client = getattr(getattr(target, "meta", None), "client", target)
     meta = getattr(client, "meta", None)
     return (
@@ -720,9 +721,11 @@ def _check(transport: SyncTransport, target: Any) -> None:
 
 
 def redact(url: str) -> str:
-    """A URL with its password masked, for messages."""
+    """A URL with its password masked (``user:****@``, ``?password=****``), for messages."""
+    import re
+
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":****@"))
+    query = re.sub(r"(?i)((?:^|&)password=)[^&]*", r"\1****", parts.query)
+    return urlunsplit(parts._replace(query=query))

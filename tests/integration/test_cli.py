@@ -49,6 +49,13 @@ def test_info_shows_effective_configuration_with_secrets_masked(
     assert rows["scan_admission"] == ["2", "default"]
 
 
+def test_info_masks_a_password_given_in_the_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DDBCACHE_REDIS_URL", "redis://cache.example:6379/0?password=s3cret&db=1")
+    code, out = ddbcache("info")
+    assert code == 0 and "redis: redis://cache.example:6379/0?password=****&db=1" in out
+    assert "s3cret" not in out
+
+
 def test_info_reports_bad_variables(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     monkeypatch.setenv("DDBCACHE_TTL", "abc")
     code, _ = ddbcache("info")
