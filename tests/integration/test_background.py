@@ -220,7 +220,10 @@ def test_held_invalidations_are_flushed_at_exit(
     assert reader() == (False, "new")
 
 
-def test_a_full_redis_serves_hits_and_keeps_the_breaker_closed(namespace: str, aws: None) -> None:
+def test_a_full_redis_serves_hits_and_keeps_the_breaker_closed(
+    namespace: str, aws: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="ddbcache_hooks")
     with RedisServer(extra_args=["--maxmemory-policy", "noeviction"]) as server:
         session = boto3.Session(region_name=REGION)
         registration = ddbcache_hooks.register(
@@ -249,4 +252,6 @@ def test_a_full_redis_serves_hits_and_keeps_the_breaker_closed(namespace: str, a
         assert until(lambda: not registration._protocol.backlog, timeout=10)
         assert "CacheMetadata" not in c.get_item(TableName="items", Key=KEY)
         assert registration.stats()["backlog_replayed"] == 1
+        replayed = [r for r in caplog.records if "replayed 1 invalidations" in r.getMessage()]
+        assert [r.levelname for r in replayed] == ["INFO"]  # recovery is not a problem
         registration.unregister()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ddbcache_hooks.resilience import CLOSED, HALF_OPEN, OPEN, Backlog, CircuitBreaker, Invalidation
 from ddbcache_hooks.stats import Stats
 from ddbcache_hooks.store import Lifecycle
@@ -43,6 +45,21 @@ def test_breaker_opens_after_threshold_and_probes_after_cooldown() -> None:
         2,
         1,
     )
+
+
+def test_opening_is_a_warning_recovery_is_info(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(1, 1.0, Stats(), clock)
+    with caplog.at_level("INFO", logger="ddbcache_hooks"):
+        breaker.failure()
+        clock.now = 1.0
+        assert breaker.allow()
+        breaker.success()
+    assert [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records] == [
+        ("WARNING", "Redis circuit breaker open after 1 failures"),
+        ("INFO", "Redis circuit breaker half-open"),
+        ("INFO", "Redis circuit breaker closed"),
+    ]
 
 
 def test_success_resets_the_failure_count() -> None:
