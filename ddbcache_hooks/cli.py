@@ -67,7 +67,9 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     url = args.redis_url or os.environ.get(REDIS_URL)
     state = {
         None: "no (DDBCACHE_ENABLED unset)",
-        True: "yes",
+        True: "yes"
+        if os.environ.get(REDIS_URL)
+        else f"no (DDBCACHE_ENABLED is set but {REDIS_URL} is not)",
         False: f"no (DDBCACHE_ENABLED={os.environ.get('DDBCACHE_ENABLED', '')!r})",
     }
     print(f"environment activation: {state[enabled]}", file=out)

@@ -54,6 +54,9 @@ def _progress(out: TextIO, done: int, total: int, width: int = 30) -> None:
 
 def run(operations: int = 2000, items: int = 200, seed: int = 7, out: TextIO = sys.stdout) -> int:
     """Run the demo workload; returns a process exit code."""
+    for name, count in (("operations", operations), ("items", items)):
+        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+            raise ValueError(f"{name} must be a positive whole number, got {count!r}")
     try:
         import boto3
         from moto import mock_aws

@@ -420,8 +420,13 @@ def test_info_names_unknown_variables_as_the_application_does() -> None:
 def test_info_and_the_application_read_booleans_alike() -> None:
     shown = {"Yes": "yes", "off": "no (DDBCACHE_ENABLED='off')"}
     for value, state in shown.items():
-        result = console("info", DDBCACHE_ENABLED=value)
+        result = console("info", DDBCACHE_ENABLED=value, DDBCACHE_REDIS_URL="redis://h:1")
         assert f"environment activation: {state}" in result.stdout, result.stderr
+    without_url = console("info", DDBCACHE_ENABLED="1")
+    assert (
+        "environment activation: no (DDBCACHE_ENABLED is set but DDBCACHE_REDIS_URL is not)"
+        in without_url.stdout
+    )
     bad = console("info", DDBCACHE_ENABLED="maybe")
     assert bad.returncode == 2 and bad.stderr.splitlines()[-1] == (
         "ddbcache info: DDBCACHE_ENABLED must be a boolean (1/0, true/false, yes/no, on/off), "
