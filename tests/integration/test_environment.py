@@ -10,6 +10,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -533,4 +534,29 @@ def test_environment_activation_says_caching_is_on(
         "(environment "
         f"activation) in {password_url.replace(password, '****')} "
         f"(namespace {namespace.group(1)!r}, sync, single node)"
+    ]
+
+
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
+def test_the_info_line_says_async_and_cluster(
+    redis_cluster: Any, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    import aioboto3
+
+    import ddbcache_hooks
+
+    async def main() -> None:
+        registration = await ddbcache_hooks.register_async(
+            aioboto3.Session(region_name="us-east-1"), redis_cluster.url, namespace=namespace
+        )
+        registration.unregister()
+
+    with caplog.at_level("INFO", logger="ddbcache_hooks"):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if "caching DynamoDB reads" in r.getMessage()]
+    assert lines == [
+        f"ddbcache-hooks: caching DynamoDB reads of an aioboto3 session in {redis_cluster.url} "
+        f"(namespace {namespace!r}, async, cluster)"
     ]
