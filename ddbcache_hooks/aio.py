@@ -30,15 +30,12 @@ from redis.exceptions import RedisError
 from .config import Settings
 from .connections import (
     Connections,
-    Policy,
-    async_builder,
-    check_url,
-    is_fake,
-    sync_twin,
-    with_connection_class,
+    connect_async,
+    exit_twin,
+    redact,
 )
 from .effects import DescribeTable, Op, RedisBatch, Sleep
-from .errors import CacheConnectionError, ConfigurationError, RegistrationError
+from .errors import CacheConnectionError, RegistrationError
 from .handlers import _FAILED, MISSING, Hooks, _finished, _scope
 from .handlers import drive as sync_drive
 from .keys import TableRef
@@ -50,14 +47,14 @@ from .plugin import (
     inactive,
     install,
     is_async,
-    redact,
     resolve_settings,
     switched_off,
 )
 from .protocol import Protocol
 from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork, Invalidation
 from .schema import TableSchema
-from .store import SCRIPTS, AsyncTransport, SyncTransport
+from .scripts import SCRIPTS
+from .transport import AsyncTransport, SyncTransport
 
 log = logging.getLogger("ddbcache_hooks")
 T = TypeVar("T")
@@ -391,27 +388,12 @@ async def register_async(
         protocol.call_timeout_ms = holder.policy.timeout_ms
     registration = AsyncRegistration(protocol, transport, AsyncHooks)
     if holder.policy is not None:
-        registration._exit_twin = _exit_twin(redis, settings, holder.policy)
+        registration._exit_twin = exit_twin(redis, settings, holder.policy)
         _registrations.add(registration)
     protocol.clock.observe(server_ms)
     registration._start_background(holder)
     install(registration, kind, resolved)
     return registration
-
-
-def _exit_twin(target: Any, settings: Settings, policy: Policy) -> Any:
-    """A sync builder of the same connections (IAM included), for the flush at exit."""
-    if not isinstance(target, str):
-        return sync_twin(target, policy)
-    from . import iam
-
-    url, auth = iam.redis_options(check_url(target), settings)
-    return sync_twin(
-        url,
-        policy,
-        credential_provider=auth.get("credential_provider"),
-        connection_class=auth.get("connection_class"),
-    )
 
 
 def _resolve_async_target(target: Any) -> tuple[str, Any]:
@@ -430,85 +412,3 @@ def _resolve_async_target(target: Any) -> tuple[str, Any]:
     if service != "dynamodb":
         raise RegistrationError(f"register_async() needs a DynamoDB client, got a {service} client")
     return "client", client
-
-
-async def connect_async(
-    redis_target: Any, settings: Settings, *, credential_provider: Any = None
-) -> Connections:
-    """The library's async connections, built from a URL or the client the user passed.
-
-    As for :func:`~ddbcache_hooks.plugin.connect_holder`: the user's client is only
-    read for its settings; time-outs are floored (``connections.ASYNC_MIN_*``).
-    IAM tokens (iam.py) are signed with a botocore session's credential chain (an
-    aiobotocore session's credentials are awaitable; a token is made inside
-    redis-py's connect), and the pools reconnect at the age limit.
-    """
-    import redis as redis_lib
-    import redis.asyncio as aredis
-    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-    from redis.cluster import RedisCluster
-
-    if redis_target is None:
-        raise RegistrationError("register_async() needs redis= (a redis.asyncio client or a URL)")
-    if not isinstance(redis_target, str):
-        if isinstance(redis_target, (redis_lib.Redis, RedisCluster)):
-            raise RegistrationError(
-                "register_async() needs a redis.asyncio client; this redis.Redis client is "
-                "synchronous (use register() for boto3, or redis.asyncio.Redis here)"
-            )
-        if is_fake(redis_target):
-            return Connections.given(redis_target)
-        if not isinstance(redis_target, (aredis.Redis, AsyncRedisCluster)):
-            raise RegistrationError(
-                f"redis= must be a redis.asyncio client or URL, got {type(redis_target).__name__}"
-            )
-        if settings.iam_user:
-            raise ConfigurationError(
-                "iam_user applies to a rediss:// URL; a Redis client built by the application "
-                "takes credential_provider=ddbcache_hooks.iam.ElastiCacheIAMProvider(...)"
-            )
-        policy = Policy.from_settings(settings, asynchronous=True)
-        return Connections(
-            async_builder(redis_target, policy, credential_provider=credential_provider), policy
-        )
-    from . import iam
-
-    redis_target, auth = iam.redis_options(check_url(redis_target), settings)
-    credential_provider = auth.get("credential_provider", credential_provider)
-    connection_class = iam.AsyncIAMSSLConnection if auth else None
-    policy = Policy.from_settings(settings, asynchronous=True)
-    build = async_builder(
-        redis_target,
-        policy,
-        credential_provider=credential_provider,
-        connection_class=connection_class,
-    )
-    plain = build()
-    try:
-        cluster = (await plain.info("cluster")).get("cluster_enabled") in (1, "1")
-    except redis_lib.exceptions.NoPermissionError:
-        cluster = False
-    except RedisError as exc:
-        raise CacheConnectionError(
-            f"Could not connect to Redis at {redact(redis_target)}: {exc}"
-        ) from exc
-    if not cluster:
-        holder = Connections(build, policy)
-        holder.adopt(plain)
-        return holder
-    await plain.aclose()
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    extra = {"credential_provider": credential_provider} if credential_provider else {}
-
-    def cluster_client() -> Any:
-        client = AsyncRedisCluster.from_url(
-            redis_target,
-            max_connections=policy.max_connections,
-            **policy.connection_kwargs(Retry(NoBackoff(), 0)),
-            **extra,
-        )
-        return with_connection_class(client, connection_class)
-
-    return Connections(cluster_client, policy)

@@ -39,7 +39,7 @@ def _redis_url(args: argparse.Namespace) -> str:
 
 
 def _connect(args: argparse.Namespace, settings: Settings) -> Any:
-    from .plugin import connect
+    from .connections import connect
 
     try:
         return connect(_redis_url(args), settings)
@@ -51,7 +51,7 @@ def _connect(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
-    from .plugin import redact
+    from .connections import redact
 
     try:
         enabled = env_flag("ENABLED")
@@ -114,7 +114,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     client: list[Any] = []
 
     def connect_redis() -> str:
-        from .plugin import redact
+        from .connections import redact
 
         started = time.perf_counter()
         client.append(_connect(args, settings))
@@ -142,7 +142,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _server_description(client: Any) -> str:
-    from .store import is_cluster
+    from .connections import is_cluster
 
     info = client.info("server")
     if is_cluster(client):  # one answer per node
@@ -160,7 +160,7 @@ def _server_description(client: Any) -> str:
 
 
 def _load_scripts(client: Any) -> str:
-    from .store import SCRIPTS
+    from .scripts import SCRIPTS
 
     for script in SCRIPTS:
         client.script_load(script.source)
@@ -205,7 +205,7 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_flush(args: argparse.Namespace, out: TextIO) -> int:
-    from .plugin import redact
+    from .connections import redact
 
     settings = _settings(args)
     what = f"table {args.table!r}" if args.table else "every entry"
@@ -229,7 +229,7 @@ def flush(client: Any, settings: Settings, table: str | None) -> int:
     from .keys import KeyLayout, table_name
     from .protocol import Protocol
     from .resilience import Invalidation
-    from .store import SyncTransport
+    from .transport import SyncTransport
 
     transport = SyncTransport(client)
     layout = KeyLayout(settings.namespace)

@@ -29,7 +29,7 @@ from .plan import ReadPlan, WritePlan, shape_miss_request
 from .policy import CACHED_OPERATIONS, POLICIES
 from .protocol import Protocol
 from .schema import TableSchema
-from .store import SyncTransport
+from .transport import SyncTransport
 
 log = logging.getLogger("ddbcache_hooks")
 T = TypeVar("T")

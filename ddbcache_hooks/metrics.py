@@ -20,6 +20,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from . import forks
+
 log = logging.getLogger("ddbcache_hooks")
 
 Snapshot = Callable[[], dict[str, Any]]
@@ -96,13 +98,10 @@ _sources_lock = threading.Lock()
 _instrumented = False
 
 
+@forks.in_child
 def _new_lock_in_child() -> None:
     global _sources_lock
     _sources_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def export_opentelemetry(snapshot: Snapshot, active: Callable[[], bool], namespace: str) -> bool:

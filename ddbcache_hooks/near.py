@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
 import threading
 import time
@@ -27,6 +26,8 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
+
+from . import forks
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -36,13 +37,10 @@ CHANNEL_SUFFIX = ":invalidations"
 _instances: weakref.WeakSet[NearCache] = weakref.WeakSet()
 
 
+@forks.in_child
 def _offline_in_child() -> None:
     for near in list(_instances):
         near._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_offline_in_child)
 
 
 class NearCache:

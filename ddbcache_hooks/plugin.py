@@ -16,20 +16,20 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
-from . import connections, store
+from . import forks
 from .config import Settings, env_flag
-from .connections import Connections, Policy
-from .errors import CacheConnectionError, ConfigurationError, RegistrationError
+from .connections import Connections, connect_holder, redact
+from .errors import CacheConnectionError, RegistrationError
 from .handlers import SyncHooks, drive
 from .keys import Location, NotCanonical, TableRef, refs_for_table_arn
 from .policy import POLICIES, Action
 from .protocol import Protocol
 from .resilience import EXIT_FLUSH_S, BackgroundWork, Invalidation
-from .store import SyncTransport
+from .scripts import SCRIPTS
+from .transport import SyncTransport, node_lookup
 
 log = logging.getLogger("ddbcache_hooks")
 R = TypeVar("R", bound="Registration")
@@ -72,13 +72,10 @@ _sessions: weakref.WeakKeyDictionary[Any, Registration] = weakref.WeakKeyDiction
 _lock = threading.RLock()
 
 
+@forks.in_child
 def _new_lock_in_child() -> None:
     global _lock
     _lock = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 class Registration:
@@ -98,7 +95,7 @@ class Registration:
         self._transport = transport
         if transport is not None:
             transport.servers = protocol.servers
-            protocol.servers.enable(transport)
+            protocol.servers.node_of = node_lookup(transport)
         self._hooks_factory = hooks_factory
         self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         #: Where the attached clients' requests went (an ordered set; a few entries).
@@ -501,107 +498,12 @@ def _session_of(target: Any) -> Any:
     return target  # a session, or a DynamoDB client (its credentials) or resource
 
 
-def connect(
-    redis_target: Any, settings: Settings, session: Any = None, *, credential_provider: Any = None
-) -> Any:
-    """The library's Redis client (see ``connections.py``); :func:`connect_holder` keeps it."""
-    return connect_holder(
-        redis_target, settings, session=session, credential_provider=credential_provider
-    ).client
-
-
-def connect_holder(
-    redis_target: Any,
-    settings: Settings,
-    *,
-    session: Any = None,
-    credential_provider: Any = None,
-) -> Connections:
-    """The library's connections, built from a URL or from the client the user passed.
-
-    The user's client is only read for its settings (host, port, db, TLS, user,
-    password or credential provider, cluster nodes): the cache's traffic runs on
-    a pool of its own with the cache's time-outs (docs/operations.md).
-    ``session`` signs the IAM tokens when the options ask for IAM authentication
-    (iam.py): the pools then authenticate with a token and reconnect at the age limit.
-    """
-    import redis as redis_lib
-
-    from . import iam
-
-    if redis_target is None:
-        raise RegistrationError("register() needs redis= (a redis client or a redis:// URL)")
-    if not isinstance(redis_target, str):
-        if not hasattr(redis_target, "pipeline"):
-            raise RegistrationError(
-                f"redis= must be a redis client or URL, got {type(redis_target).__name__}"
-            )
-        if type(redis_target).__module__.startswith("redis.asyncio"):
-            raise RegistrationError(
-                "register() needs a synchronous redis client; this redis.asyncio client is for "
-                "register_async() with aiobotocore / aioboto3"
-            )
-        if settings.iam_user:
-            raise ConfigurationError(
-                "iam_user applies to a rediss:// URL; a Redis client built by the application "
-                "takes credential_provider=ddbcache_hooks.iam.ElastiCacheIAMProvider(...)"
-            )
-        if connections.is_fake(redis_target):
-            return Connections.given(redis_target)
-    policy = Policy.from_settings(settings)
-    connection_class = None
-    if isinstance(redis_target, str):
-        redis_target, auth = iam.redis_options(
-            connections.check_url(redis_target), settings, session
-        )
-        credential_provider = auth.get("credential_provider", credential_provider)
-        connection_class = auth.get("connection_class")
-    build = connections.sync_builder(
-        redis_target,
-        policy,
-        credential_provider=credential_provider,
-        connection_class=connection_class,
-    )
-    if isinstance(redis_target, str):
-        plain = build()
-        try:
-            cluster = plain.info("cluster").get("cluster_enabled") in (1, "1")
-        except redis_lib.exceptions.NoPermissionError:
-            cluster = False  # an ACL user without INFO: pass a RedisCluster client for cluster mode
-        except RedisError as exc:
-            raise CacheConnectionError(
-                f"Could not connect to Redis at {redact(redis_target)}: {exc}"
-            ) from exc
-        if cluster:
-            plain.close()
-            build = connections.cluster_url_builder(
-                redis_target,
-                policy,
-                credential_provider=credential_provider,
-                connection_class=connection_class,
-            )
-        else:
-            holder = Connections(build, policy)
-            holder.adopt(plain)
-            return holder
-    return Connections(build, policy)
-
-
 def _check(transport: SyncTransport, target: Any) -> None:
     """Ping Redis and load the scripts: fail at start-up, not on the first call."""
     try:
         transport.ping()
-        for script in store.SCRIPTS:
+        for script in SCRIPTS:
             transport.client.script_load(script.source)
     except RedisError as exc:
         where = redact(target) if isinstance(target, str) else repr(target)
         raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
-
-
-def redact(url: str) -> str:
-    """A URL with its password masked, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -28,8 +28,8 @@ from . import responses, store, writes
 from ._version import __version__
 from .codec import Codec, CorruptEntry, ForeignEntry
 from .config import Settings
-from .connections import fork_safe
 from .effects import DescribeTable, Op, Sleep
+from .forks import fork_safe
 from .keys import KeyLayout, NotCanonical, TableRef, canonical_key
 from .near import CHANNEL_SUFFIX, NearCache
 from .plan import (
@@ -49,6 +49,7 @@ from .plan import (
 from .policy import UNKNOWN_WRITE
 from .resilience import Backlog, CircuitBreaker, Invalidation, Orphans, ServerClock
 from .schema import TableSchema
+from .scripts import FillStatus, LookupStatus
 from .stats import LimitedLog, Stats, log
 from .writes import WriteSet
 
@@ -282,13 +283,13 @@ class Protocol:
                 # A bulk load writes to the table: read DynamoDB, store nothing
                 # (the lease, if this caller took it, is released by the fill),
                 # and nothing to fall back to on an error.
-                leased = reply.status in (store.LEASED, store.REFRESH)
+                leased = reply.status in (LookupStatus.LEASED, LookupStatus.REFRESH)
                 slot.state, slot.lease = (LEASED, request.lease_token) if leased else (PASS, None)
                 continue
-            if reply.status == store.HIT:
+            if reply.status == LookupStatus.HIT:
                 slot.state = HIT if self._decode(slot, reply.entry or b"") else STALE
                 continue
-            if reply.status == store.REFRESH:
+            if reply.status == LookupStatus.REFRESH:
                 # A valid entry near its expiry, leased to this caller: it reads
                 # DynamoDB and refills while everybody else keeps hitting.
                 slot.lease = request.lease_token
@@ -300,10 +301,10 @@ class Protocol:
                 self.stats.incr("early_refreshes")
                 continue
             slot.fallback = reply.entry or b""  # expired, within its stale-if-error grace
-            if reply.status == store.LEASED:
+            if reply.status == LookupStatus.LEASED:
                 slot.state, slot.lease = LEASED, request.lease_token
                 slot.leased_at = started
-            elif reply.status == store.WAIT:
+            elif reply.status == LookupStatus.WAIT:
                 slot.state = WAIT
             else:
                 slot.state = PASS
@@ -483,9 +484,9 @@ class Protocol:
         for fill, (outcome, ttl) in zip(fills, outcomes, strict=True):
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("fill %s: outcome %d, ttl %d ms", fill.key, outcome, ttl)
-            if outcome == store.FILL_STORED:
+            if outcome == FillStatus.STORED:
                 self.stats.incr("fills")
-            elif outcome == store.FILL_LOST:
+            elif outcome == FillStatus.LOST:
                 self.stats.incr("fills_discarded")
                 log.debug("fill discarded: a write invalidated the entry meanwhile")
 
@@ -817,7 +818,7 @@ class Protocol:
             outcomes = yield from store.fill(
                 [store.FillRequest(key, field, token, b"", 0) for key, field, token in leases]
             )
-            released = sum(1 for outcome, _ in outcomes if outcome == store.FILL_RELEASED)
+            released = sum(1 for outcome, _ in outcomes if outcome == FillStatus.RELEASED)
             self.stats.incr("leases_released", released)
         if suspects:
             poisoned = yield from store.oversized(suspects, self.poison_bytes)

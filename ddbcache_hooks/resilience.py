@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from .connections import fork_safe
+from .forks import fork_safe
 from .stats import Stats
 
 if TYPE_CHECKING:
