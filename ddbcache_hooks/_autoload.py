@@ -157,7 +157,7 @@ def _registration() -> Any:
         if _state["registration"] is None and not _state["failed"]:
             from .plugin import register_from_environment
 
-            _state["registration"] = register_from_environment(os.environ)
+            _state["registration"] = register_from_environment(os.environ, unpatch)
             _state["failed"] = _state["registration"] is None
         return _state["registration"]
 

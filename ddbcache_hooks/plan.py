@@ -15,6 +15,7 @@ from typing import Any
 
 from . import expressions
 from .config import Settings, TableSettings
+from .expressions import variant
 from .keys import (
     KeyLayout,
     Location,
@@ -24,7 +25,6 @@ from .keys import (
     digest,
     item_digest,
     partition_digest,
-    variant,
 )
 from .policy import (
     NOT_DATA,

@@ -91,6 +91,8 @@ class Registration:
     ):
         #: Made by environment activation; a registration made in code takes over its clients.
         self.from_environment = from_environment
+        #: Called once by :meth:`unregister` (environment activation undoes its patch).
+        self.on_unregister: Callable[[], None] | None = None
         self._protocol = protocol
         self._transport = transport
         if transport is not None:
@@ -286,10 +288,8 @@ class Registration:
             self._sessions.clear()
             for client in list(self._clients):
                 self._detach(client)
-            if self.from_environment:
-                from . import _autoload
-
-                _autoload.unpatch()
+            if self.on_unregister is not None:
+                self.on_unregister()
 
     def _stop_work(self) -> None:
         if self._work is not None:
@@ -422,10 +422,14 @@ def install(registration: Registration, kind: str, resolved: Any) -> None:
             registration.attach_client(resolved)
 
 
-def register_from_environment(environ: Mapping[str, str]) -> Registration | None:
+def register_from_environment(
+    environ: Mapping[str, str], on_unregister: Callable[[], None] | None = None
+) -> Registration | None:
     """The registration of environment activation (``DDBCACHE_*``); None when it cannot be made.
 
     Never raises: a problem is logged once, clearly, and the application runs uncached.
+    ``on_unregister`` runs when the registration is unregistered (the start-up
+    hook passes what undoes its patch, so this module need not import it).
     """
     url = environ.get("DDBCACHE_REDIS_URL", "")
     try:
@@ -442,6 +446,7 @@ def register_from_environment(environ: Mapping[str, str]) -> Registration | None
         SyncHooks,
         from_environment=True,
     )
+    registration.on_unregister = on_unregister
     registration._set_clock()
     registration._start_background(transport.connections)
     return registration
