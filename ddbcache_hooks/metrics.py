@@ -10,12 +10,13 @@ counters named ``ddbcache.<counter>``; without an SDK they cost nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -149,3 +150,20 @@ def export_opentelemetry(snapshot: Snapshot, active: Callable[[], bool], namespa
                 description=f"ddbcache-hooks counter {name}",
             )
     return True
+
+
+async def flush_counters_async(
+    stats: Callable[[], Mapping[str, Any]], client: Any, namespace: str, every_s: float
+) -> None:
+    """:class:`Flusher`, as an asyncio task."""
+    key = process_key(namespace)
+    while True:
+        await asyncio.sleep(every_s)
+        counts = {k: v for k, v in stats().items() if isinstance(v, (int, float))}
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.hset(key, mapping=counts)
+            pipe.expire(key, every_s * 3)
+            await pipe.execute()
+        except RedisError as exc:
+            log.debug("could not flush counters to Redis: %s", exc)

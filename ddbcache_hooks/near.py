@@ -17,6 +17,7 @@ below 7.4 (so ElastiCache engines) and hangs under concurrent threads.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import select
@@ -278,3 +279,31 @@ class Subscriber:
         self._stopped.set()
         self._near.online = False
         self._thread.join(timeout=3)
+
+
+async def listen_async(near: NearCache, client: Any, channel: str, retry_s: float = 1.0) -> None:
+    """The near cache's subscription (:class:`Subscriber`), as an asyncio task."""
+    while True:
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    near.clear()
+                    near.online = True
+                elif message["type"] == "message":
+                    near.evict(*decode_message(message["data"]))
+        except asyncio.CancelledError:
+            near.online = False
+            raise
+        except Exception as exc:  # any failure: assume messages were lost
+            near.online = False
+            near.clear()
+            log.warning("near cache: invalidation channel lost (%s); cleared, retrying", exc)
+            await asyncio.sleep(retry_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()

@@ -10,6 +10,8 @@ client when it is created, so registering on a session later cannot reach it).
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import os
 import threading
@@ -21,15 +23,16 @@ from redis.exceptions import RedisError
 
 from . import forks
 from .config import Settings, env_flag
-from .connections import Connections, connect_holder, redact
+from .connections import Connections, connect_async, connect_holder, exit_twin, redact
 from .errors import CacheConnectionError, RegistrationError
-from .handlers import SyncHooks, drive
+from .handlers import AsyncHooks, SyncHooks, drive, drive_async
 from .keys import Location, NotCanonical, TableRef, refs_for_table_arn
+from .near import listen_async
 from .policy import POLICIES, Action
 from .protocol import Protocol
-from .resilience import EXIT_FLUSH_S, BackgroundWork, Invalidation
+from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork, Invalidation
 from .scripts import SCRIPTS
-from .transport import SyncTransport, node_lookup
+from .transport import AsyncTransport, SyncTransport, node_lookup
 
 log = logging.getLogger("ddbcache_hooks")
 R = TypeVar("R", bound="Registration")
@@ -512,3 +515,162 @@ def _check(transport: SyncTransport, target: Any) -> None:
     except RedisError as exc:
         where = redact(target) if isinstance(target, str) else repr(target)
         raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
+
+
+# --- The async twin: aiobotocore / aioboto3 ---------------------------------------------
+
+
+class AsyncRegistration(Registration):
+    """The handle ``register_async()`` returns: the same, with awaitable invalidations."""
+
+    #: Builds a sync client to flush held invalidations at exit (None: cannot).
+    _exit_twin: Any = None
+
+    async def invalidate(  # type: ignore[override]
+        self, table: str | TableRef, key: Mapping[str, Any]
+    ) -> bool:
+        """Drop one item's entries (see :meth:`Registration.invalidate`)."""
+        return await self._deliver_async(self._item_invalidation(table, key))
+
+    async def invalidate_table(self, table: str | TableRef) -> bool:  # type: ignore[override]
+        """Drop every entry of one table (see :meth:`Registration.invalidate_table`)."""
+        return await self._deliver_async(self._table_invalidation(table))
+
+    async def _deliver_async(self, invalidation: Invalidation) -> bool:
+        if self._transport is None:
+            return False
+        try:
+            await drive_async(self._protocol.deliver(invalidation), self._transport)
+        except RedisError as exc:
+            self._protocol.keep(invalidation)
+            log.warning("invalidation kept for replay, Redis failed: %s", exc)
+            return False
+        return True
+
+    def _start_background(self, holder: Connections) -> None:
+        """Counters flushed to Redis, the near cache's subscription, background work: tasks."""
+        from . import metrics
+
+        protocol = self._protocol
+        settings = protocol.settings
+        client = holder.client
+        self._work = AsyncBackgroundWork(protocol, lambda op: drive_async(op, self._transport))
+        protocol.wake = self._work.wake
+        tasks = []
+        if settings.metrics_flush_s:
+            tasks.append(
+                metrics.flush_counters_async(
+                    self.stats, client, settings.namespace, settings.metrics_flush_s
+                )
+            )
+        if protocol.near is not None:
+            tasks.append(listen_async(protocol.near, client, protocol.channel))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(task) for task in tasks]
+        metrics.export_opentelemetry(self.stats, lambda: self._active, settings.namespace)
+
+    def _flush_without_loop(self) -> None:
+        """At interpreter exit the event loop is gone: deliver what is held over a sync client."""
+        if self._exit_twin is None or not self._protocol.backlog:
+            return
+        transport = SyncTransport(Connections(self._exit_twin))
+        worker = BackgroundWork(self._protocol, lambda op: drive(op, transport, _no_schema))
+        if not worker.flush(EXIT_FLUSH_S):
+            log.warning("exiting with invalidations Redis did not take; entries expire by TTL")
+
+    async def aclose(self) -> None:
+        """Deliver held invalidations (waiting a bounded time), then unregister."""
+        if self._work is not None:
+            await self._work.flush(EXIT_FLUSH_S)
+        self.unregister()
+
+    def _stop_work(self) -> None:
+        if self._work is not None:
+            self._work.stop()
+
+    def unregister(self) -> None:
+        for task in getattr(self, "_tasks", ()):
+            task.cancel()
+        super().unregister()
+
+
+_registrations: weakref.WeakSet[AsyncRegistration] = weakref.WeakSet()
+
+
+def _no_schema(table: str) -> None:
+    return None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for registration in list(_registrations):
+        registration._flush_without_loop()
+
+
+async def register_async(
+    target: Any,
+    redis: Any = None,
+    *,
+    ttl: int | None = None,
+    ttl_config: Mapping[str, int] | None = None,
+    namespace: str | None = None,
+    **options: Any,
+) -> AsyncRegistration:
+    """Cache DynamoDB reads made through an aiobotocore / aioboto3 session or client.
+
+    Args:
+        target: an ``aioboto3.Session``, an ``aiobotocore`` ``AioSession``, or an
+            aiobotocore DynamoDB client (also an aioboto3 resource's ``meta.client``).
+        redis: a ``redis.asyncio.Redis`` / ``redis.asyncio.cluster.RedisCluster``
+            client, or a ``redis://`` / ``rediss://`` URL.
+        ttl, ttl_config, namespace, **options: exactly as for :func:`register`.
+
+    Registering the same session or client twice returns the first handle.
+    """
+    kind, resolved = _resolve_async_target(target)
+    existing = already_registered(kind, resolved)
+    if existing is not None:
+        return existing  # type: ignore[return-value]
+    settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
+    if switched_off(settings):
+        return inactive(AsyncRegistration, settings, AsyncHooks)
+    holder = await connect_async(redis, settings)
+    transport = AsyncTransport(holder)
+    try:
+        await transport.ping()
+        for script in SCRIPTS:
+            await transport.client.script_load(script.source)
+        seconds, micros = await transport.client.time()
+        server_ms = int(seconds) * 1000 + int(micros) // 1000
+    except RedisError as exc:
+        where = redact(redis) if isinstance(redis, str) else repr(redis)
+        raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
+    protocol = Protocol(settings, cluster=transport.cluster)
+    if holder.policy is not None:
+        protocol.call_timeout_ms = holder.policy.timeout_ms
+    registration = AsyncRegistration(protocol, transport, AsyncHooks)
+    if holder.policy is not None:
+        registration._exit_twin = exit_twin(redis, settings, holder.policy)
+        _registrations.add(registration)
+    protocol.clock.observe(server_ms)
+    registration._start_background(holder)
+    install(registration, kind, resolved)
+    return registration
+
+
+def _resolve_async_target(target: Any) -> tuple[str, Any]:
+    if target is None or not is_async(getattr(getattr(target, "meta", None), "client", target)):
+        raise RegistrationError(
+            "register_async() needs an aioboto3.Session, an aiobotocore AioSession or an "
+            "aiobotocore DynamoDB client; for boto3 / botocore use register()"
+        )
+    events = getattr(target, "events", None)  # aioboto3.Session
+    if events is not None and not hasattr(target, "meta"):
+        return "session", events
+    if hasattr(target, "get_component"):  # AioSession
+        return "session", target.get_component("event_emitter")
+    client = getattr(getattr(target, "meta", None), "client", target)
+    service = client.meta.service_model.service_name
+    if service != "dynamodb":
+        raise RegistrationError(f"register_async() needs a DynamoDB client, got a {service} client")
+    return "client", client
