@@ -227,8 +227,8 @@ def flush(client: Any, settings: Settings, table: str | None) -> int:
     """Drop a namespace, or one table's entries; other namespaces are untouched."""
     from .handlers import drive
     from .keys import KeyLayout, table_name
+    from .plan import Invalidation
     from .protocol import Protocol
-    from .resilience import Invalidation
     from .transport import SyncTransport
 
     transport = SyncTransport(client)

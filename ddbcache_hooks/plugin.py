@@ -28,9 +28,10 @@ from .errors import CacheConnectionError, RegistrationError
 from .handlers import AsyncHooks, SyncHooks, drive, drive_async
 from .keys import Location, NotCanonical, TableRef, refs_for_table_arn
 from .near import listen_async
+from .plan import Invalidation
 from .policy import POLICIES, Action
 from .protocol import Protocol
-from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork, Invalidation
+from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork
 from .scripts import SCRIPTS
 from .transport import AsyncTransport, SyncTransport, node_lookup
 
@@ -220,7 +221,7 @@ class Registration:
         items = []
         for ref in self.table_refs(table):
             try:
-                items.extend(self._protocol.written_keys(ref, low_level))
+                items.extend(self._protocol.planner.written_keys(ref, low_level))
             except NotCanonical as exc:
                 raise ValueError(f"invalid key for table {ref.name}: {exc}") from None
         return Invalidation(items=items)

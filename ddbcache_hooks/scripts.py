@@ -143,6 +143,11 @@ def _script(name: str, body: str) -> Script:
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
+#: Table tokens of a table a bulk load writes to start with this mark and the
+#: end of the bypass (ms since the epoch): ``B1767225600000:<token>``.
+BULK_MARK = b"B"
+
+
 class LookupStatus(enum.IntEnum):
     """The first element of :data:`LOOKUP_OR_LEASE`'s reply.
 
