@@ -3,7 +3,8 @@
 Each handler reads the plan that :meth:`Hooks.plan_call` put in the call's
 ``context`` and runs one protocol step through :meth:`SyncHooks._run`, the one
 place where Redis errors are caught, counted and turned into "go to
-DynamoDB". aiobotocore's coroutine versions live in ``aio.py``.
+DynamoDB". :class:`AsyncHooks`, at the bottom, holds aiobotocore's coroutine
+versions; a change to one half is a change to both.
 """
 
 from __future__ import annotations

@@ -635,6 +635,35 @@ async def register_async(
     settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
     if switched_off(settings):
         return inactive(AsyncRegistration, settings, AsyncHooks)
+    registration = await _start_async(redis, settings)
+    install(registration, kind, resolved)
+    return registration
+
+
+async def register_async_from_environment(
+    environ: Mapping[str, str], on_unregister: Callable[[], None] | None = None
+) -> AsyncRegistration | None:
+    """:func:`register_from_environment` for aiobotocore / aioboto3 clients, on the running
+    event loop (a redis.asyncio client belongs to one loop). Never raises."""
+    url = environ.get("DDBCACHE_REDIS_URL", "")
+    try:
+        settings = Settings.resolve({}, environ=environ)
+        registration = await _start_async(url, settings, from_environment=True)
+    except Exception as exc:
+        log.warning("ddbcache-hooks: aiobotocore clients run uncached: %s", exc)
+        return None
+    registration.on_unregister = on_unregister
+    log.info(
+        "ddbcache-hooks: caching aiobotocore DynamoDB reads in %s (from the environment)",
+        redact(url),
+    )
+    return registration
+
+
+async def _start_async(
+    redis: Any, settings: Settings, *, from_environment: bool = False
+) -> AsyncRegistration:
+    """Connect, load the scripts, learn the clock, start the background tasks."""
     holder = await connect_async(redis, settings)
     transport = AsyncTransport(holder)
     try:
@@ -649,13 +678,14 @@ async def register_async(
     protocol = Protocol(settings, cluster=transport.cluster)
     if holder.policy is not None:
         protocol.call_timeout_ms = holder.policy.timeout_ms
-    registration = AsyncRegistration(protocol, transport, AsyncHooks)
+    registration = AsyncRegistration(
+        protocol, transport, AsyncHooks, from_environment=from_environment
+    )
     if holder.policy is not None:
         registration._exit_twin = exit_twin(redis, settings, holder.policy)
         _registrations.add(registration)
     protocol.clock.observe(server_ms)
     registration._start_background(holder)
-    install(registration, kind, resolved)
     return registration
 
 

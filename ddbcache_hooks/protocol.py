@@ -2,8 +2,10 @@
 
 Every step is a generator over :mod:`~ddbcache_hooks.effects`: it yields the
 Redis batches, sleeps and DescribeTable calls it needs and receives their
-results. ``handlers.py`` (botocore) and ``aio.py`` (aiobotocore) drive the same
-generators, blocking or awaiting. See docs/consistency.md for the guarantee.
+results. ``handlers.drive`` (botocore) and ``handlers.drive_async`` (aiobotocore)
+drive the same generators, blocking or awaiting. What a write drops is decided
+by the planner (``plan.Planner.decide``); the protocol reads the key schemas
+that decision needs and delivers it. See docs/consistency.md for the guarantee.
 
 Leases (memcache's, NSDI '13 §3.2.1): a miss takes a lease on the entry in the
 same round trip as the lookup; a fill stores only while the lease is intact;
