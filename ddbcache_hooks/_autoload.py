@@ -9,13 +9,18 @@ The ``ddbcache_hooks.pth`` start-up hook imports this module only when a
 2. when ``DDBCACHE_ENABLED`` is on, waits for ``botocore.session`` to be
    imported (nothing heavy is imported before the application asks for
    botocore itself);
-3. wraps ``botocore.session.Session.create_client`` (public API) so that
+3. wraps ``botocore.session.Session.create_client`` (public API, through
+   _clienthook.py) so that
    every DynamoDB client any session creates is attached to one registration,
    made on the first such client: that is when Redis is first contacted. If
    Redis does not answer, one warning is logged and the application runs
-   uncached.
+   uncached. aiobotocore's ``AioSession._create_client`` (which overrides
+   ``create_client``) is wrapped the same way once ``aiobotocore.session`` is
+   imported: its DynamoDB clients get an async registration, one per event
+   loop, with the same settings and Redis, so an aioboto3 write invalidates
+   what a boto3 client of the same process cached, and the reverse.
 
-The same wrapper tells, once, of DynamoDB clients that will not be cached: in
+The same wrappers tell, once, of DynamoDB clients that will not be cached: in
 a process that ``ddbcache-run`` did not start itself (a reloader's child, say)
 and, for registrations made in code, of clients made from another session
 (plugin.py). A registration made in code wins over this one (code >
@@ -26,16 +31,17 @@ here ever raises into the application.
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import logging
 import os
-import sys
 import threading
-from collections.abc import Sequence
+import weakref
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from . import _clienthook
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -53,15 +59,17 @@ _state: dict[str, Any] = {
     "activated": False,
     "registration": None,
     "failed": False,
-    "original": None,
+    "original_async": None,
     # Attach environment activation's registration to new DynamoDB clients.
     "attach": False,
     # The pid of the process ddbcache-run started, in a descendant left uncached.
     "run_pid": None,
     "child_told": False,
 }
-#: Called with (session, client) for every DynamoDB client made (plugin.py's check).
-observers: list[Any] = []
+#: The environment's async registration of each event loop (a task that makes it).
+_async_registrations: weakref.WeakKeyDictionary[Any, asyncio.Future[Any]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def wanted(environ: Any = os.environ) -> bool:
@@ -119,82 +127,89 @@ def child_message(environ: Any = os.environ) -> str:
     )
 
 
-def install() -> None:
-    """Patch botocore now if it is loaded, else as soon as it is imported."""
-    module = sys.modules.get("botocore.session")
-    if module is not None:
-        patch(module)
-    elif not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport())
-
-
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """One-shot post-import hook for ``botocore.session``."""
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "botocore.session":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        loader = spec.loader if spec is not None else None
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        run_module = loader.exec_module
-
-        def exec_module(module: ModuleType) -> None:
-            run_module(module)
-            patch(module)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-
-def patch(module: ModuleType) -> None:
-    session_class = module.Session
-    if _state["original"] is not None:
-        return
-    original = session_class.create_client
-    _state["original"] = original
-
-    @functools.wraps(original)
-    def create_client(self: Any, service_name: str, *args: Any, **kwargs: Any) -> Any:
-        client = original(self, service_name, *args, **kwargs)
-        if service_name == "dynamodb":
-            created(self, client)
-        return client
-
-    session_class.create_client = create_client
-
-
-def created(session: Any, client: Any) -> None:
-    """A session made a DynamoDB client: attach it, or say why it is not cached; never raises."""
-    if _state["attach"]:
-        attach(client)
-    elif _state["run_pid"] is not None and not _state["child_told"]:
+def _tell_child() -> None:
+    if _state["run_pid"] is not None and not _state["child_told"]:
         _state["child_told"] = True
         log.warning("%s", child_message())
-    for observer in list(observers):
-        try:
-            observer(session, client)
-        except Exception:  # an application must never fail because of this hook
-            log.exception("ddbcache-hooks: checking a new DynamoDB client failed")
 
 
-def unpatch() -> None:
-    """Undo :func:`patch` (tests)."""
-    original = _state["original"]
-    if original is not None:
-        import botocore.session
+def install() -> None:
+    """Attach new botocore clients, and wrap aiobotocore, now where loaded, else when imported."""
+    _clienthook.observe(_on_client)
+    _clienthook.install("aiobotocore.session", patch_async)
 
-        botocore.session.Session.create_client = original
-        _state["original"] = None
+
+def _on_client(session: Any, client: Any) -> None:
+    """A session made a DynamoDB client: attach it, or say why it is not cached."""
+    if _state["attach"]:
+        attach(client)
+    else:
+        _tell_child()
 
 
 def stop_attaching() -> None:
-    """Environment activation's registration was unregistered: new clients stay uncached."""
+    """Environment activation's registration was unregistered: new clients stay uncached
+    (the wrapper on create_client stays: it also serves register()'s checks)."""
     _state["attach"] = False
+
+
+def patch_async(module: ModuleType) -> None:
+    """Wrap aiobotocore's ``AioSession._create_client`` (it overrides botocore's
+    ``create_client``, so :func:`patch` never sees its clients)."""
+    session_class = module.AioSession
+    if _state["original_async"] is not None:
+        return
+    original = session_class._create_client
+    _state["original_async"] = original
+
+    @functools.wraps(original)
+    async def _create_client(self: Any, service_name: str, *args: Any, **kwargs: Any) -> Any:
+        client = await original(self, service_name, *args, **kwargs)
+        if service_name == "dynamodb":
+            if _state["attach"]:
+                await attach_async(client)
+            else:
+                _tell_child()
+        return client
+
+    session_class._create_client = _create_client
+
+
+def unpatch_async() -> None:
+    """Undo :func:`patch_async` (an async registration of the environment was unregistered)."""
+    original = _state["original_async"]
+    if original is not None:
+        import aiobotocore.session
+
+        aiobotocore.session.AioSession._create_client = original
+        _state["original_async"] = None
+
+
+async def attach_async(client: Any) -> None:
+    """Attach the running loop's environment registration to a new aiobotocore
+    DynamoDB client; never raises."""
+    try:
+        registration = await _async_registration()
+        if registration is not None:
+            registration.attach_client(client)
+    except Exception:  # an application must never fail because of this hook
+        log.exception("ddbcache-hooks: could not attach to an aiobotocore client; it runs uncached")
+
+
+def _async_registration() -> asyncio.Future[Any]:
+    """One registration per event loop (a redis.asyncio client belongs to its loop),
+    made once: concurrent first clients await the same task."""
+    import asyncio  # only here: aiobotocore, which imports it, is in use
+
+    loop = asyncio.get_running_loop()
+    with _lock:
+        task = _async_registrations.get(loop)
+        if task is None:
+            from .plugin import register_async_from_environment
+
+            task = loop.create_task(register_async_from_environment(os.environ, unpatch_async))
+            _async_registrations[loop] = task
+        return task
 
 
 def attach(client: Any) -> None:
@@ -212,7 +227,7 @@ def _registration() -> Any:
         if _state["registration"] is None and not _state["failed"]:
             from .plugin import register_from_environment
 
-            _state["registration"] = register_from_environment(os.environ)
+            _state["registration"] = register_from_environment(os.environ, stop_attaching)
             _state["failed"] = _state["registration"] is None
         return _state["registration"]
 

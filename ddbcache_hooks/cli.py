@@ -40,7 +40,7 @@ def _redis_url(args: argparse.Namespace) -> str:
 
 
 def _connect(args: argparse.Namespace, settings: Settings) -> Any:
-    from .plugin import connect
+    from .connections import connect
 
     try:
         return connect(_redis_url(args), settings)
@@ -56,7 +56,7 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
 
     Unknown ``DDBCACHE_*`` names are warned about on stderr, as in the application.
     """
-    from .plugin import redact
+    from .connections import redact
 
     try:
         from_env = from_environment()  # warns of unknown names, once
@@ -125,7 +125,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     client: list[Any] = []
 
     def connect_redis() -> str:
-        from .plugin import redact
+        from .connections import redact
 
         started = time.perf_counter()
         client.append(_connect(args, settings))
@@ -153,7 +153,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _server_description(client: Any) -> str:
-    from .store import is_cluster
+    from .connections import is_cluster
 
     info = client.info("server")
     if is_cluster(client):  # one answer per node
@@ -171,7 +171,7 @@ def _server_description(client: Any) -> str:
 
 
 def _load_scripts(client: Any) -> str:
-    from .store import SCRIPTS
+    from .scripts import SCRIPTS
 
     for script in SCRIPTS:
         client.script_load(script.source)
@@ -216,7 +216,7 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_flush(args: argparse.Namespace, out: TextIO) -> int:
-    from .plugin import redact
+    from .connections import redact
 
     settings = _settings(args)
     what = f"table {args.table!r}" if args.table else "every entry"
@@ -238,9 +238,9 @@ def flush(client: Any, settings: Settings, table: str | None) -> int:
     """Drop a namespace, or one table's entries; other namespaces are untouched."""
     from .handlers import drive
     from .keys import KeyLayout, table_name
+    from .plan import Invalidation
     from .protocol import Protocol
-    from .resilience import Invalidation
-    from .store import SyncTransport
+    from .transport import SyncTransport
 
     transport = SyncTransport(client)
     layout = KeyLayout(settings.namespace)
@@ -489,7 +489,7 @@ def run_command(
 
 
 def _where(args: argparse.Namespace | None) -> str:
-    from .plugin import redact
+    from .connections import redact
 
     url = getattr(args, "redis_url", None) or os.environ.get(REDIS_URL, "")
     return redact(url) if url else "(no URL)"

@@ -10,15 +10,18 @@ counters named ``ddbcache.<counter>``; without an SDK they cost nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
+
+from . import forks
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -96,13 +99,10 @@ _sources_lock = threading.Lock()
 _instrumented = False
 
 
+@forks.in_child
 def _new_lock_in_child() -> None:
     global _sources_lock
     _sources_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def export_opentelemetry(snapshot: Snapshot, active: Callable[[], bool], namespace: str) -> bool:
@@ -150,3 +150,20 @@ def export_opentelemetry(snapshot: Snapshot, active: Callable[[], bool], namespa
                 description=f"ddbcache-hooks counter {name}",
             )
     return True
+
+
+async def flush_counters_async(
+    stats: Callable[[], Mapping[str, Any]], client: Any, namespace: str, every_s: float
+) -> None:
+    """:class:`Flusher`, as an asyncio task."""
+    key = process_key(namespace)
+    while True:
+        await asyncio.sleep(every_s)
+        counts = {k: v for k, v in stats().items() if isinstance(v, (int, float))}
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.hset(key, mapping=counts)
+            pipe.expire(key, every_s * 3)
+            await pipe.execute()
+        except RedisError as exc:
+            log.debug("could not flush counters to Redis: %s", exc)

@@ -17,9 +17,9 @@ below 7.4 (so ElastiCache engines) and hangs under concurrent threads.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import os
 import select
 import threading
 import time
@@ -27,6 +27,8 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
+
+from . import forks
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -36,13 +38,10 @@ CHANNEL_SUFFIX = ":invalidations"
 _instances: weakref.WeakSet[NearCache] = weakref.WeakSet()
 
 
+@forks.in_child
 def _offline_in_child() -> None:
     for near in list(_instances):
         near._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_offline_in_child)
 
 
 class NearCache:
@@ -280,3 +279,31 @@ class Subscriber:
         self._stopped.set()
         self._near.online = False
         self._thread.join(timeout=3)
+
+
+async def listen_async(near: NearCache, client: Any, channel: str, retry_s: float = 1.0) -> None:
+    """The near cache's subscription (:class:`Subscriber`), as an asyncio task."""
+    while True:
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    near.clear()
+                    near.online = True
+                elif message["type"] == "message":
+                    near.evict(*decode_message(message["data"]))
+        except asyncio.CancelledError:
+            near.online = False
+            raise
+        except Exception as exc:  # any failure: assume messages were lost
+            near.online = False
+            near.clear()
+            log.warning("near cache: invalidation channel lost (%s); cleared, retrying", exc)
+            await asyncio.sleep(retry_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()

@@ -38,7 +38,7 @@ from ..handlers import drive
 from ..keys import location_of
 from ..protocol import Protocol
 from ..schema import TableSchema
-from ..store import SyncTransport
+from ..transport import SyncTransport
 from . import records, state
 
 log = logging.getLogger("ddbcache_hooks")
@@ -111,7 +111,8 @@ class Consumer:
         dynamodb_client: Any = None,
         **options: Any,
     ) -> None:
-        from ..plugin import connect, resolve_settings
+        from ..connections import connect
+        from ..plugin import resolve_settings
 
         if isinstance(tables, str) or not tables:
             raise ValueError("tables must be a non-empty list of table names")

@@ -24,7 +24,7 @@ from ..config import Settings
 from ..errors import CacheConnectionError
 from ..protocol import Protocol
 from ..schema import TableSchema
-from ..store import SyncTransport
+from ..transport import SyncTransport
 from . import records
 
 log = logging.getLogger("ddbcache_hooks")
@@ -43,7 +43,7 @@ class Invalidator:
 
     def _ready(self) -> tuple[Protocol, SyncTransport]:
         """Connected on first use, and again after a failed connection attempt."""
-        from ..plugin import connect
+        from ..connections import connect
 
         with self._lock:
             if self._transport is None:

@@ -560,3 +560,81 @@ def test_the_info_line_says_async_and_cluster(
         f"ddbcache-hooks: caching DynamoDB reads of an aioboto3 session in {redis_cluster.url} "
         f"(namespace {namespace!r}, async, cluster)"
     ]
+
+
+AIO_APP = textwrap.dedent(
+    """
+    import asyncio
+    import aioboto3
+
+    # An aioboto3 application that knows nothing about the cache.
+    async def main():
+        session = aioboto3.Session(region_name="us-east-1")
+        async with session.client("dynamodb") as client:
+            for _ in range(2):
+                response = await client.get_item(TableName="items", Key={"pk": {"S": "a"}})
+                print("HIT" if "CacheMetadata" in response else "MISS", response["Item"]["v"]["S"])
+
+    asyncio.run(main())
+    """
+)
+
+MIXED_APP = textwrap.dedent(
+    """
+    import asyncio
+    import aioboto3
+    import boto3
+
+    # boto3 for the sync helpers, aioboto3 for the request handlers: one process.
+    sync = boto3.Session(region_name="us-east-1").client("dynamodb")
+    key = {"pk": {"S": "a"}}
+
+    def read():
+        response = sync.get_item(TableName="items", Key=key)
+        return ("HIT" if "CacheMetadata" in response else "MISS") + ":" + response["Item"]["v"]["S"]
+
+    async def write(value):
+        async with aioboto3.Session(region_name="us-east-1").client("dynamodb") as client:
+            await client.put_item(TableName="items", Item={**key, "v": {"S": value}})
+
+    print(read(), read())
+    asyncio.run(write("2"))
+    print(read(), read())
+    asyncio.run(write("3"))
+    print(read())
+    """
+)
+
+
+@pytest.mark.aio
+def test_an_unchanged_aioboto3_app_is_cached(
+    tmp_path: Path, app: Path, moto_url: str, redis_server: RedisServer
+) -> None:
+    path = tmp_path / "aio_app.py"
+    path.write_text(AIO_APP)
+    result = run(
+        [sys.executable, str(path)],
+        moto_url,
+        DDBCACHE_ENABLED="1",
+        DDBCACHE_REDIS_URL=redis_server.url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["MISS", "1", "HIT", "1"]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.aio
+def test_an_aioboto3_write_is_never_followed_by_a_stale_boto3_read(
+    tmp_path: Path, app: Path, moto_url: str, redis_server: RedisServer
+) -> None:
+    path = tmp_path / "mixed_app.py"
+    path.write_text(MIXED_APP)
+    result = run(
+        [sys.executable, str(path)],
+        moto_url,
+        DDBCACHE_ENABLED="1",
+        DDBCACHE_REDIS_URL=redis_server.url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["MISS:1", "HIT:1", "MISS:2", "HIT:2", "MISS:3"]
+    assert "Traceback" not in result.stderr

@@ -92,7 +92,7 @@ def test_records_drop_what_registered_deletes_of_their_keys_drop(options: dict[s
     assert all(isinstance(plan, WritePlan) for plan in plans)
 
     def registered() -> Op[None]:
-        from ddbcache_hooks.resilience import Invalidation
+        from ddbcache_hooks.plan import Invalidation
 
         merged = Invalidation()
         for plan in plans:
