@@ -229,7 +229,9 @@ def test_a_dead_server_costs_one_attempt_per_call_until_the_breaker_opens(
         registration.unregister()
 
 
-def _fork_children(client: Any, rounds: int, per_round: int, table: str) -> list[str]:
+def _fork_children(
+    client: Any, session: boto3.Session, rounds: int, per_round: int, table: str
+) -> list[str]:
     """Fork while threads run; every child must use the cache and exit. Problems found."""
     problems: list[str] = []
     for _ in range(rounds):
@@ -240,7 +242,7 @@ def _fork_children(client: Any, rounds: int, per_round: int, table: str) -> list
                 code = 1
                 try:
                     client.get_item(TableName=table, Key=KEY)
-                    fresh = boto3.Session(region_name=REGION).client("dynamodb")
+                    fresh = session.client("dynamodb")  # made in the child: attached there
                     fresh.get_item(TableName=table, Key=KEY)
                     threads = {t.name for t in threading.enumerate()}
                     # The parent's threads do not exist here: the child started its own.
@@ -294,7 +296,7 @@ def test_forked_children_with_64_threads_running_all_finish(
         for t in threads:
             t.start()
         try:
-            problems = _fork_children(c, rounds=4, per_round=6, table="items")
+            problems = _fork_children(c, session, rounds=4, per_round=6, table="items")
         finally:
             stop.set()
             for t in threads:
