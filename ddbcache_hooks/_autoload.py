@@ -33,8 +33,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 import weakref
+from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -232,12 +234,24 @@ def _registration() -> Any:
         return _state["registration"]
 
 
+def own_command(argv: Sequence[str] | None = None) -> bool:
+    """Whether this process is ``ddbcache`` / ``ddbcache-run`` (``python -m ddbcache_hooks``
+    too): they read and report the variables themselves, and ``ddbcache-run`` hands them
+    to the command it runs, which activates."""
+    argv = list(getattr(sys, "orig_argv", getattr(sys, "argv", [])) if argv is None else argv)
+    names = {os.path.splitext(os.path.basename(arg))[0] for arg in argv[:2]}
+    module = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "-m"), None)
+    return bool(names & {"ddbcache", "ddbcache-run"}) or module == "ddbcache_hooks"
+
+
 def activate() -> None:
     """Entry point of the start-up hook (idempotent: some interpreters read a .pth twice)."""
     if _state["activated"]:
         return
     _state["activated"] = True
     try:
+        if own_command():
+            return
         from .config import warn_unknown_variables
 
         warn_unknown_variables()

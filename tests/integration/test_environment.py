@@ -638,3 +638,21 @@ def test_an_aioboto3_write_is_never_followed_by_a_stale_boto3_read(
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["MISS:1", "HIT:1", "MISS:2", "HIT:2", "MISS:3"]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "own"),
+    [
+        (["/venv/bin/python", "/venv/bin/ddbcache", "info"], True),
+        (["/venv/bin/python", "/venv/bin/ddbcache-run", "flask", "run"], True),
+        (["python", "-m", "ddbcache_hooks", "info"], True),
+        (["python", "app.py"], False),
+        (["python", "-m", "flask", "run", "--debug"], False),
+        (["python", "-c", "pass"], False),
+    ],
+)
+def test_the_commands_report_the_variables_themselves(argv: list[str], own: bool) -> None:
+    """`ddbcache info` says a bad variable once, not once from the start-up hook and again."""
+    from ddbcache_hooks._autoload import own_command
+
+    assert own_command(argv) is own
