@@ -302,16 +302,17 @@ def _flush_at_exit() -> None:
 
 
 async def _flush_counters(registration: AsyncRegistration, client: Any, settings: Settings) -> None:
-    from .metrics import process_key
+    from .metrics import flush_fields, process_key, retain_s
 
     key = process_key(settings.namespace)
+    interval = settings.metrics_flush_s
+    base = registration.stats()
     while True:
-        await asyncio.sleep(settings.metrics_flush_s)
-        counts = {k: v for k, v in registration.stats().items() if isinstance(v, (int, float))}
+        await asyncio.sleep(interval)
         try:
             pipe = client.pipeline(transaction=False)
-            pipe.hset(key, mapping=counts)
-            pipe.expire(key, settings.metrics_flush_s * 3)
+            pipe.hset(key, mapping=flush_fields(registration.stats(), interval, base))
+            pipe.expire(key, retain_s(interval))
             await pipe.execute()
         except RedisError as exc:
             log.debug("could not flush counters to Redis: %s", exc)

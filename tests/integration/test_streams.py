@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -267,15 +268,15 @@ def test_cli_streams_follows_and_reports_in_stats(
     assert process.returncode == 0
     assert "records applied" in out
     stats = subprocess.run(
-        [sys.executable, "-m", "ddbcache_hooks", "stats"],
+        [sys.executable, "-m", "ddbcache_hooks", "stats", "--json"],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    rows = dict(line.split()[:2] for line in stats.splitlines() if line.startswith("stream_"))
-    assert float(rows["stream_records"]) >= 1
-    assert "stream_lag_ms" in rows
+    counters = json.loads(stats)["counters"]
+    assert counters["stream_records"] >= 1
+    assert "stream_lag_ms" in counters
 
 
 def test_cli_streams_rejects_tables_without_a_stream(
