@@ -346,8 +346,9 @@ def cmd_streams(args: argparse.Namespace, out: TextIO) -> int:
         raise CommandError(str(exc)) from None
     except (ClientError, BotoCoreError) as exc:  # credentials, permissions, endpoint
         raise CommandError(f"cannot describe the tables: {exc}") from None
-    if missing:
-        raise CommandError(f"no enabled stream on {', '.join(missing)}")
+    followed = [table for table in args.table if table not in missing]
+    if not followed:  # each one was named in a warning; the others are followed
+        raise CommandError(f"no table can be followed: no enabled stream on {', '.join(missing)}")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -357,10 +358,12 @@ def cmd_streams(args: argparse.Namespace, out: TextIO) -> int:
         settings.namespace,
         settings.metrics_flush_s or args.stats_every_s,
     )
-    print(f"following the streams of {', '.join(args.table)} as {consumer.owner}", file=out)
+    print(f"following the streams of {', '.join(followed)} as {consumer.owner}", file=out)
     out.flush()
     try:
         consumer.run(stop)
+    except ValueError as exc:  # the streams went away since the check
+        raise CommandError(str(exc)) from None
     finally:
         flusher.stop()
         flusher.flush()

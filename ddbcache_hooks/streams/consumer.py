@@ -146,8 +146,21 @@ class Consumer:
     # --- the loop --------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None, *, rounds: int | None = None) -> None:
-        """Follow the streams until ``stop`` is set (or :meth:`stop` called, or ``rounds`` ran)."""
+        """Follow the streams until ``stop`` is set (or :meth:`stop` called, or ``rounds`` ran).
+
+        A table that does not exist or has no enabled stream is named in a warning
+        and left out; ValueError when that is every table.
+        """
         stop = stop or self._stop
+        try:
+            unfollowed = self.check()
+        except (ClientError, BotoCoreError):
+            unfollowed = []  # DynamoDB did not answer: the rounds retry
+        if unfollowed and len(unfollowed) == len(self.tables):
+            raise ValueError(
+                f"none of the tables can be followed (no such table, or no enabled stream): "
+                f"{', '.join(unfollowed)}"
+            )
         done = 0
         try:
             while not stop.is_set() and not self._stop.is_set():
