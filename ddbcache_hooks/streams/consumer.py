@@ -35,7 +35,6 @@ from redis.exceptions import RedisError
 
 from ..config import Settings
 from ..handlers import drive
-from ..keys import location_of
 from ..protocol import Protocol
 from ..schema import TableSchema
 from ..store import SyncTransport
@@ -130,8 +129,7 @@ class Consumer:
         self._streams_api = streams_client
         self._dynamodb = dynamodb_client
         # Entries of clients that use another DynamoDB than AWS's are keyed by its URL.
-        where = location_of(dynamodb_client).where
-        self._endpoint_url = where if "/" in where else None
+        self._endpoint_url = records.endpoint_of(dynamodb_client)
         self.tables = list(tables)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease_ms = lease_ms
