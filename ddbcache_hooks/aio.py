@@ -302,20 +302,32 @@ def _flush_at_exit() -> None:
 
 
 async def _flush_counters(registration: AsyncRegistration, client: Any, settings: Settings) -> None:
-    from .metrics import flush_fields, process_key, retain_s
+    """metrics.Flusher as a task: every period, and once more when cancelled (unregister)."""
+    from .metrics import META_EXITED, flush_fields, process_key, retain_s
 
     key = process_key(settings.namespace)
     interval = settings.metrics_flush_s
     base = registration.stats()
-    while True:
-        await asyncio.sleep(interval)
+
+    async def flush(last: bool) -> None:
+        fields = flush_fields(registration.stats(), interval, base)
+        if last:
+            fields[META_EXITED] = 1
         try:
             pipe = client.pipeline(transaction=False)
-            pipe.hset(key, mapping=flush_fields(registration.stats(), interval, base))
+            pipe.hset(key, mapping=fields)
             pipe.expire(key, retain_s(interval))
             await pipe.execute()
         except RedisError as exc:
             log.debug("could not flush counters to Redis: %s", exc)
+
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            await flush(last=False)
+    except asyncio.CancelledError:
+        await flush(last=True)
+        raise
 
 
 async def _listen(near: NearCache, client: Any, channel: str, retry_s: float = 1.0) -> None:
