@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ddbcache_hooks._redis_server import RedisServer
+from tests.conftest import Backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,3 +168,29 @@ def test_watch_redraws_every_second_and_ends_quietly_on_ctrl_c(
     _, err = watch.communicate(timeout=30)
     assert watch.returncode == 0
     assert err == ""  # no KeyboardInterrupt traceback
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_counters_flushed_and_summed_on_every_backend(
+    backend: Backend, namespace: str, decode: bool
+) -> None:
+    """The flush and the sum on Redis and Valkey, single node and cluster (keys spread
+    over slots), with a client that decodes replies or not."""
+    from ddbcache_hooks.metrics import Flusher, aggregate
+    from ddbcache_hooks.policy import ReadKind
+    from ddbcache_hooks.stats import Stats
+
+    client = backend.client(decode_responses=decode)
+    flushers = []
+    for n in range(6):
+        stats = Stats()
+        flusher = Flusher(stats.snapshot, client, namespace, 3600)
+        stats.hit(ReadKind.ITEM, n, tables=["orders"] * n)
+        flusher.flush()
+        flushers.append(flusher)
+    flushers[0].stop()  # its last write: exited
+    totals = aggregate(client, namespace, batch=4)
+    assert (totals.processes, totals.live, totals.exited) == (6, 5, 1)
+    assert totals.counters["hits"] == 15 and totals.tables["orders"]["hits"] == 15
+    for flusher in flushers[1:]:
+        flusher.stop()
