@@ -199,7 +199,7 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
             except RedisError as exc:
                 raise CommandError(f"cannot read the counters: {exc}") from None
             if args.json:
-                print(json.dumps(totals.as_json(settings.namespace), sort_keys=False), file=out)
+                print(json.dumps(totals.as_json(settings.namespace)), file=out)
             else:
                 if args.watch:
                     out.write("\x1b[H\x1b[2J" if out.isatty() else "\n")
@@ -365,8 +365,7 @@ def cmd_streams(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as exc:  # the streams went away since the check
         raise CommandError(str(exc)) from None
     finally:
-        flusher.stop()
-        flusher.flush()
+        flusher.stop()  # with a last flush
     counts = consumer.stats()
     print(
         f"stopped: {counts['stream_records']} records applied, "
