@@ -393,6 +393,7 @@ def test_an_entry_filled_under_an_old_table_token_is_dropped_not_served(clock: C
     step.batch()
     # The entry is still in the hash, but the table's item token was replaced since.
     step.send([lookup_reply(LookupStatus.HIT, old, item_token=b"new-i")])
+    assert not plan.served, f"served an entry filled under a replaced token: {step.value}"
     (drop,) = step.batch()  # looked up again, dropping it
     args = lookup_args(drop)
     assert args.drop == 1 and args.refresh == "0"
