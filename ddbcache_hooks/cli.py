@@ -193,23 +193,94 @@ def _check_dynamodb(tables: Sequence[str]) -> str:
 
 
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
-    from .metrics import aggregate
+    """Counters summed over every reporting process; ``--watch`` redraws them every second."""
+    import json
+
+    from redis.exceptions import RedisError
+
+    from .metrics import Totals, aggregate
 
     settings = _settings(args)
-    processes, totals = aggregate(_connect(args, settings), settings.namespace)
-    if not processes:
+    client = _connect(args, settings)
+    previous: tuple[Totals, float] | None = None
+    try:
+        while True:
+            try:
+                totals = aggregate(client, settings.namespace)
+            except RedisError as exc:
+                raise CommandError(f"cannot read the counters: {exc}") from None
+            if args.json:
+                print(json.dumps(totals.as_json(settings.namespace)), file=out)
+            else:
+                if args.watch:
+                    out.write("\x1b[H\x1b[2J" if out.isatty() else "\n")
+                    print(
+                        f"ddbcache stats --watch  {time.strftime('%H:%M:%S')}  "
+                        "(redrawn every second; Ctrl-C to leave)\n",
+                        file=out,
+                    )
+                _show_stats(out, totals, settings.namespace, previous)
+            out.flush()
+            if not args.watch:
+                return 0
+            previous = (totals, time.monotonic())
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _show_stats(out: TextIO, totals: Any, namespace: str, previous: Any) -> None:
+    """The readable view: who reports, the hit ratio, non-zero counters, table rows."""
+    from .metrics import RETAIN_S
+    from .stats import TABLE_COUNTERS
+
+    if not totals.processes:
         print(
-            f"no process reports counters in namespace {settings.namespace!r} "
+            f"no process reports counters in namespace {namespace!r} "
             "(set metrics_flush_s / DDBCACHE_METRICS_FLUSH_S in the applications)",
             file=out,
         )
-        return 0
-    print(f"{processes} process(es) in namespace {settings.namespace!r}", file=out)
-    reads = totals.get("hits", 0) + totals.get("misses", 0)
-    rows = [(name, f"{value:g}") for name, value in sorted(totals.items())]
-    rows.append(("hit ratio", f"{totals.get('hits', 0) / reads:.1%}" if reads else "-"))
-    _table(out, ("counter", "total"), rows)
-    return 0
+        return
+    exited = (
+        f", {totals.exited} exited (kept {RETAIN_S // 3600} h after their last report)"
+        if totals.exited
+        else ""
+    )
+    print(
+        f"namespace {namespace!r}: sum of {totals.processes} process(es), "
+        f"{totals.live} live{exited}",
+        file=out,
+    )
+    hits, misses = totals.counters.get("hits", 0), totals.counters.get("misses", 0)
+    ratio = totals.hit_ratio()
+    shown = f"{ratio:.1%}" if ratio is not None else "- (no cached reads yet)"
+    print(f"hit ratio: {shown} ({hits:g} hits, {misses:g} misses)\n", file=out)
+    view = totals.as_json(namespace)
+    rows = [
+        (name, f"{value:g}", *([_rate(name, value, previous)] if previous else []))
+        for name, value in view["counters"].items()
+        if value
+    ]
+    if rows:
+        _table(out, ("counter", "total", *(["per s"] if previous else [])), rows)
+    tables = [
+        (table, *(f"{row.get(name, 0):g}" for name in TABLE_COUNTERS))
+        for table, row in view["tables"].items()
+        if any(row.values())
+    ]
+    if tables:
+        print(file=out)
+        _table(out, ("table", *TABLE_COUNTERS), tables)
+
+
+def _rate(name: str, value: float, previous: tuple[Any, float]) -> str:
+    """Change per second since the last redraw (``--watch``); none for a level."""
+    from .stats import GAUGES
+
+    before, when = previous
+    if name in GAUGES:
+        return ""
+    return f"{(value - before.counters.get(name, 0)) / max(time.monotonic() - when, 1e-3):.1f}"
 
 
 # --- flush ---------------------------------------------------------------------------
@@ -286,8 +357,9 @@ def cmd_streams(args: argparse.Namespace, out: TextIO) -> int:
         raise CommandError(str(exc)) from None
     except (ClientError, BotoCoreError) as exc:  # credentials, permissions, endpoint
         raise CommandError(f"cannot describe the tables: {exc}") from None
-    if missing:
-        raise CommandError(f"no enabled stream on {', '.join(missing)}")
+    followed = [table for table in args.table if table not in missing]
+    if not followed:  # each one was named in a warning; the others are followed
+        raise CommandError(f"no table can be followed: no enabled stream on {', '.join(missing)}")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -297,13 +369,14 @@ def cmd_streams(args: argparse.Namespace, out: TextIO) -> int:
         settings.namespace,
         settings.metrics_flush_s or args.stats_every_s,
     )
-    print(f"following the streams of {', '.join(args.table)} as {consumer.owner}", file=out)
+    print(f"following the streams of {', '.join(followed)} as {consumer.owner}", file=out)
     out.flush()
     try:
         consumer.run(stop)
+    except ValueError as exc:  # the streams went away since the check
+        raise CommandError(str(exc)) from None
     finally:
-        flusher.stop()
-        flusher.flush()
+        flusher.stop()  # with a last flush
     counts = consumer.stats()
     print(
         f"stopped: {counts['stream_records']} records applied, "
@@ -399,9 +472,16 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", parents=[common], help="check Redis and DynamoDB access")
     doctor.add_argument("--table", action="append", default=[], help="table to DescribeTable")
     doctor.set_defaults(func=cmd_doctor)
-    sub.add_parser(
+    stats = sub.add_parser(
         "stats", parents=[common], help="counters summed over every reporting process"
-    ).set_defaults(func=cmd_stats)
+    )
+    stats.add_argument("--json", action="store_true", help="one JSON object (docs/operations.md)")
+    stats.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw every second until Ctrl-C (--json: a line a second)",
+    )
+    stats.set_defaults(func=cmd_stats)
     flush_parser = sub.add_parser("flush", parents=[common], help="drop cache entries")
     flush_parser.add_argument("--table", help="only this table's entries")
     flush_parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")

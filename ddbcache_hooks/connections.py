@@ -272,7 +272,8 @@ def sync_builder(
 
         return cluster
     pool = target.connection_pool
-    if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool):
+    # _BlockingPool: a client this module built (the CLI passes one to the streams consumer).
+    if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool, _BlockingPool):
         return _as_given(target, f"its pool is a {type(pool).__name__}")
     connection_class = pool.connection_class
     settings = {**_connection_settings(dict(pool.connection_kwargs)), **extra}

@@ -402,3 +402,8 @@ class KeyLayout:
 
     def namespace_pattern(self) -> str:
         return f"{self.prefix}*"
+
+
+def table_of_key(key: str) -> str:
+    """The table name in a key :class:`KeyLayout` names for a table (entries, tokens)."""
+    return key.rstrip("}").rpartition(":")[2]

@@ -32,7 +32,7 @@ from .codec import Codec, CorruptEntry, ForeignEntry
 from .config import Settings
 from .effects import DescribeTable, Op, Sleep
 from .forks import fork_safe
-from .keys import KeyLayout, NotCanonical, TableRef, canonical_key
+from .keys import KeyLayout, NotCanonical, TableRef, canonical_key, table_of_key
 from .near import CHANNEL_SUFFIX, NearCache
 from .plan import (
     HIT,
@@ -205,9 +205,18 @@ class Protocol:
             where = plan.batch.tables if plan.batch else plan.table
             log.debug("%s %s: %s", plan.operation, where, [s.state for s in plan.slots])
         if hits:
-            self.stats.hit(plan.kind, len(hits), sum(_rcu(len(s.blob)) for s in hits))
+            self.stats.hit(
+                plan.kind,
+                len(hits),
+                sum(_rcu(len(s.blob)) for s in hits),
+                [s.table.name for s in hits],
+            )
         if len(hits) < len(plan.slots):
-            self.stats.miss(plan.kind, len(plan.slots) - len(hits))
+            self.stats.miss(
+                plan.kind,
+                len(plan.slots) - len(hits),
+                [s.table.name for s in plan.slots if s.state != HIT],
+            )
         if len(hits) < len(plan.slots) or (plan.batch and plan.batch.passthrough):
             return None
         plan.served = True
@@ -299,7 +308,7 @@ class Protocol:
                     continue
                 slot.state, slot.leased_at = LEASED, started
                 slot.fallback, slot.fallback_fresh = slot.blob, True
-                self.stats.incr("early_refreshes")
+                self.stats.incr("early_refreshes", tables=[slot.table.name])
                 continue
             slot.fallback = reply.entry or b""  # expired, within its stale-if-error grace
             if reply.status == LookupStatus.LEASED:
@@ -430,7 +439,7 @@ class Protocol:
         else:
             answer["CacheMetadata"]["Stale"] = True
             answer["CacheMetadata"]["Age"] = round(max(0.0, now_ms - entry.created_ms) / 1000, 3)
-            self.stats.incr("stale_served")
+            self.stats.incr("stale_served", tables=[slot.table.name])
             log.debug("%s answered from an expired entry: DynamoDB said %s", plan.operation, status)
         return answer
 
@@ -486,7 +495,7 @@ class Protocol:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("fill %s: outcome %d, ttl %d ms", fill.key, outcome, ttl)
             if outcome == FillStatus.STORED:
-                self.stats.incr("fills")
+                self.stats.incr("fills", tables=[table_of_key(fill.key)])
             elif outcome == FillStatus.LOST:
                 self.stats.incr("fills_discarded")
                 log.debug("fill discarded: a write invalidated the entry meanwhile")
@@ -687,11 +696,13 @@ class Protocol:
             )
         if stale and self.near is not None:
             self.near.evict((), stale)
-        self.stats.incr("invalidations", len(keys))
-        self.stats.incr(
-            "table_invalidations",
-            sum(invalidation.tables.values()) + len(invalidation.lifecycle) + len(stale),
-        )
+        self.stats.incr("invalidations", len(keys), [table_of_key(key) for key in keys])
+        dropped = [
+            *(tokens for tokens, items in invalidation.tables.items() if items),
+            *invalidation.lifecycle,
+            *stale,
+        ]
+        self.stats.incr("table_invalidations", len(dropped), [table_of_key(t) for t in dropped])
 
     def keep(self, invalidation: Invalidation) -> None:
         """An invalidation Redis did not take: hold it, and have it replayed in the background."""

@@ -15,7 +15,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..effects import Op
-from ..keys import Location, NotCanonical, canonical_key, parse_table_arn, refs_for_table_arn
+from ..keys import (
+    Location,
+    NotCanonical,
+    canonical_key,
+    location_of,
+    parse_table_arn,
+    refs_for_table_arn,
+)
 from ..plan import Invalidation, WritePlan
 from ..protocol import Protocol
 from ..writes import WriteSet
@@ -32,6 +39,15 @@ def table_of(source_arn: str) -> str:
         raise ValueError(f"not a DynamoDB stream or table ARN: {source_arn!r}")
     partition, region, account, name = parse_table_arn(source_arn)
     return f"arn:{partition}:dynamodb:{region}:{account}:table/{name}"
+
+
+def endpoint_of(client: Any) -> str | None:
+    """The endpoint URL that a botocore client's entries are keyed by, as a registered
+    client's (keys.location_of: whatever botocore resolved, from ``endpoint_url=``,
+    ``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_ENDPOINT_URL`` or the config file); None for
+    AWS's own endpoints."""
+    where = location_of(client).where
+    return where if "/" in where else None
 
 
 def location_of_arn(table_arn: str, protocol: Protocol, endpoint_url: str | None) -> Location:

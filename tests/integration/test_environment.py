@@ -607,11 +607,26 @@ MIXED_APP = textwrap.dedent(
 
 
 @pytest.mark.aio
-def test_an_unchanged_aioboto3_app_is_cached(
-    tmp_path: Path, app: Path, moto_url: str, redis_server: RedisServer
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        # An unchanged aioboto3 app gets hits.
+        (AIO_APP, ["MISS", "1", "HIT", "1"]),
+        # A boto3 read after an aioboto3 write of the same process is never stale.
+        (MIXED_APP, ["MISS:1", "HIT:1", "MISS:2", "HIT:2", "MISS:3"]),
+    ],
+    ids=["aioboto3-app", "mixed-boto3-aioboto3"],
+)
+def test_environment_activation_covers_aioboto3(
+    source: str,
+    expected: list[str],
+    tmp_path: Path,
+    app: Path,
+    moto_url: str,
+    redis_server: RedisServer,
 ) -> None:
     path = tmp_path / "aio_app.py"
-    path.write_text(AIO_APP)
+    path.write_text(source)
     result = run(
         [sys.executable, str(path)],
         moto_url,
@@ -619,24 +634,7 @@ def test_an_unchanged_aioboto3_app_is_cached(
         DDBCACHE_REDIS_URL=redis_server.url,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["MISS", "1", "HIT", "1"]
-    assert "Traceback" not in result.stderr
-
-
-@pytest.mark.aio
-def test_an_aioboto3_write_is_never_followed_by_a_stale_boto3_read(
-    tmp_path: Path, app: Path, moto_url: str, redis_server: RedisServer
-) -> None:
-    path = tmp_path / "mixed_app.py"
-    path.write_text(MIXED_APP)
-    result = run(
-        [sys.executable, str(path)],
-        moto_url,
-        DDBCACHE_ENABLED="1",
-        DDBCACHE_REDIS_URL=redis_server.url,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["MISS:1", "HIT:1", "MISS:2", "HIT:2", "MISS:3"]
+    assert result.stdout.split() == expected
     assert "Traceback" not in result.stderr
 
 
