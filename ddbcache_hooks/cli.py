@@ -410,8 +410,14 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ)
     if args.redis_url:
         env[REDIS_URL] = args.redis_url
-    if env.get("DDBCACHE_ENABLED", "").strip().lower() in ("0", "false", "no", "off"):
-        print("ddbcache-run: DDBCACHE_ENABLED=0 is set: running uncached", file=sys.stderr)
+    try:
+        enabled = env_flag("ENABLED", env)
+    except ConfigurationError as exc:
+        print(f"ddbcache-run: {exc}; switching caching on as asked", file=sys.stderr)
+        enabled = None
+    if enabled is False:
+        shown = env.get("DDBCACHE_ENABLED", "").strip()
+        print(f"ddbcache-run: DDBCACHE_ENABLED={shown} is set: running uncached", file=sys.stderr)
     else:
         env["DDBCACHE_ENABLED"] = "1"
         env["DDBCACHE_RUN_PID"] = str(os.getpid())  # exec keeps the pid: only the command

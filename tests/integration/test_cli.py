@@ -438,3 +438,16 @@ def test_info_and_the_application_read_booleans_alike() -> None:
         "ddbcache info: DDBCACHE_ENABLED must be a boolean (1/0, true/false, yes/no, on/off), "
         "got 'maybe'"
     )
+
+
+def test_ddbcache_run_reads_the_switch_as_the_application_does() -> None:
+    show = [sys.executable, "-c", "import os; print(os.environ.get('DDBCACHE_ENABLED'))"]
+    off = console(*show, program="ddbcache-run", DDBCACHE_ENABLED="OFF")
+    assert off.stdout == "OFF\n"
+    assert off.stderr == "ddbcache-run: DDBCACHE_ENABLED=OFF is set: running uncached\n"
+    odd = console(*show, program="ddbcache-run", DDBCACHE_ENABLED="maybe")
+    assert odd.stdout == "1\n"
+    assert odd.stderr.splitlines()[0] == (
+        "ddbcache-run: DDBCACHE_ENABLED must be a boolean (1/0, true/false, yes/no, on/off), "
+        "got 'maybe'; switching caching on as asked"
+    )
