@@ -42,7 +42,7 @@ from .errors import CacheConnectionError, ConfigurationError, RegistrationError
 from .handlers import _FAILED, MISSING, Hooks, _finished, _scope
 from .handlers import drive as sync_drive
 from .keys import TableRef
-from .near import NearCache, decode_message
+from .near import NearCache, channel_lost, decode_message
 from .plan import ReadPlan, WritePlan
 from .plugin import (
     Registration,
@@ -55,7 +55,13 @@ from .plugin import (
     switched_off,
 )
 from .protocol import Protocol
-from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork, Invalidation
+from .resilience import (
+    EXIT_FLUSH_S,
+    AsyncBackgroundWork,
+    BackgroundWork,
+    Invalidation,
+    refused,
+)
 from .schema import TableSchema
 from .store import SCRIPTS, AsyncTransport, SyncTransport
 
@@ -314,7 +320,8 @@ async def _flush_counters(registration: AsyncRegistration, client: Any, settings
             pipe.expire(key, settings.metrics_flush_s * 3)
             await pipe.execute()
         except RedisError as exc:
-            log.debug("could not flush counters to Redis: %s", exc)
+            if not refused(exc, settings.namespace, registration._protocol.stats):
+                log.debug("could not flush counters to Redis: %s", exc)
 
 
 async def _listen(near: NearCache, client: Any, channel: str, retry_s: float = 1.0) -> None:
@@ -338,7 +345,7 @@ async def _listen(near: NearCache, client: Any, channel: str, retry_s: float = 1
         except Exception as exc:  # any failure: assume messages were lost
             near.online = False
             near.clear()
-            log.warning("near cache: invalidation channel lost (%s); cleared, retrying", exc)
+            channel_lost(exc, channel)
             await asyncio.sleep(retry_s)
         finally:
             with contextlib.suppress(Exception):

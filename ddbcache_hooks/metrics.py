@@ -20,6 +20,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from .resilience import refused
+
 log = logging.getLogger("ddbcache_hooks")
 
 Snapshot = Callable[[], dict[str, Any]]
@@ -36,6 +38,7 @@ class Flusher:
     def __init__(self, snapshot: Snapshot, client: Any, namespace: str, interval: float) -> None:
         self._snapshot = snapshot
         self._client = client
+        self.namespace = namespace
         self._key = process_key(namespace)
         self._interval = interval
         self._stopped = threading.Event()
@@ -54,7 +57,8 @@ class Flusher:
             try:
                 self.flush()
             except RedisError as exc:  # counters are best effort; the cache goes on
-                log.debug("could not flush counters to Redis: %s", exc)
+                if not refused(exc, self.namespace):
+                    log.debug("could not flush counters to Redis: %s", exc)
 
     def stop(self) -> None:
         self._stopped.set()

@@ -196,6 +196,14 @@ def decode_message(data: Any) -> tuple[list[str], list[str]]:
     return keys, tables
 
 
+def channel_lost(exc: BaseException, channel: str) -> None:
+    """The subscription failed: said once with the fix when Redis refused it, else each time."""
+    from .resilience import refused
+
+    if not refused(exc, channel.removesuffix(CHANNEL_SUFFIX)):
+        log.warning("near cache: invalidation channel lost (%s); cleared, retrying", exc)
+
+
 class Subscriber:
     """Listens on the invalidation channel in a daemon thread and evicts what it hears."""
 
@@ -218,7 +226,7 @@ class Subscriber:
             except Exception as exc:  # any failure: assume messages were lost
                 self._near.online = False
                 self._near.clear()
-                log.warning("near cache: invalidation channel lost (%s); cleared, retrying", exc)
+                channel_lost(exc, self._channel)
                 self._stopped.wait(self._retry_s)
             finally:
                 self._close()

@@ -34,6 +34,7 @@ COUNTERS = (
     "backlog_overflows",
     "pool_busy",
     "redis_oom",
+    "redis_refused",
     "leases_released",
     "poisoned_keys",
     "writes_rejected",
