@@ -128,10 +128,12 @@ def refusal(exc: BaseException) -> Refusal | None:
         script = next((s for s in _all_scripts() if sha and s.sha == sha.group(1)), None)
         if script is None:
             return Refusal("a command of a Lua script", tuple(commands()))
-        return Refusal(f"a command of script {script.name}", tuple(sorted(script_commands([script]))))
+        used = tuple(sorted(script_commands([script])))
+        return Refusal(f"a command of script {script.name}", used)
     found = _UNKNOWN.search(text)
     if found:  # renamed or disabled on the server (rename-command, a managed service)
-        return Refusal(f"command {found.group(1)!r} (unknown to the server)", (found.group(1).lower(),))
+        name = found.group(1)
+        return Refusal(f"command {name!r} (unknown to the server)", (name.lower(),))
     return None
 
 

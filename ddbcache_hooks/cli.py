@@ -110,7 +110,8 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
         except Exception as exc:
             refused = acl.refusal(exc)
             if refused is not None:
-                detail = f"Redis refused {refused.what} ({exc}); {acl.fix(refused, settings.namespace)}"
+                how = acl.fix(refused, settings.namespace)
+                detail = f"Redis refused {refused.what} ({exc}); {how}"
             else:
                 detail = str(exc) or type(exc).__name__
             problems.append(f"{label}: {detail}")

@@ -40,8 +40,7 @@ POLICIES = {
     "used first: fine for a cache",
     "volatile-lfu": "keys with a TTL are evicted, least frequently used first: fine",
     "volatile-random": "keys with a TTL are evicted at random: fine",
-    "volatile-ttl": "keys closest to expiry are evicted first (settle markers, then "
-    "entries): fine",
+    "volatile-ttl": "keys closest to expiry are evicted first (settle markers, then entries): fine",
 }
 
 # Which of the library's commands this user may run: redis.acl_check_cmd with two
@@ -223,12 +222,10 @@ class Cycle:
         return f"a miss leased and filled {self.name} (scratch table of the namespace)"
 
     def hit(self) -> str:
-        seen = []
         for _ in range(2):  # the script's hit teaches the server's identity; then plain
-            plan, response = self._read()
+            _, response = self._read()
             if not response or "Item" not in response:
                 raise AssertionError("the entry just filled was not served")
-            seen.append(response)
         how = "by script, then by plain read" if self.protocol.servers.node_of else "by script"
         return f"served {how}"
 
