@@ -102,6 +102,8 @@ class Refusal(NamedTuple):
     what: str
     #: The commands that would allow it (one; a script's; none for a key or channel).
     commands: tuple[str, ...] = ()
+    #: A script's refusal: one of ``commands`` (Redis does not say which) is missing.
+    script: bool = False
 
 
 _COMMAND = re.compile(r"no permissions to run the '([^']+)' command")
@@ -127,9 +129,9 @@ def refusal(exc: BaseException) -> Refusal | None:
         sha = _SHA.search(text)
         script = next((s for s in _all_scripts() if sha and s.sha == sha.group(1)), None)
         if script is None:
-            return Refusal("a command of a Lua script", tuple(commands()))
+            return Refusal("a command of a Lua script", tuple(commands()), True)
         used = tuple(sorted(script_commands([script])))
-        return Refusal(f"a command of script {script.name}", used)
+        return Refusal(f"a command of script {script.name}", used, True)
     found = _UNKNOWN.search(text)
     if found:  # renamed or disabled on the server (rename-command, a managed service)
         name = found.group(1)
@@ -139,8 +141,13 @@ def refusal(exc: BaseException) -> Refusal | None:
 
 def fix(refused: Refusal, namespace: str) -> str:
     """How to allow what was refused: the terms to add, and the whole rule."""
-    terms = [f"+{name}" for name in refused.commands] or rule_terms(namespace)[:2]
+    terms = " ".join([f"+{name}" for name in refused.commands] or rule_terms(namespace)[:2])
+    add = (
+        f"the script runs {terms}: add the ones the user lacks (ddbcache doctor names them)"
+        if refused.script
+        else f"add {terms} to the user's ACL"
+    )
     return (
-        f"allow it with ACL SETUSER <user> {' '.join(terms)} (keys ~{key_pattern(namespace)}); "
+        f"{add} (keys ~{key_pattern(namespace)}); "
         f"the whole rule: {setuser(namespace, '<user>', '<password>')}"
     )

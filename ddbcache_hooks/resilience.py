@@ -49,7 +49,7 @@ def refused(exc: BaseException, namespace: str, stats: Stats | None = None) -> b
     if first:
         log.error(
             "Redis refused %s for keys %s (%s): a configuration error; calls go to "
-            "DynamoDB uncached. To %s",
+            "DynamoDB uncached. Fix: %s",
             found.what,
             acl.key_pattern(namespace),
             exc,

@@ -1,0 +1,164 @@
+"""The cache as a Redis ACL user created from the documented rule (docs/operations.md).
+
+Every path the library has — hit, miss, write, Query, BatchGetItem, a table
+dropped and made again, the near cache, the counters' flush, a streams
+checkpoint, ``ddbcache flush`` and ``stats`` — runs as that user; the server's
+ACL LOG must show no refusal. A user missing one command gets an uncached
+application, one ERROR naming the command and its fix, and a closed breaker.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import redis
+
+import ddbcache_hooks
+from ddbcache_hooks import cli
+from ddbcache_hooks._redis_server import RedisServer
+from ddbcache_hooks.handlers import drive
+from ddbcache_hooks.metrics import aggregate
+from ddbcache_hooks.near import NearCache
+from ddbcache_hooks.store import SyncTransport
+from ddbcache_hooks.streams import state
+from tests.conftest import make_table
+from tests.servers import documented_acl
+
+PASSWORD = "pw-" + uuid.uuid4().hex[:8]
+
+
+def acl_user(server: RedisServer, namespace: str, without: str = "") -> Iterator[str]:
+    """A user made from the documented rule; yields its URL, deletes it afterwards."""
+    admin = redis.Redis(port=server.port)
+    user = "app-" + uuid.uuid4().hex[:8]
+    admin.execute_command("ACL", "SETUSER", *documented_acl(namespace, user, PASSWORD, without))
+    admin.acl_log_reset()
+    try:
+        yield f"redis://{user}:{PASSWORD}@{server.host}:{server.port}"
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+
+
+def refusals(server: RedisServer, url: str) -> list[dict[str, Any]]:
+    """The server's record of what it refused this user (redis-py's optional CLIENT SETINFO,
+    which it sends on every connection and ignores a refusal of, set aside)."""
+    user = url.split("//")[1].split(":")[0]
+    log = redis.Redis(port=server.port).acl_log(count=100)
+    return [
+        e
+        for e in log
+        if e["username"] == user and e["object"] not in ("client|setinfo", "client")
+    ]
+
+
+@pytest.fixture
+def documented_user(redis_server: RedisServer, namespace: str) -> Iterator[str]:
+    yield from acl_user(redis_server, namespace)
+
+
+def test_the_documented_rule_runs_every_path(
+    session: boto3.Session, documented_user: str, redis_server: RedisServer, namespace: str
+) -> None:
+    registration = ddbcache_hooks.register(
+        session,
+        documented_user,
+        namespace=namespace,
+        near_cache=NearCache(max_items=100, ttl_ms=60_000),
+        metrics_flush_s=1,
+    )
+    try:
+        client = session.client("dynamodb")
+        make_table(client, "items")
+        make_table(client, "pairs", ("pk", "S"), ("sk", "N"))
+        client.put_item(TableName="items", Item={"pk": {"S": "a"}, "v": {"N": "1"}})
+        for _ in range(3):  # miss, hit (Redis), hit (near cache)
+            assert client.get_item(TableName="items", Key={"pk": {"S": "a"}})["Item"]["v"] == {
+                "N": "1"
+            }
+        client.put_item(TableName="items", Item={"pk": {"S": "a"}, "v": {"N": "2"}})
+        assert client.get_item(TableName="items", Key={"pk": {"S": "a"}})["Item"]["v"] == {
+            "N": "2"
+        }
+        client.put_item(TableName="pairs", Item={"pk": {"S": "p"}, "sk": {"N": "1"}})
+        query = {
+            "TableName": "pairs",
+            "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": {":p": {"S": "p"}},
+        }
+        assert [client.query(**query)["Count"] for _ in range(2)] == [1, 1]
+        batch = {"RequestItems": {"items": {"Keys": [{"pk": {"S": "a"}}, {"pk": {"S": "b"}}]}}}
+        for _ in range(2):
+            assert len(client.batch_get_item(**batch)["Responses"]["items"]) == 1
+        # The table dropped and made again: its entries go with it.
+        client.delete_table(TableName="pairs")
+        make_table(client, "pairs", ("pk", "S"), ("sk", "N"))
+        assert client.query(**query)["Count"] == 0
+        stats = registration.stats()
+        assert stats["hits"] >= 4 and stats["near_hits"] >= 1 and stats["fills"] >= 3
+        assert stats["table_invalidations"] + stats["invalidations"] >= 2
+        assert registration._protocol.near is not None and registration._protocol.near.online
+        deadline = time.monotonic() + 5
+        admin = redis.Redis(port=redis_server.port)
+        while aggregate(admin, namespace)[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert aggregate(admin, namespace)[0] >= 1, "the counters were not flushed"
+        assert stats["errors"] == 0 and stats["redis_refused"] == 0, stats
+    finally:
+        registration.unregister()
+    # A streams consumer's checkpoint, with the library's own steps and transport.
+    user_client = ddbcache_hooks.plugin.connect(documented_user, registration._protocol.settings)
+    transport = SyncTransport(user_client)
+    keys = state.StreamKeys.of(namespace, "arn:aws:dynamodb:us-east-1:1:table/t/stream/x")
+    run = lambda op: drive(op, transport, lambda table: None)  # noqa: E731
+    run(state.mark_started(keys, 60_000))
+    assert run(state.lease_shards([(keys, ["s1"])], "me", 10_000, 60_000)) == [["s1"]]
+    assert run(state.checkpoint([(keys, [("s1", "7")])], "me", 10_000, 60_000)) == [[True]]
+    assert run(state.read_checkpoints([keys]))[0]["s1"] == "7"
+    # The operator's commands, as the same user.
+    out = io.StringIO()
+    assert cli.main(["stats", "--redis-url", documented_user, "--namespace", namespace], out) == 0
+    assert cli.main(
+        ["flush", "--yes", "--redis-url", documented_user, "--namespace", namespace], out
+    ) == 0
+    assert refusals(redis_server, documented_user) == []
+
+
+@pytest.mark.parametrize("missing", ["evalsha", "hset"])
+def test_a_refused_command_is_a_configuration_error_not_an_outage(
+    session: boto3.Session,
+    redis_server: RedisServer,
+    namespace: str,
+    missing: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = next(acl_user_gen := acl_user(redis_server, namespace, without=missing))
+    registration = ddbcache_hooks.register(session, url, namespace=namespace, breaker_threshold=2)
+    try:
+        client = session.client("dynamodb")
+        make_table(client, "items")
+        with caplog.at_level(logging.ERROR, logger="ddbcache_hooks"):
+            for n in range(6):
+                client.put_item(TableName="items", Item={"pk": {"S": "a"}, "v": {"N": str(n)}})
+                got = client.get_item(TableName="items", Key={"pk": {"S": "a"}})
+                assert got["Item"]["v"] == {"N": str(n)}  # uncached, and right
+        stats = registration.stats()
+        assert stats["hits"] == 0 and stats["redis_refused"] >= 6, stats
+        assert stats["breaker_opened"] == 0 and registration._protocol.breaker.state == "closed"
+        assert stats["errors"] == 0
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        # Once per refused command (a script's refusal names the script: one per script).
+        assert errors and len({e.split(" (")[0] for e in errors}) == len(errors), errors
+        print("\n".join(errors))
+        for error in errors:
+            assert f"+{missing}" in error.split("the whole rule")[0] and f"{namespace}:*" in error
+            assert "configuration error" in error and "ACL SETUSER" in error
+    finally:
+        registration.unregister()
+        next(acl_user_gen, None)
