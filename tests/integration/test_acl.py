@@ -52,9 +52,7 @@ def refusals(server: RedisServer, url: str) -> list[dict[str, Any]]:
     user = url.split("//")[1].split(":")[0]
     log = redis.Redis(port=server.port).acl_log(count=100)
     return [
-        e
-        for e in log
-        if e["username"] == user and e["object"] not in ("client|setinfo", "client")
+        e for e in log if e["username"] == user and e["object"] not in ("client|setinfo", "client")
     ]
 
 
@@ -83,9 +81,7 @@ def test_the_documented_rule_runs_every_path(
                 "N": "1"
             }
         client.put_item(TableName="items", Item={"pk": {"S": "a"}, "v": {"N": "2"}})
-        assert client.get_item(TableName="items", Key={"pk": {"S": "a"}})["Item"]["v"] == {
-            "N": "2"
-        }
+        assert client.get_item(TableName="items", Key={"pk": {"S": "a"}})["Item"]["v"] == {"N": "2"}
         client.put_item(TableName="pairs", Item={"pk": {"S": "p"}, "sk": {"N": "1"}})
         query = {
             "TableName": "pairs",
@@ -124,9 +120,10 @@ def test_the_documented_rule_runs_every_path(
     # The operator's commands, as the same user.
     out = io.StringIO()
     assert cli.main(["stats", "--redis-url", documented_user, "--namespace", namespace], out) == 0
-    assert cli.main(
-        ["flush", "--yes", "--redis-url", documented_user, "--namespace", namespace], out
-    ) == 0
+    assert (
+        cli.main(["flush", "--yes", "--redis-url", documented_user, "--namespace", namespace], out)
+        == 0
+    )
     assert refusals(redis_server, documented_user) == []
 
 

@@ -37,7 +37,7 @@ def test_every_plain_command_the_package_sends_is_in_the_list() -> None:
     for path in (ROOT / "ddbcache_hooks").rglob("*.py"):
         text = path.read_text()
         sent |= {m.lower() for m in re.findall(r'Call\(None, \("([A-Z]+)"', text)}
-        methods |= set(re.findall(r"(?:client|pipe|transport\.client|self\._client)\.(\w+)\(", text))
+        methods |= set(re.findall(_METHOD, text))
     unknown = methods - set(_SENDS) - _NOT_COMMANDS
     assert not unknown, f"classify these client methods in test_acl.py: {sorted(unknown)}"
     sent |= {_SENDS[m] for m in methods if m in _SENDS}
@@ -45,6 +45,7 @@ def test_every_plain_command_the_package_sends_is_in_the_list() -> None:
     assert {"hmget", "publish", "subscribe", "scan", "time"} <= sent
 
 
+_METHOD = r"(?:client|pipe|transport\.client|self\._client)\.(\w+)\("
 #: Client methods and the command each sends.
 _SENDS = {
     "expire": "expire",
@@ -83,7 +84,8 @@ _NOT_COMMANDS = {
 
 def test_rules_restrict_keys_and_the_channel_to_the_namespace() -> None:
     rule = acl.setuser("orders-prod", "svc", "pw")
-    assert rule.startswith("ACL SETUSER svc reset on >pw ~orders-prod:* &orders-prod:invalidations ")
+    start = "ACL SETUSER svc reset on >pw ~orders-prod:* &orders-prod:invalidations "
+    assert rule.startswith(start)
     assert "~*" not in rule and "&*" not in rule and "+@" not in rule
     assert acl.access_string("ns").split()[:3] == ["on", "~ns:*", "&ns:invalidations"]
     assert acl.access_string("ns").split()[3:] == [f"+{c}" for c in acl.commands()]
