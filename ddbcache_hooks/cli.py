@@ -102,9 +102,10 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     from . import doctor
 
     problems: list[str] = []
+    lacking: list[str] = []  # what the permissions check found this user may not run
     settings = _settings(args)
 
-    def check(label: str, action: Callable[[], str]) -> bool:
+    def check(label: str, action: Callable[[], str], cycle: bool = False) -> bool:
         try:
             detail = action()
         except Exception as exc:
@@ -114,6 +115,8 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
                 detail = f"Redis refused {refused.what} ({exc}); {how}"
             else:
                 detail = str(exc) or type(exc).__name__
+                if cycle and lacking:  # a script's pcall may have taken the refusal for another error
+                    detail += f" (the user may not run {', '.join(lacking)}: see permissions)"
             problems.append(f"{label}: {detail}")
             print(f"  FAIL  {label}: {detail}", file=out)
             return False
@@ -146,7 +149,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
         check("persistence", lambda: doctor.persistence(redis))
         check("round trip", lambda: doctor.round_trip(redis))
         check("scripts", lambda: _load_scripts(redis))
-        check("permissions", lambda: doctor.permissions(redis, settings.namespace))
+        check("permissions", lambda: doctor.permissions(redis, settings.namespace, lacking))
         print(f"Cache cycle (scratch keys of namespace {settings.namespace!r})", file=out)
         cycle = doctor.Cycle(
             redis,
@@ -160,7 +163,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
             if failed:
                 print(f"  skip  {label}: after the failure above", file=out)
             else:
-                failed = not check(label, step)
+                failed = not check(label, step, cycle=True)
         check("clean-up", cycle.clean_up)
         check("running applications", lambda: _refusals_reported(redis, settings.namespace))
     print("DynamoDB", file=out)
@@ -187,7 +190,7 @@ def _refusals_reported(client: Any, namespace: str) -> str:
 
     processes, totals = aggregate(client, namespace)
     if not processes:
-        return "none report counters (metrics_flush_s unset): refusals show in their logs"
+        return "no running process reports counters (metrics_flush_s): refusals are in their logs"
     refused = int(totals.get("redis_refused", 0))
     if refused:
         raise PermissionError(

@@ -129,8 +129,9 @@ def _size(n: int) -> str:
     return str(n)  # pragma: no cover
 
 
-def permissions(client: Any, namespace: str) -> str:
-    """The library's commands this user may not run (Redis 7's redis.acl_check_cmd)."""
+def permissions(client: Any, namespace: str, lacking: list[str]) -> str:
+    """Whether this user may run every command the library sends (Redis 7's
+    redis.acl_check_cmd); the ones it may not are added to ``lacking``."""
     key = f"{acl.key_pattern(namespace)[:-1]}doctor"
     names = acl.commands()
     script = client.register_script(_PERMISSIONS)
@@ -141,6 +142,7 @@ def permissions(client: Any, namespace: str) -> str:
             return "not checked (the server has no redis.acl_check_cmd)"
         raise
     missing = [r.decode() if isinstance(r, bytes) else str(r) for r in refused]
+    lacking.extend(missing)
     if missing:
         terms = " ".join(f"+{name}" for name in missing)
         raise PermissionError(
