@@ -115,7 +115,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
                 detail = f"Redis refused {refused.what} ({exc}); {how}"
             else:
                 detail = str(exc) or type(exc).__name__
-                if cycle and lacking:  # a script's pcall may have taken the refusal for another error
+                if cycle and lacking:  # a script's pcall may take a refusal for another error
                     detail += f" (the user may not run {', '.join(lacking)}: see permissions)"
             problems.append(f"{label}: {detail}")
             print(f"  FAIL  {label}: {detail}", file=out)
