@@ -127,7 +127,7 @@ def test_the_documented_rule_runs_every_path(
     assert refusals(redis_server, documented_user) == []
 
 
-@pytest.mark.parametrize("missing", ["evalsha", "hset"])
+@pytest.mark.parametrize("missing", ["evalsha", "hset", "hmget", "publish"])
 def test_a_refused_command_is_a_configuration_error_not_an_outage(
     session: boto3.Session,
     redis_server: RedisServer,
