@@ -9,6 +9,7 @@ application, one ERROR naming the command and its fix, and a closed breaker.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import time
@@ -34,6 +35,7 @@ from tests.servers import documented_acl
 PASSWORD = "pw-" + uuid.uuid4().hex[:8]
 
 
+@contextlib.contextmanager
 def acl_user(server: RedisServer, namespace: str, without: str = "") -> Iterator[str]:
     """A user made from the documented rule; yields its URL, deletes it afterwards."""
     admin = redis.Redis(port=server.port)
@@ -58,7 +60,8 @@ def refusals(server: RedisServer, url: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def documented_user(redis_server: RedisServer, namespace: str) -> Iterator[str]:
-    yield from acl_user(redis_server, namespace)
+    with acl_user(redis_server, namespace) as url:
+        yield url
 
 
 def test_the_documented_rule_runs_every_path(
@@ -127,15 +130,23 @@ def test_the_documented_rule_runs_every_path(
     assert refusals(redis_server, documented_user) == []
 
 
-@pytest.mark.parametrize("missing", ["evalsha", "hset", "hmget", "publish"])
+@pytest.fixture
+def lacking(
+    request: pytest.FixtureRequest, redis_server: RedisServer, namespace: str
+) -> Iterator[tuple[str, str]]:
+    """A user made from the documented rule less one command: (the command, its URL)."""
+    with acl_user(redis_server, namespace, without=request.param) as url:
+        yield request.param, url
+
+
+@pytest.mark.parametrize("lacking", ["evalsha", "hset", "hmget", "publish"], indirect=True)
 def test_a_refused_command_is_a_configuration_error_not_an_outage(
     session: boto3.Session,
-    redis_server: RedisServer,
     namespace: str,
-    missing: str,
+    lacking: tuple[str, str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    url = next(acl_user_gen := acl_user(redis_server, namespace, without=missing))
+    missing, url = lacking
     registration = ddbcache_hooks.register(session, url, namespace=namespace, breaker_threshold=2)
     try:
         client = session.client("dynamodb")
@@ -158,4 +169,41 @@ def test_a_refused_command_is_a_configuration_error_not_an_outage(
             assert "configuration error" in error and "ACL SETUSER" in error
     finally:
         registration.unregister()
-        next(acl_user_gen, None)
+
+
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
+@pytest.mark.parametrize("lacking", ["evalsha"], indirect=True)
+def test_async_a_refused_command_leaves_the_application_uncached(
+    namespace: str, moto_url: str, lacking: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    import aioboto3
+
+    _, url = lacking
+
+    async def main() -> dict[str, Any]:
+        session = aioboto3.Session(region_name="us-east-1")
+        registration = await ddbcache_hooks.register_async(session, url, namespace=namespace)
+        try:
+            async with session.client("dynamodb", endpoint_url=moto_url) as c:
+                await c.create_table(
+                    TableName="items",
+                    KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                    AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                    BillingMode="PAY_PER_REQUEST",
+                )
+                for n in range(6):
+                    await c.put_item(TableName="items", Item={"pk": {"S": "a"}, "n": {"N": str(n)}})
+                    got = await c.get_item(TableName="items", Key={"pk": {"S": "a"}})
+                    assert got["Item"]["n"] == {"N": str(n)}
+            assert registration._protocol.breaker.state == "closed"
+            return registration.stats()
+        finally:
+            await registration.aclose()
+
+    with caplog.at_level(logging.ERROR, logger="ddbcache_hooks"):
+        stats = asyncio.run(main())
+    assert stats["hits"] == 0 and stats["redis_refused"] >= 6 and stats["breaker_opened"] == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "command 'evalsha'" in errors[0] and "+evalsha" in errors[0]
