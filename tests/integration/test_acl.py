@@ -48,14 +48,12 @@ def acl_user(server: RedisServer, namespace: str, without: str = "") -> Iterator
         admin.execute_command("ACL", "DELUSER", user)
 
 
-def refusals(server: RedisServer, url: str) -> list[dict[str, Any]]:
-    """The server's record of what it refused this user (redis-py's optional CLIENT SETINFO,
+def refusals(admin: redis.Redis, user: str) -> list[dict[str, Any]]:
+    """The server's record of what it refused ``user`` (redis-py's optional CLIENT SETINFO,
     which it sends on every connection and ignores a refusal of, set aside)."""
-    user = url.split("//")[1].split(":")[0]
-    log = redis.Redis(port=server.port).acl_log(count=100)
-    return [
-        e for e in log if e["username"] == user and e["object"] not in ("client|setinfo", "client")
-    ]
+    log = admin.acl_log(count=100)
+    skip = ("client|setinfo", "client")
+    return [e for e in log if e["username"] == user and e["object"] not in skip]
 
 
 @pytest.fixture
@@ -127,7 +125,8 @@ def test_the_documented_rule_runs_every_path(
         cli.main(["flush", "--yes", "--redis-url", documented_user, "--namespace", namespace], out)
         == 0
     )
-    assert refusals(redis_server, documented_user) == []
+    user = documented_user.split("//")[1].split(":")[0]
+    assert refusals(redis.Redis(port=redis_server.port), user) == []
 
 
 @pytest.fixture
@@ -207,3 +206,42 @@ def test_async_a_refused_command_leaves_the_application_uncached(
     assert stats["hits"] == 0 and stats["redis_refused"] >= 6 and stats["breaker_opened"] == 0
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "command 'evalsha'" in errors[0] and "+evalsha" in errors[0]
+
+
+@pytest.mark.cluster
+def test_the_documented_rule_on_a_cluster(
+    session: boto3.Session, redis_cluster: Any, namespace: str
+) -> None:
+    """Cluster mode needs the slot map and the command table: CLUSTER SLOTS, COMMAND."""
+    user = "app-" + uuid.uuid4().hex[:8]
+    rule = documented_acl(namespace, user, PASSWORD)
+    nodes = [redis_cluster.client(i) for i in range(len(redis_cluster.servers))]
+    for node in nodes:  # ACL users are per node
+        node.execute_command("ACL", "SETUSER", *rule)
+        node.acl_log_reset()
+    host, port = redis_cluster.startup_nodes[0]
+    url = f"redis://{user}:{PASSWORD}@{host}:{port}"
+    try:
+        registration = ddbcache_hooks.register(session, url, namespace=namespace)
+        try:
+            client = session.client("dynamodb")
+            make_table(client, "items")
+            for n in range(3):
+                client.put_item(TableName="items", Item={"pk": {"S": f"k{n}"}})
+                for _ in range(2):
+                    client.get_item(TableName="items", Key={"pk": {"S": f"k{n}"}})
+            stats = registration.stats()
+            assert registration._transport.cluster
+            assert stats["hits"] == 3 and stats["errors"] == 0 and stats["redis_refused"] == 0
+        finally:
+            registration.unregister()
+        out = io.StringIO()  # (DynamoDB's check is not this test's: only Redis's lines count)
+        cli.main(["doctor", "--redis-url", url, "--namespace", namespace], out)
+        redis_lines = out.getvalue().split("DynamoDB")[0]
+        assert "FAIL" not in redis_lines and "cluster mode" in redis_lines, redis_lines
+        for node in nodes:
+            assert refusals(node, user) == []
+    finally:
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", user)
+            node.close()
