@@ -329,3 +329,14 @@ def test_doctor_names_the_command_a_user_lacks(
     for line in redis_failures:  # each names the command, or points at the line that does
         assert f"+{missing}" in line or f"may not run {missing}" in line, line
     assert "all checks passed" not in out
+
+
+def test_acl_prints_the_rule_for_the_namespace() -> None:
+    from ddbcache_hooks import acl
+
+    code, out = ddbcache("acl", "--namespace", "shop", "--user", "svc")
+    assert code == 0 and out.strip() == acl.setuser("shop", "svc", "<password>")
+    assert "~shop:* &shop:invalidations +cluster|slots" in out
+    code, out = ddbcache("acl", "--namespace", "shop", "--elasticache")
+    assert code == 0 and out.strip() == acl.access_string("shop")
+    assert out.startswith("on ~shop:* &shop:invalidations ")

@@ -161,3 +161,19 @@ def test_a_refusal_names_what_was_refused(
 )
 def test_other_errors_are_no_refusal(error: Exception) -> None:
     assert acl.refusal(error) is None
+
+
+def test_a_refusal_is_counted_each_time_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    from ddbcache_hooks.resilience import refused
+    from ddbcache_hooks.stats import Stats
+
+    stats = Stats()
+    error = NoPermissionError("this user has no permissions to run the 'hset' command")
+    with caplog.at_level("ERROR", logger="ddbcache_hooks"):
+        assert refused(error, "once-ns", stats) and refused(error, "once-ns", stats)
+        assert not refused(ResponseError("WRONGTYPE Operation"), "once-ns", stats)
+    assert stats.snapshot()["redis_refused"] == 2
+    (record,) = caplog.records
+    assert record.levelname == "ERROR"
+    assert "command 'hset'" in record.getMessage() and "once-ns:*" in record.getMessage()
+    assert "add +hset to the user's ACL" in record.getMessage()
