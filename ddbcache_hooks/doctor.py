@@ -103,12 +103,11 @@ def persistence(client: Any) -> str:
     aof = "AOF on" if str(info.get("aof_enabled", "0")) == "1" else "AOF off"
     saved = int(info.get("rdb_last_save_time", 0) or 0)
     changes = info.get("rdb_changes_since_last_save", "?")
-    rdb = (
-        f"last RDB save {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(saved))} UTC, "
-        f"{changes} changes since"
-        if saved
-        else "no RDB save"
-    )
+    if not saved or str(info.get("rdb_saves", "")) == "0":  # rdb_saves: Redis 7 and later
+        rdb = "no RDB snapshot since the server started"
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(saved))
+        rdb = f"last RDB snapshot {when} UTC, {changes} changes since"
     return f"{aof}, {rdb} (a restart from an old snapshot starts the cache cold, safely)"
 
 
