@@ -106,7 +106,10 @@ class Refusal(NamedTuple):
     script: bool = False
 
 
-_COMMAND = re.compile(r"no permissions to run the '([^']+)' command")
+# Redis's and Valkey's wordings ("this user has no permissions…", "User u has no…").
+_COMMAND = re.compile(r"no permissions to run the '([^']+)' command", re.IGNORECASE)
+_KEY = re.compile(r"no permissions to access (?:one of the keys|a key)", re.IGNORECASE)
+_CHANNEL = re.compile(r"no permissions to access (?:one of the channels|a channel)", re.IGNORECASE)
 _UNKNOWN = re.compile(r"unknown command [`']([^`']+)[`']", re.IGNORECASE)
 _SHA = re.compile(r"script: ([0-9a-f]{40})")
 
@@ -121,9 +124,9 @@ def refusal(exc: BaseException) -> Refusal | None:
     found = _COMMAND.search(text)
     if found:
         return Refusal(f"command {found.group(1)!r}", (found.group(1).lower(),))
-    if "no permissions to access one of the keys" in text:
+    if _KEY.search(text):
         return Refusal("a key outside the user's key patterns")
-    if "no permissions to access one of the channels" in text:
+    if _CHANNEL.search(text):
         return Refusal("the near cache's channel")
     if "user executing the script can't" in text:
         sha = _SHA.search(text)

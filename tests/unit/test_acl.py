@@ -141,6 +141,22 @@ def test_elasticache_md_shows_the_codes_access_string() -> None:
             (),
         ),
         (ResponseError("ERR unknown command 'EVALSHA', with args"), "command 'EVALSHA'", ()),
+        # Valkey's wordings
+        (
+            NoPermissionError("User app has no permissions to run the 'hmget' command"),
+            "command 'hmget'",
+            ("hmget",),
+        ),
+        (
+            ResponseError(
+                "ACL failure in script: User app has no permissions to run the 'hset' command "
+                "script: on @user_script:1."
+            ),
+            "command 'hset'",
+            ("hset",),
+        ),
+        (NoPermissionError("No permissions to access a key"), "a key outside", ()),
+        (NoPermissionError("No permissions to access a channel"), "the near cache's channel", ()),
     ],
 )
 def test_a_refusal_names_what_was_refused(
