@@ -56,14 +56,21 @@ def refusals(admin: redis.Redis, user: str) -> list[dict[str, Any]]:
     return [e for e in log if e["username"] == user and e["object"] not in skip]
 
 
+@pytest.fixture(params=["redis_server", "valkey_server"])
+def server(request: pytest.FixtureRequest) -> RedisServer:
+    """Redis and Valkey: their ACLs and their refusals' wordings differ."""
+    found: RedisServer = request.getfixturevalue(request.param)
+    return found
+
+
 @pytest.fixture
-def documented_user(redis_server: RedisServer, namespace: str) -> Iterator[str]:
-    with acl_user(redis_server, namespace) as url:
+def documented_user(server: RedisServer, namespace: str) -> Iterator[str]:
+    with acl_user(server, namespace) as url:
         yield url
 
 
 def test_the_documented_rule_runs_every_path(
-    session: boto3.Session, documented_user: str, redis_server: RedisServer, namespace: str
+    session: boto3.Session, documented_user: str, server: RedisServer, namespace: str
 ) -> None:
     registration = ddbcache_hooks.register(
         session,
@@ -102,7 +109,7 @@ def test_the_documented_rule_runs_every_path(
         assert stats["table_invalidations"] + stats["invalidations"] >= 2
         assert registration._protocol.near is not None and registration._protocol.near.online
         deadline = time.monotonic() + 5
-        admin = redis.Redis(port=redis_server.port)
+        admin = redis.Redis(port=server.port)
         while aggregate(admin, namespace)[0] == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert aggregate(admin, namespace)[0] >= 1, "the counters were not flushed"
@@ -126,15 +133,15 @@ def test_the_documented_rule_runs_every_path(
         == 0
     )
     user = documented_user.split("//")[1].split(":")[0]
-    assert refusals(redis.Redis(port=redis_server.port), user) == []
+    assert refusals(redis.Redis(port=server.port), user) == []
 
 
 @pytest.fixture
 def lacking(
-    request: pytest.FixtureRequest, redis_server: RedisServer, namespace: str
+    request: pytest.FixtureRequest, server: RedisServer, namespace: str
 ) -> Iterator[tuple[str, str]]:
     """A user made from the documented rule less one command: (the command, its URL)."""
-    with acl_user(redis_server, namespace, without=request.param) as url:
+    with acl_user(server, namespace, without=request.param) as url:
         yield request.param, url
 
 
