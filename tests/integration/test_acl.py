@@ -252,3 +252,31 @@ def test_the_documented_rule_on_a_cluster(
         for node in nodes:
             node.execute_command("ACL", "DELUSER", user)
             node.close()
+
+
+@pytest.mark.parametrize("lacking", ["subscribe"], indirect=True)
+def test_a_refused_subscription_leaves_the_near_cache_off_and_redis_caching(
+    session: boto3.Session,
+    namespace: str,
+    lacking: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, url = lacking
+    with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
+        registration = ddbcache_hooks.register(
+            session, url, namespace=namespace, near_cache=NearCache(max_items=10, ttl_ms=60_000)
+        )
+        try:
+            client = session.client("dynamodb")
+            make_table(client, "items")
+            client.put_item(TableName="items", Item={"pk": {"S": "a"}})
+            for _ in range(3):
+                client.get_item(TableName="items", Key={"pk": {"S": "a"}})
+            time.sleep(1.5)  # the subscriber retries once a second
+            stats = registration.stats()
+            assert stats["hits"] == 2 and stats["near_hits"] == 0 and stats["errors"] == 0
+        finally:
+            registration.unregister()
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR, [r.getMessage() for r in said]
+    assert "command 'subscribe'" in said[0].getMessage() and "+subscribe" in said[0].getMessage()
