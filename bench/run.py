@@ -365,7 +365,7 @@ def bench_query_modes(env: Env) -> dict[str, float]:
         client.put_item(TableName="modes", Item=item(0, 0, 1))
         protocol = registration._protocol
         [ref] = registration.table_refs("modes")
-        dropped = protocol.written_keys(ref, {"pk": {"S": "p1"}, "sk": {"N": "1"}})
+        dropped = protocol.planner.written_keys(ref, {"pk": {"S": "p1"}, "sk": {"N": "1"}})
         print(
             f"PutItem, {mode}: {sent[0]} round trip, {sent[1]} commands in it, "
             f"{len(dropped)} keys dropped by its invalidate_items script"

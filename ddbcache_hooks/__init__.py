@@ -17,17 +17,16 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .aio import AsyncRegistration, register_async
     from .config import TablePolicy
     from .errors import CacheConnectionError, ConfigurationError, RegistrationError
     from .handlers import disabled
     from .keys import TableRef, refs_for_table_arn
     from .near import NearCache
-    from .plugin import Registration, register
+    from .plugin import AsyncRegistration, Registration, register, register_async
 
 _PUBLIC = {
-    "AsyncRegistration": ".aio",
-    "register_async": ".aio",
+    "AsyncRegistration": ".plugin",
+    "register_async": ".plugin",
     "CacheConnectionError": ".errors",
     "ConfigurationError": ".errors",
     "RegistrationError": ".errors",

@@ -11,7 +11,11 @@ The ``ddbcache_hooks.pth`` start-up hook imports this module only when
    every DynamoDB client any session creates is attached to one registration,
    made on the first such client: that is when Redis is first contacted. If
    Redis does not answer, one warning is logged and the application runs
-   uncached.
+   uncached. aiobotocore's ``AioSession._create_client`` (which overrides
+   ``create_client``) is wrapped the same way once ``aiobotocore.session`` is
+   imported: its DynamoDB clients get an async registration, one per event
+   loop, with the same settings and Redis, so an aioboto3 write invalidates
+   what a boto3 client of the same process cached, and the reverse.
 
 A registration made in code wins over this one (code > environment), and an
 explicit ``DDBCACHE_ENABLED=0`` wins over both. Nothing here ever raises into
@@ -28,9 +32,13 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -46,7 +54,12 @@ _state: dict[str, Any] = {
     "registration": None,
     "failed": False,
     "original": None,
+    "original_async": None,
 }
+#: The environment's async registration of each event loop (a task that makes it).
+_async_registrations: weakref.WeakKeyDictionary[Any, asyncio.Future[Any]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def wanted(environ: Any = os.environ) -> bool:
@@ -84,21 +97,26 @@ def check_environment(environ: Any = os.environ) -> bool:
 
 
 def install() -> None:
-    """Patch botocore now if it is loaded, else as soon as it is imported."""
-    module = sys.modules.get("botocore.session")
-    if module is not None:
-        patch(module)
-    else:
-        sys.meta_path.insert(0, _PatchOnImport())
+    """Patch botocore and aiobotocore now where loaded, else as soon as imported."""
+    for name, patcher in (("botocore.session", patch), ("aiobotocore.session", patch_async)):
+        module = sys.modules.get(name)
+        if module is not None:
+            patcher(module)
+        else:
+            sys.meta_path.insert(0, _PatchOnImport(name, patcher))
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """One-shot post-import hook for ``botocore.session``."""
+    """One-shot post-import hook for one module (``botocore.session``, ``aiobotocore.session``)."""
+
+    def __init__(self, name: str, patcher: Callable[[ModuleType], None]) -> None:
+        self.name = name
+        self.patcher = patcher
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "botocore.session":
+        if fullname != self.name:
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)
@@ -109,7 +127,7 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module: ModuleType) -> None:
             run_module(module)
-            patch(module)
+            self.patcher(module)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
@@ -142,6 +160,62 @@ def unpatch() -> None:
         _state["original"] = None
 
 
+def patch_async(module: ModuleType) -> None:
+    """Wrap aiobotocore's ``AioSession._create_client`` (it overrides botocore's
+    ``create_client``, so :func:`patch` never sees its clients)."""
+    session_class = module.AioSession
+    if _state["original_async"] is not None:
+        return
+    original = session_class._create_client
+    _state["original_async"] = original
+
+    @functools.wraps(original)
+    async def _create_client(self: Any, service_name: str, *args: Any, **kwargs: Any) -> Any:
+        client = await original(self, service_name, *args, **kwargs)
+        if service_name == "dynamodb":
+            await attach_async(client)
+        return client
+
+    session_class._create_client = _create_client
+
+
+def unpatch_async() -> None:
+    """Undo :func:`patch_async` (an async registration of the environment was unregistered)."""
+    original = _state["original_async"]
+    if original is not None:
+        import aiobotocore.session
+
+        aiobotocore.session.AioSession._create_client = original
+        _state["original_async"] = None
+
+
+async def attach_async(client: Any) -> None:
+    """Attach the running loop's environment registration to a new aiobotocore
+    DynamoDB client; never raises."""
+    try:
+        registration = await _async_registration()
+        if registration is not None:
+            registration.attach_client(client)
+    except Exception:  # an application must never fail because of this hook
+        log.exception("ddbcache-hooks: could not attach to an aiobotocore client; it runs uncached")
+
+
+def _async_registration() -> asyncio.Future[Any]:
+    """One registration per event loop (a redis.asyncio client belongs to its loop),
+    made once: concurrent first clients await the same task."""
+    import asyncio  # only here: aiobotocore, which imports it, is in use
+
+    loop = asyncio.get_running_loop()
+    with _lock:
+        task = _async_registrations.get(loop)
+        if task is None:
+            from .plugin import register_async_from_environment
+
+            task = loop.create_task(register_async_from_environment(os.environ, unpatch_async))
+            _async_registrations[loop] = task
+        return task
+
+
 def attach(client: Any) -> None:
     """Attach the environment registration to a new DynamoDB client; never raises."""
     try:
@@ -157,7 +231,7 @@ def _registration() -> Any:
         if _state["registration"] is None and not _state["failed"]:
             from .plugin import register_from_environment
 
-            _state["registration"] = register_from_environment(os.environ)
+            _state["registration"] = register_from_environment(os.environ, unpatch)
             _state["failed"] = _state["registration"] is None
         return _state["registration"]
 

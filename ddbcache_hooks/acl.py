@@ -33,6 +33,7 @@ PLAIN: dict[str, str] = {
     "pexpire": "stream checkpoints' expiry",
     "hdel": "stream checkpoints",
     "hgetall": "stream checkpoints; ddbcache stats",
+    "pttl": "ddbcache stats: when each process last flushed",
     "scan": "ddbcache flush and stats",
     "cluster|slots": "cluster mode: the slot map (redis-py)",
     "command": "cluster mode: where a command's keys are (redis-py)",
@@ -56,7 +57,7 @@ def script_commands(scripts: Iterable[Script]) -> set[str]:
 
 
 def _all_scripts() -> tuple[Script, ...]:
-    from .store import SCRIPTS
+    from .scripts import SCRIPTS
     from .streams.state import SCRIPTS as STREAM_SCRIPTS
 
     return (*SCRIPTS, *STREAM_SCRIPTS)

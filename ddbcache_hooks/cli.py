@@ -40,7 +40,7 @@ def _redis_url(args: argparse.Namespace) -> str:
 
 
 def _connect(args: argparse.Namespace, settings: Settings) -> Any:
-    from .plugin import connect
+    from .connections import connect
 
     try:
         return connect(_redis_url(args), settings)
@@ -52,7 +52,7 @@ def _connect(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
-    from .plugin import redact
+    from .connections import redact
 
     try:
         enabled = env_flag("ENABLED")
@@ -127,7 +127,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     client: list[Any] = []
 
     def connect_redis() -> str:
-        from .plugin import redact
+        from .connections import redact
 
         started = time.perf_counter()
         client.append(_connect(args, settings))
@@ -176,7 +176,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _load_scripts(client: Any) -> str:
-    from .store import SCRIPTS
+    from .scripts import SCRIPTS
     from .streams.state import SCRIPTS as STREAM_SCRIPTS
 
     for script in (*SCRIPTS, *STREAM_SCRIPTS):
@@ -188,17 +188,18 @@ def _refusals_reported(client: Any, namespace: str) -> str:
     """What the processes flushing counters (metrics_flush_s) say Redis refused them."""
     from .metrics import aggregate
 
-    processes, totals = aggregate(client, namespace)
+    totals = aggregate(client, namespace)
+    processes = totals.processes
     if not processes:
         return "no running process reports counters (metrics_flush_s): refusals are in their logs"
-    refused = int(totals.get("redis_refused", 0))
+    refused = int(totals.counters.get("redis_refused", 0))
     if refused:
         raise PermissionError(
             f"{processes} process(es) report {refused} command(s) Redis refused "
             f"(redis_refused; their logs name the command); the rule: "
             f"{acl.setuser(namespace, '<user>', '<password>')}"
         )
-    return f"{processes} process(es) report counters, no refused command"
+    return f"{processes} process(es) ({totals.live} live) report counters, no refused command"
 
 
 def _check_dynamodb(tables: Sequence[str]) -> str:
@@ -228,30 +229,101 @@ def cmd_acl(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
-    from .metrics import aggregate
+    """Counters summed over every reporting process; ``--watch`` redraws them every second."""
+    import json
+
+    from redis.exceptions import RedisError
+
+    from .metrics import Totals, aggregate
 
     settings = _settings(args)
-    processes, totals = aggregate(_connect(args, settings), settings.namespace)
-    if not processes:
+    client = _connect(args, settings)
+    previous: tuple[Totals, float] | None = None
+    try:
+        while True:
+            try:
+                totals = aggregate(client, settings.namespace)
+            except RedisError as exc:
+                raise CommandError(f"cannot read the counters: {exc}") from None
+            if args.json:
+                print(json.dumps(totals.as_json(settings.namespace)), file=out)
+            else:
+                if args.watch:
+                    out.write("\x1b[H\x1b[2J" if out.isatty() else "\n")
+                    print(
+                        f"ddbcache stats --watch  {time.strftime('%H:%M:%S')}  "
+                        "(redrawn every second; Ctrl-C to leave)\n",
+                        file=out,
+                    )
+                _show_stats(out, totals, settings.namespace, previous)
+            out.flush()
+            if not args.watch:
+                return 0
+            previous = (totals, time.monotonic())
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _show_stats(out: TextIO, totals: Any, namespace: str, previous: Any) -> None:
+    """The readable view: who reports, the hit ratio, non-zero counters, table rows."""
+    from .metrics import RETAIN_S
+    from .stats import TABLE_COUNTERS
+
+    if not totals.processes:
         print(
-            f"no process reports counters in namespace {settings.namespace!r} "
+            f"no process reports counters in namespace {namespace!r} "
             "(set metrics_flush_s / DDBCACHE_METRICS_FLUSH_S in the applications)",
             file=out,
         )
-        return 0
-    print(f"{processes} process(es) in namespace {settings.namespace!r}", file=out)
-    reads = totals.get("hits", 0) + totals.get("misses", 0)
-    rows = [(name, f"{value:g}") for name, value in sorted(totals.items())]
-    rows.append(("hit ratio", f"{totals.get('hits', 0) / reads:.1%}" if reads else "-"))
-    _table(out, ("counter", "total"), rows)
-    return 0
+        return
+    exited = (
+        f", {totals.exited} exited (kept {RETAIN_S // 3600} h after their last report)"
+        if totals.exited
+        else ""
+    )
+    print(
+        f"namespace {namespace!r}: sum of {totals.processes} process(es), "
+        f"{totals.live} live{exited}",
+        file=out,
+    )
+    hits, misses = totals.counters.get("hits", 0), totals.counters.get("misses", 0)
+    ratio = totals.hit_ratio()
+    shown = f"{ratio:.1%}" if ratio is not None else "- (no cached reads yet)"
+    print(f"hit ratio: {shown} ({hits:g} hits, {misses:g} misses)\n", file=out)
+    view = totals.as_json(namespace)
+    rows = [
+        (name, f"{value:g}", *([_rate(name, value, previous)] if previous else []))
+        for name, value in view["counters"].items()
+        if value
+    ]
+    if rows:
+        _table(out, ("counter", "total", *(["per s"] if previous else [])), rows)
+    tables = [
+        (table, *(f"{row.get(name, 0):g}" for name in TABLE_COUNTERS))
+        for table, row in view["tables"].items()
+        if any(row.values())
+    ]
+    if tables:
+        print(file=out)
+        _table(out, ("table", *TABLE_COUNTERS), tables)
+
+
+def _rate(name: str, value: float, previous: tuple[Any, float]) -> str:
+    """Change per second since the last redraw (``--watch``); none for a level."""
+    from .stats import GAUGES
+
+    before, when = previous
+    if name in GAUGES:
+        return ""
+    return f"{(value - before.counters.get(name, 0)) / max(time.monotonic() - when, 1e-3):.1f}"
 
 
 # --- flush ---------------------------------------------------------------------------
 
 
 def cmd_flush(args: argparse.Namespace, out: TextIO) -> int:
-    from .plugin import redact
+    from .connections import redact
 
     settings = _settings(args)
     what = f"table {args.table!r}" if args.table else "every entry"
@@ -273,9 +345,9 @@ def flush(client: Any, settings: Settings, table: str | None) -> int:
     """Drop a namespace, or one table's entries; other namespaces are untouched."""
     from .handlers import drive
     from .keys import KeyLayout, table_name
+    from .plan import Invalidation
     from .protocol import Protocol
-    from .resilience import Invalidation
-    from .store import SyncTransport
+    from .transport import SyncTransport
 
     transport = SyncTransport(client)
     layout = KeyLayout(settings.namespace)
@@ -321,8 +393,9 @@ def cmd_streams(args: argparse.Namespace, out: TextIO) -> int:
         raise CommandError(str(exc)) from None
     except (ClientError, BotoCoreError) as exc:  # credentials, permissions, endpoint
         raise CommandError(f"cannot describe the tables: {exc}") from None
-    if missing:
-        raise CommandError(f"no enabled stream on {', '.join(missing)}")
+    followed = [table for table in args.table if table not in missing]
+    if not followed:  # each one was named in a warning; the others are followed
+        raise CommandError(f"no table can be followed: no enabled stream on {', '.join(missing)}")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -332,13 +405,14 @@ def cmd_streams(args: argparse.Namespace, out: TextIO) -> int:
         settings.namespace,
         settings.metrics_flush_s or args.stats_every_s,
     )
-    print(f"following the streams of {', '.join(args.table)} as {consumer.owner}", file=out)
+    print(f"following the streams of {', '.join(followed)} as {consumer.owner}", file=out)
     out.flush()
     try:
         consumer.run(stop)
+    except ValueError as exc:  # the streams went away since the check
+        raise CommandError(str(exc)) from None
     finally:
-        flusher.stop()
-        flusher.flush()
+        flusher.stop()  # with a last flush
     counts = consumer.stats()
     print(
         f"stopped: {counts['stream_records']} records applied, "
@@ -420,9 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--elasticache", action="store_true", help="an ElastiCache --access-string instead"
     )
     acl_parser.set_defaults(func=cmd_acl)
-    sub.add_parser(
+    stats = sub.add_parser(
         "stats", parents=[common], help="counters summed over every reporting process"
-    ).set_defaults(func=cmd_stats)
+    )
+    stats.add_argument("--json", action="store_true", help="one JSON object (docs/operations.md)")
+    stats.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw every second until Ctrl-C (--json: a line a second)",
+    )
+    stats.set_defaults(func=cmd_stats)
     flush_parser = sub.add_parser("flush", parents=[common], help="drop cache entries")
     flush_parser.add_argument("--table", help="only this table's entries")
     flush_parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")

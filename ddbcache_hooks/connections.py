@@ -24,21 +24,24 @@ reaches the parent's sockets either.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aredis
 import redis.cluster
 from redis.backoff import NoBackoff
-from redis.exceptions import MaxConnectionsError
+from redis.exceptions import MaxConnectionsError, RedisError
 
-from . import iam
-from .errors import RegistrationError
+from . import forks, iam
+from .errors import CacheConnectionError, ConfigurationError, RegistrationError
+from .store import CONNECTS
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -121,23 +124,17 @@ class Policy:
         }
 
 
-class ConnectCount:
-    """How many connections the library's own pools have (re)established, ever.
+def is_async_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-    A server that restarted, or an endpoint that now names another (promoted)
-    server, is only reached over a connection made after the change; so a value
-    learned from the server (its identity, store.ServerIds) holds only while
-    this count stays the same. Shared by every pool of the process.
-    """
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def bump(self, connection: Any = None) -> None:
-        self.value += 1
+    return isinstance(client, AsyncRedisCluster)
 
 
-CONNECTS = ConnectCount()
+def is_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))
 
 
 class _BlockingPool(redis.BlockingConnectionPool):
@@ -208,8 +205,6 @@ def _connection_settings(kwargs: dict[str, Any], *, cluster: bool = False) -> di
 
 def check_url(url: str) -> str:
     if urlsplit(url).scheme not in _URL_SCHEMES:
-        from .plugin import redact
-
         raise RegistrationError(f"redis= URL must start with redis:// or rediss://: {redact(url)}")
     return url.replace("valkey", "redis", 1) if url.startswith("valkey") else url
 
@@ -276,7 +271,8 @@ def sync_builder(
 
         return cluster
     pool = target.connection_pool
-    if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool):
+    # _BlockingPool: a client this module built (the CLI passes one to the streams consumer).
+    if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool, _BlockingPool):
         return _as_given(target, f"its pool is a {type(pool).__name__}")
     connection_class = pool.connection_class
     settings = {**_connection_settings(dict(pool.connection_kwargs)), **extra}
@@ -456,38 +452,10 @@ _live: weakref.WeakSet[Connections] = weakref.WeakSet()
 _abandoned: list[Any] = []
 
 
+@forks.in_child
 def _forget_in_child() -> None:
     for holder in list(_live):
         holder._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_in_child)
-
-
-_locked: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def fork_safe(*objects: Any) -> None:
-    """Give these objects a fresh ``_lock`` in a forked child.
-
-    A lock that a thread of the parent held at fork time stays held for ever in
-    the child, where that thread does not exist.
-    """
-    for obj in objects:
-        if obj is not None:
-            _locked.add(obj)
-
-
-def _new_locks_in_child() -> None:
-    for obj in list(_locked):
-        lock = getattr(obj, "_lock", None)
-        if lock is not None:
-            obj._lock = threading.RLock() if "RLock" in type(lock).__name__ else threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 def with_connection_class(cluster: Any, connection_class: Any) -> Any:
@@ -547,3 +515,186 @@ def sync_twin(
         return redis.Redis(connection_pool=new_pool)
 
     return plain
+
+
+# --- The library's connections, built from a URL or the user's client: sync and async ---
+
+
+def redact(url: str) -> str:
+    """A URL with its password masked, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(
+    redis_target: Any, settings: Settings, session: Any = None, *, credential_provider: Any = None
+) -> Any:
+    """The library's Redis client (see ``connections.py``); :func:`connect_holder` keeps it."""
+    return connect_holder(
+        redis_target, settings, session=session, credential_provider=credential_provider
+    ).client
+
+
+def connect_holder(
+    redis_target: Any,
+    settings: Settings,
+    *,
+    session: Any = None,
+    credential_provider: Any = None,
+) -> Connections:
+    """The library's connections, built from a URL or from the client the user passed.
+
+    The user's client is only read for its settings (host, port, db, TLS, user,
+    password or credential provider, cluster nodes): the cache's traffic runs on
+    a pool of its own with the cache's time-outs (docs/operations.md).
+    ``session`` signs the IAM tokens when the options ask for IAM authentication
+    (iam.py): the pools then authenticate with a token and reconnect at the age limit.
+    """
+    if redis_target is None:
+        raise RegistrationError("register() needs redis= (a redis client or a redis:// URL)")
+    if not isinstance(redis_target, str):
+        if not hasattr(redis_target, "pipeline"):
+            raise RegistrationError(
+                f"redis= must be a redis client or URL, got {type(redis_target).__name__}"
+            )
+        if type(redis_target).__module__.startswith("redis.asyncio"):
+            raise RegistrationError(
+                "register() needs a synchronous redis client; this redis.asyncio client is for "
+                "register_async() with aiobotocore / aioboto3"
+            )
+        if settings.iam_user:
+            raise ConfigurationError(
+                "iam_user applies to a rediss:// URL; a Redis client built by the application "
+                "takes credential_provider=ddbcache_hooks.iam.ElastiCacheIAMProvider(...)"
+            )
+        if is_fake(redis_target):
+            return Connections.given(redis_target)
+    policy = Policy.from_settings(settings)
+    connection_class = None
+    if isinstance(redis_target, str):
+        redis_target, auth = iam.redis_options(check_url(redis_target), settings, session)
+        credential_provider = auth.get("credential_provider", credential_provider)
+        connection_class = auth.get("connection_class")
+    build = sync_builder(
+        redis_target,
+        policy,
+        credential_provider=credential_provider,
+        connection_class=connection_class,
+    )
+    if isinstance(redis_target, str):
+        plain = build()
+        try:
+            cluster = plain.info("cluster").get("cluster_enabled") in (1, "1")
+        except redis.exceptions.NoPermissionError:
+            cluster = False  # an ACL user without INFO: pass a RedisCluster client for cluster mode
+        except RedisError as exc:
+            raise CacheConnectionError(
+                f"Could not connect to Redis at {redact(redis_target)}: {exc}"
+            ) from exc
+        if cluster:
+            plain.close()
+            build = cluster_url_builder(
+                redis_target,
+                policy,
+                credential_provider=credential_provider,
+                connection_class=connection_class,
+            )
+        else:
+            holder = Connections(build, policy)
+            holder.adopt(plain)
+            return holder
+    return Connections(build, policy)
+
+
+async def connect_async(
+    redis_target: Any, settings: Settings, *, credential_provider: Any = None
+) -> Connections:
+    """The library's async connections, built from a URL or the client the user passed.
+
+    As for :func:`connect_holder`: the user's client is only
+    read for its settings; time-outs are floored (``connections.ASYNC_MIN_*``).
+    IAM tokens (iam.py) are signed with a botocore session's credential chain (an
+    aiobotocore session's credentials are awaitable; a token is made inside
+    redis-py's connect), and the pools reconnect at the age limit.
+    """
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import RedisCluster
+
+    if redis_target is None:
+        raise RegistrationError("register_async() needs redis= (a redis.asyncio client or a URL)")
+    if not isinstance(redis_target, str):
+        if isinstance(redis_target, (redis.Redis, RedisCluster)):
+            raise RegistrationError(
+                "register_async() needs a redis.asyncio client; this redis.Redis client is "
+                "synchronous (use register() for boto3, or redis.asyncio.Redis here)"
+            )
+        if is_fake(redis_target):
+            return Connections.given(redis_target)
+        if not isinstance(redis_target, (aredis.Redis, AsyncRedisCluster)):
+            raise RegistrationError(
+                f"redis= must be a redis.asyncio client or URL, got {type(redis_target).__name__}"
+            )
+        if settings.iam_user:
+            raise ConfigurationError(
+                "iam_user applies to a rediss:// URL; a Redis client built by the application "
+                "takes credential_provider=ddbcache_hooks.iam.ElastiCacheIAMProvider(...)"
+            )
+        policy = Policy.from_settings(settings, asynchronous=True)
+        return Connections(
+            async_builder(redis_target, policy, credential_provider=credential_provider), policy
+        )
+    redis_target, auth = iam.redis_options(check_url(redis_target), settings)
+    credential_provider = auth.get("credential_provider", credential_provider)
+    connection_class = iam.AsyncIAMSSLConnection if auth else None
+    policy = Policy.from_settings(settings, asynchronous=True)
+    build = async_builder(
+        redis_target,
+        policy,
+        credential_provider=credential_provider,
+        connection_class=connection_class,
+    )
+    plain = build()
+    try:
+        cluster = (await plain.info("cluster")).get("cluster_enabled") in (1, "1")
+    except redis.exceptions.NoPermissionError:
+        cluster = False
+    except RedisError as exc:
+        raise CacheConnectionError(
+            f"Could not connect to Redis at {redact(redis_target)}: {exc}"
+        ) from exc
+    if not cluster:
+        holder = Connections(build, policy)
+        holder.adopt(plain)
+        return holder
+    await plain.aclose()
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    extra = {"credential_provider": credential_provider} if credential_provider else {}
+
+    def cluster_client() -> Any:
+        client = AsyncRedisCluster.from_url(
+            redis_target,
+            max_connections=policy.max_connections,
+            **policy.connection_kwargs(Retry(NoBackoff(), 0)),
+            **extra,
+        )
+        return with_connection_class(client, connection_class)
+
+    return Connections(cluster_client, policy)
+
+
+def exit_twin(target: Any, settings: Settings, policy: Policy) -> Any:
+    """A sync builder of the same connections (IAM included), for the flush at exit."""
+    if not isinstance(target, str):
+        return sync_twin(target, policy)
+    url, auth = iam.redis_options(check_url(target), settings)
+    return sync_twin(
+        url,
+        policy,
+        credential_provider=auth.get("credential_provider"),
+        connection_class=auth.get("connection_class"),
+    )

@@ -19,12 +19,12 @@ from typing import Any
 
 from . import acl
 from .config import Settings
+from .connections import is_cluster
 from .handlers import drive
 from .keys import Location
-from .plan import ReadPlan, WritePlan
+from .plan import Invalidation, ReadPlan, WritePlan
 from .protocol import Protocol
-from .resilience import Invalidation
-from .store import SyncTransport, is_cluster
+from .transport import SyncTransport, node_lookup
 
 Step = tuple[str, Callable[[], str]]
 HERE = Location("aws", "doctor")
@@ -172,8 +172,8 @@ class Cycle:
         )
         self.transport = SyncTransport(client)
         self.protocol = Protocol(self.settings, cluster=self.transport.cluster)
-        self.transport.servers = self.protocol.servers
-        self.protocol.servers.enable(self.transport)
+        self.transport.servers = self.protocol.servers  # as a Registration wires them
+        self.protocol.servers.node_of = node_lookup(self.transport)
         (self.table,) = HERE.refs(self.name)
         self.key = {"pk": {"S": "probe"}}
         self._pubsub: Any = None

@@ -3,7 +3,7 @@
 The consistency protocol (``protocol.py``) and the Redis operations
 (``store.py``) are written once, as generators that *yield* these effects and
 receive their results. A small driver carries them out: blocking for botocore
-(``handlers.py``), awaiting for aiobotocore (``aio.py``). That is how the sync
+(``handlers.drive``), awaiting for aiobotocore (``handlers.drive_async``). That is how the sync
 and async paths share every decision without sharing a line of I/O code.
 """
 

@@ -6,7 +6,8 @@ thing; both canonicalize to ``(("n", "pk"), ("p", "="), ("v", ("S", "a")))``.
 
 The tokenizer is deliberately small: anything it does not recognize makes
 :func:`canonical` return ``None`` and the caller falls back to the raw text,
-which is always correct, merely less often shared.
+which is always correct, merely less often shared. :func:`variant` builds a
+request's canonical variant from them (what a Query or Scan entry is keyed by).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import re
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
+
+from .keys import NotCanonical, canonical_param, canonical_value
 
 #: Request parameters holding an expression that may use placeholders.
 EXPRESSION_PARAMS = frozenset(
@@ -63,8 +66,6 @@ def canonical(
 
     Placeholders that were resolved are added to ``used``.
     """
-    from .keys import NotCanonical, canonical_value  # keys imports this module
-
     matches = _tokenize(expression)
     if matches is None:
         return None
@@ -204,3 +205,46 @@ def key_equalities(
 
 def _is_word(token: tuple[str, str], word: str) -> bool:
     return token[0] == "word" and token[1].upper() == word
+
+
+#: Parameters that name placeholders; folded into expressions when possible.
+PLACEHOLDER_PARAMS = ("ExpressionAttributeNames", "ExpressionAttributeValues")
+
+
+def variant(params: Mapping[str, Any], skip: frozenset[str] | set[str]) -> Any:
+    """Canonical request variant: every parameter except those in ``skip``.
+
+    Expressions have their ``#name`` / ``:value`` placeholders substituted, so
+    ``Key("pk").eq(1)`` built by boto3 and ``"pk = :v"`` written by hand are one
+    variant. When any placeholder cannot be resolved, or a provided one is not
+    used, the raw expressions and placeholder maps are kept instead: such a
+    request gets an entry of its own (and DynamoDB will reject it anyway).
+    """
+    if skip.issuperset(params):  # a plain GetItem / BatchGetItem: one variant
+        return ()
+    names = params.get("ExpressionAttributeNames") or {}
+    values = params.get("ExpressionAttributeValues") or {}
+    raw: list[tuple[str, Any]] = []
+    folded: list[tuple[str, Any]] = []
+    used: set[str] = set()
+    resolved = True
+    for name in sorted(params):
+        if name in skip or name in PLACEHOLDER_PARAMS:
+            continue
+        value = params[name]
+        if name in EXPRESSION_PARAMS and isinstance(value, str):
+            canon = canonical(value, names, values, used)
+            resolved = resolved and canon is not None
+            raw.append((name, value))
+            folded.append((name, canon))
+        else:
+            part = (name, canonical_param(value))
+            raw.append(part)
+            folded.append(part)
+    if resolved and used == set(names) | set(values):
+        return tuple(folded)
+    return (
+        "raw",
+        *raw,
+        *((p, canonical_param(params[p])) for p in PLACEHOLDER_PARAMS if params.get(p)),
+    )

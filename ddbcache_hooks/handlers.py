@@ -3,18 +3,20 @@
 Each handler reads the plan that :meth:`Hooks.plan_call` put in the call's
 ``context`` and runs one protocol step through :meth:`SyncHooks._run`, the one
 place where Redis errors are caught, counted and turned into "go to
-DynamoDB". aiobotocore's coroutine versions live in ``aio.py``.
+DynamoDB". :class:`AsyncHooks`, at the bottom, holds aiobotocore's coroutine
+versions; a change to one half is a change to both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import json
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from botocore.awsrequest import AWSResponse
@@ -28,9 +30,9 @@ from .keys import TableRef, location_of
 from .plan import ReadPlan, WritePlan, shape_miss_request
 from .policy import CACHED_OPERATIONS, POLICIES
 from .protocol import Protocol
-from .resilience import refused
+from .resilience import AsyncBackgroundWork, refused
 from .schema import TableSchema
-from .store import SyncTransport
+from .transport import AsyncTransport, SyncTransport
 
 log = logging.getLogger("ddbcache_hooks")
 T = TypeVar("T")
@@ -372,6 +374,30 @@ def drive(op: Op[T], transport: SyncTransport, describe: Callable[[str], TableSc
         return value
 
 
+async def drive_async(
+    op: Op[T],
+    transport: AsyncTransport,
+    describe: Callable[[str], Awaitable[TableSchema | None]] | None = None,
+) -> T:
+    """:func:`drive`, awaiting (aiobotocore)."""
+    try:
+        effect = next(op)
+        while True:
+            if isinstance(effect, RedisBatch):
+                result: Any = await transport.execute(effect.calls, effect.errors_as_values)
+            elif isinstance(effect, Sleep):
+                await asyncio.sleep(effect.seconds)
+                result = None
+            elif isinstance(effect, DescribeTable):
+                result = await describe(effect.table) if describe is not None else None
+            else:  # pragma: no cover - the effect set is closed
+                raise TypeError(f"unknown effect {effect!r}")
+            effect = op.send(result)
+    except StopIteration as done:
+        value: T = done.value
+        return value
+
+
 def _error_code(parsed: Mapping[str, Any] | None) -> str | None:
     error = (parsed or {}).get("Error")
     return error.get("Code") if isinstance(error, Mapping) else None
@@ -384,3 +410,138 @@ def _reshape_body(plan: ReadPlan, request: dict[str, Any]) -> None:
     body = json.loads(request["body"])
     if shape_miss_request(plan, body):
         request["body"] = json.dumps(body).encode("utf-8")
+
+
+class AsyncHooks(Hooks):
+    """Handlers for aiobotocore clients (coroutines; planning needs no I/O and stays sync)."""
+
+    def __init__(
+        self, protocol: Protocol, client: Any, transport: AsyncTransport, work: Any = None
+    ) -> None:
+        super().__init__(protocol, client)
+        self.transport = transport
+        self.work: AsyncBackgroundWork = work or AsyncBackgroundWork(
+            protocol, lambda op: drive_async(op, transport)
+        )
+        # aiobotocore runs no handler when a call is cancelled: the call itself is
+        # wrapped, so that a cancelled write still invalidates and a cancelled miss
+        # gives its lease back.
+        client._make_api_call = self._guard(client._make_api_call)
+
+    def _guard(self, make_api_call: Any) -> Any:
+        async def _make_api_call(operation_name: str, api_params: Any) -> Any:
+            scope: list[Any] = []
+            token = _scope.set(scope)
+            try:
+                return await make_api_call(operation_name, api_params)
+            except BaseException as exc:  # asyncio.CancelledError, above all
+                if scope and not isinstance(exc, Exception):
+                    self._interrupted(scope)
+                raise
+            finally:
+                _scope.reset(token)
+
+        return _make_api_call
+
+    def _interrupted(self, scope: list[Any]) -> None:
+        """The caller was cancelled mid-call: nothing says what DynamoDB did."""
+        for plan in scope:
+            if isinstance(plan, WritePlan):
+                self.protocol.stats.incr("writes_cancelled")
+                self.work.hand_over(self._deliver_invalidation(plan, None))
+            elif isinstance(plan, ReadPlan):
+                self.protocol.abandon(plan)
+
+    async def serve_cached_read(
+        self, params: dict[str, Any], context: dict[str, Any], **_: Any
+    ) -> Any:
+        """before-call: answer from the cache, or shape the real request of a miss."""
+        plan = self._read_plan(context)
+        if plan is None:
+            return None
+        response = await self._run(self.protocol.serve(plan))
+        if response is _FAILED:
+            self.protocol.abandon(plan)
+        return self._answer(plan, response, params)
+
+    async def store_read_result(
+        self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any
+    ) -> None:
+        """after-call of a read: fill what this call leased."""
+        plan = self._read_plan(context)
+        if plan is not None:
+            fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
+            if fills:
+                await self._run(self.protocol.fill(fills))
+            _finished(plan)
+            if self._may_rescue(plan, http_response):
+                answer = await self._run(
+                    self.protocol.rescue(plan, http_response.status_code, parsed)
+                )
+                self._replace(http_response, parsed, answer)
+
+    async def release_leases(self, context: dict[str, Any], **_: Any) -> None:
+        """after-call-error of a read: the call failed, give the leases back."""
+        plan = self._read_plan(context)
+        if plan is not None:
+            await self._run(self.protocol.release(plan))
+            _finished(plan)
+
+    async def invalidate_written_items(
+        self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        """after-call / after-call-error of a write: drop what it touched, whatever the outcome."""
+        await self._invalidate(self._write_plan(context, parsed), parsed)
+
+    async def invalidate_unknown_write(
+        self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        """after-call / after-call-error of an operation not in the policy table."""
+        await self._invalidate(self._unknown_write(context, parsed), parsed)
+
+    async def drop_missing_table(
+        self, parsed: dict[str, Any], context: dict[str, Any], **_: Any
+    ) -> None:
+        """after-call of any call: ResourceNotFoundException drops the table's entries, schema."""
+        tables = self._missing_tables(parsed, context)
+        if tables:
+            await self._run(self.protocol.forget_tables(tables, MISSING))
+
+    async def _invalidate(self, plan: WritePlan | None, parsed: dict[str, Any] | None) -> None:
+        if plan is None:
+            return
+        _finished(plan)
+        if self._changed_nothing(parsed):
+            return
+        # Shielded: a caller cancelled while this waits (say for a pooled
+        # connection) leaves the invalidation running to its end in a task.
+        await asyncio.shield(self.work.hand_over(self._deliver_invalidation(plan, parsed)))
+
+    async def _deliver_invalidation(self, plan: WritePlan, parsed: dict[str, Any] | None) -> None:
+        outcome: Any = await self._run(self.protocol.invalidate(plan, parsed))
+        if outcome is _FAILED:
+            self._remember(plan, parsed)
+
+    async def _run(self, op: Op[T]) -> T:
+        """Drive one protocol step; the single boundary for Redis errors."""
+        if not self.protocol.breaker.allow():
+            op.close()
+            return _FAILED  # type: ignore[no-any-return]
+        try:
+            result = await drive_async(op, self.transport, self._describe)
+        except RedisError as exc:
+            self._failed(exc)
+            return _FAILED  # type: ignore[no-any-return]
+        self.protocol.breaker.success()
+        return result
+
+    async def _describe(self, table: str) -> TableSchema | None:
+        client = self._client()
+        if client is None:
+            return None
+        try:
+            response = await client.describe_table(TableName=table)
+        except (ClientError, BotoCoreError) as exc:
+            self._describe_failed(table, exc)
+            return None
+        return self._schema(table, lambda: response)

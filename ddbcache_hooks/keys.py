@@ -24,18 +24,17 @@ import hashlib
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import msgpack
 
-from . import expressions
 
-if TYPE_CHECKING:
-    from .config import Settings
+class _Account(Protocol):
+    """What :func:`refs_for_table_arn` reads of the settings (config.Settings has it)."""
 
-#: Parameters that name placeholders; folded into expressions when possible.
-PLACEHOLDER_PARAMS = ("ExpressionAttributeNames", "ExpressionAttributeValues")
+    @property
+    def account_id(self) -> str | None: ...
 
 
 class NotCanonical(ValueError):
@@ -177,7 +176,7 @@ def parse_table_arn(arn: str) -> tuple[str, str, str, str]:
 
 
 def refs_for_table_arn(
-    arn: str, settings: Settings, *, endpoint_url: str | None = None
+    arn: str, settings: _Account, *, endpoint_url: str | None = None
 ) -> tuple[TableRef, ...]:
     """Every TableRef whose entries a write to the table ``arn`` names must drop.
 
@@ -361,45 +360,6 @@ def partition_digest(table: TableRef, name: str | None, value: Any = None) -> st
     return _key_digest(parts, b"ddbcache-part")
 
 
-def variant(params: Mapping[str, Any], skip: frozenset[str] | set[str]) -> Any:
-    """Canonical request variant: every parameter except those in ``skip``.
-
-    Expressions have their ``#name`` / ``:value`` placeholders substituted, so
-    ``Key("pk").eq(1)`` built by boto3 and ``"pk = :v"`` written by hand are one
-    variant. When any placeholder cannot be resolved, or a provided one is not
-    used, the raw expressions and placeholder maps are kept instead: such a
-    request gets an entry of its own (and DynamoDB will reject it anyway).
-    """
-    if skip.issuperset(params):  # a plain GetItem / BatchGetItem: one variant
-        return ()
-    names = params.get("ExpressionAttributeNames") or {}
-    values = params.get("ExpressionAttributeValues") or {}
-    raw: list[tuple[str, Any]] = []
-    folded: list[tuple[str, Any]] = []
-    used: set[str] = set()
-    resolved = True
-    for name in sorted(params):
-        if name in skip or name in PLACEHOLDER_PARAMS:
-            continue
-        value = params[name]
-        if name in expressions.EXPRESSION_PARAMS and isinstance(value, str):
-            canon = expressions.canonical(value, names, values, used)
-            resolved = resolved and canon is not None
-            raw.append((name, value))
-            folded.append((name, canon))
-        else:
-            part = (name, canonical_param(value))
-            raw.append(part)
-            folded.append(part)
-    if resolved and used == set(names) | set(values):
-        return tuple(folded)
-    return (
-        "raw",
-        *raw,
-        *((p, canonical_param(params[p])) for p in PLACEHOLDER_PARAMS if params.get(p)),
-    )
-
-
 class KeyLayout:
     """Names of every Redis key the library writes, for one namespace.
 
@@ -442,3 +402,8 @@ class KeyLayout:
 
     def namespace_pattern(self) -> str:
         return f"{self.prefix}*"
+
+
+def table_of_key(key: str) -> str:
+    """The table name in a key :class:`KeyLayout` names for a table (entries, tokens)."""
+    return key.rstrip("}").rpartition(":")[2]

@@ -17,16 +17,18 @@ below 7.4 (so ElastiCache engines) and hangs under concurrent threads.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import os
 import select
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from . import forks
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -36,13 +38,10 @@ CHANNEL_SUFFIX = ":invalidations"
 _instances: weakref.WeakSet[NearCache] = weakref.WeakSet()
 
 
+@forks.in_child
 def _offline_in_child() -> None:
     for near in list(_instances):
         near._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_offline_in_child)
 
 
 class NearCache:
@@ -196,22 +195,32 @@ def decode_message(data: Any) -> tuple[list[str], list[str]]:
     return keys, tables
 
 
-def channel_lost(exc: BaseException, channel: str) -> None:
-    """The subscription failed: said once with the fix when Redis refused it, else each time."""
-    from .resilience import refused
+#: Reports a Redis refusal (an ACL) of the subscription; True when it was one.
+Refused = Callable[[BaseException], bool]
 
-    if not refused(exc, channel.removesuffix(CHANNEL_SUFFIX)):
+
+def channel_lost(exc: BaseException, refused: Refused | None) -> None:
+    """The subscription failed: a refusal is ``refused``'s to report (once), else a warning."""
+    if refused is None or not refused(exc):
         log.warning("near cache: invalidation channel lost (%s); cleared, retrying", exc)
 
 
 class Subscriber:
     """Listens on the invalidation channel in a daemon thread and evicts what it hears."""
 
-    def __init__(self, near: NearCache, client: Any, channel: str, retry_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        near: NearCache,
+        client: Any,
+        channel: str,
+        retry_s: float = 1.0,
+        refused: Refused | None = None,
+    ) -> None:
         self._near = near
         self._client = client
         self._channel = channel
         self._retry_s = retry_s
+        self._refused = refused
         self._stopped = threading.Event()
         self._pubsub: Any = None
         #: Held while reading the subscription (this thread, or a reader catching up).
@@ -226,7 +235,7 @@ class Subscriber:
             except Exception as exc:  # any failure: assume messages were lost
                 self._near.online = False
                 self._near.clear()
-                channel_lost(exc, self._channel)
+                channel_lost(exc, self._refused)
                 self._stopped.wait(self._retry_s)
             finally:
                 self._close()
@@ -288,3 +297,37 @@ class Subscriber:
         self._stopped.set()
         self._near.online = False
         self._thread.join(timeout=3)
+
+
+async def listen_async(
+    near: NearCache,
+    client: Any,
+    channel: str,
+    retry_s: float = 1.0,
+    refused: Refused | None = None,
+) -> None:
+    """The near cache's subscription (:class:`Subscriber`), as an asyncio task."""
+    while True:
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    near.clear()
+                    near.online = True
+                elif message["type"] == "message":
+                    near.evict(*decode_message(message["data"]))
+        except asyncio.CancelledError:
+            near.online = False
+            raise
+        except Exception as exc:  # any failure: assume messages were lost
+            near.online = False
+            near.clear()
+            channel_lost(exc, refused)
+            await asyncio.sleep(retry_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()

@@ -9,12 +9,14 @@ with their own errors); it never guesses.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import expressions
 from .config import Settings, TableSettings
+from .expressions import variant
 from .keys import (
     KeyLayout,
     Location,
@@ -24,7 +26,6 @@ from .keys import (
     digest,
     item_digest,
     partition_digest,
-    variant,
 )
 from .policy import (
     NOT_DATA,
@@ -36,9 +37,11 @@ from .policy import (
     unknown_operation,
     valid_not_data,
 )
-from .resilience import Invalidation
 from .responses import capacity_mode
 from .schema import TableSchema
+from .scripts import BULK_MARK
+from .store import Lifecycle
+from .writes import WriteSet, tables_named
 
 #: Per-table parameters of a BatchGetItem that do not select data.
 _BATCH_NOT_DATA = NOT_DATA | {"Keys"}
@@ -128,6 +131,46 @@ class ReadPlan:
     batch: Batch | None = None
     #: Set once the call was answered from the cache.
     served: bool = False
+
+
+@dataclass
+class Invalidation:
+    """What one write must drop: item hashes, and table tokens to replace."""
+
+    #: (table token key, item hash key) pairs.
+    items: list[tuple[str, str]] = field(default_factory=list)
+    #: table token key -> True to drop item entries too (not only Query/Scan ones).
+    tables: dict[str, bool] = field(default_factory=dict)
+    #: table token key -> a lifecycle change (entries, key schema, bulk-load mark).
+    lifecycle: dict[str, Lifecycle] = field(default_factory=dict)
+    #: table token key -> (schema key, generation of the key schema that projected
+    #: a write's items): a stale generation drops the whole table instead.
+    generations: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.items or self.tables or self.lifecycle)
+
+    def merge(self, other: Invalidation) -> None:
+        self.items.extend(other.items)
+        for key, items in other.tables.items():
+            self.tables[key] = self.tables.get(key, False) or items
+        self.lifecycle.update(other.lifecycle)
+        self.generations.update(other.generations)
+
+
+@dataclass
+class WriteDecision:
+    """What a write drops, decided without I/O (the protocol only delivers it)."""
+
+    invalidation: Invalidation = field(default_factory=Invalidation)
+    #: Tables whose every entry goes, with the reason for the log (None: reported
+    #: where it happened, say a failed DescribeTable).
+    reasons: dict[TableRef, str | None] = field(default_factory=dict)
+    #: Writes whose table could not be told at all (nothing is dropped for them).
+    unknown: list[str] = field(default_factory=list)
+    #: Tables whose key schema this process must forget (lifecycle changes), with
+    #: the bulk-load mark for the log ("" for a plain change).
+    forget: dict[TableRef, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -362,6 +405,137 @@ class Planner:
     def item_key(self, table: TableRef, key: Mapping[str, Any]) -> str:
         """Redis key of an item's entries (for invalidation)."""
         return self.layout.item(table, item_digest(table, key))
+
+    # --- writes: what a write drops --------------------------------------------------
+
+    def written(self, plan: WritePlan, parsed: Mapping[str, Any] | None) -> WriteSet:
+        """What a write touched, read from its request (and response); never raises.
+
+        A request that cannot be read names every table it mentions, whole.
+        """
+        assert plan.policy.writes is not None
+        try:
+            return plan.policy.writes(plan.params, parsed, plan.location)
+        except (NotCanonical, KeyError, TypeError, AttributeError, ValueError):
+            return tables_named(plan.params, plan.location)
+
+    def key_schema(self, table: TableRef) -> TableSchema | None:
+        """The table's key names as this process knows them (the option first)."""
+        return self.configured.get(table.name) or self.learned(table)
+
+    def schemas_needed(self, written: WriteSet) -> list[TableRef]:
+        """Tables whose written items are whole items, not keys, and whose key
+        schema this process does not know: the only I/O a write's invalidation
+        may need (Redis, then DescribeTable) before :meth:`decide`."""
+        needed: dict[TableRef, None] = {}
+        for ref in written.items:
+            known = ref.is_key or ref.table in written.tables
+            if not known and self.key_schema(ref.table) is None:
+                needed[ref.table] = None
+        return list(needed)
+
+    def decide(
+        self,
+        written: WriteSet,
+        schemas: Mapping[TableRef, TableSchema | None] | None = None,
+        *,
+        now_ms: int | None = None,
+    ) -> WriteDecision:
+        """What a write drops, from what it touched.
+
+        ``schemas`` holds the key schemas fetched for :meth:`schemas_needed`
+        (a table missing from it is looked up in process; None there: not
+        known). An item whose key cannot be told drops its table, once per
+        table; so does an item of a table whose key schema is unknown.
+        """
+        schemas = {} if schemas is None else schemas
+        decision = WriteDecision(unknown=list(written.unknown))
+        for table, reason in written.tables.items():
+            self._whole_table(decision, table, reason)
+        for table in written.lifecycle | written.bulk_started | written.bulk_ended:
+            self._lifecycle(decision, table, written, now_ms)
+        result = decision.invalidation
+        for ref in written.items:
+            tokens = self.layout.tokens(ref.table)
+            if result.tables.get(tokens):
+                continue  # the whole table goes already
+            key = ref.attrs
+            if not ref.is_key:
+                known = ref.table in schemas
+                schema = schemas[ref.table] if known else self.key_schema(ref.table)
+                if schema is None:
+                    self._whole_table(decision, ref.table, None)
+                    continue
+                projected = schema.project(ref.attrs)
+                if projected is None:
+                    self._whole_table(decision, ref.table, "a write did not name a whole key")
+                    continue
+                key = projected
+                if schema.generation:
+                    result.generations[tokens] = (self.layout.schema(ref.table), schema.generation)
+            try:
+                result.items.extend(self.written_keys(ref.table, key))
+            except (NotCanonical, TypeError):
+                self._whole_table(decision, ref.table, "a write named a key the cache cannot read")
+        return decision
+
+    def written_keys(self, table: TableRef, key: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(token key, Redis key) pairs a write of one item drops.
+
+        The item's hash; and, unless the table's pages live out their TTL, the
+        table-wide partition (GSI Queries, Scans, "write" mode) and in
+        "partition" mode the item's own partition. Partition hashes are dropped
+        like items: same script, same round trip, same settle marker.
+        """
+        token_key = self.layout.tokens(table)
+        keys = [(token_key, self.item_key(table, key))]
+        config = self.settings.for_table(table.name)
+        if config is None or config.query_invalidation == "ttl":
+            return keys
+        keys.append((token_key, self.partition_key(table, None)))
+        if config.query_invalidation == "partition":
+            for name in self.partition_names(table, key):
+                keys.append((token_key, self.partition_key(table, (name, key[name]))))
+        return keys
+
+    def partition_names(self, table: TableRef, key: Mapping[str, Any]) -> list[str]:
+        """Which attribute of a written key is the partition key.
+
+        Without a known schema, a two-attribute key drops both candidates: the
+        one that is not the partition key names no Query's partition (Queries
+        resolve theirs by the schema, or by their only equality), so it costs
+        one deleted key that no page depends on.
+        """
+        schema = self.key_schema(table)
+        if schema is not None and schema.key[0] in key:
+            return [schema.key[0]]
+        return sorted(key)
+
+    def _whole_table(self, decision: WriteDecision, table: TableRef, reason: str | None) -> None:
+        tokens = self.layout.tokens(table)
+        if decision.invalidation.tables.get(tokens):
+            return
+        decision.invalidation.tables[tokens] = True
+        decision.reasons[table] = reason
+
+    def _lifecycle(
+        self, decision: WriteDecision, table: TableRef, written: WriteSet, now_ms: int | None
+    ) -> None:
+        """A table created, deleted, restored, imported or bulk-loaded: entries and schema go."""
+        mark = ""
+        if table in written.bulk_started:
+            now = int(time.time() * 1000) if now_ms is None else now_ms
+            until = now + self.settings.bulk_load_bypass_s * 1000
+            mark = f"{BULK_MARK.decode()}{until}:"
+        elif table in written.bulk_ended:
+            mark = "-"
+        forget = table in written.lifecycle
+        ttl_ms = self.settings.bulk_load_bypass_s * 1000 if mark not in ("", "-") else 0
+        tokens = self.layout.tokens(table)
+        decision.invalidation.lifecycle[tokens] = Lifecycle(
+            self.layout.schema(table), forget, mark, ttl_ms
+        )
+        decision.forget[table] = mark
 
 
 def _legacy_equalities(conditions: Any) -> dict[str, Any] | None:

@@ -10,26 +10,30 @@ client when it is created, so registering on a session later cannot reach it).
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
-from . import connections, store
+from . import forks
 from .config import Settings, env_flag
-from .connections import Connections, Policy
-from .errors import CacheConnectionError, ConfigurationError, RegistrationError
-from .handlers import SyncHooks, drive
+from .connections import Connections, connect_async, connect_holder, exit_twin, redact
+from .errors import CacheConnectionError, RegistrationError
+from .handlers import AsyncHooks, SyncHooks, drive, drive_async
 from .keys import Location, NotCanonical, TableRef, refs_for_table_arn
+from .near import listen_async
+from .plan import Invalidation
 from .policy import POLICIES, Action
 from .protocol import Protocol
-from .resilience import EXIT_FLUSH_S, BackgroundWork, Invalidation
-from .store import SyncTransport
+from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork, refused
+from .scripts import SCRIPTS
+from .transport import AsyncTransport, SyncTransport, node_lookup
 
 log = logging.getLogger("ddbcache_hooks")
 R = TypeVar("R", bound="Registration")
@@ -72,13 +76,10 @@ _sessions: weakref.WeakKeyDictionary[Any, Registration] = weakref.WeakKeyDiction
 _lock = threading.RLock()
 
 
+@forks.in_child
 def _new_lock_in_child() -> None:
     global _lock
     _lock = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 class Registration:
@@ -94,11 +95,13 @@ class Registration:
     ):
         #: Made by environment activation; a registration made in code takes over its clients.
         self.from_environment = from_environment
+        #: Called once by :meth:`unregister` (environment activation undoes its patch).
+        self.on_unregister: Callable[[], None] | None = None
         self._protocol = protocol
         self._transport = transport
         if transport is not None:
             transport.servers = protocol.servers
-            protocol.servers.enable(transport)
+            protocol.servers.node_of = node_lookup(transport)
         self._hooks_factory = hooks_factory
         self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         #: Where the attached clients' requests went (an ordered set; a few entries).
@@ -134,6 +137,10 @@ class Registration:
             return  # unknown until the first lookup's reply: that lease is bounded by lease_ms
         self._protocol.clock.observe(int(seconds) * 1000 + int(micros) // 1000)
 
+    def _refused(self, exc: BaseException) -> bool:
+        """Whether Redis refused a background command (an ACL): then counted, reported once."""
+        return refused(exc, self._protocol.settings.namespace, self._protocol.stats)
+
     def _start_threads(self, client: Any) -> None:
         from . import metrics
 
@@ -141,7 +148,9 @@ class Registration:
         if self._protocol.near is not None:
             from .near import Subscriber
 
-            self._subscriber = Subscriber(self._protocol.near, client, self._protocol.channel)
+            self._subscriber = Subscriber(
+                self._protocol.near, client, self._protocol.channel, refused=self._refused
+            )
         if settings.metrics_flush_s:
             self._flusher = metrics.Flusher(
                 self.stats, client, settings.namespace, settings.metrics_flush_s
@@ -218,7 +227,7 @@ class Registration:
         items = []
         for ref in self.table_refs(table):
             try:
-                items.extend(self._protocol.written_keys(ref, low_level))
+                items.extend(self._protocol.planner.written_keys(ref, low_level))
             except NotCanonical as exc:
                 raise ValueError(f"invalid key for table {ref.name}: {exc}") from None
         return Invalidation(items=items)
@@ -289,10 +298,8 @@ class Registration:
             self._sessions.clear()
             for client in list(self._clients):
                 self._detach(client)
-            if self.from_environment:
-                from . import _autoload
-
-                _autoload.unpatch()
+            if self.on_unregister is not None:
+                self.on_unregister()
 
     def _stop_work(self) -> None:
         if self._work is not None:
@@ -425,10 +432,14 @@ def install(registration: Registration, kind: str, resolved: Any) -> None:
             registration.attach_client(resolved)
 
 
-def register_from_environment(environ: Mapping[str, str]) -> Registration | None:
+def register_from_environment(
+    environ: Mapping[str, str], on_unregister: Callable[[], None] | None = None
+) -> Registration | None:
     """The registration of environment activation (``DDBCACHE_*``); None when it cannot be made.
 
     Never raises: a problem is logged once, clearly, and the application runs uncached.
+    ``on_unregister`` runs when the registration is unregistered (the start-up
+    hook passes what undoes its patch, so this module need not import it).
     """
     url = environ.get("DDBCACHE_REDIS_URL", "")
     try:
@@ -445,6 +456,7 @@ def register_from_environment(environ: Mapping[str, str]) -> Registration | None
         SyncHooks,
         from_environment=True,
     )
+    registration.on_unregister = on_unregister
     registration._set_clock()
     registration._start_background(transport.connections)
     return registration
@@ -501,107 +513,203 @@ def _session_of(target: Any) -> Any:
     return target  # a session, or a DynamoDB client (its credentials) or resource
 
 
-def connect(
-    redis_target: Any, settings: Settings, session: Any = None, *, credential_provider: Any = None
-) -> Any:
-    """The library's Redis client (see ``connections.py``); :func:`connect_holder` keeps it."""
-    return connect_holder(
-        redis_target, settings, session=session, credential_provider=credential_provider
-    ).client
-
-
-def connect_holder(
-    redis_target: Any,
-    settings: Settings,
-    *,
-    session: Any = None,
-    credential_provider: Any = None,
-) -> Connections:
-    """The library's connections, built from a URL or from the client the user passed.
-
-    The user's client is only read for its settings (host, port, db, TLS, user,
-    password or credential provider, cluster nodes): the cache's traffic runs on
-    a pool of its own with the cache's time-outs (docs/operations.md).
-    ``session`` signs the IAM tokens when the options ask for IAM authentication
-    (iam.py): the pools then authenticate with a token and reconnect at the age limit.
-    """
-    import redis as redis_lib
-
-    from . import iam
-
-    if redis_target is None:
-        raise RegistrationError("register() needs redis= (a redis client or a redis:// URL)")
-    if not isinstance(redis_target, str):
-        if not hasattr(redis_target, "pipeline"):
-            raise RegistrationError(
-                f"redis= must be a redis client or URL, got {type(redis_target).__name__}"
-            )
-        if type(redis_target).__module__.startswith("redis.asyncio"):
-            raise RegistrationError(
-                "register() needs a synchronous redis client; this redis.asyncio client is for "
-                "register_async() with aiobotocore / aioboto3"
-            )
-        if settings.iam_user:
-            raise ConfigurationError(
-                "iam_user applies to a rediss:// URL; a Redis client built by the application "
-                "takes credential_provider=ddbcache_hooks.iam.ElastiCacheIAMProvider(...)"
-            )
-        if connections.is_fake(redis_target):
-            return Connections.given(redis_target)
-    policy = Policy.from_settings(settings)
-    connection_class = None
-    if isinstance(redis_target, str):
-        redis_target, auth = iam.redis_options(
-            connections.check_url(redis_target), settings, session
-        )
-        credential_provider = auth.get("credential_provider", credential_provider)
-        connection_class = auth.get("connection_class")
-    build = connections.sync_builder(
-        redis_target,
-        policy,
-        credential_provider=credential_provider,
-        connection_class=connection_class,
-    )
-    if isinstance(redis_target, str):
-        plain = build()
-        try:
-            cluster = plain.info("cluster").get("cluster_enabled") in (1, "1")
-        except redis_lib.exceptions.NoPermissionError:
-            cluster = False  # an ACL user without INFO: pass a RedisCluster client for cluster mode
-        except RedisError as exc:
-            raise CacheConnectionError(
-                f"Could not connect to Redis at {redact(redis_target)}: {exc}"
-            ) from exc
-        if cluster:
-            plain.close()
-            build = connections.cluster_url_builder(
-                redis_target,
-                policy,
-                credential_provider=credential_provider,
-                connection_class=connection_class,
-            )
-        else:
-            holder = Connections(build, policy)
-            holder.adopt(plain)
-            return holder
-    return Connections(build, policy)
-
-
 def _check(transport: SyncTransport, target: Any) -> None:
     """Ping Redis and load the scripts: fail at start-up, not on the first call."""
     try:
         transport.ping()
-        for script in store.SCRIPTS:
+        for script in SCRIPTS:
             transport.client.script_load(script.source)
     except RedisError as exc:
         where = redact(target) if isinstance(target, str) else repr(target)
         raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
 
 
-def redact(url: str) -> str:
-    """A URL with its password masked, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
-    return urlunsplit(parts._replace(netloc=netloc))
+# --- The async twin: aiobotocore / aioboto3 ---------------------------------------------
+
+
+class AsyncRegistration(Registration):
+    """The handle ``register_async()`` returns: the same, with awaitable invalidations."""
+
+    #: Builds a sync client to flush held invalidations at exit (None: cannot).
+    _exit_twin: Any = None
+
+    async def invalidate(  # type: ignore[override]
+        self, table: str | TableRef, key: Mapping[str, Any]
+    ) -> bool:
+        """Drop one item's entries (see :meth:`Registration.invalidate`)."""
+        return await self._deliver_async(self._item_invalidation(table, key))
+
+    async def invalidate_table(self, table: str | TableRef) -> bool:  # type: ignore[override]
+        """Drop every entry of one table (see :meth:`Registration.invalidate_table`)."""
+        return await self._deliver_async(self._table_invalidation(table))
+
+    async def _deliver_async(self, invalidation: Invalidation) -> bool:
+        if self._transport is None:
+            return False
+        try:
+            await drive_async(self._protocol.deliver(invalidation), self._transport)
+        except RedisError as exc:
+            self._protocol.keep(invalidation)
+            log.warning("invalidation kept for replay, Redis failed: %s", exc)
+            return False
+        return True
+
+    def _start_background(self, holder: Connections) -> None:
+        """Counters flushed to Redis, the near cache's subscription, background work: tasks."""
+        from . import metrics
+
+        protocol = self._protocol
+        settings = protocol.settings
+        client = holder.client
+        self._work = AsyncBackgroundWork(protocol, lambda op: drive_async(op, self._transport))
+        protocol.wake = self._work.wake
+        tasks = []
+        if settings.metrics_flush_s:
+            tasks.append(
+                metrics.flush_counters_async(
+                    self.stats, client, settings.namespace, settings.metrics_flush_s
+                )
+            )
+        if protocol.near is not None:
+            tasks.append(
+                listen_async(protocol.near, client, protocol.channel, refused=self._refused)
+            )
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(task) for task in tasks]
+        metrics.export_opentelemetry(self.stats, lambda: self._active, settings.namespace)
+
+    def _flush_without_loop(self) -> None:
+        """At interpreter exit the event loop is gone: deliver what is held over a sync client."""
+        if self._exit_twin is None or not self._protocol.backlog:
+            return
+        transport = SyncTransport(Connections(self._exit_twin))
+        worker = BackgroundWork(self._protocol, lambda op: drive(op, transport, _no_schema))
+        if not worker.flush(EXIT_FLUSH_S):
+            log.warning("exiting with invalidations Redis did not take; entries expire by TTL")
+
+    async def aclose(self) -> None:
+        """Deliver held invalidations (waiting a bounded time), then unregister."""
+        if self._work is not None:
+            await self._work.flush(EXIT_FLUSH_S)
+        self.unregister()
+
+    def _stop_work(self) -> None:
+        if self._work is not None:
+            self._work.stop()
+
+    def unregister(self) -> None:
+        for task in getattr(self, "_tasks", ()):
+            task.cancel()
+        super().unregister()
+
+
+_registrations: weakref.WeakSet[AsyncRegistration] = weakref.WeakSet()
+
+
+def _no_schema(table: str) -> None:
+    return None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for registration in list(_registrations):
+        registration._flush_without_loop()
+
+
+async def register_async(
+    target: Any,
+    redis: Any = None,
+    *,
+    ttl: int | None = None,
+    ttl_config: Mapping[str, int] | None = None,
+    namespace: str | None = None,
+    **options: Any,
+) -> AsyncRegistration:
+    """Cache DynamoDB reads made through an aiobotocore / aioboto3 session or client.
+
+    Args:
+        target: an ``aioboto3.Session``, an ``aiobotocore`` ``AioSession``, or an
+            aiobotocore DynamoDB client (also an aioboto3 resource's ``meta.client``).
+        redis: a ``redis.asyncio.Redis`` / ``redis.asyncio.cluster.RedisCluster``
+            client, or a ``redis://`` / ``rediss://`` URL.
+        ttl, ttl_config, namespace, **options: exactly as for :func:`register`.
+
+    Registering the same session or client twice returns the first handle.
+    """
+    kind, resolved = _resolve_async_target(target)
+    existing = already_registered(kind, resolved)
+    if existing is not None:
+        return existing  # type: ignore[return-value]
+    settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
+    if switched_off(settings):
+        return inactive(AsyncRegistration, settings, AsyncHooks)
+    registration = await _start_async(redis, settings)
+    install(registration, kind, resolved)
+    return registration
+
+
+async def register_async_from_environment(
+    environ: Mapping[str, str], on_unregister: Callable[[], None] | None = None
+) -> AsyncRegistration | None:
+    """:func:`register_from_environment` for aiobotocore / aioboto3 clients, on the running
+    event loop (a redis.asyncio client belongs to one loop). Never raises."""
+    url = environ.get("DDBCACHE_REDIS_URL", "")
+    try:
+        settings = Settings.resolve({}, environ=environ)
+        registration = await _start_async(url, settings, from_environment=True)
+    except Exception as exc:
+        log.warning("ddbcache-hooks: aiobotocore clients run uncached: %s", exc)
+        return None
+    registration.on_unregister = on_unregister
+    log.info(
+        "ddbcache-hooks: caching aiobotocore DynamoDB reads in %s (from the environment)",
+        redact(url),
+    )
+    return registration
+
+
+async def _start_async(
+    redis: Any, settings: Settings, *, from_environment: bool = False
+) -> AsyncRegistration:
+    """Connect, load the scripts, learn the clock, start the background tasks."""
+    holder = await connect_async(redis, settings)
+    transport = AsyncTransport(holder)
+    try:
+        await transport.ping()
+        for script in SCRIPTS:
+            await transport.client.script_load(script.source)
+        seconds, micros = await transport.client.time()
+        server_ms = int(seconds) * 1000 + int(micros) // 1000
+    except RedisError as exc:
+        where = redact(redis) if isinstance(redis, str) else repr(redis)
+        raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
+    protocol = Protocol(settings, cluster=transport.cluster)
+    if holder.policy is not None:
+        protocol.call_timeout_ms = holder.policy.timeout_ms
+    registration = AsyncRegistration(
+        protocol, transport, AsyncHooks, from_environment=from_environment
+    )
+    if holder.policy is not None:
+        registration._exit_twin = exit_twin(redis, settings, holder.policy)
+        _registrations.add(registration)
+    protocol.clock.observe(server_ms)
+    registration._start_background(holder)
+    return registration
+
+
+def _resolve_async_target(target: Any) -> tuple[str, Any]:
+    if target is None or not is_async(getattr(getattr(target, "meta", None), "client", target)):
+        raise RegistrationError(
+            "register_async() needs an aioboto3.Session, an aiobotocore AioSession or an "
+            "aiobotocore DynamoDB client; for boto3 / botocore use register()"
+        )
+    events = getattr(target, "events", None)  # aioboto3.Session
+    if events is not None and not hasattr(target, "meta"):
+        return "session", events
+    if hasattr(target, "get_component"):  # AioSession
+        return "session", target.get_component("event_emitter")
+    client = getattr(getattr(target, "meta", None), "client", target)
+    service = client.meta.service_model.service_name
+    if service != "dynamodb":
+        raise RegistrationError(f"register_async() needs a DynamoDB client, got a {service} client")
+    return "client", client

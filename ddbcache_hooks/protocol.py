@@ -2,8 +2,10 @@
 
 Every step is a generator over :mod:`~ddbcache_hooks.effects`: it yields the
 Redis batches, sleeps and DescribeTable calls it needs and receives their
-results. ``handlers.py`` (botocore) and ``aio.py`` (aiobotocore) drive the same
-generators, blocking or awaiting. See docs/consistency.md for the guarantee.
+results. ``handlers.drive`` (botocore) and ``handlers.drive_async`` (aiobotocore)
+drive the same generators, blocking or awaiting. What a write drops is decided
+by the planner (``plan.Planner.decide``); the protocol reads the key schemas
+that decision needs and delivers it. See docs/consistency.md for the guarantee.
 
 Leases (memcache's, NSDI '13 §3.2.1): a miss takes a lease on the entry in the
 same round trip as the lookup; a fill stores only while the lease is intact;
@@ -24,13 +26,13 @@ from typing import Any
 
 import botocore
 
-from . import responses, store, writes
+from . import responses, store
 from ._version import __version__
 from .codec import Codec, CorruptEntry, ForeignEntry
 from .config import Settings
-from .connections import fork_safe
 from .effects import DescribeTable, Op, Sleep
-from .keys import KeyLayout, NotCanonical, TableRef, canonical_key
+from .forks import fork_safe
+from .keys import KeyLayout, NotCanonical, TableRef, canonical_key, table_of_key
 from .near import CHANNEL_SUFFIX, NearCache
 from .plan import (
     HIT,
@@ -41,14 +43,17 @@ from .plan import (
     STALE,
     WAIT,
     Batch,
+    Invalidation,
     Planner,
     ReadPlan,
     Slot,
+    WriteDecision,
     WritePlan,
 )
 from .policy import UNKNOWN_WRITE
-from .resilience import Backlog, CircuitBreaker, Invalidation, Orphans, ServerClock
+from .resilience import Backlog, CircuitBreaker, Orphans, ServerClock
 from .schema import TableSchema
+from .scripts import BULK_MARK, FillStatus, LookupStatus
 from .stats import LimitedLog, Stats, log
 from .writes import WriteSet
 
@@ -64,9 +69,6 @@ THROTTLING = frozenset(
     {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 )
 _REPORT_LOCK = threading.Lock()
-#: Table tokens of a table a bulk load writes to start with this mark and the
-#: end of the bypass (ms since the epoch): ``B1767225600000:<token>``.
-BULK_MARK = b"B"
 
 
 def bulk_loading(token: bytes, now_ms: float | None = None) -> bool:
@@ -203,9 +205,18 @@ class Protocol:
             where = plan.batch.tables if plan.batch else plan.table
             log.debug("%s %s: %s", plan.operation, where, [s.state for s in plan.slots])
         if hits:
-            self.stats.hit(plan.kind, len(hits), sum(_rcu(len(s.blob)) for s in hits))
+            self.stats.hit(
+                plan.kind,
+                len(hits),
+                sum(_rcu(len(s.blob)) for s in hits),
+                [s.table.name for s in hits],
+            )
         if len(hits) < len(plan.slots):
-            self.stats.miss(plan.kind, len(plan.slots) - len(hits))
+            self.stats.miss(
+                plan.kind,
+                len(plan.slots) - len(hits),
+                [s.table.name for s in plan.slots if s.state != HIT],
+            )
         if len(hits) < len(plan.slots) or (plan.batch and plan.batch.passthrough):
             return None
         plan.served = True
@@ -282,13 +293,13 @@ class Protocol:
                 # A bulk load writes to the table: read DynamoDB, store nothing
                 # (the lease, if this caller took it, is released by the fill),
                 # and nothing to fall back to on an error.
-                leased = reply.status in (store.LEASED, store.REFRESH)
+                leased = reply.status in (LookupStatus.LEASED, LookupStatus.REFRESH)
                 slot.state, slot.lease = (LEASED, request.lease_token) if leased else (PASS, None)
                 continue
-            if reply.status == store.HIT:
+            if reply.status == LookupStatus.HIT:
                 slot.state = HIT if self._decode(slot, reply.entry or b"") else STALE
                 continue
-            if reply.status == store.REFRESH:
+            if reply.status == LookupStatus.REFRESH:
                 # A valid entry near its expiry, leased to this caller: it reads
                 # DynamoDB and refills while everybody else keeps hitting.
                 slot.lease = request.lease_token
@@ -297,13 +308,13 @@ class Protocol:
                     continue
                 slot.state, slot.leased_at = LEASED, started
                 slot.fallback, slot.fallback_fresh = slot.blob, True
-                self.stats.incr("early_refreshes")
+                self.stats.incr("early_refreshes", tables=[slot.table.name])
                 continue
             slot.fallback = reply.entry or b""  # expired, within its stale-if-error grace
-            if reply.status == store.LEASED:
+            if reply.status == LookupStatus.LEASED:
                 slot.state, slot.lease = LEASED, request.lease_token
                 slot.leased_at = started
-            elif reply.status == store.WAIT:
+            elif reply.status == LookupStatus.WAIT:
                 slot.state = WAIT
             else:
                 slot.state = PASS
@@ -428,7 +439,7 @@ class Protocol:
         else:
             answer["CacheMetadata"]["Stale"] = True
             answer["CacheMetadata"]["Age"] = round(max(0.0, now_ms - entry.created_ms) / 1000, 3)
-            self.stats.incr("stale_served")
+            self.stats.incr("stale_served", tables=[slot.table.name])
             log.debug("%s answered from an expired entry: DynamoDB said %s", plan.operation, status)
         return answer
 
@@ -483,9 +494,9 @@ class Protocol:
         for fill, (outcome, ttl) in zip(fills, outcomes, strict=True):
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("fill %s: outcome %d, ttl %d ms", fill.key, outcome, ttl)
-            if outcome == store.FILL_STORED:
-                self.stats.incr("fills")
-            elif outcome == store.FILL_LOST:
+            if outcome == FillStatus.STORED:
+                self.stats.incr("fills", tables=[table_of_key(fill.key)])
+            elif outcome == FillStatus.LOST:
                 self.stats.incr("fills_discarded")
                 log.debug("fill discarded: a write invalidated the entry meanwhile")
 
@@ -576,18 +587,12 @@ class Protocol:
     def undelivered(self, plan: WritePlan, parsed: Mapping[str, Any] | None) -> Invalidation:
         """The invalidation to remember when Redis cannot take it now.
 
-        Computed without I/O: items whose key schema this process does not know
+        Decided without I/O: items whose key schema this process does not know
         fall back to their whole table.
         """
         if plan.invalidation is None:
-            offline = self.invalidation(plan, parsed, offline=True)
-            try:
-                next(offline)
-            except StopIteration as done:
-                plan.invalidation = done.value
-            else:
-                raise AssertionError("offline invalidation yielded an effect")
-        assert plan.invalidation is not None
+            written = self.planner.written(plan, parsed)
+            plan.invalidation = self.decided(plan, self.planner.decide(written))
         self.forget_locally(plan.invalidation)
         return plan.invalidation
 
@@ -597,139 +602,51 @@ class Protocol:
             tables = [*invalidation.tables, *invalidation.lifecycle]
             self.near.evict((key for _, key in invalidation.items), tables)
 
-    def invalidation(
-        self, plan: WritePlan, parsed: Mapping[str, Any] | None, *, offline: bool = False
-    ) -> Op[Invalidation]:
-        """What a write must drop (may read key schemas unless ``offline``).
+    def invalidation(self, plan: WritePlan, parsed: Mapping[str, Any] | None) -> Op[Invalidation]:
+        """What a write must drop: the planner decides; the only I/O is reading the
+        key schemas that its whole items need (Redis, then DescribeTable)."""
+        written = self.planner.written(plan, parsed)
+        schemas: dict[TableRef, TableSchema | None] = {}
+        for table in self.planner.schemas_needed(written):
+            schemas[table] = yield from self.key_schema(table, plan.location.api_name(table))
+        return self.decided(plan, self.planner.decide(written, schemas))
 
-        Never raises on what the request holds: a write whose request cannot be
-        read drops every table it names, and an item whose key cannot be told
-        drops its table (once per table and call).
-        """
-        assert plan.policy.writes is not None
-        try:
-            written = plan.policy.writes(plan.params, parsed, plan.location)
-        except (NotCanonical, KeyError, TypeError, AttributeError, ValueError):
-            written = writes.tables_named(plan.params, plan.location)
-        result = Invalidation()
-        for unknown in written.unknown:
+    def decided(self, plan: WritePlan | None, decision: WriteDecision) -> Invalidation:
+        """Say what the planner decided (once per table), forget the key schemas of
+        tables whose lifecycle changed; the invalidation to deliver."""
+        for unknown in decision.unknown:
             self.limited.warning(
                 "unknown-table",
                 "cannot tell which table a write changed; nothing invalidated: %s",
                 unknown,
             )
-        if plan.policy is UNKNOWN_WRITE:
-            self._warn_unknown(plan.operation, written.tables)
-        for table, reason in written.tables.items():
-            self._whole_table(result, table, reason)
-        for table in written.lifecycle | written.bulk_started | written.bulk_ended:
-            self._lifecycle(result, table, written)
-        for ref in written.items:
-            tokens = self.layout.tokens(ref.table)
-            if result.tables.get(tokens):
-                continue  # the whole table goes already
-            key = ref.attrs
-            if not ref.is_key:
-                if offline:
-                    schema = self._known_schema(ref.table)
-                else:
-                    schema = yield from self.key_schema(
-                        ref.table, plan.location.api_name(ref.table)
-                    )
-                if schema is None:
-                    # The DescribeTable failure was reported where it happened.
-                    self._whole_table(result, ref.table, None)
-                    continue
-                projected = schema.project(ref.attrs)
-                if projected is None:
-                    self._whole_table(result, ref.table, "a write did not name a whole key")
-                    continue
-                key = projected
-                if schema.generation:
-                    result.generations[tokens] = (self.layout.schema(ref.table), schema.generation)
-            try:
-                result.items.extend(self.written_keys(ref.table, key))
-            except (NotCanonical, TypeError):
-                self._whole_table(result, ref.table, "a write named a key the cache cannot read")
-        return result
-
-    def written_keys(self, table: TableRef, key: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """(token key, Redis key) pairs a write of one item drops (no I/O).
-
-        The item's hash; and, unless the table's pages live out their TTL, the
-        table-wide partition (GSI Queries, Scans, "write" mode) and in
-        "partition" mode the item's own partition. Partition hashes are dropped
-        like items: same script, same round trip, same settle marker.
-        """
-        token_key = self.layout.tokens(table)
-        keys = [(token_key, self.planner.item_key(table, key))]
-        config = self.settings.for_table(table.name)
-        if config is None or config.query_invalidation == "ttl":
-            return keys
-        keys.append((token_key, self.planner.partition_key(table, None)))
-        if config.query_invalidation == "partition":
-            for name in self._partition_names(table, key):
-                keys.append((token_key, self.planner.partition_key(table, (name, key[name]))))
-        return keys
-
-    def _partition_names(self, table: TableRef, key: Mapping[str, Any]) -> list[str]:
-        """Which attribute of a written key is the partition key (no I/O).
-
-        Without a known schema, a two-attribute key drops both candidates: the
-        one that is not the partition key names no Query's partition (Queries
-        resolve theirs by the schema, or by their only equality), so it costs
-        one deleted key that no page depends on.
-        """
-        schema = self._known_schema(table)
-        if schema is not None and schema.key[0] in key:
-            return [schema.key[0]]
-        return sorted(key)
-
-    def _whole_table(self, result: Invalidation, table: TableRef, reason: str | None) -> None:
-        """Drop every entry of ``table``; ``reason`` for the log (None: reported already)."""
-        tokens = self.layout.tokens(table)
-        if result.tables.get(tokens):
-            return
-        if reason is not None:
-            self.limited.warning(
-                f"table:{tokens}",
-                "invalidating every entry of table %s (%s): %s",
+        if plan is not None and plan.policy is UNKNOWN_WRITE:
+            self._warn_unknown(plan.operation, decision.reasons)
+        for table, reason in decision.reasons.items():
+            if reason is not None:
+                self.limited.warning(
+                    f"table:{self.layout.tokens(table)}",
+                    "invalidating every entry of table %s (%s): %s",
+                    table.name,
+                    table.place,
+                    reason,
+                )
+        for table, mark in decision.forget.items():
+            self._learned.pop(self.layout.tokens(table), None)
+            log.debug(
+                "table %s (%s): every entry dropped (lifecycle %r)",
                 table.name,
                 table.place,
-                reason,
+                mark or "change",
             )
-        result.tables[tokens] = True
-
-    def _lifecycle(self, result: Invalidation, table: TableRef, written: WriteSet) -> None:
-        """A table created, deleted, restored, imported or bulk-loaded: entries and schema go."""
-        tokens = self.layout.tokens(table)
-        self._learned.pop(tokens, None)
-        mark = ""
-        if table in written.bulk_started:
-            until = int(time.time() * 1000) + self.settings.bulk_load_bypass_s * 1000
-            mark = f"{BULK_MARK.decode()}{until}:"
-        elif table in written.bulk_ended:
-            mark = "-"
-        forget = table in written.lifecycle
-        ttl_ms = self.settings.bulk_load_bypass_s * 1000 if mark not in ("", "-") else 0
-        result.lifecycle[tokens] = store.Lifecycle(self.layout.schema(table), forget, mark, ttl_ms)
-        log.debug(
-            "table %s (%s): every entry dropped (lifecycle %r)",
-            table.name,
-            table.place,
-            mark or "change",
-        )
+        return decision.invalidation
 
     def forget_tables(self, tables: Sequence[TableRef], reason: str) -> Op[None]:
         """Tables DynamoDB says do not exist: drop their entries and key schemas."""
-        invalidation = Invalidation()
         for table in tables:
-            self._learned.pop(self.layout.tokens(table), None)
-            invalidation.lifecycle[self.layout.tokens(table)] = store.Lifecycle(
-                self.layout.schema(table)
-            )
             log.debug("table %s (%s): every entry dropped (%s)", table.name, table.place, reason)
-        yield from self.deliver(invalidation)
+        decision = self.planner.decide(WriteSet(lifecycle=set(tables)))
+        yield from self.deliver(self.decided(None, decision))
 
     def _warn_unknown(self, operation: str, tables: Mapping[TableRef, Any]) -> None:
         if operation in self._unknown_warned:
@@ -779,11 +696,13 @@ class Protocol:
             )
         if stale and self.near is not None:
             self.near.evict((), stale)
-        self.stats.incr("invalidations", len(keys))
-        self.stats.incr(
-            "table_invalidations",
-            sum(invalidation.tables.values()) + len(invalidation.lifecycle) + len(stale),
-        )
+        self.stats.incr("invalidations", len(keys), [table_of_key(key) for key in keys])
+        dropped = [
+            *(tokens for tokens, items in invalidation.tables.items() if items),
+            *invalidation.lifecycle,
+            *stale,
+        ]
+        self.stats.incr("table_invalidations", len(dropped), [table_of_key(t) for t in dropped])
 
     def keep(self, invalidation: Invalidation) -> None:
         """An invalidation Redis did not take: hold it, and have it replayed in the background."""
@@ -817,7 +736,7 @@ class Protocol:
             outcomes = yield from store.fill(
                 [store.FillRequest(key, field, token, b"", 0) for key, field, token in leases]
             )
-            released = sum(1 for outcome, _ in outcomes if outcome == store.FILL_RELEASED)
+            released = sum(1 for outcome, _ in outcomes if outcome == FillStatus.RELEASED)
             self.stats.incr("leases_released", released)
         if suspects:
             poisoned = yield from store.oversized(suspects, self.poison_bytes)

@@ -10,13 +10,13 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
 from . import acl
-from .connections import fork_safe
+from .forks import fork_safe
+from .plan import Invalidation
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -123,31 +123,6 @@ class CircuitBreaker:
                 self._state = OPEN
                 self._opened_at = self._clock()
                 self._stats.incr("breaker_opened")
-
-
-@dataclass
-class Invalidation:
-    """What one write must drop: item hashes, and table tokens to replace."""
-
-    #: (table token key, item hash key) pairs.
-    items: list[tuple[str, str]] = field(default_factory=list)
-    #: table token key -> True to drop item entries too (not only Query/Scan ones).
-    tables: dict[str, bool] = field(default_factory=dict)
-    #: table token key -> a lifecycle change (entries, key schema, bulk-load mark).
-    lifecycle: dict[str, Lifecycle] = field(default_factory=dict)
-    #: table token key -> (schema key, generation of the key schema that projected
-    #: a write's items): a stale generation drops the whole table instead.
-    generations: dict[str, tuple[str, bytes]] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.items or self.tables or self.lifecycle)
-
-    def merge(self, other: Invalidation) -> None:
-        self.items.extend(other.items)
-        for key, items in other.tables.items():
-            self.tables[key] = self.tables.get(key, False) or items
-        self.lifecycle.update(other.lifecycle)
-        self.generations.update(other.generations)
 
 
 class Backlog:

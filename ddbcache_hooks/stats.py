@@ -1,4 +1,4 @@
-"""Per-registration counters, and a log that does not flood."""
+"""Per-registration counters (totals and per table), and a log that does not flood."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from .policy import ReadKind
@@ -53,7 +54,24 @@ COUNTERS = (
 #: several processes report them (``ddbcache stats``).
 GAUGES = ("stream_lag_ms", "stream_shards_held")
 
-#: DynamoDB Accelerator's metric names for the same numbers.
+#: Counters also kept per table name (``stats()["tables"]``, the rows of ``ddbcache stats``).
+TABLE_COUNTERS = (
+    "hits",
+    "misses",
+    "fills",
+    "invalidations",
+    "table_invalidations",
+    "stale_served",
+    "early_refreshes",
+)
+
+#: Distinct table names one process counts apart; any further table adds to OTHER_TABLE
+#: (a name no DynamoDB table can have), so the counters stay small whatever is read.
+MAX_TABLES = 50
+OTHER_TABLE = "(other)"
+
+#: DynamoDB Accelerator's metric names for the same numbers: kept in
+#: ``Registration.stats()`` (documented there), nowhere else.
 DAX_NAMES = {
     "item_hits": "ItemCacheHits",
     "item_misses": "ItemCacheMisses",
@@ -76,30 +94,51 @@ class Stats:
         self._counts: Counter[str] = Counter()
         self._rcu_saved = 0.0
         self._gauges: dict[str, float] = {}
+        #: (table name, counter) -> count, for at most MAX_TABLES names.
+        self._tables: Counter[tuple[str, str]] = Counter()
+        self._table_names: set[str] = set()
 
-    def incr(self, name: str, amount: int = 1) -> None:
+    def incr(self, name: str, amount: int = 1, tables: Iterable[str] = ()) -> None:
+        """Add ``amount`` to a counter; ``tables``: one name per unit, for the table rows."""
         with self._lock:
             self._counts[name] += amount
+            self._count_tables(name, tables)
 
-    def hit(self, kind: ReadKind, count: int = 1, rcu: float = 0.0) -> None:
+    def hit(
+        self, kind: ReadKind, count: int = 1, rcu: float = 0.0, tables: Iterable[str] = ()
+    ) -> None:
         with self._lock:
             self._counts[f"{kind.value}_hits"] += count
             self._rcu_saved += rcu
+            self._count_tables("hits", tables)
+
+    def _count_tables(self, name: str, tables: Iterable[str]) -> None:
+        for table in tables:  # the lock is held
+            if table not in self._table_names:
+                if len(self._table_names) >= MAX_TABLES:
+                    table = OTHER_TABLE
+                else:
+                    self._table_names.add(table)
+            self._tables[table, name] += 1
 
     def gauge(self, name: str, value: float) -> None:
         """Set a current level (one of GAUGES)."""
         with self._lock:
             self._gauges[name] = value
 
-    def miss(self, kind: ReadKind, count: int = 1) -> None:
+    def miss(self, kind: ReadKind, count: int = 1, tables: Iterable[str] = ()) -> None:
         with self._lock:
             self._counts[f"{kind.value}_misses"] += count
+            self._count_tables("misses", tables)
 
     def snapshot(self) -> dict[str, Any]:
+        """Every counter by name (zeros too), DAX's names, and ``tables``:
+        ``{table name: {counter: count}}`` for the TABLE_COUNTERS."""
         with self._lock:
             counts = dict(self._counts)
             rcu = self._rcu_saved
             gauges = dict(self._gauges)
+            by_table = dict(self._tables)
         out: dict[str, Any] = {name: counts.get(name, 0) for name in COUNTERS}
         for kind in ReadKind:
             for outcome in ("hits", "misses"):
@@ -111,6 +150,10 @@ class Stats:
         for name, dax in (DAX_NAMES | STREAM_NAMES).items():
             out[dax] = out[name]
         out["rcu_saved"] = rcu
+        tables: dict[str, dict[str, int]] = {}
+        for (table, name), count in by_table.items():
+            tables.setdefault(table, dict.fromkeys(TABLE_COUNTERS, 0))[name] = count
+        out["tables"] = tables
         return out
 
 

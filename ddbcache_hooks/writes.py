@@ -63,6 +63,8 @@ class WriteSet:
 def _items(
     location: Location, name: str, attrs: Mapping[str, Any], is_key: bool
 ) -> Iterator[ItemRef]:
+    if not isinstance(attrs, Mapping):  # unreadable: the caller falls back to whole tables
+        raise TypeError(f"an item or key must be a map, not {type(attrs).__name__}")
     for table in location.refs(name):
         yield ItemRef(table, attrs, is_key)
 

@@ -75,10 +75,10 @@ def run_worker(config: Config, worker: int) -> list[Record]:
     from botocore.exceptions import ClientError, ReadTimeoutError
 
     import ddbcache_hooks
-    from ddbcache_hooks import store
+    from ddbcache_hooks import scripts, store
 
     if config.naive:
-        store.FILL_IF_LEASED = store._script("naive_fill", NAIVE_FILL_SOURCE)
+        store.FILL_IF_LEASED = scripts._script("naive_fill", NAIVE_FILL_SOURCE)
     rng = random.Random(config.seed * 1000 + worker)
     rng_lock = threading.Lock()
 

@@ -35,10 +35,9 @@ from redis.exceptions import RedisError
 
 from ..config import Settings
 from ..handlers import drive
-from ..keys import location_of
 from ..protocol import Protocol
 from ..schema import TableSchema
-from ..store import SyncTransport
+from ..transport import SyncTransport
 from . import records, state
 
 log = logging.getLogger("ddbcache_hooks")
@@ -111,7 +110,8 @@ class Consumer:
         dynamodb_client: Any = None,
         **options: Any,
     ) -> None:
-        from ..plugin import connect, resolve_settings
+        from ..connections import connect
+        from ..plugin import resolve_settings
 
         if isinstance(tables, str) or not tables:
             raise ValueError("tables must be a non-empty list of table names")
@@ -130,8 +130,7 @@ class Consumer:
         self._streams_api = streams_client
         self._dynamodb = dynamodb_client
         # Entries of clients that use another DynamoDB than AWS's are keyed by its URL.
-        where = location_of(dynamodb_client).where
-        self._endpoint_url = where if "/" in where else None
+        self._endpoint_url = records.endpoint_of(dynamodb_client)
         self.tables = list(tables)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease_ms = lease_ms
@@ -146,8 +145,21 @@ class Consumer:
     # --- the loop --------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None, *, rounds: int | None = None) -> None:
-        """Follow the streams until ``stop`` is set (or :meth:`stop` called, or ``rounds`` ran)."""
+        """Follow the streams until ``stop`` is set (or :meth:`stop` called, or ``rounds`` ran).
+
+        A table that does not exist or has no enabled stream is named in a warning
+        and left out; ValueError when that is every table.
+        """
         stop = stop or self._stop
+        try:
+            unfollowed = self.check()
+        except (ClientError, BotoCoreError):
+            unfollowed = []  # DynamoDB did not answer: the rounds retry
+        if unfollowed and len(unfollowed) == len(self.tables):
+            raise ValueError(
+                f"none of the tables can be followed (no such table, or no enabled stream): "
+                f"{', '.join(unfollowed)}"
+            )
         done = 0
         try:
             while not stop.is_set() and not self._stop.is_set():

@@ -5,7 +5,9 @@ Configured from the same ``DDBCACHE_*`` variables as environment activation
 event source mapping should enable ``ReportBatchItemFailures``: records whose
 invalidation Redis did not take are returned in ``batchItemFailures`` so that
 Lambda retries them; the handler never reports success for an invalidation that
-did not happen. See docs/streams.md.
+did not happen. Entries are found where registered clients keyed them: behind the
+endpoint botocore resolves in this environment (``AWS_ENDPOINT_URL_DYNAMODB``,
+``AWS_ENDPOINT_URL``, the config file), as for a client made here. See docs/streams.md.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from redis.exceptions import RedisError
 
 from ..config import Settings
 from ..errors import CacheConnectionError
+from ..keys import parse_table_arn
 from ..protocol import Protocol
 from ..schema import TableSchema
-from ..store import SyncTransport
+from ..transport import SyncTransport
 from . import records
 
 log = logging.getLogger("ddbcache_hooks")
@@ -39,11 +42,11 @@ class Invalidator:
         self._transport: SyncTransport | None = None
         self._protocol: Protocol | None = None
         self._lock = threading.Lock()
-        self._describe: Any = None
+        self._dynamodb: Any = None
 
     def _ready(self) -> tuple[Protocol, SyncTransport]:
         """Connected on first use, and again after a failed connection attempt."""
-        from ..plugin import connect
+        from ..connections import connect
 
         with self._lock:
             if self._transport is None:
@@ -70,9 +73,15 @@ class Invalidator:
                 whole[table] = "a stream record without a usable key"
             else:
                 written.append((table, key))
+        tables = [table for table, _ in written] + list(whole)
+        endpoint_url = records.endpoint_of(self._client(tables[0])) if tables else None
         try:
             protocol, transport = self._ready()
-            drive(records.apply(protocol, written, whole), transport, self._schema)
+            drive(
+                records.apply(protocol, written, whole, endpoint_url=endpoint_url),
+                transport,
+                self._schema,
+            )
         except (RedisError, CacheConnectionError) as exc:
             log.warning(
                 "stream invalidation failed, %d records reported for retry: %s", len(ids), exc
@@ -81,6 +90,20 @@ class Invalidator:
         protocol.stats.incr("stream_records", len(ids))
         return []
 
+    def _client(self, table_arn: str | None = None) -> Any:
+        """The DynamoDB client botocore configures from this environment, made once (its
+        Region: the environment's, else the first table's)."""
+        with self._lock:
+            if self._dynamodb is None:
+                import boto3
+
+                session = boto3.Session()
+                region = session.region_name or (
+                    parse_table_arn(table_arn)[1] if table_arn else None
+                )
+                self._dynamodb = session.client("dynamodb", region_name=region)
+            return self._dynamodb
+
     def _schema(self, table: str) -> TableSchema | None:
         """Key schemas the write path asks for (none today for records, which carry keys)."""
         from botocore.exceptions import BotoCoreError, ClientError
@@ -88,11 +111,7 @@ class Invalidator:
         from .. import schema
 
         try:
-            if self._describe is None:
-                import boto3
-
-                self._describe = boto3.client("dynamodb").describe_table
-            return schema.from_description(self._describe(TableName=table))
+            return schema.from_description(self._client().describe_table(TableName=table))
         except (ClientError, BotoCoreError, KeyError) as exc:
             log.warning("DescribeTable %s failed: %s", table, exc)
             return None

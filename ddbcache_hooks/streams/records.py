@@ -4,7 +4,7 @@ A record of a DynamoDB stream names a table (through ``eventSourceARN`` or the
 stream being read) and the written item's primary key (``dynamodb.Keys``, present
 in every stream view type). The records of one batch become the plan of a
 ``BatchWriteItem`` deleting each of those keys, computed and delivered by the
-protocol's write path (:meth:`Protocol.invalidation` and :meth:`Protocol.deliver`):
+protocol's write path (the planner decides, :meth:`Protocol.deliver` delivers):
 same keys, same tokens, same settle window, same near-cache messages, one Redis
 round trip for the whole batch.
 """
@@ -15,10 +15,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..effects import Op
-from ..keys import Location, NotCanonical, canonical_key, parse_table_arn, refs_for_table_arn
-from ..plan import WritePlan
+from ..keys import (
+    Location,
+    NotCanonical,
+    canonical_key,
+    location_of,
+    parse_table_arn,
+    refs_for_table_arn,
+)
+from ..plan import Invalidation, WritePlan
 from ..protocol import Protocol
-from ..resilience import Invalidation
+from ..writes import WriteSet
 
 
 def table_of(source_arn: str) -> str:
@@ -32,6 +39,15 @@ def table_of(source_arn: str) -> str:
         raise ValueError(f"not a DynamoDB stream or table ARN: {source_arn!r}")
     partition, region, account, name = parse_table_arn(source_arn)
     return f"arn:{partition}:dynamodb:{region}:{account}:table/{name}"
+
+
+def endpoint_of(client: Any) -> str | None:
+    """The endpoint URL that a botocore client's entries are keyed by, as a registered
+    client's (keys.location_of: whatever botocore resolved, from ``endpoint_url=``,
+    ``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_ENDPOINT_URL`` or the config file); None for
+    AWS's own endpoints."""
+    where = location_of(client).where
+    return where if "/" in where else None
 
 
 def location_of_arn(table_arn: str, protocol: Protocol, endpoint_url: str | None) -> Location:
@@ -91,9 +107,12 @@ def apply(
     for location, items in by_region.items():
         plan = write_plan(protocol, location, items)
         invalidation.merge((yield from protocol.invalidation(plan, None)))
+    whole = WriteSet()
     for table, reason in (whole_tables or {}).items():
         for ref in refs_for_table_arn(table, protocol.settings, endpoint_url=endpoint_url):
-            protocol._whole_table(invalidation, ref, reason)
+            whole.tables[ref] = reason
+    if whole:
+        invalidation.merge(protocol.decided(None, protocol.planner.decide(whole)))
     if invalidation:
         yield from protocol.deliver(invalidation)
     return len(invalidation.items)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from ..effects import Call, Op, RedisBatch
-from ..store import _script
+from ..scripts import _script
 
 DONE = "done"
 STARTED = "_started"

@@ -24,11 +24,12 @@ import redis
 import ddbcache_hooks
 from ddbcache_hooks import cli
 from ddbcache_hooks._redis_server import RedisServer
+from ddbcache_hooks.connections import connect
 from ddbcache_hooks.handlers import drive
 from ddbcache_hooks.metrics import aggregate
 from ddbcache_hooks.near import NearCache
-from ddbcache_hooks.store import SyncTransport
 from ddbcache_hooks.streams import state
+from ddbcache_hooks.transport import SyncTransport
 from tests.conftest import make_table
 from tests.servers import documented_acl
 
@@ -110,14 +111,14 @@ def test_the_documented_rule_runs_every_path(
         assert registration._protocol.near is not None and registration._protocol.near.online
         deadline = time.monotonic() + 5
         admin = redis.Redis(port=server.port)
-        while aggregate(admin, namespace)[0] == 0 and time.monotonic() < deadline:
+        while aggregate(admin, namespace).processes == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert aggregate(admin, namespace)[0] >= 1, "the counters were not flushed"
+        assert aggregate(admin, namespace).processes >= 1, "the counters were not flushed"
         assert stats["errors"] == 0 and stats["redis_refused"] == 0, stats
     finally:
         registration.unregister()
     # A streams consumer's checkpoint, with the library's own steps and transport.
-    user_client = ddbcache_hooks.plugin.connect(documented_user, registration._protocol.settings)
+    user_client = connect(documented_user, registration._protocol.settings)
     transport = SyncTransport(user_client)
     keys = state.StreamKeys.of(namespace, "arn:aws:dynamodb:us-east-1:1:table/t/stream/x")
     run = lambda op: drive(op, transport, lambda table: None)  # noqa: E731

@@ -161,10 +161,11 @@ def test_stats_aggregate_across_processes(
         second._flusher.flush()
         code, out = ddbcache("stats", "--redis-url", redis_server.url, "--namespace", namespace)
         assert code == 0
-        assert "2 process(es)" in out
-        rows = {line.split()[0]: line.split()[-1] for line in out.splitlines()[1:] if line.strip()}
-        assert rows["hits"] == "2" and rows["misses"] == "1" and rows["ItemCacheHits"] == "2"
-        assert rows["hit"] == "66.7%"
+        assert "sum of 2 process(es), 2 live" in out
+        rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:] if line.strip()}
+        assert rows["hits"] == ["2"] and rows["misses"] == ["1"] and "ItemCacheHits" not in rows
+        assert rows["items"][:2] == ["2", "1"]  # the table's row: hits, misses
+        assert "hit ratio: 66.7% (2 hits, 1 misses)" in out
     finally:
         first.unregister()
         second.unregister()

@@ -63,7 +63,7 @@ def test_a_credential_provider_reaches_the_librarys_connections(
     from redis.credentials import UsernamePasswordCredentialProvider
 
     from ddbcache_hooks.config import Settings
-    from ddbcache_hooks.plugin import connect_holder
+    from ddbcache_hooks.connections import connect_holder
 
     admin = redis.Redis(port=redis_server.port)
     admin.acl_setuser(

@@ -230,3 +230,79 @@ def test_no_import_cost_without_the_variable() -> None:
     )
     assert "ddbcache_hooks._autoload" in loud.stderr
     assert "botocore" not in loud.stderr  # nothing heavy until the application imports botocore
+
+
+AIO_APP = textwrap.dedent(
+    """
+    import asyncio
+    import aioboto3
+
+    # An aioboto3 application that knows nothing about the cache.
+    async def main():
+        session = aioboto3.Session(region_name="us-east-1")
+        async with session.client("dynamodb") as client:
+            for _ in range(2):
+                response = await client.get_item(TableName="items", Key={"pk": {"S": "a"}})
+                print("HIT" if "CacheMetadata" in response else "MISS", response["Item"]["v"]["S"])
+
+    asyncio.run(main())
+    """
+)
+
+MIXED_APP = textwrap.dedent(
+    """
+    import asyncio
+    import aioboto3
+    import boto3
+
+    # boto3 for the sync helpers, aioboto3 for the request handlers: one process.
+    sync = boto3.Session(region_name="us-east-1").client("dynamodb")
+    key = {"pk": {"S": "a"}}
+
+    def read():
+        response = sync.get_item(TableName="items", Key=key)
+        return ("HIT" if "CacheMetadata" in response else "MISS") + ":" + response["Item"]["v"]["S"]
+
+    async def write(value):
+        async with aioboto3.Session(region_name="us-east-1").client("dynamodb") as client:
+            await client.put_item(TableName="items", Item={**key, "v": {"S": value}})
+
+    print(read(), read())
+    asyncio.run(write("2"))
+    print(read(), read())
+    asyncio.run(write("3"))
+    print(read())
+    """
+)
+
+
+@pytest.mark.aio
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        # An unchanged aioboto3 app gets hits.
+        (AIO_APP, ["MISS", "1", "HIT", "1"]),
+        # A boto3 read after an aioboto3 write of the same process is never stale.
+        (MIXED_APP, ["MISS:1", "HIT:1", "MISS:2", "HIT:2", "MISS:3"]),
+    ],
+    ids=["aioboto3-app", "mixed-boto3-aioboto3"],
+)
+def test_environment_activation_covers_aioboto3(
+    source: str,
+    expected: list[str],
+    tmp_path: Path,
+    app: Path,
+    moto_url: str,
+    redis_server: RedisServer,
+) -> None:
+    path = tmp_path / "aio_app.py"
+    path.write_text(source)
+    result = run(
+        [sys.executable, str(path)],
+        moto_url,
+        DDBCACHE_ENABLED="1",
+        DDBCACHE_REDIS_URL=redis_server.url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == expected
+    assert "Traceback" not in result.stderr

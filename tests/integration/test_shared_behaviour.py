@@ -526,7 +526,12 @@ def test_async_near_cache_and_counter_flush(
             assert len(near) == 0
             assert (await get(f))["Item"]["v"] == {"S": "new"}
             await asyncio.sleep(1.3)  # one flush period
-            processes, totals = aggregate(redis.Redis(port=redis_server.port), namespace)
-            assert processes == 1 and totals["near_hits"] == 2
+            totals = aggregate(redis.Redis(port=redis_server.port), namespace)
+            assert totals.processes == 1 and totals.counters["near_hits"] == 2
+            assert totals.tables["items"]["hits"] == totals.counters["hits"] > 0
+            assert totals.live == 1
+        await asyncio.sleep(0.2)  # unregistered: the flush task's last write
+        totals = aggregate(redis.Redis(port=redis_server.port), namespace)
+        assert (totals.processes, totals.exited) == (1, 1)
 
     asyncio.run(main())

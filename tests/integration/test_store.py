@@ -10,7 +10,9 @@ import pytest
 from ddbcache_hooks import store
 from ddbcache_hooks.effects import Op
 from ddbcache_hooks.handlers import drive
-from ddbcache_hooks.store import FillRequest, LookupRequest, SyncTransport
+from ddbcache_hooks.scripts import FillStatus, LookupStatus
+from ddbcache_hooks.store import FillRequest, LookupRequest
+from ddbcache_hooks.transport import SyncTransport
 
 
 @pytest.fixture(params=[False, True], ids=["bytes", "decoded"])
@@ -52,30 +54,30 @@ def fill(
 
 
 def test_miss_lease_fill_hit(transport: SyncTransport, key: str) -> None:
-    assert lookup(transport, key, "L1").status == store.LEASED
-    assert lookup(transport, key, "L2").status == store.WAIT  # someone else fills
-    assert lookup(transport, key, "L1").status == store.LEASED  # idempotent for the holder
-    assert fill(transport, key, "L1", b"\x00\xffentry")[0] == store.FILL_STORED
+    assert lookup(transport, key, "L1").status == LookupStatus.LEASED
+    assert lookup(transport, key, "L2").status == LookupStatus.WAIT  # someone else fills
+    assert lookup(transport, key, "L1").status == LookupStatus.LEASED  # idempotent for the holder
+    assert fill(transport, key, "L1", b"\x00\xffentry")[0] == FillStatus.STORED
     hit = lookup(transport, key, "L3")
-    assert hit.status == store.HIT and hit.entry == b"\x00\xffentry"
+    assert hit.status == LookupStatus.HIT and hit.entry == b"\x00\xffentry"
 
 
 def test_write_between_lookup_and_fill_discards_the_fill(
     transport: SyncTransport, key: str
 ) -> None:
-    assert lookup(transport, key, "L1").status == store.LEASED
+    assert lookup(transport, key, "L1").status == LookupStatus.LEASED
     run(transport, store.invalidate([key], settle_ms=0, cluster=transport.cluster))
-    assert fill(transport, key, "L1", b"old")[0] == store.FILL_LOST
-    assert lookup(transport, key, "L2").status == store.LEASED
+    assert fill(transport, key, "L1", b"old")[0] == FillStatus.LOST
+    assert lookup(transport, key, "L2").status == LookupStatus.LEASED
 
 
 def test_settle_window_caps_the_ttl(transport: SyncTransport, key: str) -> None:
     run(transport, store.invalidate([key], settle_ms=300, cluster=transport.cluster))
     lookup(transport, key, "L1")
     stored, ttl = fill(transport, key, "L1", b"maybe-stale", ttl_ms=60_000, settle_ms=300)
-    assert stored == store.FILL_STORED and 0 < ttl <= 300
+    assert stored == FillStatus.STORED and 0 < ttl <= 300
     time.sleep(0.35)
-    assert lookup(transport, key, "L2").status == store.LEASED
+    assert lookup(transport, key, "L2").status == LookupStatus.LEASED
 
 
 def test_expired_variant_is_a_miss_even_if_the_key_lives(
@@ -91,28 +93,31 @@ def test_expired_variant_is_a_miss_even_if_the_key_lives(
     )
     run(transport, store.fill([FillRequest(key, "w", "Lw", b"long", 60_000)]))
     time.sleep(0.15)
-    assert lookup(transport, key, "L2").status == store.LEASED
+    assert lookup(transport, key, "L2").status == LookupStatus.LEASED
 
 
 def test_lost_lease_expires(transport: SyncTransport, key: str) -> None:
-    assert lookup(transport, key, "L1", lease_ms=100).status == store.LEASED
+    assert lookup(transport, key, "L1", lease_ms=100).status == LookupStatus.LEASED
     time.sleep(0.15)
-    assert lookup(transport, key, "L2").status == store.LEASED
+    assert lookup(transport, key, "L2").status == LookupStatus.LEASED
 
 
 def test_release_without_storing(transport: SyncTransport, key: str) -> None:
     lookup(transport, key, "L1")
-    assert fill(transport, key, "L1", b"")[0] == store.FILL_RELEASED
-    assert lookup(transport, key, "L2").status == store.LEASED
+    assert fill(transport, key, "L1", b"")[0] == FillStatus.RELEASED
+    assert lookup(transport, key, "L2").status == LookupStatus.LEASED
 
 
 def test_admission_counts_identical_misses(transport: SyncTransport, key: str) -> None:
     first = lookup(transport, key, "L1", admission=2, admission_window_ms=10_000)
-    assert first.status == store.NOT_ADMITTED
+    assert first.status == LookupStatus.NOT_ADMITTED
     second = lookup(transport, key, "L2", admission=2, admission_window_ms=10_000)
-    assert second.status == store.LEASED
+    assert second.status == LookupStatus.LEASED
     fill(transport, key, "L2", b"page")
-    assert lookup(transport, key, "L3", admission=2, admission_window_ms=10_000).status == store.HIT
+    assert (
+        lookup(transport, key, "L3", admission=2, admission_window_ms=10_000).status
+        == LookupStatus.HIT
+    )
 
 
 def test_wrong_type_at_the_key_is_deleted_and_reported(
@@ -121,17 +126,17 @@ def test_wrong_type_at_the_key_is_deleted_and_reported(
     raw = backend.client()
     raw.set(key, "someone wrote a string here")
     reply = lookup(transport, key, "L1")
-    assert reply.corrupt and reply.status == store.LEASED
+    assert reply.corrupt and reply.status == LookupStatus.LEASED
     assert raw.type(key) in (b"hash", "hash")
     raw.delete(key)
     raw.rpush(key, "x")
-    assert fill(transport, key, "L1", b"x")[0] == store.FILL_GARBAGE
+    assert fill(transport, key, "L1", b"x")[0] == FillStatus.GARBAGE
 
 
 def test_drop_discards_the_current_entry(transport: SyncTransport, key: str) -> None:
     lookup(transport, key, "L1")
     fill(transport, key, "L1", b"bad")
-    assert lookup(transport, key, "L2", drop=True).status == store.LEASED
+    assert lookup(transport, key, "L2", drop=True).status == LookupStatus.LEASED
 
 
 def test_table_tokens_are_created_and_replaced(transport: SyncTransport, namespace: str) -> None:
@@ -178,7 +183,7 @@ def test_invalidating_many_items_across_slots(transport: SyncTransport, namespac
         lookup(transport, k, "L")
         fill(transport, k, "L", b"e")
     run(transport, store.invalidate(keys, 0, cluster=transport.cluster))
-    assert all(lookup(transport, k, "M").status == store.LEASED for k in keys)
+    assert all(lookup(transport, k, "M").status == LookupStatus.LEASED for k in keys)
 
 
 def test_scripts_are_reloaded_after_a_script_flush(
@@ -186,7 +191,7 @@ def test_scripts_are_reloaded_after_a_script_flush(
 ) -> None:
     transport.client.script_flush()  # on a cluster: every node
     keys = [key.replace("{item}", f"{{item{i}}}") for i in range(20)]  # on every cluster node
-    assert all(lookup(transport, k, "L1").status == store.LEASED for k in keys)
+    assert all(lookup(transport, k, "L1").status == LookupStatus.LEASED for k in keys)
 
 
 def test_partition_tokens_expire_are_replaced_by_writes_and_bound_fills(
@@ -213,13 +218,13 @@ def test_partition_tokens_expire_are_replaced_by_writes_and_bound_fills(
     assert 0 < transport.client.pttl(partition) <= 60_000
     fill_request = FillRequest(page, "", "L3", b"page", 60_000, 300, second.partition_since_ms)
     outcome, ttl = run(transport, store.fill([fill_request]))[0]
-    assert outcome == store.FILL_STORED and 0 < ttl <= 300  # cut to the settle window
+    assert outcome == FillStatus.STORED and 0 < ttl <= 300  # cut to the settle window
     # Without a settle window (strict reads) the partition's history does not cut it.
     again = LookupRequest(page, "", TOKENS, "L4", 5000, drop=True, partition_key=partition)
     third = run(transport, store.lookup([again], 60_000, cluster=transport.cluster))[0]
-    assert third.status == store.LEASED
+    assert third.status == LookupStatus.LEASED
     unbounded = FillRequest(page, "", "L4", b"page", 60_000, 0, third.partition_since_ms)
-    assert run(transport, store.fill([unbounded]))[0] == (store.FILL_STORED, 60_000)
+    assert run(transport, store.fill([unbounded]))[0] == (FillStatus.STORED, 60_000)
 
 
 def test_a_partition_hash_another_server_made_is_replaced_and_bounds_fills(
@@ -239,7 +244,7 @@ def test_a_partition_hash_another_server_made_is_replaced_and_bounds_fills(
     assert second.partition_since_ms > 0  # its history starts now: fills stay in the window
     fill_request = FillRequest(page, "", "L2", b"page", 60_000, 300, second.partition_since_ms)
     outcome, ttl = run(transport, store.fill([fill_request]))[0]
-    assert outcome == store.FILL_STORED and 0 < ttl <= 300
+    assert outcome == FillStatus.STORED and 0 < ttl <= 300
 
 
 def test_a_token_hash_another_server_made_gets_a_new_generation_and_keeps_a_bulk_mark(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -226,6 +227,8 @@ def test_one_round_costs_few_redis_round_trips(
 def test_cli_streams_follows_and_reports_in_stats(
     moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, cached: Any
 ) -> None:
+    """It follows the tables that have a stream, names the one that has none, and
+    builds its own Redis client from the URL without a word about it."""
     import os
     import signal
     import subprocess
@@ -233,6 +236,12 @@ def test_cli_streams_follows_and_reports_in_stats(
 
     client, _ = cached
     stream_table(plain, "tbl")
+    plain.create_table(
+        TableName="quiet",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
     env = {
         **os.environ,
         "AWS_ENDPOINT_URL": moto_url,
@@ -241,14 +250,26 @@ def test_cli_streams_follows_and_reports_in_stats(
         "DDBCACHE_METRICS_FLUSH_S": "1",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "ddbcache_hooks", "streams", "--table", "tbl", "--poll-ms", "10"],
+        [
+            sys.executable,
+            "-m",
+            "ddbcache_hooks",
+            "streams",
+            "--table",
+            "tbl",
+            "--table",
+            "quiet",
+            "--poll-ms",
+            "10",
+        ],
         env=env,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
         assert process.stdout is not None
-        assert "following the streams of t" in process.stdout.readline()
+        assert "following the streams of tbl as " in process.stdout.readline()
         key = {"pk": {"S": "a"}}
         plain.put_item(TableName="tbl", Item=key)
         client.get_item(TableName="tbl", Key=key)
@@ -263,19 +284,21 @@ def test_cli_streams_follows_and_reports_in_stats(
             pytest.fail("the CLI consumer did not apply the delete")
     finally:
         process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=20)
-    assert process.returncode == 0
+        out, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
     assert "records applied" in out
+    assert "table quiet does not exist or has no enabled stream; not followed" in err
+    assert "Redis client as given" not in err
     stats = subprocess.run(
-        [sys.executable, "-m", "ddbcache_hooks", "stats"],
+        [sys.executable, "-m", "ddbcache_hooks", "stats", "--json"],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    rows = dict(line.split()[:2] for line in stats.splitlines() if line.startswith("stream_"))
-    assert float(rows["stream_records"]) >= 1
-    assert "stream_lag_ms" in rows
+    counters = json.loads(stats)["counters"]
+    assert counters["stream_records"] >= 1
+    assert "stream_lag_ms" in counters
 
 
 def test_cli_streams_rejects_tables_without_a_stream(
@@ -299,7 +322,24 @@ def test_cli_streams_rejects_tables_without_a_stream(
         text=True,
     )
     assert result.returncode == 2
-    assert "no enabled stream on quiet, nope" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "ddbcache streams: no table can be followed: no enabled stream on quiet, nope"
+    )
+
+
+def test_consumer_goes_on_without_the_tables_it_cannot_follow(
+    moto_url: str, redis_server: RedisServer, namespace: str, plain: Any, caplog: Any
+) -> None:
+    """As the CLI: say which, follow the rest, fail only when none can be followed."""
+    stream_table(plain, "tbl")
+    consumer = consumer_for(moto_url, redis_server.url, namespace, "tbl", "nope")
+    with caplog.at_level("WARNING", logger="ddbcache_hooks"):
+        consumer.run(rounds=1)
+    assert "table nope does not exist or has no enabled stream; not followed" in caplog.text
+    assert consumer.stats()["stream_rounds"] == 1
+    alone = consumer_for(moto_url, redis_server.url, namespace, "nope", "gone")
+    with pytest.raises(ValueError, match=r"none of the tables can be followed .*: nope, gone"):
+        alone.run(rounds=1)
 
 
 def test_a_round_redis_did_not_take_is_read_again(

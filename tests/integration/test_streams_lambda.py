@@ -206,3 +206,56 @@ def test_handler_rejects_a_record_without_its_source_arn(lambda_env: Any) -> Non
     del bad["eventSourceARN"]
     with pytest.raises(ValueError, match="ARN"):
         handler({"Records": [bad]}, None)
+
+
+@pytest.mark.parametrize(
+    "variable", ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE"]
+)
+def test_handler_finds_entries_behind_the_endpoint_botocore_resolves(
+    variable: str,
+    moto_url: str,
+    redis_server: RedisServer,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+) -> None:
+    """DynamoDB Local or any other endpoint: the registered client keys its entries by
+    the endpoint URL, and so does the handler when botocore's variables (or the config
+    file's services section) name it."""
+    for name in ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    if variable == "AWS_CONFIG_FILE":
+        config = tmp_path / "config"
+        config.write_text(
+            "[default]\nservices = local\n\n"
+            f"[services local]\ndynamodb =\n  endpoint_url = {moto_url}\n"
+        )
+        monkeypatch.setenv(variable, str(config))
+    else:
+        monkeypatch.setenv(variable, moto_url)
+    monkeypatch.setenv("DDBCACHE_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("DDBCACHE_NAMESPACE", namespace)
+    lambda_handler.reset()
+    session = boto3.Session(region_name="us-east-1")
+    registration = ddbcache_hooks.register(session, redis_server.url, namespace=namespace)
+    try:
+        client = session.client("dynamodb")
+        assert client.meta.endpoint_url == moto_url
+        make_table(client, "users")
+        key = {"pk": {"S": "u0"}}
+        client.put_item(TableName="users", Item={**key, "v": {"S": "old"}})
+        client.get_item(TableName="users", Key=key)
+        assert cached(client, "users", key)
+        # A write the hooks do not see (another service): only the stream tells.
+        boto3.Session(region_name="us-east-1").client("dynamodb").put_item(
+            TableName="users", Item={**key, "v": {"S": "new"}}
+        )
+        assert client.get_item(TableName="users", Key=key)["Item"]["v"] == {"S": "old"}
+        answer = handler({"Records": [record("users", "MODIFY", key, "200")]}, None)
+        assert answer == {"batchItemFailures": []}
+        read = client.get_item(TableName="users", Key=key)
+        assert "CacheMetadata" not in read  # a miss ...
+        assert read["Item"]["v"] == {"S": "new"}  # ... that read the new value
+    finally:
+        lambda_handler.reset()
+        registration.unregister()

@@ -10,7 +10,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from ddbcache_hooks import acl
 from ddbcache_hooks.effects import Script
-from ddbcache_hooks.store import FILL_IF_LEASED, SCRIPTS
+from ddbcache_hooks.scripts import FILL_IF_LEASED, SCRIPTS
 from ddbcache_hooks.streams.state import SCRIPTS as STREAM_SCRIPTS
 
 ROOT = Path(__file__).parents[2]
@@ -57,6 +57,7 @@ _SENDS = {
     "info": "info",
     "pexpire": "pexpire",
     "ping": "ping",
+    "pttl": "pttl",
     "publish": "publish",
     "pubsub": "subscribe",
     "register_script": "evalsha",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ddbcache_hooks.config import OPTIONS, Settings, TablePolicy, from_environment
@@ -114,3 +116,16 @@ def test_stale_if_error_and_early_refresh_options() -> None:
         Settings.resolve({"tables": {"t": {"stale_if_error_s": "1"}}})
     with pytest.raises(ConfigurationError, match="DDBCACHE_EARLY_REFRESH"):
         from_environment({"DDBCACHE_EARLY_REFRESH": "maybe"})
+
+
+def test_settings_defaults_are_the_options_defaults() -> None:
+    """config.OPTIONS and the Settings fields state each default once each: they agree."""
+    public = {f.name for f in dataclasses.fields(Settings) if not f.name.startswith("_")}
+    assert public == {option.name for option in OPTIONS}
+    resolved = Settings.resolve({}, environ={})
+    plain = Settings()
+    for option in OPTIONS:
+        assert getattr(resolved, option.name) == getattr(plain, option.name), option.name
+        if option.default is not None:
+            checked = option.check(option.name, option.default)
+            assert getattr(plain, option.name) == checked, option.name

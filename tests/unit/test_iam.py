@@ -346,7 +346,7 @@ def test_the_async_path_refuses_iam_options_with_a_client_object() -> None:
 
     import redis.asyncio as aredis
 
-    from ddbcache_hooks.aio import connect_async
+    from ddbcache_hooks.connections import connect_async
 
     with pytest.raises(ConfigurationError, match="credential_provider="):
         asyncio.run(connect_async(aredis.Redis(), settings(iam_user="u", iam_cache_name="c")))

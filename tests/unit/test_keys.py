@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from ddbcache_hooks import expressions, keys
+from ddbcache_hooks.expressions import variant
 from ddbcache_hooks.keys import KeyLayout, NotCanonical
 from tests.botocore_compat import CREDENTIALS_CARRY_ACCOUNT
 
@@ -119,11 +120,8 @@ QUERY = {
 
 
 def test_variant_ignores_only_the_deny_list() -> None:
-    base = keys.variant(QUERY, {"ReturnConsumedCapacity"})
-    assert (
-        keys.variant({**QUERY, "ReturnConsumedCapacity": "TOTAL"}, {"ReturnConsumedCapacity"})
-        == base
-    )
+    base = variant(QUERY, {"ReturnConsumedCapacity"})
+    assert variant({**QUERY, "ReturnConsumedCapacity": "TOTAL"}, {"ReturnConsumedCapacity"}) == base
     for changed in (
         {"Limit": 1},
         {"ScanIndexForward": False},
@@ -134,7 +132,7 @@ def test_variant_ignores_only_the_deny_list() -> None:
         {"Segment": 0, "TotalSegments": 2},
         {"SomeFutureParameter": "x"},
     ):
-        assert keys.variant({**QUERY, **changed}, {"ReturnConsumedCapacity"}) != base, changed
+        assert variant({**QUERY, **changed}, {"ReturnConsumedCapacity"}) != base, changed
 
 
 def test_variant_substitutes_placeholders() -> None:
@@ -143,9 +141,9 @@ def test_variant_substitutes_placeholders() -> None:
         "KeyConditionExpression": "pk=:pk",
         "ExpressionAttributeValues": {":pk": {"S": "a"}},
     }
-    assert keys.variant(by_hand, set()) == keys.variant(QUERY, set())
+    assert variant(by_hand, set()) == variant(QUERY, set())
     other_value = {**by_hand, "ExpressionAttributeValues": {":pk": {"S": "b"}}}
-    assert keys.variant(other_value, set()) != keys.variant(QUERY, set())
+    assert variant(other_value, set()) != variant(QUERY, set())
 
 
 @pytest.mark.parametrize(
@@ -160,8 +158,8 @@ def test_variant_substitutes_placeholders() -> None:
     ],
 )
 def test_unresolvable_variants_are_kept_apart(params: dict[str, Any]) -> None:
-    assert keys.variant(params, set()) != keys.variant(QUERY, set())
-    assert keys.variant(params, set())[0] == "raw"
+    assert variant(params, set()) != variant(QUERY, set())
+    assert variant(params, set())[0] == "raw"
 
 
 def test_keywords_functions_and_names_are_distinct() -> None:
@@ -169,7 +167,7 @@ def test_keywords_functions_and_names_are_distinct() -> None:
         params = {"FilterExpression": expression, "ExpressionAttributeNames": names or {}}
         if names is None:
             params.pop("ExpressionAttributeNames")
-        return keys.variant(params, set())
+        return variant(params, set())
 
     assert canon("size(a) > b") != canon("#s(a) > b", {"#s": "size"})
     assert canon("#k = b", {"#k": "AND"}) != canon("AND = b")
@@ -189,12 +187,12 @@ def test_reserved_words_used_literally_never_share_the_placeholder_form() -> Non
     """DynamoDB rejects ``name`` written as is; ``#n`` -> name is valid: two entries."""
     literal = {"ProjectionExpression": "name"}
     placeholder = {"ProjectionExpression": "#n", "ExpressionAttributeNames": {"#n": "name"}}
-    assert keys.variant(literal, set()) != keys.variant(placeholder, set())
-    assert keys.variant({"ProjectionExpression": "a.Name"}, set())[0] == "raw"
+    assert variant(literal, set()) != variant(placeholder, set())
+    assert variant({"ProjectionExpression": "a.Name"}, set())[0] == "raw"
     # Not reserved: the literal and placeholder forms are one variant, as before.
     plain = {"ProjectionExpression": "colour"}
     aliased = {"ProjectionExpression": "#c", "ExpressionAttributeNames": {"#c": "colour"}}
-    assert keys.variant(plain, set()) == keys.variant(aliased, set())
+    assert variant(plain, set()) == variant(aliased, set())
     assert "NAME" in expressions.reserved_words() and len(expressions.reserved_words()) == 573
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ddbcache_hooks.resilience import CLOSED, HALF_OPEN, OPEN, Backlog, CircuitBreaker, Invalidation
+from ddbcache_hooks.plan import Invalidation
+from ddbcache_hooks.resilience import CLOSED, HALF_OPEN, OPEN, Backlog, CircuitBreaker
 from ddbcache_hooks.stats import Stats
 from ddbcache_hooks.store import Lifecycle
 

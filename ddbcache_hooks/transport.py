@@ -1,0 +1,285 @@
+"""The only code that sends the cache's Redis batches: one sync and one async transport.
+
+Each executes a batch (:class:`~ddbcache_hooks.effects.RedisBatch`) as one
+pipeline, reloads scripts a restarted server forgot, sends the plain-read hit
+path's commands on a pooled connection, and names on a Redis Cluster the node
+each script goes to. The two classes are twins: a change to one is a change
+to both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from redis.client import NEVER_DECODE
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .connections import Connections, is_async_cluster, is_cluster
+from .effects import Call
+from .scripts import LOOKUP_OR_LEASE
+from .store import ServerIds
+
+log = logging.getLogger("ddbcache_hooks")
+
+
+def node_lookup(transport: SyncTransport | AsyncTransport) -> Callable[[str], str] | None:
+    """The node of a key for plain reads on this transport, if its pools report reconnects.
+
+    None where they do not (a client the library did not build, an asyncio
+    cluster whose nodes' connections are not made by a pool of ours): plain
+    reads stay off there, and every lookup runs the script.
+    """
+    client = transport.client
+    if transport.cluster:
+        if is_async_cluster(client):
+            return None
+        pool_class = client.nodes_manager.connection_pool_class
+        if getattr(pool_class, "counts_connects", False):
+            return lambda key: str(transport.client.get_node_from_key(key).name)
+        return None
+    if getattr(getattr(client, "connection_pool", None), "counts_connects", False):
+        return lambda key: ""
+    return None
+
+
+def _queue(pipe: Any, call: Call, cluster: Any = None) -> Any:
+    """Add one call to a pipeline (or, given a client, run it).
+
+    NEVER_DECODE: entries are binary even when the caller's client was made
+    with ``decode_responses=True`` (redis-py's own DUMP command does the same).
+    On a cluster, the target node is named: otherwise redis-py asks the server
+    (COMMAND GETKEYS) where each EVALSHA goes, one extra round trip per script.
+    """
+    options: dict[str, Any] = {NEVER_DECODE: []}
+    if cluster is not None:
+        options["target_nodes"] = cluster.get_node_from_key(call.first_key)
+    if call.script is not None:
+        return pipe.execute_command("EVALSHA", call.script.sha, call.numkeys, *call.args, **options)
+    return pipe.execute_command(*call.args, **options)
+
+
+def _first_error(replies: Sequence[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
+
+
+def _holder(target: Any) -> Connections:
+    return target if isinstance(target, Connections) else Connections.given(target)
+
+
+def _suspects(exc: RedisError, calls: Sequence[Call]) -> RedisError:
+    """Note on a time-out which keys the batch read: one of them may hold garbage."""
+    if isinstance(exc, RedisTimeoutError):
+        scripted = [
+            (call.args[0], call.args[call.numkeys])
+            for call in calls
+            if call.script is LOOKUP_OR_LEASE
+        ]
+        plain = [  # a plain read of an entry: HMGET key e:<v> x:<v> g
+            (call.args[1], call.args[2][2:])
+            for call in calls
+            if call.script is None and call.args[0] == "HMGET" and call.args[2].startswith("e:")
+        ]
+        exc.ddbcache_keys = scripted + plain  # type: ignore[attr-defined]
+    return exc
+
+
+def _pack(calls: Sequence[Call]) -> bytes:
+    """Plain commands in the Redis protocol (keys and fields are str, numbers int).
+
+    redis-py's packer spends more per command than the server does on an HMGET.
+    """
+    out = []
+    for call in calls:
+        out.append(b"*%d\r\n" % len(call.args))
+        for arg in call.args:
+            data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+#: redis-py before 6 wants a command name to pick a pooled connection, later ones none.
+_POOL_ARGS: tuple[str, ...] = () if int(redis.__version__.split(".")[0]) >= 6 else ("HMGET",)
+
+
+class SyncTransport:
+    """Executes a batch on a ``redis.Redis`` / ``RedisCluster`` as one pipeline."""
+
+    def __init__(self, connections: Connections | redis.Redis | Any) -> None:
+        self.connections = _holder(connections)
+        self.cluster = is_cluster(self.connections.client)
+        #: Server identities for plain reads (the protocol's, see Registration).
+        self.servers = ServerIds()
+
+    @property
+    def client(self) -> Any:
+        """The library's client (a fresh one after a fork)."""
+        return self.connections.client
+
+    def execute(self, calls: Sequence[Call], errors_as_values: bool = False) -> list[Any]:
+        try:
+            return self._execute(calls, errors_as_values)
+        except RedisError as exc:
+            self.servers.forget()
+            raise _suspects(exc, calls) from None
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
+        if errors_as_values and not self.cluster and self.servers.node_of is not None:
+            return self._plain(calls)
+        if len(calls) == 1 and not self.cluster:
+            return [self._single(calls[0])]
+        replies = self._pipeline(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # The server restarted or flushed its script cache: load and resend those.
+            for script in {calls[i].script for i in missing if calls[i].script}:
+                assert script is not None
+                self.client.script_load(script.source)
+            for i, reply in zip(missing, self._pipeline([calls[i] for i in missing]), strict=True):
+                replies[i] = reply
+        if not errors_as_values:
+            _first_error(replies)
+        return replies
+
+    def _plain(self, calls: Sequence[Call]) -> list[Any]:
+        """Plain commands written at once on one pooled connection, replies raw.
+
+        What a pipeline does, without its per-command bookkeeping (a third of a
+        hit's Redis cost on the client). Only on the library's own pools.
+        """
+        pool = self.client.connection_pool
+        connection = pool.get_connection(*_POOL_ARGS)
+        try:
+            connection.send_packed_command([_pack(calls)])
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(connection.read_response(disable_decoding=True))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
+
+    def _single(self, call: Call) -> Any:
+        """One command without a pipeline object: the common hit costs less."""
+        try:
+            return _queue(self.client, call)
+        except NoScriptError:
+            assert call.script is not None
+            self.client.script_load(call.script.source)
+            return _queue(self.client, call)
+
+    def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        cluster = self.client if self.cluster else None
+        for call in calls:
+            _queue(pipe, call, cluster)
+        return list(pipe.execute(raise_on_error=False))
+
+    def scan_delete(self, pattern: str, batch: int = 500) -> int:
+        """Delete every key matching ``pattern`` (on every primary of a cluster)."""
+        deleted = 0
+        keys: list[Any] = []
+        for key in self.client.scan_iter(match=pattern, count=batch):
+            keys.append(key)
+            if len(keys) >= batch:
+                deleted += self._unlink(keys)
+                keys = []
+        if keys:
+            deleted += self._unlink(keys)
+        return deleted
+
+    def _unlink(self, keys: list[Any]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.unlink(key)
+        return sum(int(n) for n in pipe.execute())
+
+
+class AsyncTransport:
+    """Executes a batch on a ``redis.asyncio`` client as one pipeline."""
+
+    def __init__(self, connections: Connections | Any) -> None:
+        self.connections = _holder(connections)
+        self.cluster = is_cluster(self.connections.client)
+        #: Server identities for plain reads (the protocol's, see Registration).
+        self.servers = ServerIds()
+
+    @property
+    def client(self) -> Any:
+        return self.connections.client
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def execute(self, calls: Sequence[Call], errors_as_values: bool = False) -> list[Any]:
+        try:
+            return await self._execute(calls, errors_as_values)
+        except RedisError as exc:
+            self.servers.forget()
+            raise _suspects(exc, calls) from None
+
+    async def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
+        if errors_as_values and not self.cluster and self.servers.node_of is not None:
+            return await self._plain(calls)
+        if len(calls) == 1 and not self.cluster:
+            return [await self._single(calls[0])]
+        replies = await self._pipeline(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            for script in {calls[i].script for i in missing if calls[i].script}:
+                assert script is not None
+                await self.client.script_load(script.source)
+            for i, reply in zip(
+                missing, await self._pipeline([calls[i] for i in missing]), strict=True
+            ):
+                replies[i] = reply
+        if not errors_as_values:
+            _first_error(replies)
+        return replies
+
+    async def _plain(self, calls: Sequence[Call]) -> list[Any]:
+        """:meth:`SyncTransport._plain`, awaited."""
+        pool = self.client.connection_pool
+        connection = await pool.get_connection(*_POOL_ARGS)
+        try:
+            await connection.send_packed_command(connection.pack_commands([c.args for c in calls]))
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(await connection.read_response(disable_decoding=True))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+
+    async def _single(self, call: Call) -> Any:
+        try:
+            return await _queue(self.client, call)
+        except NoScriptError:
+            assert call.script is not None
+            await self.client.script_load(call.script.source)
+            return await _queue(self.client, call)
+
+    async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        cluster = self.client if self.cluster else None
+        for call in calls:
+            _queue(pipe, call, cluster)
+        return list(await pipe.execute(raise_on_error=False))
