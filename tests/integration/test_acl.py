@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import pytest
 import redis
 
 import ddbcache_hooks
-from ddbcache_hooks import cli
+from ddbcache_hooks import acl, cli
 from ddbcache_hooks._redis_server import RedisServer
 from ddbcache_hooks.connections import connect
 from ddbcache_hooks.handlers import drive
@@ -281,3 +282,29 @@ def test_a_refused_subscription_leaves_the_near_cache_off_and_redis_caching(
     said = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(said) == 1 and said[0].levelno == logging.ERROR, [r.getMessage() for r in said]
     assert "command 'subscribe'" in said[0].getMessage() and "+subscribe" in said[0].getMessage()
+
+
+@pytest.mark.parametrize("lacking", ["evalsha"], indirect=True)
+def test_refusals_show_in_stats_and_doctor(
+    session: boto3.Session, namespace: str, lacking: tuple[str, str], server: RedisServer
+) -> None:
+    _, url = lacking
+    registration = ddbcache_hooks.register(session, url, namespace=namespace, metrics_flush_s=1)
+    client = session.client("dynamodb")
+    make_table(client, "items")
+    for _ in range(3):
+        client.get_item(TableName="items", Key={"pk": {"S": "a"}})
+    registration.unregister()  # its last counts are flushed
+    out = io.StringIO()
+    assert cli.main(["stats", "--redis-url", server.url, "--namespace", namespace], out) == 0
+    print(out.getvalue())
+    shown = re.search(r"redis_refused\s+(\d+)\b", out.getvalue())
+    assert shown, out.getvalue()
+    refused = int(shown.group(1))
+    assert refused >= 3  # the reads, and the invalidation of the table's creation
+    out = io.StringIO()
+    cli.main(["doctor", "--redis-url", server.url, "--namespace", namespace], out)
+    print(out.getvalue())
+    (line,) = [s for s in out.getvalue().splitlines() if "running applications" in s]
+    assert line.startswith(f"  FAIL  running applications: 1 process(es) report {refused} command")
+    assert acl.setuser(namespace, "<user>", "<password>") in line
