@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, TextIO
 
+from . import acl
 from .config import OPTIONS, Settings, env_flag, from_environment
 from .errors import ConfigurationError
 
@@ -109,18 +110,30 @@ def _table(out: TextIO, headers: Sequence[str], rows: Sequence[Sequence[str]]) -
 
 
 def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
-    problems: list[str] = []
+    from . import doctor
 
-    def check(label: str, action: Callable[[], str]) -> None:
+    problems: list[str] = []
+    lacking: list[str] = []  # what the permissions check found this user may not run
+    settings = _settings(args)
+
+    def check(label: str, action: Callable[[], str], cycle: bool = False) -> bool:
         try:
             detail = action()
         except Exception as exc:
-            problems.append(f"{label}: {exc}")
-            print(f"  FAIL  {label}: {exc}", file=out)
-        else:
-            print(f"  ok    {label}: {detail}", file=out)
+            refused = acl.refusal(exc)
+            if refused is not None:
+                how = acl.fix(refused, settings.namespace)
+                detail = f"Redis refused {refused.what} ({exc}); {how}"
+            else:
+                detail = str(exc) or type(exc).__name__
+                if cycle and lacking:  # a script's pcall may take a refusal for another error
+                    detail += f" (the user may not run {', '.join(lacking)}: see permissions)"
+            problems.append(f"{label}: {detail}")
+            print(f"  FAIL  {label}: {detail}", file=out)
+            return False
+        print(f"  ok    {label}: {detail}", file=out)
+        return True
 
-    settings = _settings(args)
     print("Redis", file=out)
     client: list[Any] = []
 
@@ -141,8 +154,29 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     check("auth", describe_auth)
     check("connect", connect_redis)
     if client:
-        check("server", lambda: _server_description(client[0]))
-        check("scripts", lambda: _load_scripts(client[0]))
+        redis = client[0]
+        check("server", lambda: doctor.server(redis))
+        check("memory", lambda: doctor.memory(redis))
+        check("persistence", lambda: doctor.persistence(redis))
+        check("round trip", lambda: doctor.round_trip(redis))
+        check("scripts", lambda: _load_scripts(redis))
+        check("permissions", lambda: doctor.permissions(redis, settings.namespace, lacking))
+        print(f"Cache cycle (scratch keys of namespace {settings.namespace!r})", file=out)
+        cycle = doctor.Cycle(
+            redis,
+            settings,
+            near=settings.near_cache is not None,
+            metrics=bool(settings.metrics_flush_s),
+            streams=args.streams,
+        )
+        failed = False
+        for label, step in cycle.steps():
+            if failed:
+                print(f"  skip  {label}: after the failure above", file=out)
+            else:
+                failed = not check(label, step, cycle=True)
+        check("clean-up", cycle.clean_up)
+        check("running applications", lambda: _refusals_reported(redis, settings.namespace))
     print("DynamoDB", file=out)
     check("tables", lambda: _check_dynamodb(args.table))
     if problems:
@@ -152,30 +186,31 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _server_description(client: Any) -> str:
-    from .connections import is_cluster
-
-    info = client.info("server")
-    if is_cluster(client):  # one answer per node
-        info = (
-            next(iter(info.values()))
-            if isinstance(info, dict) and "redis_version" not in info
-            else info
-        )
-    engine = "Valkey" if "valkey_version" in info else "Redis"
-    version = info.get("valkey_version") or info.get("redis_version")
-    if is_cluster(client):
-        primaries = len(client.get_primaries())
-        return f"{engine} {version}, cluster mode with {primaries} primaries"
-    return f"{engine} {version}, standalone"
-
-
 def _load_scripts(client: Any) -> str:
     from .scripts import SCRIPTS
+    from .streams.state import SCRIPTS as STREAM_SCRIPTS
 
-    for script in SCRIPTS:
+    for script in (*SCRIPTS, *STREAM_SCRIPTS):
         client.script_load(script.source)
-    return f"{len(SCRIPTS)} Lua scripts loaded (EVALSHA allowed)"
+    return f"{len(SCRIPTS) + len(STREAM_SCRIPTS)} Lua scripts loaded"
+
+
+def _refusals_reported(client: Any, namespace: str) -> str:
+    """What the processes flushing counters (metrics_flush_s) say Redis refused them."""
+    from .metrics import aggregate
+
+    totals = aggregate(client, namespace)
+    processes = totals.processes
+    if not processes:
+        return "no running process reports counters (metrics_flush_s): refusals are in their logs"
+    refused = int(totals.counters.get("redis_refused", 0))
+    if refused:
+        raise PermissionError(
+            f"{processes} process(es) report {refused} command(s) Redis refused "
+            f"(redis_refused; their logs name the command); the rule: "
+            f"{acl.setuser(namespace, '<user>', '<password>')}"
+        )
+    return f"{processes} process(es) ({totals.live} live) report counters, no refused command"
 
 
 def _check_dynamodb(tables: Sequence[str]) -> str:
@@ -187,6 +222,18 @@ def _check_dynamodb(tables: Sequence[str]) -> str:
         client.describe_table(TableName=name)
     described = f"DescribeTable allowed on {', '.join(names)}" if names else "no tables to describe"
     return f"{client.meta.endpoint_url} ({client.meta.region_name}): {described}"
+
+
+# --- acl -----------------------------------------------------------------------------
+
+
+def cmd_acl(args: argparse.Namespace, out: TextIO) -> int:
+    namespace = _settings(args).namespace
+    if args.elasticache:
+        print(acl.access_string(namespace), file=out)
+    else:
+        print(acl.setuser(namespace, args.user, "<password>"), file=out)
+    return 0
 
 
 # --- stats ---------------------------------------------------------------------------
@@ -477,7 +524,18 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_info)
     doctor = sub.add_parser("doctor", parents=[common], help="check Redis and DynamoDB access")
     doctor.add_argument("--table", action="append", default=[], help="table to DescribeTable")
+    doctor.add_argument(
+        "--streams", action="store_true", help="also write (and delete) a streams checkpoint"
+    )
     doctor.set_defaults(func=cmd_doctor)
+    acl_parser = sub.add_parser(
+        "acl", parents=[common], help="the Redis ACL rule that allows what the library sends"
+    )
+    acl_parser.add_argument("--user", default="app-cache", help="ACL user name")
+    acl_parser.add_argument(
+        "--elasticache", action="store_true", help="an ElastiCache --access-string instead"
+    )
+    acl_parser.set_defaults(func=cmd_acl)
     stats = sub.add_parser(
         "stats", parents=[common], help="counters summed over every reporting process"
     )

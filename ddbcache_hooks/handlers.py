@@ -30,7 +30,7 @@ from .keys import TableRef, location_of
 from .plan import ReadPlan, WritePlan, shape_miss_request
 from .policy import CACHED_OPERATIONS, POLICIES
 from .protocol import Protocol
-from .resilience import AsyncBackgroundWork
+from .resilience import AsyncBackgroundWork, refused
 from .schema import TableSchema
 from .transport import AsyncTransport, SyncTransport
 
@@ -215,6 +215,8 @@ class Hooks:
                 "oom", "Redis is out of memory and refuses writes; misses are not cached: %s", exc
             )
             return
+        if refused(exc, self.protocol.settings.namespace, self.protocol.stats):
+            return  # a configuration error (ACL): not an outage, the breaker stays closed
         self.protocol.suspect(getattr(exc, "ddbcache_keys", ()))
         self.protocol.breaker.failure()
         self.protocol.stats.incr("errors")

@@ -30,6 +30,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from . import forks
+from .resilience import refused
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -92,6 +93,7 @@ class Flusher:
     def __init__(self, snapshot: Snapshot, client: Any, namespace: str, interval: float) -> None:
         self._snapshot = snapshot
         self._client = client
+        self.namespace = namespace
         self._key = process_key(namespace)
         self._interval = interval
         self._base = snapshot()
@@ -118,7 +120,8 @@ class Flusher:
         try:
             self.flush(last=last)
         except RedisError as exc:  # counters are best effort; the cache goes on
-            log.debug("could not flush counters to Redis: %s", exc)
+            if not refused(exc, self.namespace):
+                log.debug("could not flush counters to Redis: %s", exc)
 
     def _at_exit(self) -> None:
         """The last counts of an exiting process (not of a forked child that inherited this)."""
@@ -314,7 +317,8 @@ async def flush_counters_async(
             pipe.expire(key, retain_s(every_s))
             await pipe.execute()
         except RedisError as exc:
-            log.debug("could not flush counters to Redis: %s", exc)
+            if not refused(exc, namespace):
+                log.debug("could not flush counters to Redis: %s", exc)
 
     try:
         while True:

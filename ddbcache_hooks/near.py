@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import forks
@@ -195,14 +195,32 @@ def decode_message(data: Any) -> tuple[list[str], list[str]]:
     return keys, tables
 
 
+#: Reports a Redis refusal (an ACL) of the subscription; True when it was one.
+Refused = Callable[[BaseException], bool]
+
+
+def channel_lost(exc: BaseException, refused: Refused | None) -> None:
+    """The subscription failed: a refusal is ``refused``'s to report (once), else a warning."""
+    if refused is None or not refused(exc):
+        log.warning("near cache: invalidation channel lost (%s); cleared, retrying", exc)
+
+
 class Subscriber:
     """Listens on the invalidation channel in a daemon thread and evicts what it hears."""
 
-    def __init__(self, near: NearCache, client: Any, channel: str, retry_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        near: NearCache,
+        client: Any,
+        channel: str,
+        retry_s: float = 1.0,
+        refused: Refused | None = None,
+    ) -> None:
         self._near = near
         self._client = client
         self._channel = channel
         self._retry_s = retry_s
+        self._refused = refused
         self._stopped = threading.Event()
         self._pubsub: Any = None
         #: Held while reading the subscription (this thread, or a reader catching up).
@@ -217,7 +235,7 @@ class Subscriber:
             except Exception as exc:  # any failure: assume messages were lost
                 self._near.online = False
                 self._near.clear()
-                log.warning("near cache: invalidation channel lost (%s); cleared, retrying", exc)
+                channel_lost(exc, self._refused)
                 self._stopped.wait(self._retry_s)
             finally:
                 self._close()
@@ -281,7 +299,13 @@ class Subscriber:
         self._thread.join(timeout=3)
 
 
-async def listen_async(near: NearCache, client: Any, channel: str, retry_s: float = 1.0) -> None:
+async def listen_async(
+    near: NearCache,
+    client: Any,
+    channel: str,
+    retry_s: float = 1.0,
+    refused: Refused | None = None,
+) -> None:
     """The near cache's subscription (:class:`Subscriber`), as an asyncio task."""
     while True:
         pubsub = client.pubsub()
@@ -302,7 +326,7 @@ async def listen_async(near: NearCache, client: Any, channel: str, retry_s: floa
         except Exception as exc:  # any failure: assume messages were lost
             near.online = False
             near.clear()
-            log.warning("near cache: invalidation channel lost (%s); cleared, retrying", exc)
+            channel_lost(exc, refused)
             await asyncio.sleep(retry_s)
         finally:
             with contextlib.suppress(Exception):

@@ -31,7 +31,7 @@ from .near import listen_async
 from .plan import Invalidation
 from .policy import POLICIES, Action
 from .protocol import Protocol
-from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork
+from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork, refused
 from .scripts import SCRIPTS
 from .transport import AsyncTransport, SyncTransport, node_lookup
 
@@ -137,6 +137,10 @@ class Registration:
             return  # unknown until the first lookup's reply: that lease is bounded by lease_ms
         self._protocol.clock.observe(int(seconds) * 1000 + int(micros) // 1000)
 
+    def _refused(self, exc: BaseException) -> bool:
+        """Whether Redis refused a background command (an ACL): then counted, reported once."""
+        return refused(exc, self._protocol.settings.namespace, self._protocol.stats)
+
     def _start_threads(self, client: Any) -> None:
         from . import metrics
 
@@ -144,7 +148,9 @@ class Registration:
         if self._protocol.near is not None:
             from .near import Subscriber
 
-            self._subscriber = Subscriber(self._protocol.near, client, self._protocol.channel)
+            self._subscriber = Subscriber(
+                self._protocol.near, client, self._protocol.channel, refused=self._refused
+            )
         if settings.metrics_flush_s:
             self._flusher = metrics.Flusher(
                 self.stats, client, settings.namespace, settings.metrics_flush_s
@@ -684,7 +690,9 @@ class AsyncRegistration(Registration):
                 )
             )
         if protocol.near is not None:
-            tasks.append(listen_async(protocol.near, client, protocol.channel))
+            tasks.append(
+                listen_async(protocol.near, client, protocol.channel, refused=self._refused)
+            )
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(task) for task in tasks]
         metrics.export_opentelemetry(self.stats, lambda: self._active, settings.namespace)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from . import acl
 from .forks import fork_safe
 from .plan import Invalidation
 from .stats import Stats
@@ -24,6 +25,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("ddbcache_hooks")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+_refusals_logged: set[tuple[str, str]] = set()
+_refusals_lock = threading.Lock()
+
+
+def refused(exc: BaseException, namespace: str, stats: Stats | None = None) -> bool:
+    """Whether Redis refused a command for this user (ACL, a renamed command).
+
+    That is a configuration error, not an outage: it is counted
+    (``redis_refused``) and logged once per process at ERROR with the fix, and
+    does not move the circuit breaker; the call goes to DynamoDB uncached.
+    """
+    found = acl.refusal(exc)
+    if found is None:
+        return False
+    if stats is not None:
+        stats.incr("redis_refused")
+    with _refusals_lock:
+        first = (namespace, found.what) not in _refusals_logged
+        _refusals_logged.add((namespace, found.what))
+    if first:
+        log.error(
+            "Redis refused %s for keys %s (%s): a configuration error; calls go to "
+            "DynamoDB uncached. Fix: %s",
+            found.what,
+            acl.key_pattern(namespace),
+            exc,
+            acl.fix(found, namespace),
+        )
+    return True
 
 
 class CircuitBreaker:
@@ -271,6 +303,7 @@ EXIT_FLUSH_S = 1.0
 
 def _deferred(protocol: Any, step: Any, exc: RedisError) -> None:
     """A background step Redis refused: counted against the orphans if it was the tidy-up."""
+    refused(exc, protocol.settings.namespace, protocol.stats)
     if step == protocol.tidy:
         protocol.orphans.failed()
     log.debug("background work deferred, Redis failed: %s", exc)

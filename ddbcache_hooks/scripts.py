@@ -81,6 +81,15 @@ local function renew(old, fresh)
   local mark = old and string.match(old, '^B%d+:')
   return (mark or '') .. fresh
 end
+-- Whether a redis.pcall reply is the error of a key holding another type (the
+-- caller repairs the key). Any other error, an ACL refusal above all, is raised:
+-- taken for a broken key it would delete state and hide the refusal.
+local function wrong_type(reply)
+  if type(reply) ~= 'table' or not reply['err'] then return false end
+  local err = tostring(reply['err'])
+  if string.find(err, 'WRONGTYPE', 1, true) then return true end
+  error(err)
+end
 local function as_hash(key)
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', key) end
@@ -93,7 +102,7 @@ end
 local function table_tokens(key, fresh, ttl, sid)
   local t = redis.pcall('HMGET', key, 'i', 'q', 'n')
   local replaced = 0
-  if t['err'] then redis.call('DEL', key); t = {}; replaced = 1 end
+  if wrong_type(t) then redis.call('DEL', key); t = {}; replaced = 1 end
   if t[1] and t[2] and (#t[1] > 255 or #t[2] > 255) then t = {}; replaced = 1 end
   if not t[1] or not t[2] or t[3] ~= sid then
     t = {renew(t[1], fresh .. 'i'), renew(t[2], fresh .. 'q')}
@@ -114,7 +123,7 @@ end
 -- drops them too.
 local function partition_token(key, fresh, ttl, sid)
   local p = redis.pcall('HMGET', key, 't', 'g', 'c')
-  if p['err'] then redis.call('DEL', key); p = {} end
+  if wrong_type(p) then redis.call('DEL', key); p = {} end
   local t, since = p[1], tonumber(p[3]) or 0
   if not p[2] or string.sub(p[2], 1, #sid + 1) ~= sid .. '/' then
     since = now_ms()
@@ -190,7 +199,7 @@ if KEYS[3] then part = partition_token(KEYS[3], token, tonumber(ARGV[7]), sid) e
 local now = now_ms()
 local corrupt = 2 * tokens[3]
 local r = redis.pcall('HMGET', key, 'e:'..f, 'x:'..f, 'l:'..f, 'm:'..f, 'g', 's:'..f, 'd:'..f)
-if r['err'] then
+if wrong_type(r) then
   redis.call('DEL', key)
   corrupt = corrupt + 1
   r = {}
@@ -279,7 +288,7 @@ FILL_IF_LEASED = _script(
     """
 local key, f = KEYS[1], ARGV[1]
 local r = redis.pcall('HMGET', key, 'l:'..f, 'c')
-if r['err'] then return {-1, 0} end
+if wrong_type(r) then return {-1, 0} end
 if r[1] ~= ARGV[2] then return {0, 0} end
 redis.call('HDEL', key, 'l:'..f, 'm:'..f)
 if ARGV[3] == '' then return {2, 0} end
@@ -428,7 +437,7 @@ if not g then
 end
 if ARGV[3] == '' then
   local blob = redis.pcall('GET', KEYS[2])
-  if type(blob) ~= 'string' then blob = false end
+  if wrong_type(blob) or type(blob) ~= 'string' then blob = false end
   return {g, blob, 0}
 end
 if g == ARGV[3] then return {g, false, 0} end

@@ -35,6 +35,7 @@ COUNTERS = (
     "backlog_overflows",
     "pool_busy",
     "redis_oom",
+    "redis_refused",
     "leases_released",
     "poisoned_keys",
     "writes_rejected",

@@ -498,3 +498,28 @@ class Forwarder:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+def documented_acl(namespace: str, user: str, password: str, without: str = "") -> list[str]:
+    """The ``ACL SETUSER`` line of docs/operations.md, for ``namespace``, user and password.
+
+    Read from the docs, not retyped: the docs' line is written for namespace CC,
+    user app-cache and password secret. ``without`` drops one command from it.
+    """
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    (line,) = [s.strip() for s in docs.splitlines() if s.strip().startswith("ACL SETUSER")]
+    terms = line.split()[2:]
+    assert terms[0] == "app-cache" and ">secret" in terms and "~CC:*" in terms, line
+    swap = {
+        "app-cache": user,
+        ">secret": f">{password}",
+        "~CC:*": f"~{namespace}:*",
+        "&CC:invalidations": f"&{namespace}:invalidations",
+    }
+    rule = [swap.get(term, term) for term in terms]
+    if without:
+        assert f"+{without}" in rule, f"the documented rule has no +{without}"
+        rule.remove(f"+{without}")
+    return rule

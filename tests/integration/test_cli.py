@@ -451,3 +451,77 @@ def test_ddbcache_run_reads_the_switch_as_the_application_does() -> None:
         "ddbcache-run: DDBCACHE_ENABLED must be a boolean (1/0, true/false, yes/no, on/off), "
         "got 'maybe'; switching caching on as asked"
     )
+
+
+def _acl_url(server: RedisServer, rule: list[str]) -> str:
+    import redis
+
+    redis.Redis(port=server.port).execute_command("ACL", "SETUSER", *rule)
+    return f"redis://{rule[0]}:doctor-pw@{server.host}:{server.port}"
+
+
+def test_doctor_proves_the_documented_acl_end_to_end(
+    moto_url: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.servers import documented_acl
+
+    url = _acl_url(redis_server, documented_acl("doc1", "doctor-ok", "doctor-pw"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_url)
+    monkeypatch.setenv("DDBCACHE_NEAR_CACHE", "max_items=100")
+    monkeypatch.setenv("DDBCACHE_METRICS_FLUSH_S", "5")
+    code, out = ddbcache("doctor", "--redis-url", url, "--namespace", "doc1", "--streams")
+    print(out)
+    assert code == 0, out
+    for line in (
+        "ok    permissions: the 25 commands the library sends are allowed",
+        "ok    lookup -> lease -> fill",
+        "ok    hit: served by script, then by plain read",
+        "ok    item invalidation -> miss",
+        "ok    near cache message",
+        "ok    table drop -> miss",
+        "ok    counters flush",
+        "ok    streams checkpoint",
+        "ok    clean-up",
+        "maxmemory-policy",
+        "ok    persistence: AOF",
+        "ok    round trip: median",
+        "standalone, role master",
+    ):
+        assert line in out
+    import redis
+
+    assert redis.Redis(port=redis_server.port).keys("doc1:*") == []  # scratch keys removed
+
+
+@pytest.mark.parametrize("missing", ["hmget", "publish", "evalsha"])
+def test_doctor_names_the_command_a_user_lacks(
+    redis_server: RedisServer, missing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ddbcache_hooks import acl
+    from tests.servers import documented_acl
+
+    rule = documented_acl("doc2", f"doctor-{missing}", "doctor-pw", without=missing)
+    url = _acl_url(redis_server, rule)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:1")
+    code, out = ddbcache("doctor", "--redis-url", url, "--namespace", "doc2")
+    print(out)
+    assert code == 1
+    failures = [line for line in out.splitlines() if line.startswith("  FAIL  ")]
+    redis_failures = [line for line in failures if not line.startswith("  FAIL  tables")]
+    assert redis_failures[0].startswith("  FAIL  permissions: ")
+    assert f"may not run {missing};" in redis_failures[0] or f"'{missing}'" in redis_failures[0]
+    assert acl.setuser("doc2", "<user>", "<password>") in redis_failures[0]
+    for line in redis_failures:  # each names the command, or points at the line that does
+        assert f"+{missing}" in line or f"may not run {missing}" in line, line
+    assert "all checks passed" not in out
+
+
+def test_acl_prints_the_rule_for_the_namespace() -> None:
+    from ddbcache_hooks import acl
+
+    code, out = ddbcache("acl", "--namespace", "shop", "--user", "svc")
+    assert code == 0 and out.strip() == acl.setuser("shop", "svc", "<password>")
+    assert "~shop:* &shop:invalidations +cluster|slots" in out
+    code, out = ddbcache("acl", "--namespace", "shop", "--elasticache")
+    assert code == 0 and out.strip() == acl.access_string("shop")
+    assert out.startswith("on ~shop:* &shop:invalidations ")
