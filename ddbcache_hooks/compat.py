@@ -64,6 +64,8 @@ class CacheClient:
             namespace=namespace,
             # The reference's documented behaviour: Query/Scan pages live out their TTL.
             query_invalidation="ttl",
+            # The reference's hits carry no ResponseMetadata.
+            response_metadata="omit",
         )
         hooks = self._registration._clients.get(dynamodb_client)
         if hooks is not None:

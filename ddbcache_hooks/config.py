@@ -23,6 +23,7 @@ from .policy import POLICIES, ReadKind
 TTL_KINDS = ("item", "item_negative", "query", "scan")
 CONSISTENCY_MODES = ("eventual", "strict")
 QUERY_INVALIDATION_MODES = ("partition", "write", "ttl")
+RESPONSE_METADATA_MODES = ("synthesize", "omit")
 ENV_PREFIX = "DDBCACHE_"
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -344,6 +345,13 @@ OPTIONS: tuple[Option, ...] = (
         _env_int,
     ),
     Option(
+        "response_metadata",
+        "synthesize",
+        _one_of(*RESPONSE_METADATA_MODES),
+        "'synthesize': a hit carries a ResponseMetadata shaped as botocore's (status 200, a "
+        "synthetic RequestId, header x-ddbcache); 'omit': none (the reference's shape).",
+    ),
+    Option(
         "early_refresh",
         True,
         _boolean,
@@ -516,6 +524,7 @@ class Settings:
     lease_ms: int = 2000
     lease_wait_ms: int = 200
     stale_if_error_s: int = 0
+    response_metadata: str = "synthesize"
     early_refresh: bool = True
     max_entry_bytes: int = 1 << 20
     compress_min_bytes: int = 16384

@@ -168,6 +168,8 @@ class Protocol:
         #: Fills read with ConsistentRead in strict mode: no settle window for them.
         self._settle_ms = 0 if settings.consistency == "strict" else settings.settle_ms
         self.near: NearCache | None = settings.near_cache
+        #: Whether answers the cache makes carry a synthesized ResponseMetadata.
+        self.synthesizes_metadata = settings.response_metadata == "synthesize"
         #: Pub/sub channel that near caches listen on.
         self.channel = settings.namespace + CHANNEL_SUFFIX
         self._foreign_reported = threading.Event()
@@ -389,7 +391,13 @@ class Protocol:
             schema = yield from self.describe(plan.table, plan.table_label)
             index_kind = schema.index_kind(plan.index or "") if schema else None
         return responses.hit_response(
-            slot.hit, slot.created_ms, plan.capacity, plan.table_label, plan.index, index_kind
+            slot.hit,
+            slot.created_ms,
+            plan.capacity,
+            plan.table_label,
+            plan.index,
+            index_kind,
+            metadata=self.synthesizes_metadata,
         )
 
     def rescue(
@@ -423,6 +431,11 @@ class Protocol:
                 return None  # the grace ran out while DynamoDB was retried
         slot.hit, slot.created_ms = entry.payload, entry.created_ms
         answer = yield from self._respond(plan, slot)
+        if self.synthesizes_metadata:
+            # botocore's attempts were made: the answer says how many, as DynamoDB's would.
+            attempts = (parsed.get("ResponseMetadata") or {}).get("RetryAttempts", 0)
+            source = responses.HIT if slot.fallback_fresh else responses.STALE
+            answer["ResponseMetadata"] = responses.response_metadata(source, attempts)
         if slot.fallback_fresh:
             self.stats.incr("refresh_errors_hidden")
         else:
@@ -441,7 +454,10 @@ class Protocol:
             if slot.state == HIT and slot.hit is not None and "Item" in slot.hit:
                 answers[slot.label].append(slot.hit["Item"])
         parsed.setdefault("UnprocessedKeys", {})
-        parsed.pop("ResponseMetadata", None)
+        if not self.synthesizes_metadata:
+            parsed.pop("ResponseMetadata", None)
+        elif "ResponseMetadata" not in parsed:  # a partial hit keeps DynamoDB's own
+            parsed["ResponseMetadata"] = responses.response_metadata(responses.HIT)
         if plan.capacity is None:
             parsed.pop("ConsumedCapacity", None)
         else:

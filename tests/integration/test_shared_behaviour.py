@@ -181,12 +181,17 @@ async def get(flavor: Flavor, **extra: Any) -> Any:
 
 
 async def _miss_then_hit(f: Flavor) -> None:
-    """A miss returns DynamoDB's answer; a hit has CacheMetadata and no ResponseMetadata."""
+    """A miss returns DynamoDB's answer; a hit has CacheMetadata and a synthesized
+    ResponseMetadata that says it came from the cache."""
     await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "1"}})
     miss = await get(f)
     assert "ResponseMetadata" in miss and "CacheMetadata" not in miss
+    assert "x-ddbcache" not in miss["ResponseMetadata"]["HTTPHeaders"]
     hit = await get(f)
-    assert hit["Item"] == {**KEY, "v": {"S": "1"}} and "ResponseMetadata" not in hit
+    assert hit["Item"] == {**KEY, "v": {"S": "1"}}
+    assert hit["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert hit["ResponseMetadata"]["HTTPHeaders"]["x-ddbcache"] == "hit"
+    assert hit["ResponseMetadata"]["RequestId"].startswith("ddbcache-")
     assert hit["CacheMetadata"]["CacheHit"] is True
     assert hit["CacheMetadata"]["Client"] == f"Python {ddbcache_hooks.__version__}"
     capacity = await get(f, ReturnConsumedCapacity="INDEXES")
