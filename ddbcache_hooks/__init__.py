@@ -18,7 +18,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .aio import AsyncRegistration, register_async
-    from .config import TablePolicy
+    from .config import Options, TablePolicy
     from .errors import CacheConnectionError, ConfigurationError, RegistrationError
     from .handlers import disabled
     from .keys import TableRef, refs_for_table_arn
@@ -33,6 +33,7 @@ _PUBLIC = {
     "RegistrationError": ".errors",
     "NearCache": ".near",
     "Registration": ".plugin",
+    "Options": ".config",
     "TablePolicy": ".config",
     "TableRef": ".keys",
     "refs_for_table_arn": ".keys",
@@ -45,6 +46,7 @@ __all__ = [
     "CacheConnectionError",
     "ConfigurationError",
     "NearCache",
+    "Options",
     "Registration",
     "RegistrationError",
     "TablePolicy",

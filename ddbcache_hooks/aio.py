@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
-from .config import Settings
+from .config import Options, Settings, Unpack
 from .connections import (
     Connections,
     Policy,
@@ -349,13 +349,7 @@ async def _listen(near: NearCache, client: Any, channel: str, retry_s: float = 1
 
 
 async def register_async(
-    target: Any,
-    redis: Any = None,
-    *,
-    ttl: int | None = None,
-    ttl_config: Mapping[str, int] | None = None,
-    namespace: str | None = None,
-    **options: Any,
+    target: Any, redis: Any = None, **options: Unpack[Options]
 ) -> AsyncRegistration:
     """Cache DynamoDB reads made through an aiobotocore / aioboto3 session or client.
 
@@ -364,7 +358,8 @@ async def register_async(
             aiobotocore DynamoDB client (also an aioboto3 resource's ``meta.client``).
         redis: a ``redis.asyncio.Redis`` / ``redis.asyncio.cluster.RedisCluster``
             client, or a ``redis://`` / ``rediss://`` URL.
-        ttl, ttl_config, namespace, **options: exactly as for :func:`register`.
+        **options: exactly as for :func:`~ddbcache_hooks.register`
+            (:class:`~ddbcache_hooks.config.Options`).
 
     Registering the same session or client twice returns the first handle.
     """
@@ -372,7 +367,7 @@ async def register_async(
     existing = already_registered(kind, resolved)
     if existing is not None:
         return existing  # type: ignore[return-value]
-    settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
+    settings = resolve_settings(options)
     if switched_off(settings):
         return inactive(AsyncRegistration, settings, AsyncHooks)
     holder = await connect_async(redis, settings)

@@ -12,18 +12,30 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, TypedDict, get_args
 
 from .errors import ConfigurationError
+from .near import NearCache
 from .policy import POLICIES, ReadKind
 
+# Unpack[Options] types register()'s **options; typing has Unpack from 3.11 only.
+if sys.version_info >= (3, 11):
+    from typing import Unpack as Unpack
+else:
+    from typing_extensions import Unpack as Unpack
+
 TTL_KINDS = ("item", "item_negative", "query", "scan")
-CONSISTENCY_MODES = ("eventual", "strict")
-QUERY_INVALIDATION_MODES = ("partition", "write", "ttl")
-RESPONSE_METADATA_MODES = ("synthesize", "omit")
+#: The values of the choice options, as types (the checks below accept exactly these).
+Consistency = Literal["eventual", "strict"]
+QueryInvalidation = Literal["partition", "write", "ttl"]
+ResponseMetadata = Literal["synthesize", "omit"]
+CONSISTENCY_MODES: tuple[str, ...] = get_args(Consistency)
+QUERY_INVALIDATION_MODES: tuple[str, ...] = get_args(QueryInvalidation)
+RESPONSE_METADATA_MODES: tuple[str, ...] = get_args(ResponseMetadata)
 ENV_PREFIX = "DDBCACHE_"
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -191,18 +203,14 @@ def _boolean(name: str, value: Any) -> bool:
     return value
 
 
-def _near_cache(name: str, value: Any) -> Any:
-    from .near import NearCache
-
+def _near_cache(name: str, value: Any) -> NearCache | None:
     if value is None or isinstance(value, NearCache):
         return value
     raise ConfigurationError(f"{name} must be a NearCache(max_items=..., ttl_ms=...) or None")
 
 
-def _env_near_cache(text: str) -> Any:
+def _env_near_cache(text: str) -> NearCache | None:
     """``max_items=10000,ttl_ms=500`` (or ``off``)."""
-    from .near import NearCache
-
     if text.strip().lower() in ("", "0", "off", "no", "false"):
         return None
     values = {}
@@ -278,6 +286,52 @@ class TablePolicy:
                 )
             if not isinstance(on, bool):
                 raise ConfigurationError(f"{where}.operations[{op!r}] must be True or False")
+
+
+class Options(TypedDict, total=False):
+    """The keyword options of ``register()`` / ``register_async()``, as type checkers see them.
+
+    Each key is a row of :data:`OPTIONS` (default, ``DDBCACHE_*`` variable,
+    meaning; docs/configuration.md lists them) and a field of :class:`Settings`
+    (the validated value); a unit test keeps the three in step.
+    """
+
+    ttl: int
+    ttl_config: Mapping[str, int] | None
+    namespace: str
+    key_schema: Mapping[str, str | Sequence[str]] | None
+    include_tables: str | Sequence[str]
+    exclude_tables: str | Sequence[str]
+    tables: Mapping[str, TablePolicy | Mapping[str, Any]] | None
+    consistency: Consistency
+    settle_ms: int
+    query_invalidation: QueryInvalidation
+    query_admission: int
+    scan_admission: int
+    lease_ms: int
+    lease_wait_ms: int
+    stale_if_error_s: int
+    response_metadata: ResponseMetadata
+    early_refresh: bool
+    max_entry_bytes: int
+    compress_min_bytes: int
+    account_id: str | None
+    signing_key: str | bytes | None
+    redis_timeout_ms: int
+    redis_connect_timeout_ms: int
+    redis_max_connections: int
+    redis_pool_wait_ms: int
+    breaker_threshold: int
+    breaker_cooldown_ms: int
+    backlog_size: int
+    near_cache: NearCache | None
+    publish_invalidations: bool
+    bulk_load_bypass_s: int
+    metrics_flush_s: int
+    iam_user: str | None
+    iam_cache_name: str | None
+    iam_region: str | None
+    iam_serverless: bool
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -537,7 +591,7 @@ class Settings:
     breaker_threshold: int = 5
     breaker_cooldown_ms: int = 5000
     backlog_size: int = 10000
-    near_cache: Any = None
+    near_cache: NearCache | None = None
     publish_invalidations: bool = True
     bulk_load_bypass_s: int = 86400
     metrics_flush_s: int = 0
@@ -681,7 +735,7 @@ def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool | None
         raise ConfigurationError(f"{ENV_PREFIX}{name}={raw!r}: not a boolean") from None
 
 
-__all__ = ["OPTIONS", "Option", "Settings", "TablePolicy", "TableSettings"]
+__all__ = ["OPTIONS", "Option", "Options", "Settings", "TablePolicy", "TableSettings"]
 
 
 def options_table() -> str:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.exceptions import RedisError
 
 from . import connections, store
-from .config import Settings, env_flag
+from .config import Options, Settings, Unpack, env_flag
 from .connections import Connections, Policy
 from .errors import CacheConnectionError, ConfigurationError, RegistrationError
 from .handlers import SyncHooks, drive
@@ -339,15 +339,7 @@ def _is_attribute_value(value: Any) -> bool:
 # --- register ----------------------------------------------------------------------
 
 
-def register(
-    target: Any = None,
-    redis: Any = None,
-    *,
-    ttl: int | None = None,
-    ttl_config: Mapping[str, int] | None = None,
-    namespace: str | None = None,
-    **options: Any,
-) -> Registration:
+def register(target: Any = None, redis: Any = None, **options: Unpack[Options]) -> Registration:
     """Cache DynamoDB reads made through ``target`` in Redis.
 
     Args:
@@ -357,10 +349,11 @@ def register(
             client created from it afterwards.
         redis: a ``redis.Redis`` / ``redis.cluster.RedisCluster`` client
             (``decode_responses`` either way) or a ``redis://`` / ``rediss://`` URL.
-        ttl: default TTL in seconds (3600).
-        ttl_config: TTL per read kind: ``item``, ``item_negative``, ``query``, ``scan``.
-        namespace: prefix of every key ("CC").
-        **options: see docs/configuration.md.
+        **options: keyword options, typed by :class:`~ddbcache_hooks.config.Options`
+            (a type checker rejects an unknown name or a wrong type), e.g.
+            ``ttl`` (default TTL in seconds, 3600), ``ttl_config`` (TTL per read
+            kind: ``item``, ``item_negative``, ``query``, ``scan``), ``namespace``
+            (prefix of every key, "CC"); every one is in docs/configuration.md.
 
     Registering the same session or client twice returns the first handle.
     Raises ConfigurationError (a ValueError) for bad options and
@@ -370,7 +363,7 @@ def register(
     existing = already_registered(kind, resolved)
     if existing is not None:
         return existing
-    settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
+    settings = resolve_settings(options)
     if switched_off(settings):
         return inactive(Registration, settings, SyncHooks)
     holder = connect_holder(redis, settings, session=_session_of(target))
@@ -396,10 +389,18 @@ def already_registered(kind: str, resolved: Any) -> Registration | None:
     return None
 
 
-def resolve_settings(options: dict[str, Any], **named: Any) -> Settings:
-    """The named arguments and **options, over DDBCACHE_* variables, over the defaults."""
-    options.update({name: value for name, value in named.items() if value is not None})
-    return Settings.resolve(options, environ=_environ())
+#: Options that were named parameters of register() once, where None meant "the default".
+_NONE_IS_DEFAULT = ("ttl", "ttl_config", "namespace")
+
+
+def resolve_settings(options: Mapping[str, object]) -> Settings:
+    """The keyword options, over DDBCACHE_* variables, over the defaults."""
+    given = {
+        name: value
+        for name, value in options.items()
+        if value is not None or name not in _NONE_IS_DEFAULT
+    }
+    return Settings.resolve(given, environ=_environ())
 
 
 def switched_off(settings: Settings) -> bool:
