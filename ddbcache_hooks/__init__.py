@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._autoload import current
     from .aio import AsyncRegistration, register_async
     from .config import Options, TablePolicy
     from .errors import CacheConnectionError, ConfigurationError, RegistrationError
@@ -37,6 +38,7 @@ _PUBLIC = {
     "TablePolicy": ".config",
     "TableRef": ".keys",
     "refs_for_table_arn": ".keys",
+    "current": "._autoload",
     "disabled": ".handlers",
     "register": ".plugin",
 }
@@ -52,6 +54,7 @@ __all__ = [
     "TablePolicy",
     "TableRef",
     "__version__",
+    "current",
     "disabled",
     "refs_for_table_arn",
     "register",

@@ -30,7 +30,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .plugin import Registration
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -43,6 +46,7 @@ REDIS_URL = "DDBCACHE_REDIS_URL"
 _lock = threading.Lock()
 _state: dict[str, Any] = {
     "activated": False,
+    "installed": False,
     "registration": None,
     "failed": False,
     "original": None,
@@ -85,6 +89,7 @@ def check_environment(environ: Any = os.environ) -> bool:
 
 def install() -> None:
     """Patch botocore now if it is loaded, else as soon as it is imported."""
+    _state["installed"] = True
     module = sys.modules.get("botocore.session")
     if module is not None:
         patch(module)
@@ -160,6 +165,23 @@ def _registration() -> Any:
             _state["registration"] = register_from_environment(os.environ)
             _state["failed"] = _state["registration"] is None
         return _state["registration"]
+
+
+def current() -> Registration | None:
+    """The registration environment activation made in this process, or None.
+
+    None when the process was not switched on from the environment
+    (``DDBCACHE_ENABLED``), when Redis did not answer, or after the
+    registration's ``unregister()``. Made now if no DynamoDB client was created
+    yet (Redis is contacted then), so an application can use it at start-up:
+    ``stats()``, ``invalidate()``, ``invalidate_table()``, ``unregister()``.
+    """
+    if not _state["installed"]:
+        return None
+    registration: Registration | None = _registration()
+    if registration is None or not registration.active:
+        return None
+    return registration
 
 
 def activate() -> None:
