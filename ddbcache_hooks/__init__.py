@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .aio import AsyncRegistration, register_async
     from .config import Options, TablePolicy
     from .errors import CacheConnectionError, ConfigurationError, RegistrationError
-    from .handlers import disabled
+    from .handlers import disabled, refresh
     from .keys import TableRef, refs_for_table_arn
     from .near import NearCache
     from .plugin import Registration, register
@@ -40,6 +40,7 @@ _PUBLIC = {
     "refs_for_table_arn": ".keys",
     "current": "._autoload",
     "disabled": ".handlers",
+    "refresh": ".handlers",
     "register": ".plugin",
 }
 
@@ -56,6 +57,7 @@ __all__ = [
     "__version__",
     "current",
     "disabled",
+    "refresh",
     "refs_for_table_arn",
     "register",
     "register_async",

@@ -57,6 +57,9 @@ NOT_APPLIED = frozenset(
     }
 )
 _bypass: contextvars.ContextVar[bool] = contextvars.ContextVar("ddbcache_bypass", default=False)
+_refreshing: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "ddbcache_refresh", default=False
+)
 
 
 #: Plans of the async call running in this task whose last step has not finished
@@ -83,6 +86,23 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         _bypass.reset(token)
+
+
+@contextlib.contextmanager
+def refresh() -> Iterator[None]:
+    """Reads inside this block go to DynamoDB and replace their entries (this thread
+    or task only).
+
+    Each read takes its entries' leases as a miss does (what was stored is
+    dropped), answers with DynamoDB's response and stores it, so a write that
+    races the read still wins: its invalidation makes the fill fail. Inside
+    :func:`disabled`, reads bypass the cache and store nothing.
+    """
+    token = _refreshing.set(True)
+    try:
+        yield
+    finally:
+        _refreshing.reset(token)
 
 
 class Hooks:
@@ -118,6 +138,8 @@ class Hooks:
                 self.protocol.stats.incr("bypasses")
                 log.debug("%s bypasses the cache", model.name)
             return
+        if isinstance(plan, ReadPlan) and _refreshing.get():
+            plan.refresh = True
         context[PLAN] = plan
         scope = _scope.get()
         if scope is not None:

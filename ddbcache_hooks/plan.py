@@ -128,6 +128,8 @@ class ReadPlan:
     batch: Batch | None = None
     #: Set once the call was answered from the cache.
     served: bool = False
+    #: Made inside ``refresh()``: read DynamoDB and replace the entries, under their leases.
+    refresh: bool = False
 
 
 @dataclass(slots=True)

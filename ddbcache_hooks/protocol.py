@@ -185,6 +185,9 @@ class Protocol:
         """
         if self.backlog:
             yield from self.replay_backlog()
+        if plan.refresh:
+            yield from self._take_for_refresh(plan)
+            return None
         pending = plan.slots if self.near is None else self._near_hits(plan.slots)
         if pending:
             epoch = self.near.epoch() if self.near is not None else 0
@@ -217,6 +220,25 @@ class Protocol:
             return answer
         return (yield from self._respond(plan, hits[0]))
 
+    def _take_for_refresh(self, plan: ReadPlan) -> Op[None]:
+        """Inside ``refresh()``: drop the stored entries and lease them, as a miss does.
+
+        The call then reads DynamoDB and fills under the lease, so a write that
+        lands between that read and the fill deletes the lease and the fill is
+        discarded. An entry another caller is filling right now is left to that
+        caller (its lease is intact; this call reads DynamoDB and stores nothing).
+        """
+        if self.near is not None:
+            self.near.evict((slot.key for slot in plan.slots), ())
+        yield from self._lookup(plan.slots, drop=True, admit=True)
+        for slot in plan.slots:
+            if slot.state != LEASED:
+                slot.state = PASS
+        self.stats.incr("refreshes", len(plan.slots))
+        if log.isEnabledFor(logging.DEBUG):
+            where = plan.batch.tables if plan.batch else plan.table
+            log.debug("%s %s refreshed: %s", plan.operation, where, [s.state for s in plan.slots])
+
     def _near_hits(self, slots: list[Slot]) -> list[Slot]:
         """Serve what the near cache holds; the slots it does not."""
         assert self.near is not None
@@ -231,9 +253,12 @@ class Protocol:
                 pending.append(slot)
         return pending
 
-    def _lookup(self, slots: Sequence[Slot], *, drop: bool, plain: bool = True) -> Op[None]:
+    def _lookup(
+        self, slots: Sequence[Slot], *, drop: bool, plain: bool = True, admit: bool = False
+    ) -> Op[None]:
         """Look the slots up; ``plain=False``: the lookup script at once (a waiter's
-        poll, which mostly finds the lease still held: one round trip, not two)."""
+        poll, which mostly finds the lease still held: one round trip, not two);
+        ``admit``: lease even a Scan not admitted yet (a refresh asked for it)."""
         deadline = self.clock.deadline_ms(self.call_timeout_ms)
         refresh = _refresh_factor() if self.settings.early_refresh and not drop else 0.0
         started = time.monotonic()  # a fill's cost counts from here: lookup, read, fill
@@ -244,7 +269,7 @@ class Protocol:
                 s.token_key,
                 s.lease or store.new_token(),
                 self.settings.lease_ms,
-                s.admission,
+                1 if admit else s.admission,
                 s.ttl_ms,
                 drop,
                 s.partition_key,
