@@ -54,8 +54,11 @@ class CacheClient:
     ) -> None:
         _validate_like_the_reference(ttl, ttl_config)
         self.dynamodb_client = dynamodb_client
+        """The client passed in (it keeps reading uncached)."""
         self.ttl = ttl
+        """The default TTL passed in (seconds)."""
         self.namespace = namespace
+        """The key prefix passed in."""
         self._registration: Registration = register(
             dynamodb_client,
             redis_client,

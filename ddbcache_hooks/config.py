@@ -10,6 +10,7 @@ raises :class:`~ddbcache_hooks.errors.ConfigurationError` naming the option
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import os
 import re
 import sys
@@ -253,18 +254,26 @@ class TablePolicy:
     """
 
     enabled: bool = True
+    """False: the matching tables are not cached at all."""
     ttl: int | None = None
+    """Default entry TTL of these tables (seconds)."""
     ttl_config: Mapping[str, int] | None = None
+    """TTL per read kind: ``item``, ``item_negative``, ``query``, ``scan`` (seconds)."""
     query_admission: int | None = None
+    """Identical Query misses before a page is stored."""
     scan_admission: int | None = None
+    """Identical Scan misses before a page is stored."""
     query_invalidation: str | None = None
+    """``"partition"``, ``"write"`` or ``"ttl"`` (see the option of that name)."""
     max_entry_bytes: int | None = None
-    #: Seconds an expired entry is kept to answer reads DynamoDB fails (0: off).
+    """Larger entries are not cached."""
     stale_if_error_s: int | None = None
-    #: Per-operation switches, e.g. ``{"Scan": False}``.
+    """Seconds an expired entry is kept to answer reads DynamoDB fails (0: off)."""
     operations: Mapping[str, bool] | None = None
+    """Per-operation switches, e.g. ``{"Scan": False}``."""
 
     def validate(self, where: str) -> None:
+        """Raise ConfigurationError, naming ``where``, for a bad field."""
         if not isinstance(self.enabled, bool):
             raise ConfigurationError(f"{where}.enabled must be True or False")
         for name in ("ttl", "query_admission", "scan_admission", "max_entry_bytes"):
@@ -541,6 +550,19 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def _document_options() -> None:
+    """Each key of :class:`Options` in its docstring, from the row of :data:`OPTIONS`."""
+    rows = []
+    for option in OPTIONS:
+        variable = f", ``{option.env}``" if option.from_env is not None else ""
+        rows.append(f"- ``{option.name}`` (default ``{option.default!r}``{variable}): {option.doc}")
+    intro = inspect.cleandoc(Options.__doc__ or "")
+    Options.__doc__ = f"{intro}\n\nThe options:\n\n" + "\n".join(rows)
+
+
+_document_options()
 
 
 @dataclass(frozen=True)

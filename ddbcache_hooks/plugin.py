@@ -92,8 +92,8 @@ class Registration:
         *,
         from_environment: bool = False,
     ):
-        #: Made by environment activation; a registration made in code takes over its clients.
         self.from_environment = from_environment
+        """Made by environment activation; a registration made in code takes over its clients."""
         self._protocol = protocol
         self._transport = transport
         if transport is not None:
@@ -160,10 +160,12 @@ class Registration:
 
     @property
     def settings(self) -> Settings:
+        """The validated options this registration runs with."""
         return self._protocol.settings
 
     @property
     def active(self) -> bool:
+        """False after ``unregister()``, or when ``DDBCACHE_ENABLED=0`` switched it off."""
         return self._active
 
     def stats(self) -> dict[str, Any]:
@@ -241,6 +243,7 @@ class Registration:
     # --- attaching ------------------------------------------------------------------
 
     def attach_session(self, emitter: Any) -> None:
+        """Cache every DynamoDB client created from now on by a session's event emitter."""
         emitter.register(
             "creating-client-class.dynamodb", self._add_mixin, unique_id=self._uid + "-class"
         )
