@@ -20,6 +20,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -130,7 +131,9 @@ class AsyncHooks(Hooks):
         plan = self._read_plan(context)
         if plan is None:
             return None
+        started = time.perf_counter()
         response = await self._run(self.protocol.serve(plan))
+        self._traced(plan, context, started)
         if response is _FAILED:
             self.protocol.abandon(plan)
         return self._answer(plan, response, params)
@@ -141,6 +144,7 @@ class AsyncHooks(Hooks):
         """after-call of a read: fill what this call leased."""
         plan = self._read_plan(context)
         if plan is not None:
+            started, answer = time.perf_counter(), None
             fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
             if fills:
                 await self._run(self.protocol.fill(fills))
@@ -150,6 +154,7 @@ class AsyncHooks(Hooks):
                     self.protocol.rescue(plan, http_response.status_code, parsed)
                 )
                 self._replace(http_response, parsed, answer)
+            self._traced(plan, context, started, answer)
 
     async def release_leases(self, context: dict[str, Any], **_: Any) -> None:
         """after-call-error of a read: the call failed, give the leases back."""
