@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .handlers import disabled, refresh
     from .keys import TableRef, refs_for_table_arn
     from .near import NearCache
+    from .peek import Peek
     from .plugin import Registration, register
 
 _PUBLIC = {
@@ -33,6 +34,7 @@ _PUBLIC = {
     "ConfigurationError": ".errors",
     "RegistrationError": ".errors",
     "NearCache": ".near",
+    "Peek": ".peek",
     "Registration": ".plugin",
     "Options": ".config",
     "TablePolicy": ".config",
@@ -50,6 +52,7 @@ __all__ = [
     "ConfigurationError",
     "NearCache",
     "Options",
+    "Peek",
     "Registration",
     "RegistrationError",
     "TablePolicy",

@@ -44,6 +44,7 @@ from .handlers import _FAILED, MISSING, Hooks, _finished, _scope
 from .handlers import drive as sync_drive
 from .keys import TableRef
 from .near import NearCache, decode_message
+from .peek import Peek
 from .plan import ReadPlan, WritePlan
 from .plugin import (
     Registration,
@@ -238,6 +239,15 @@ class AsyncRegistration(Registration):
     async def invalidate_table(self, table: str | TableRef) -> bool:  # type: ignore[override]
         """Drop every entry of one table (see :meth:`Registration.invalidate_table`)."""
         return await self._deliver_async(self._table_invalidation(table))
+
+    async def peek(  # type: ignore[override]
+        self, table: str | TableRef, key: Mapping[str, Any], **variant: Any
+    ) -> Peek:
+        """What a GetItem of ``key`` would find now (see :meth:`Registration.peek`)."""
+        ref, slot = self._peek_slot(table, key, variant)
+        if slot is None or self._transport is None:
+            return Peek(ref, cached=False, present=False)
+        return await drive(self._protocol.peek(slot), self._transport, None)
 
     async def _deliver_async(self, invalidation: Invalidation) -> bool:
         if self._transport is None:

@@ -112,6 +112,12 @@ class NearCache:
             self._entries.move_to_end((key, field))
             return blob
 
+    def holds(self, key: str, field: str) -> bool:
+        """Whether an unexpired entry is held, without touching its place in the LRU."""
+        with self._lock:
+            found = self._entries.get((key, field))
+            return found is not None and found[1] > time.monotonic()
+
     def put(self, key: str, field: str, table_key: str, blob: bytes, since: int) -> bool:
         """Keep an entry read from Redis by a lookup that started at epoch ``since``."""
         with self._lock:

@@ -26,6 +26,8 @@ from .connections import Connections, Policy
 from .errors import CacheConnectionError, ConfigurationError, RegistrationError
 from .handlers import SyncHooks, drive
 from .keys import Location, NotCanonical, TableRef, refs_for_table_arn
+from .peek import Peek
+from .plan import Slot
 from .policy import POLICIES, Action
 from .protocol import Protocol
 from .resilience import EXIT_FLUSH_S, BackgroundWork, Invalidation
@@ -194,6 +196,43 @@ class Registration:
         """
         return self._deliver(self._table_invalidation(table))
 
+    def peek(self, table: str | TableRef, key: Mapping[str, Any], **variant: Any) -> Peek:
+        """What a GetItem of ``key`` would find in the cache now, without changing anything.
+
+        Args:
+            table: as for :meth:`invalidate`; a name must name one place (else
+                pass its ARN or a TableRef).
+            key: the primary key, low-level (``{"pk": {"S": "a"}}``) or Python values.
+            **variant: the GetItem parameters that choose the entry:
+                ``ProjectionExpression``, ``ExpressionAttributeNames``, ``AttributesToGet``.
+
+        Raises ValueError for an invalid table, key or parameter, and
+        redis.RedisError when Redis does not answer.
+        """
+        ref, slot = self._peek_slot(table, key, variant)
+        if slot is None or self._transport is None:
+            return Peek(ref, cached=False, present=False)
+        return drive(self._protocol.peek(slot), self._transport, lambda table: None)
+
+    def _peek_slot(
+        self, table: str | TableRef, key: Mapping[str, Any], variant: Mapping[str, Any]
+    ) -> tuple[TableRef, Slot | None]:
+        unknown = sorted(set(variant) - _PEEK_PARAMETERS)
+        if unknown:
+            raise ValueError(
+                f"peek() takes the GetItem parameters {sorted(_PEEK_PARAMETERS)}, not {unknown}"
+            )
+        refs = self.table_refs(table)
+        if len(refs) != 1:
+            places = ", ".join(ref.place for ref in refs) or "none"
+            raise ValueError(f"{table!r} names several places ({places}): pass a TableRef")
+        (ref,) = refs
+        params = {"TableName": ref.name, "Key": _low_level_key(key), **variant}
+        try:
+            return ref, self._protocol.planner.item_slot(ref, params)
+        except NotCanonical as exc:
+            raise ValueError(f"invalid key for table {ref.name}: {exc}") from None
+
     def table_refs(self, table: str | TableRef) -> list[TableRef]:
         """The TableRefs :meth:`invalidate` acts on for ``table``."""
         if isinstance(table, TableRef):
@@ -311,6 +350,12 @@ class Registration:
             hooks.detach(client)
         if _attached.get(client) is self:
             del _attached[client]
+
+
+#: What may choose a GetItem's entry besides its table and key.
+_PEEK_PARAMETERS = frozenset(
+    {"ProjectionExpression", "ExpressionAttributeNames", "AttributesToGet"}
+)
 
 
 class _ClientMixin:

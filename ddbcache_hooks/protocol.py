@@ -29,9 +29,10 @@ from ._version import __version__
 from .codec import Codec, CorruptEntry, ForeignEntry
 from .config import Settings
 from .connections import fork_safe
-from .effects import DescribeTable, Op, Sleep
+from .effects import Call, DescribeTable, Op, RedisBatch, Sleep
 from .keys import KeyLayout, NotCanonical, TableRef, canonical_key
 from .near import CHANNEL_SUFFIX, NearCache
+from .peek import Peek
 from .plan import (
     HIT,
     ITEM_TOKEN,
@@ -100,6 +101,14 @@ def _identity(key: Mapping[str, Any]) -> Any:
     try:
         return canonical_key(key)
     except NotCanonical:
+        return None
+
+
+def _ms(value: Any) -> int | None:
+    """A time or TTL field the scripts wrote (decimal ms); None when absent."""
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
         return None
 
 
@@ -238,6 +247,57 @@ class Protocol:
         if log.isEnabledFor(logging.DEBUG):
             where = plan.batch.tables if plan.batch else plan.table
             log.debug("%s %s refreshed: %s", plan.operation, where, [s.state for s in plan.slots])
+
+    def peek(self, slot: Slot) -> Op[Peek]:
+        """What a lookup of ``slot`` would find: plain reads, one round trip, nothing changed."""
+        f = slot.field
+        names, fields, tokens, clock = yield RedisBatch(
+            [
+                Call(None, ("HKEYS", slot.key)),
+                Call(
+                    None,
+                    ("HMGET", slot.key, *(p + f for p in ("e:", "x:", "l:", "m:", "s:")), "g", "c"),
+                ),
+                Call(None, ("HMGET", slot.token_key, "i")),
+                Call(None, ("TIME",), route=slot.key if self.cluster else ""),
+            ],
+            errors_as_values=True,
+        )
+        now = int(clock[0]) * 1000 + int(clock[1]) // 1000
+        if not isinstance(fields, list):  # another Redis type: a lookup would delete it
+            return Peek(slot.table, cached=True, present=False)
+        blob, expires, lease, lease_end, grace_end, generation, since = fields
+        slot.generation = generation or b""  # signatures cover it
+        near = self.near is not None and self.near.holds(slot.key, slot.field)
+        held = [n for n in names if n.startswith(b"e:")] if isinstance(names, list) else []
+        entry = None
+        if blob:
+            try:
+                entry = self.codec.decode(blob, context=self._context(slot))
+            except (ForeignEntry, CorruptEntry):
+                entry = None
+        token = tokens[0] if isinstance(tokens, list) else None
+        valid = entry is not None and entry.token == token and not bulk_loading(token or b"")
+        expiry, grace_end_ms = _ms(expires), _ms(grace_end)
+        present = valid and expiry is not None and expiry > now
+        payload = entry.payload if entry is not None and present else {}
+        return Peek(
+            slot.table,
+            cached=True,
+            present=present,
+            item=payload.get("Item"),
+            negative=present and "Item" not in payload,
+            age_s=(now - entry.created_ms) / 1000 if entry is not None else None,
+            ttl_s=(expiry - now) / 1000 if present and expiry is not None else None,
+            grace_s=(grace_end_ms - now) / 1000
+            if valid and not present and grace_end_ms is not None and grace_end_ms > now
+            else None,
+            leased=bool(lease) and (_ms(lease_end) or 0) > now,
+            settling=since is not None and (_ms(since) or 0) + self.settings.settle_ms > now,
+            variants=len(held),
+            size=len(blob or b""),
+            near=near,
+        )
 
     def _near_hits(self, slots: list[Slot]) -> list[Slot]:
         """Serve what the near cache holds; the slots it does not."""
