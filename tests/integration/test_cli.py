@@ -266,3 +266,32 @@ def test_opentelemetry_export(session: boto3.Session, real_redis: Any, namespace
         assert "ddbcache.rcu_saved" in points
     finally:
         registration.unregister()
+
+
+def test_get_prints_what_a_read_would_find_and_changes_nothing(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> None:
+    registration = ddbcache_hooks.register(session, redis_server.url, namespace=namespace)
+    redis = __import__("redis").Redis(port=redis_server.port)
+
+    def dump() -> dict[Any, Any]:
+        return {k: (redis.type(k), redis.dump(k)) for k in redis.scan_iter(match=f"{namespace}*")}
+
+    argv = ("get", "--redis-url", redis_server.url, "--namespace", namespace, "--table", "items")
+    try:
+        client = session.client("dynamodb")
+        make_table(client, "items")
+        client.put_item(TableName="items", Item={"pk": {"S": "a"}, "b": {"B": b"\x00\xff"}})
+        code, out = ddbcache(*argv, "--key", '{"pk": {"S": "a"}}')
+        assert code == 0 and "a read would hit           no" in out, out
+        client.get_item(TableName="items", Key={"pk": {"S": "a"}})
+        before = dump()
+        code, out = ddbcache(*argv, "--key", '{"pk": {"S": "a"}}', "--show-item")
+        assert code == 0 and "a read would hit           yes" in out
+        assert "variants held              1" in out
+        assert out.strip().endswith('{"pk": {"S": "a"}, "b": {"B": "AP8="}}')
+        assert dump() == before
+        code, _ = ddbcache(*argv, "--key", "{pk: a}")
+        assert code == 2
+    finally:
+        registration.unregister()
