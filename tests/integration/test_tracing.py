@@ -3,6 +3,7 @@ instrumentation (one span per AWS call), and on the application's span without i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
 from tests.conftest import Backend, make_table
+from tests.integration.test_shared_behaviour import FLAVORS, create_items, get, open_flavor
 from tests.integration.test_stale_if_error import (  # noqa: F401 (proxy: a fixture)
     KEY,
     FailingProxy,
@@ -190,3 +192,29 @@ def test_without_opentelemetry_nothing_is_marked(
         assert not cache_marks(dict(span.attributes or {}))
     finally:
         registration.unregister()
+
+
+@pytest.mark.parametrize("flavor_name", FLAVORS)
+def test_both_paths_mark_the_applications_span(
+    flavor_name: str,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+    moto_url: str,
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    """boto3 and aiobotocore alike: the span current in the thread or task is marked."""
+    provider, exporter = spans
+    tracer = provider.get_tracer("app")
+
+    async def main() -> None:
+        async with open_flavor(flavor_name, moto_url, redis_server.url, namespace) as f:
+            await create_items(f)
+            for name in ("first", "second"):
+                with tracer.start_as_current_span(name):
+                    await get(f)
+
+    asyncio.run(main())
+    results = {
+        s.name: (s.attributes or {}).get("ddbcache.result") for s in exporter.get_finished_spans()
+    }
+    assert results == {"first": "miss", "second": "hit"}
