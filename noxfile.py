@@ -10,6 +10,9 @@ Sessions (in this order by default):
 - ``tests_async``: the async extra (aiobotocore pins its own, older botocore):
   the tests marked ``aio`` and the behavioural suite shared by both paths.
 - ``lint``: ruff check, ruff format --check, mypy (strict, on the package).
+- ``docs``: the API reference, generated from the docstrings with pdoc into a
+  temporary directory; a pdoc warning or a public name without a docstring
+  fails it (docs/build_api_reference.py).
 
 Environments are kept between runs (``reuse_venv``); each session reinstalls
 the package (editable, from PyPI only) so that a change of pins takes effect.
@@ -28,7 +31,7 @@ from packaging.version import Version
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["tests_newest", "tests_oldest", "tests_async", "lint"]
+nox.options.sessions = ["tests_newest", "tests_oldest", "tests_async", "lint", "docs"]
 
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 ROOT = Path(__file__).parent
@@ -121,3 +124,11 @@ def lint(session: nox.Session) -> None:
     session.run("python", "-m", "ruff", "check", ".")
     session.run("python", "-m", "ruff", "format", "--check", ".")
     session.run("python", "-m", "mypy")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The API reference from the docstrings (pdoc); warnings and undocumented names fail."""
+    session.install("-e", ".[docs]")
+    output = Path(session.create_tmp()) / "api-reference"
+    session.run("python", "docs/build_api_reference.py", str(output))

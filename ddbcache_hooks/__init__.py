@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .config import TablePolicy
+    from ._autoload import current
+    from .config import Options, TablePolicy
     from .errors import CacheConnectionError, ConfigurationError, RegistrationError
-    from .handlers import disabled
+    from .handlers import disabled, refresh
     from .keys import TableRef, refs_for_table_arn
     from .near import NearCache
+    from .peek import Peek
     from .plugin import AsyncRegistration, Registration, register, register_async
 
 _PUBLIC = {
@@ -31,11 +33,15 @@ _PUBLIC = {
     "ConfigurationError": ".errors",
     "RegistrationError": ".errors",
     "NearCache": ".near",
+    "Peek": ".peek",
     "Registration": ".plugin",
+    "Options": ".config",
     "TablePolicy": ".config",
     "TableRef": ".keys",
     "refs_for_table_arn": ".keys",
+    "current": "._autoload",
     "disabled": ".handlers",
+    "refresh": ".handlers",
     "register": ".plugin",
 }
 
@@ -44,12 +50,16 @@ __all__ = [
     "CacheConnectionError",
     "ConfigurationError",
     "NearCache",
+    "Options",
+    "Peek",
     "Registration",
     "RegistrationError",
     "TablePolicy",
     "TableRef",
     "__version__",
+    "current",
     "disabled",
+    "refresh",
     "refs_for_table_arn",
     "register",
     "register_async",

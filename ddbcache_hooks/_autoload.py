@@ -45,6 +45,8 @@ from . import _clienthook
 if TYPE_CHECKING:
     import asyncio
 
+    from .plugin import Registration
+
 log = logging.getLogger("ddbcache_hooks")
 
 #: Set by ``ddbcache-run``: the process it started. Descendants are left alone
@@ -242,6 +244,23 @@ def own_command(argv: Sequence[str] | None = None) -> bool:
     names = {os.path.splitext(os.path.basename(arg))[0] for arg in argv[:2]}
     module = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "-m"), None)
     return bool(names & {"ddbcache", "ddbcache-run"}) or module == "ddbcache_hooks"
+
+
+def current() -> Registration | None:
+    """The registration environment activation made in this process, or None.
+
+    None when the process was not switched on from the environment
+    (``DDBCACHE_ENABLED``), when Redis did not answer, or after the
+    registration's ``unregister()``. Made now if no DynamoDB client was created
+    yet (Redis is contacted then), so an application can use it at start-up:
+    ``stats()``, ``invalidate()``, ``invalidate_table()``, ``unregister()``.
+    """
+    if not _state["attach"]:
+        return None  # not switched on from the environment, or unregistered
+    registration: Registration | None = _registration()
+    if registration is None or not registration.active:
+        return None
+    return registration
 
 
 def activate() -> None:

@@ -33,6 +33,7 @@ PLAIN: dict[str, str] = {
     "pexpire": "stream checkpoints' expiry",
     "hdel": "stream checkpoints",
     "hgetall": "stream checkpoints; ddbcache stats",
+    "hkeys": "Registration.peek and ddbcache get: the variants an item holds",
     "pttl": "ddbcache stats: when each process last flushed",
     "scan": "ddbcache flush and stats",
     "cluster|slots": "cluster mode: the slot map (redis-py)",

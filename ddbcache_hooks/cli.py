@@ -377,6 +377,64 @@ def _text(key: Any) -> str:
     return key.decode("utf-8") if isinstance(key, bytes) else str(key)
 
 
+# --- get -------------------------------------------------------------------------------
+
+
+def cmd_get(args: argparse.Namespace, out: TextIO) -> int:
+    """What a GetItem of one key would find in the cache (Registration.peek; reads only)."""
+    import base64
+    import json
+
+    import boto3
+    from botocore.exceptions import BotoCoreError
+
+    from .plugin import register
+
+    try:
+        key = json.loads(args.key)
+    except ValueError as exc:
+        raise CommandError(f"--key is not JSON: {exc}") from None
+    variant = {"ProjectionExpression": args.projection} if args.projection else {}
+    settings = _settings(args)
+    try:
+        # A client only names the Region, account and endpoint: it makes no call.
+        client = boto3.Session().client("dynamodb")
+    except BotoCoreError as exc:
+        raise CommandError(f"cannot make a DynamoDB client: {exc}") from None
+    try:
+        registration = register(client, _redis_url(args), namespace=settings.namespace)
+    except Exception as exc:
+        raise CommandError(f"cannot connect to Redis: {exc}") from None
+    try:
+        peek = registration.peek(args.table, key, **variant)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        registration.unregister()
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f} s"
+
+    rows = [
+        ("table", f"{peek.table.name} ({peek.table.place})"),
+        ("cached table", "yes" if peek.cached else "no"),
+        ("a read would hit", "yes" if peek.present else "no"),
+        ("answer", "no such item" if peek.negative else "item" if peek.present else "-"),
+        ("age", seconds(peek.age_s)),
+        ("expires in", seconds(peek.ttl_s)),
+        ("stale-if-error grace", seconds(peek.grace_s)),
+        ("being filled", "yes" if peek.leased else "no"),
+        ("settle window", "yes" if peek.settling else "no"),
+        ("variants held", str(peek.variants)),
+        ("entry size", f"{peek.size} bytes"),
+        ("near cache (this process)", "yes" if peek.near else "no"),
+    ]
+    _table(out, ("what", "found"), rows)
+    if args.show_item and peek.item is not None:
+        print(json.dumps(peek.item, default=lambda b: base64.b64encode(b).decode()), file=out)
+    return 0
+
+
 # --- streams -------------------------------------------------------------------------
 
 
@@ -550,6 +608,14 @@ def build_parser() -> argparse.ArgumentParser:
     flush_parser.add_argument("--table", help="only this table's entries")
     flush_parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     flush_parser.set_defaults(func=cmd_flush)
+    get = sub.add_parser(
+        "get", parents=[common], help="what the cache holds for one item (changes nothing)"
+    )
+    get.add_argument("--table", required=True, help="table name or ARN")
+    get.add_argument("--key", required=True, help='primary key as JSON: {"pk": {"S": "1"}}')
+    get.add_argument("--projection", help="the ProjectionExpression of the reads to look at")
+    get.add_argument("--show-item", action="store_true", help="print the cached item as JSON")
+    get.set_defaults(func=cmd_get)
     streams = sub.add_parser(
         "streams",
         parents=[common],

@@ -54,8 +54,11 @@ class CacheClient:
     ) -> None:
         _validate_like_the_reference(ttl, ttl_config)
         self.dynamodb_client = dynamodb_client
+        """The client passed in (it keeps reading uncached)."""
         self.ttl = ttl
+        """The default TTL passed in (seconds)."""
         self.namespace = namespace
+        """The key prefix passed in."""
         self._registration: Registration = register(
             dynamodb_client,
             redis_client,
@@ -64,6 +67,8 @@ class CacheClient:
             namespace=namespace,
             # The reference's documented behaviour: Query/Scan pages live out their TTL.
             query_invalidation="ttl",
+            # The reference's hits carry no ResponseMetadata.
+            response_metadata="omit",
         )
         hooks = self._registration._clients.get(dynamodb_client)
         if hooks is not None:

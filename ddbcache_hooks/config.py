@@ -10,116 +10,60 @@ raises :class:`~ddbcache_hooks.errors.ConfigurationError` naming the option
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import logging
 import os
-import re
+import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, TypedDict, get_args
 
+from ._values import (
+    BOOLEAN_FORM,
+    TTL_KINDS,
+    _account_id,
+    _boolean,
+    _env_bool,
+    _env_int,
+    _env_json,
+    _env_key_schema,
+    _env_near_cache,
+    _env_str,
+    _env_ttl_config,
+    _key_schema,
+    _namespace,
+    _near_cache,
+    _non_negative_int,
+    _one_of,
+    _optional_text,
+    _patterns,
+    _positive_int,
+    _signing_key,
+    _ttl_config,
+)
 from .errors import ConfigurationError
+from .near import NearCache
 from .policy import POLICIES, ReadKind
 
-TTL_KINDS = ("item", "item_negative", "query", "scan")
-CONSISTENCY_MODES = ("eventual", "strict")
-QUERY_INVALIDATION_MODES = ("partition", "write", "ttl")
+# Unpack[Options] types register()'s **options; typing has Unpack from 3.11 only.
+if sys.version_info >= (3, 11):
+    from typing import Unpack as Unpack
+else:
+    from typing_extensions import Unpack as Unpack
+
+#: The values of the choice options, as types (the checks below accept exactly these).
+Consistency = Literal["eventual", "strict"]
+QueryInvalidation = Literal["partition", "write", "ttl"]
+ResponseMetadata = Literal["synthesize", "omit"]
+CONSISTENCY_MODES: tuple[str, ...] = get_args(Consistency)
+QUERY_INVALIDATION_MODES: tuple[str, ...] = get_args(QueryInvalidation)
+RESPONSE_METADATA_MODES: tuple[str, ...] = get_args(ResponseMetadata)
 ENV_PREFIX = "DDBCACHE_"
-#: The spellings every boolean variable accepts (case-insensitive).
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
-BOOLEAN_FORM = "a boolean (1/0, true/false, yes/no, on/off)"
 log = logging.getLogger("ddbcache_hooks")
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
-# --- value checks ------------------------------------------------------------------
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def _one_of(*choices: str) -> Callable[[str, Any], str]:
-    def check(name: str, value: Any) -> str:
-        if value not in choices:
-            raise ConfigurationError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-        return str(value)
-
-    check.choices = choices  # type: ignore[attr-defined]
-    return check
-
-
-def _namespace(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not _NAMESPACE.match(value):
-        raise ConfigurationError(
-            f"{name} must be 1-64 characters of letters, digits, '_', '.', ':' or '-'; "
-            f"got {value!r}"
-        )
-    return value
-
-
-def _ttl_config(name: str, value: Any) -> dict[str, int]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigurationError(f"{name} must be a mapping of {', '.join(TTL_KINDS)}")
-    unknown = sorted(set(value) - set(TTL_KINDS))
-    if unknown:
-        raise ConfigurationError(
-            f"Unknown {name} keys: {unknown} (valid keys: {', '.join(TTL_KINDS)})"
-        )
-    return {kind: _positive_int(f"{name}[{kind!r}]", ttl) for kind, ttl in value.items()}
-
-
-def _patterns(name: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [part.strip() for part in value.split(",") if part.strip()]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
-        raise ConfigurationError(f"{name} must be a list of table names or patterns")
-    return tuple(value)
-
-
-def _key_schema(name: str, value: Any) -> dict[str, tuple[str, ...]]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigurationError(f"{name} must map table names to (hash key, [range key])")
-    out = {}
-    for table, names in value.items():
-        parts = (names,) if isinstance(names, str) else tuple(names)
-        if not 1 <= len(parts) <= 2 or not all(isinstance(p, str) and p for p in parts):
-            raise ConfigurationError(
-                f"{name}[{table!r}] must be 'hash' or ('hash', 'range'), got {names!r}"
-            )
-        out[str(table)] = parts
-    return out
-
-
-def _account_id(name: str, value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{12}", value):
-        raise ConfigurationError(f"{name} must be a 12-digit AWS account id, got {value!r}")
-    return value
-
-
-def _signing_key(name: str, value: Any) -> bytes | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    if not isinstance(value, (bytes, bytearray)) or len(value) < 16:
-        raise ConfigurationError(f"{name} must be at least 16 bytes")
-    return bytes(value)
+# --- value checks (the rest are in _values.py) ---------------------------------
 
 
 def _tables(name: str, value: Any) -> dict[str, TablePolicy]:
@@ -139,103 +83,6 @@ def _tables(name: str, value: Any) -> dict[str, TablePolicy]:
         policy.validate(f"{name}[{pattern!r}]")
         out[str(pattern)] = policy
     return out
-
-
-# --- environment parsing -----------------------------------------------------------
-
-
-def _env_int(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError("") from None  # the message names the expected form
-
-
-def _env_str(text: str) -> str:
-    return text.strip()
-
-
-def _env_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in TRUE_WORDS:
-        return True
-    if lowered in FALSE_WORDS or lowered == "":
-        return False
-    raise ValueError("")
-
-
-def _env_ttl_config(text: str) -> dict[str, int]:
-    """``item=60,query=30``."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        kind, sep, ttl = part.partition("=")
-        if not sep:
-            raise ValueError(f"{part!r} is not kind=seconds")
-        try:
-            out[kind.strip()] = int(ttl)
-        except ValueError:
-            raise ValueError(f"{ttl.strip()!r} is not a whole number of seconds") from None
-    return out
-
-
-def _env_key_schema(text: str) -> dict[str, tuple[str, ...]]:
-    """``orders=pk:sk,users=id``."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        table, sep, names = part.partition("=")
-        if not sep:
-            raise ValueError(f"{part!r} is not table=hash[:range]")
-        out[table.strip()] = tuple(names.strip().split(":"))
-    return out
-
-
-def _optional_text(name: str, value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{name} must be a string, got {value!r}")
-    return value
-
-
-def _boolean(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _near_cache(name: str, value: Any) -> Any:
-    from .near import NearCache
-
-    if value is None or isinstance(value, NearCache):
-        return value
-    raise ConfigurationError(f"{name} must be a NearCache(max_items=..., ttl_ms=...) or None")
-
-
-def _env_near_cache(text: str) -> Any:
-    """``max_items=10000,ttl_ms=500`` (or ``off``)."""
-    from .near import NearCache
-
-    if text.strip().lower() in ("", *FALSE_WORDS):
-        return None
-    values = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, number = part.partition("=")
-        if not sep or name.strip() not in ("max_items", "ttl_ms"):
-            raise ValueError(f"{part!r} is not max_items=N or ttl_ms=N")
-        try:
-            values[name.strip()] = int(number)
-        except ValueError:
-            raise ValueError(f"{number.strip()!r} is not a whole number") from None
-    return NearCache(**values)
-
-
-def _env_json(text: str) -> Any:
-    import json
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -289,18 +136,26 @@ class TablePolicy:
     """
 
     enabled: bool = True
+    """False: the matching tables are not cached at all."""
     ttl: int | None = None
+    """Default entry TTL of these tables (seconds)."""
     ttl_config: Mapping[str, int] | None = None
+    """TTL per read kind: ``item``, ``item_negative``, ``query``, ``scan`` (seconds)."""
     query_admission: int | None = None
+    """Identical Query misses before a page is stored."""
     scan_admission: int | None = None
+    """Identical Scan misses before a page is stored."""
     query_invalidation: str | None = None
+    """``"partition"``, ``"write"`` or ``"ttl"`` (see the option of that name)."""
     max_entry_bytes: int | None = None
-    #: Seconds an expired entry is kept to answer reads DynamoDB fails (0: off).
+    """Larger entries are not cached."""
     stale_if_error_s: int | None = None
-    #: Per-operation switches, e.g. ``{"Scan": False}``.
+    """Seconds an expired entry is kept to answer reads DynamoDB fails (0: off)."""
     operations: Mapping[str, bool] | None = None
+    """Per-operation switches, e.g. ``{"Scan": False}``."""
 
     def validate(self, where: str) -> None:
+        """Raise ConfigurationError, naming ``where``, for a bad field."""
         if not isinstance(self.enabled, bool):
             raise ConfigurationError(f"{where}.enabled must be True or False")
         for name in ("ttl", "query_admission", "scan_admission", "max_entry_bytes"):
@@ -322,6 +177,52 @@ class TablePolicy:
                 )
             if not isinstance(on, bool):
                 raise ConfigurationError(f"{where}.operations[{op!r}] must be True or False")
+
+
+class Options(TypedDict, total=False):
+    """The keyword options of ``register()`` / ``register_async()``, as type checkers see them.
+
+    Each key is a row of :data:`OPTIONS` (default, ``DDBCACHE_*`` variable,
+    meaning; docs/configuration.md lists them) and a field of :class:`Settings`
+    (the validated value); a unit test keeps the three in step.
+    """
+
+    ttl: int
+    ttl_config: Mapping[str, int] | None
+    namespace: str
+    key_schema: Mapping[str, str | Sequence[str]] | None
+    include_tables: str | Sequence[str]
+    exclude_tables: str | Sequence[str]
+    tables: Mapping[str, TablePolicy | Mapping[str, Any]] | None
+    consistency: Consistency
+    settle_ms: int
+    query_invalidation: QueryInvalidation
+    query_admission: int
+    scan_admission: int
+    lease_ms: int
+    lease_wait_ms: int
+    stale_if_error_s: int
+    response_metadata: ResponseMetadata
+    early_refresh: bool
+    max_entry_bytes: int
+    compress_min_bytes: int
+    account_id: str | None
+    signing_key: str | bytes | None
+    redis_timeout_ms: int
+    redis_connect_timeout_ms: int
+    redis_max_connections: int
+    redis_pool_wait_ms: int
+    breaker_threshold: int
+    breaker_cooldown_ms: int
+    backlog_size: int
+    near_cache: NearCache | None
+    publish_invalidations: bool
+    bulk_load_bypass_s: int
+    metrics_flush_s: int
+    iam_user: str | None
+    iam_cache_name: str | None
+    iam_region: str | None
+    iam_serverless: bool
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -398,6 +299,13 @@ OPTIONS: tuple[Option, ...] = (
         "Keep expired entries this long and answer a read that DynamoDB throttles or fails "
         "with 5xx from its expired entry (CacheMetadata.Stale); 0: off.",
         _env_int,
+    ),
+    Option(
+        "response_metadata",
+        "synthesize",
+        _one_of(*RESPONSE_METADATA_MODES),
+        "'synthesize': a hit carries a ResponseMetadata shaped as botocore's (status 200, a "
+        "synthetic RequestId, header x-ddbcache); 'omit': none (the reference's shape).",
     ),
     Option(
         "early_refresh",
@@ -541,6 +449,19 @@ _BY_NAME = {option.name: option for option in OPTIONS}
 _STRUCTURED = (_env_ttl_config, _env_key_schema, _env_json, _env_near_cache)
 
 
+def _document_options() -> None:
+    """Each key of :class:`Options` in its docstring, from the row of :data:`OPTIONS`."""
+    rows = []
+    for option in OPTIONS:
+        variable = f", ``{option.env}``" if option.from_env is not None else ""
+        rows.append(f"- ``{option.name}`` (default ``{option.default!r}``{variable}): {option.doc}")
+    intro = inspect.cleandoc(Options.__doc__ or "")
+    Options.__doc__ = f"{intro}\n\nThe options:\n\n" + "\n".join(rows)
+
+
+_document_options()
+
+
 @dataclass(frozen=True)
 class TableSettings:
     """What the cache does for one table, every override applied."""
@@ -576,6 +497,7 @@ class Settings:
     lease_ms: int = 2000
     lease_wait_ms: int = 200
     stale_if_error_s: int = 0
+    response_metadata: str = "synthesize"
     early_refresh: bool = True
     max_entry_bytes: int = 1 << 20
     compress_min_bytes: int = 16384
@@ -588,7 +510,7 @@ class Settings:
     breaker_threshold: int = 5
     breaker_cooldown_ms: int = 5000
     backlog_size: int = 10000
-    near_cache: Any = None
+    near_cache: NearCache | None = None
     publish_invalidations: bool = True
     bulk_load_bypass_s: int = 86400
     metrics_flush_s: int = 0
@@ -809,7 +731,7 @@ def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool | None
         ) from None
 
 
-__all__ = ["OPTIONS", "Option", "Settings", "TablePolicy", "TableSettings"]
+__all__ = ["OPTIONS", "Option", "Options", "Settings", "TablePolicy", "TableSettings"]
 
 
 def options_table() -> str:

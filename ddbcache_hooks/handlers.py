@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import MaxConnectionsError, OutOfMemoryError, RedisError
 
 from . import schema as schema_mod
-from . import writes
+from . import tracing, writes
 from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .keys import TableRef, location_of
 from .plan import ReadPlan, WritePlan, shape_miss_request
@@ -41,6 +41,8 @@ T = TypeVar("T")
 PLAN = "ddbcache"
 #: Key of the call's parameters there (to name the table of a ResourceNotFoundException).
 PARAMS = "ddbcache_params"
+#: Key of the seconds this call spent in Redis so far (for its span).
+REDIS_TIME = "ddbcache_redis_s"
 MISSING = "ResourceNotFoundException"
 _FAILED: Any = object()
 #: Error codes of a write that prove DynamoDB applied nothing: a rejected
@@ -60,6 +62,9 @@ NOT_APPLIED = frozenset(
     }
 )
 _bypass: contextvars.ContextVar[bool] = contextvars.ContextVar("ddbcache_bypass", default=False)
+_refreshing: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "ddbcache_refresh", default=False
+)
 
 
 #: Plans of the async call running in this task whose last step has not finished
@@ -86,6 +91,23 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         _bypass.reset(token)
+
+
+@contextlib.contextmanager
+def refresh() -> Iterator[None]:
+    """Reads inside this block go to DynamoDB and replace their entries (this thread
+    or task only).
+
+    Each read takes its entries' leases as a miss does (what was stored is
+    dropped), answers with DynamoDB's response and stores it, so a write that
+    races the read still wins: its invalidation makes the fill fail. Inside
+    :func:`disabled`, reads bypass the cache and store nothing.
+    """
+    token = _refreshing.set(True)
+    try:
+        yield
+    finally:
+        _refreshing.reset(token)
 
 
 class Hooks:
@@ -120,7 +142,10 @@ class Hooks:
             if model.name in CACHED_OPERATIONS:
                 self.protocol.stats.incr("bypasses")
                 log.debug("%s bypasses the cache", model.name)
+                tracing.mark_bypass()
             return
+        if isinstance(plan, ReadPlan) and _refreshing.get():
+            plan.refresh = True
         context[PLAN] = plan
         scope = _scope.get()
         if scope is not None:
@@ -153,6 +178,15 @@ class Hooks:
         if _error_code(parsed) != MISSING:
             return []
         return writes.named_tables(context.get(PARAMS) or {}, self.location)
+
+    @staticmethod
+    def _traced(
+        plan: ReadPlan, context: dict[str, Any], started: float, answer: Any = None
+    ) -> None:
+        """Add the time since ``started`` to the call's Redis time; mark its span."""
+        spent = context.get(REDIS_TIME, 0.0) + time.perf_counter() - started
+        context[REDIS_TIME] = spent
+        tracing.mark_read(plan, spent, answer if isinstance(answer, dict) else None)
 
     def _answer(self, plan: ReadPlan, response: Any, request: dict[str, Any]) -> Any:
         """before-call's result: a hit short-circuits the HTTP call; a miss may reshape it."""
@@ -278,7 +312,9 @@ class SyncHooks(Hooks):
         plan = self._read_plan(context)
         if plan is None:
             return None
+        started = time.perf_counter()
         response = self._run(self.protocol.serve(plan))
+        self._traced(plan, context, started)
         if response is _FAILED:
             self.protocol.abandon(plan)
         return self._answer(plan, response, params)
@@ -289,6 +325,7 @@ class SyncHooks(Hooks):
         """after-call of a read: fill what this call leased."""
         plan = self._read_plan(context)
         if plan is not None:
+            started, answer = time.perf_counter(), None
             fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
             if fills:
                 self._run(self.protocol.fill(fills))
@@ -296,6 +333,7 @@ class SyncHooks(Hooks):
             if self._may_rescue(plan, http_response):
                 answer = self._run(self.protocol.rescue(plan, http_response.status_code, parsed))
                 self._replace(http_response, parsed, answer)
+            self._traced(plan, context, started, answer)
 
     def release_leases(self, context: dict[str, Any], **_: Any) -> None:
         """after-call-error of a read: the call failed, give the leases back."""
@@ -459,7 +497,9 @@ class AsyncHooks(Hooks):
         plan = self._read_plan(context)
         if plan is None:
             return None
+        started = time.perf_counter()
         response = await self._run(self.protocol.serve(plan))
+        self._traced(plan, context, started)
         if response is _FAILED:
             self.protocol.abandon(plan)
         return self._answer(plan, response, params)
@@ -470,6 +510,7 @@ class AsyncHooks(Hooks):
         """after-call of a read: fill what this call leased."""
         plan = self._read_plan(context)
         if plan is not None:
+            started, answer = time.perf_counter(), None
             fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
             if fills:
                 await self._run(self.protocol.fill(fills))
@@ -479,6 +520,7 @@ class AsyncHooks(Hooks):
                     self.protocol.rescue(plan, http_response.status_code, parsed)
                 )
                 self._replace(http_response, parsed, answer)
+            self._traced(plan, context, started, answer)
 
     async def release_leases(self, context: dict[str, Any], **_: Any) -> None:
         """after-call-error of a read: the call failed, give the leases back."""

@@ -58,7 +58,9 @@ class NearCache:
         if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or ttl_ms <= 0:
             raise ValueError(f"NearCache ttl_ms must be a positive integer, got {ttl_ms!r}")
         self.max_items = max_items
+        """Most entries held."""
         self.ttl_ms = ttl_ms
+        """Longest an entry is served after it was read from Redis (ms)."""
         self._lock = threading.Lock()
         _instances.add(self)
         #: (redis key, variant field) -> (entry bytes, monotonic expiry, table token key)
@@ -72,8 +74,9 @@ class NearCache:
         self._evicted: OrderedDict[str, int] = OrderedDict()
         self._floor = 0
         self.online = False
-        #: Applies invalidation messages already received (set by the Subscriber).
+        """Whether the invalidation subscription is up (entries are served only then)."""
         self.catch_up: Any = None
+        """Applies invalidation messages already received (set by the subscriber)."""
 
     def __repr__(self) -> str:
         return f"NearCache(max_items={self.max_items}, ttl_ms={self.ttl_ms})"
@@ -82,6 +85,7 @@ class NearCache:
         return len(self._entries)
 
     def epoch(self) -> int:
+        """The number of the last eviction; a lookup notes it before reading Redis."""
         return self._epoch
 
     def refresh(self) -> None:
@@ -95,6 +99,7 @@ class NearCache:
             catch_up()
 
     def get(self, key: str, field: str) -> bytes | None:
+        """The entry held for a Redis key and variant, or None (absent, expired, offline)."""
         with self._lock:
             found = self._entries.get((key, field))
             if found is None:
@@ -105,6 +110,12 @@ class NearCache:
                 return None
             self._entries.move_to_end((key, field))
             return blob
+
+    def holds(self, key: str, field: str) -> bool:
+        """Whether an unexpired entry is held, without touching its place in the LRU."""
+        with self._lock:
+            found = self._entries.get((key, field))
+            return found is not None and found[1] > time.monotonic()
 
     def put(self, key: str, field: str, table_key: str, blob: bytes, since: int) -> bool:
         """Keep an entry read from Redis by a lookup that started at epoch ``since``."""

@@ -131,6 +131,8 @@ class ReadPlan:
     batch: Batch | None = None
     #: Set once the call was answered from the cache.
     served: bool = False
+    #: Made inside ``refresh()``: read DynamoDB and replace the entries, under their leases.
+    refresh: bool = False
 
 
 @dataclass
@@ -401,6 +403,14 @@ class Planner:
         if partition is None:
             return self.layout.partition(table, partition_digest(table, None))
         return self.layout.partition(table, partition_digest(table, *partition))
+
+    def item_slot(self, table: TableRef, params: Mapping[str, Any]) -> Slot | None:
+        """The entry a GetItem of ``params`` on ``table`` reads; None: not cached there."""
+        config = self.settings.for_table(table.name)
+        if config is None or not config.caches("GetItem"):
+            return None
+        shape = variant(params, POLICIES["GetItem"].skip)
+        return self._item_slot(table, params["Key"], shape, config)
 
     def item_key(self, table: TableRef, key: Mapping[str, Any]) -> str:
         """Redis key of an item's entries (for invalidation)."""

@@ -21,14 +21,15 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from . import _clienthook, forks
-from .config import Settings, env_flag
+from . import _clienthook, forks, peek
+from .config import Options, Settings, Unpack, env_flag
 from .connections import Connections, connect_async, connect_holder, exit_twin, redact
 from .errors import CacheConnectionError, RegistrationError
 from .handlers import AsyncHooks, SyncHooks, drive, drive_async
 from .keys import Location, NotCanonical, TableRef, refs_for_table_arn
 from .near import listen_async
-from .plan import Invalidation
+from .peek import Peek
+from .plan import Invalidation, Slot
 from .policy import POLICIES, Action
 from .protocol import Protocol
 from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork, refused
@@ -93,8 +94,8 @@ class Registration:
         *,
         from_environment: bool = False,
     ):
-        #: Made by environment activation; a registration made in code takes over its clients.
         self.from_environment = from_environment
+        """Made by environment activation; a registration made in code takes over its clients."""
         #: Called once by :meth:`unregister` (environment activation undoes its patch).
         self.on_unregister: Callable[[], None] | None = None
         self._protocol = protocol
@@ -169,10 +170,12 @@ class Registration:
 
     @property
     def settings(self) -> Settings:
+        """The validated options this registration runs with."""
         return self._protocol.settings
 
     @property
     def active(self) -> bool:
+        """False after ``unregister()``, or when ``DDBCACHE_ENABLED=0`` switched it off."""
         return self._active
 
     def stats(self) -> dict[str, Any]:
@@ -200,6 +203,43 @@ class Registration:
         ``table`` as for :meth:`invalidate`.
         """
         return self._deliver(self._table_invalidation(table))
+
+    def peek(self, table: str | TableRef, key: Mapping[str, Any], **variant: Any) -> Peek:
+        """What a GetItem of ``key`` would find in the cache now, without changing anything.
+
+        Args:
+            table: as for :meth:`invalidate`; a name must name one place (else
+                pass its ARN or a TableRef).
+            key: the primary key, low-level (``{"pk": {"S": "a"}}``) or Python values.
+            **variant: the GetItem parameters that choose the entry:
+                ``ProjectionExpression``, ``ExpressionAttributeNames``, ``AttributesToGet``.
+
+        Raises ValueError for an invalid table, key or parameter, and
+        redis.RedisError when Redis does not answer.
+        """
+        ref, slot = self._peek_slot(table, key, variant)
+        if slot is None or self._transport is None:
+            return Peek(ref, cached=False, present=False)
+        return drive(peek.read(self._protocol, slot), self._transport, lambda table: None)
+
+    def _peek_slot(
+        self, table: str | TableRef, key: Mapping[str, Any], variant: Mapping[str, Any]
+    ) -> tuple[TableRef, Slot | None]:
+        unknown = sorted(set(variant) - _PEEK_PARAMETERS)
+        if unknown:
+            raise ValueError(
+                f"peek() takes the GetItem parameters {sorted(_PEEK_PARAMETERS)}, not {unknown}"
+            )
+        refs = self.table_refs(table)
+        if len(refs) != 1:
+            places = ", ".join(ref.place for ref in refs) or "none"
+            raise ValueError(f"{table!r} names several places ({places}): pass a TableRef")
+        (ref,) = refs
+        params = {"TableName": ref.name, "Key": _low_level_key(key), **variant}
+        try:
+            return ref, self._protocol.planner.item_slot(ref, params)
+        except NotCanonical as exc:
+            raise ValueError(f"invalid key for table {ref.name}: {exc}") from None
 
     def table_refs(self, table: str | TableRef) -> list[TableRef]:
         """The TableRefs :meth:`invalidate` acts on for ``table``."""
@@ -250,6 +290,7 @@ class Registration:
     # --- attaching ------------------------------------------------------------------
 
     def attach_session(self, emitter: Any) -> None:
+        """Cache every DynamoDB client created from now on by a session's event emitter."""
         emitter.register(
             "creating-client-class.dynamodb", self._add_mixin, unique_id=self._uid + "-class"
         )
@@ -317,6 +358,12 @@ class Registration:
             del _attached[client]
 
 
+#: What may choose a GetItem's entry besides its table and key.
+_PEEK_PARAMETERS = frozenset(
+    {"ProjectionExpression", "ExpressionAttributeNames", "AttributesToGet"}
+)
+
+
 class _ClientMixin:
     """Attaches the handlers as soon as a client of a registered session exists."""
 
@@ -346,15 +393,7 @@ def _is_attribute_value(value: Any) -> bool:
 # --- register ----------------------------------------------------------------------
 
 
-def register(
-    target: Any = None,
-    redis: Any = None,
-    *,
-    ttl: int | None = None,
-    ttl_config: Mapping[str, int] | None = None,
-    namespace: str | None = None,
-    **options: Any,
-) -> Registration:
+def register(target: Any = None, redis: Any = None, **options: Unpack[Options]) -> Registration:
     """Cache DynamoDB reads made through ``target`` in Redis.
 
     Args:
@@ -364,10 +403,11 @@ def register(
             client created from it afterwards.
         redis: a ``redis.Redis`` / ``redis.cluster.RedisCluster`` client
             (``decode_responses`` either way) or a ``redis://`` / ``rediss://`` URL.
-        ttl: default TTL in seconds (3600).
-        ttl_config: TTL per read kind: ``item``, ``item_negative``, ``query``, ``scan``.
-        namespace: prefix of every key ("CC").
-        **options: see docs/configuration.md.
+        **options: keyword options, typed by :class:`~ddbcache_hooks.config.Options`
+            (a type checker rejects an unknown name or a wrong type), e.g.
+            ``ttl`` (default TTL in seconds, 3600), ``ttl_config`` (TTL per read
+            kind: ``item``, ``item_negative``, ``query``, ``scan``), ``namespace``
+            (prefix of every key, "CC"); every one is in docs/configuration.md.
 
     Registering the same session or client twice returns the first handle.
     Raises ConfigurationError (a ValueError) for bad options and
@@ -377,7 +417,7 @@ def register(
     existing = already_registered(kind, resolved)
     if existing is not None:
         return existing
-    settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
+    settings = resolve_settings(options)
     if switched_off(settings):
         return inactive(Registration, settings, SyncHooks)
     holder = connect_holder(redis, settings, session=_session_of(target))
@@ -444,10 +484,18 @@ def already_registered(kind: str, resolved: Any) -> Registration | None:
     return None
 
 
-def resolve_settings(options: dict[str, Any], **named: Any) -> Settings:
-    """The named arguments and **options, over DDBCACHE_* variables, over the defaults."""
-    options.update({name: value for name, value in named.items() if value is not None})
-    return Settings.resolve(options, environ=_environ())
+#: Options that were named parameters of register() once, where None meant "the default".
+_NONE_IS_DEFAULT = ("ttl", "ttl_config", "namespace")
+
+
+def resolve_settings(options: Mapping[str, object]) -> Settings:
+    """The keyword options, over DDBCACHE_* variables, over the defaults."""
+    given = {
+        name: value
+        for name, value in options.items()
+        if value is not None or name not in _NONE_IS_DEFAULT
+    }
+    return Settings.resolve(given, environ=_environ())
 
 
 def switched_off(settings: Settings) -> bool:
@@ -662,6 +710,15 @@ class AsyncRegistration(Registration):
         """Drop every entry of one table (see :meth:`Registration.invalidate_table`)."""
         return await self._deliver_async(self._table_invalidation(table))
 
+    async def peek(  # type: ignore[override]
+        self, table: str | TableRef, key: Mapping[str, Any], **variant: Any
+    ) -> Peek:
+        """What a GetItem of ``key`` would find now (see :meth:`Registration.peek`)."""
+        ref, slot = self._peek_slot(table, key, variant)
+        if slot is None or self._transport is None:
+            return Peek(ref, cached=False, present=False)
+        return await drive_async(peek.read(self._protocol, slot), self._transport)
+
     async def _deliver_async(self, invalidation: Invalidation) -> bool:
         if self._transport is None:
             return False
@@ -736,13 +793,7 @@ def _flush_at_exit() -> None:
 
 
 async def register_async(
-    target: Any,
-    redis: Any = None,
-    *,
-    ttl: int | None = None,
-    ttl_config: Mapping[str, int] | None = None,
-    namespace: str | None = None,
-    **options: Any,
+    target: Any, redis: Any = None, **options: Unpack[Options]
 ) -> AsyncRegistration:
     """Cache DynamoDB reads made through an aiobotocore / aioboto3 session or client.
 
@@ -751,7 +802,8 @@ async def register_async(
             aiobotocore DynamoDB client (also an aioboto3 resource's ``meta.client``).
         redis: a ``redis.asyncio.Redis`` / ``redis.asyncio.cluster.RedisCluster``
             client, or a ``redis://`` / ``rediss://`` URL.
-        ttl, ttl_config, namespace, **options: exactly as for :func:`register`.
+        **options: exactly as for :func:`~ddbcache_hooks.register`
+            (:class:`~ddbcache_hooks.config.Options`).
 
     Registering the same session or client twice returns the first handle.
     """
@@ -759,7 +811,7 @@ async def register_async(
     existing = already_registered(kind, resolved)
     if existing is not None:
         return existing  # type: ignore[return-value]
-    settings = resolve_settings(options, ttl=ttl, ttl_config=ttl_config, namespace=namespace)
+    settings = resolve_settings(options)
     if switched_off(settings):
         return inactive(AsyncRegistration, settings, AsyncHooks)
     registration = await _start_async(redis, settings)

@@ -170,6 +170,8 @@ class Protocol:
         #: Fills read with ConsistentRead in strict mode: no settle window for them.
         self._settle_ms = 0 if settings.consistency == "strict" else settings.settle_ms
         self.near: NearCache | None = settings.near_cache
+        #: Whether answers the cache makes carry a synthesized ResponseMetadata.
+        self.synthesizes_metadata = settings.response_metadata == "synthesize"
         #: Pub/sub channel that near caches listen on.
         self.channel = settings.namespace + CHANNEL_SUFFIX
         self._foreign_reported = threading.Event()
@@ -185,6 +187,9 @@ class Protocol:
         """
         if self.backlog:
             yield from self.replay_backlog()
+        if plan.refresh:
+            yield from self._take_for_refresh(plan)
+            return None
         pending = plan.slots if self.near is None else self._near_hits(plan.slots)
         if pending:
             epoch = self.near.epoch() if self.near is not None else 0
@@ -226,6 +231,25 @@ class Protocol:
             return answer
         return (yield from self._respond(plan, hits[0]))
 
+    def _take_for_refresh(self, plan: ReadPlan) -> Op[None]:
+        """Inside ``refresh()``: drop the stored entries and lease them, as a miss does.
+
+        The call then reads DynamoDB and fills under the lease, so a write that
+        lands between that read and the fill deletes the lease and the fill is
+        discarded. An entry another caller is filling right now is left to that
+        caller (its lease is intact; this call reads DynamoDB and stores nothing).
+        """
+        if self.near is not None:
+            self.near.evict((slot.key for slot in plan.slots), ())
+        yield from self._lookup(plan.slots, drop=True, admit=True)
+        for slot in plan.slots:
+            if slot.state != LEASED:
+                slot.state = PASS
+        self.stats.incr("refreshes", len(plan.slots))
+        if log.isEnabledFor(logging.DEBUG):
+            where = plan.batch.tables if plan.batch else plan.table
+            log.debug("%s %s refreshed: %s", plan.operation, where, [s.state for s in plan.slots])
+
     def _near_hits(self, slots: list[Slot]) -> list[Slot]:
         """Serve what the near cache holds; the slots it does not."""
         assert self.near is not None
@@ -240,9 +264,12 @@ class Protocol:
                 pending.append(slot)
         return pending
 
-    def _lookup(self, slots: Sequence[Slot], *, drop: bool, plain: bool = True) -> Op[None]:
+    def _lookup(
+        self, slots: Sequence[Slot], *, drop: bool, plain: bool = True, admit: bool = False
+    ) -> Op[None]:
         """Look the slots up; ``plain=False``: the lookup script at once (a waiter's
-        poll, which mostly finds the lease still held: one round trip, not two)."""
+        poll, which mostly finds the lease still held: one round trip, not two);
+        ``admit``: lease even a Scan not admitted yet (a refresh asked for it)."""
         deadline = self.clock.deadline_ms(self.call_timeout_ms)
         refresh = _refresh_factor() if self.settings.early_refresh and not drop else 0.0
         started = time.monotonic()  # a fill's cost counts from here: lookup, read, fill
@@ -253,7 +280,7 @@ class Protocol:
                 s.token_key,
                 s.lease or store.new_token(),
                 self.settings.lease_ms,
-                s.admission,
+                1 if admit else s.admission,
                 s.ttl_ms,
                 drop,
                 s.partition_key,
@@ -400,7 +427,13 @@ class Protocol:
             schema = yield from self.describe(plan.table, plan.table_label)
             index_kind = schema.index_kind(plan.index or "") if schema else None
         return responses.hit_response(
-            slot.hit, slot.created_ms, plan.capacity, plan.table_label, plan.index, index_kind
+            slot.hit,
+            slot.created_ms,
+            plan.capacity,
+            plan.table_label,
+            plan.index,
+            index_kind,
+            metadata=self.synthesizes_metadata,
         )
 
     def rescue(
@@ -434,6 +467,11 @@ class Protocol:
                 return None  # the grace ran out while DynamoDB was retried
         slot.hit, slot.created_ms = entry.payload, entry.created_ms
         answer = yield from self._respond(plan, slot)
+        if self.synthesizes_metadata:
+            # botocore's attempts were made: the answer says how many, as DynamoDB's would.
+            attempts = (parsed.get("ResponseMetadata") or {}).get("RetryAttempts", 0)
+            source = responses.HIT if slot.fallback_fresh else responses.STALE
+            answer["ResponseMetadata"] = responses.response_metadata(source, attempts)
         if slot.fallback_fresh:
             self.stats.incr("refresh_errors_hidden")
         else:
@@ -452,7 +490,10 @@ class Protocol:
             if slot.state == HIT and slot.hit is not None and "Item" in slot.hit:
                 answers[slot.label].append(slot.hit["Item"])
         parsed.setdefault("UnprocessedKeys", {})
-        parsed.pop("ResponseMetadata", None)
+        if not self.synthesizes_metadata:
+            parsed.pop("ResponseMetadata", None)
+        elif "ResponseMetadata" not in parsed:  # a partial hit keeps DynamoDB's own
+            parsed["ResponseMetadata"] = responses.response_metadata(responses.HIT)
         if plan.capacity is None:
             parsed.pop("ConsumedCapacity", None)
         else:

@@ -1,13 +1,18 @@
 """What a cached response looks like to the caller (pure functions).
 
-A hit has no ``ResponseMetadata``, ``ConsumedCapacity`` only when the request
-asked for it (DynamoDB's shape, every unit 0.0) and ``CacheMetadata``.
+A hit has ``ConsumedCapacity`` only when the request asked for it (DynamoDB's
+shape, every unit 0.0), ``CacheMetadata``, and a ``ResponseMetadata`` shaped as
+botocore's whose values no DynamoDB answer has (``response_metadata="omit"``:
+none, the reference's shape).
 """
 
 from __future__ import annotations
 
 import copy
+import email.utils
 import functools
+import itertools
+import os
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
@@ -19,6 +24,29 @@ from .schema import GSI, LSI
 CLIENT = f"Python {__version__}"
 CAPACITY_MODES = ("TOTAL", "INDEXES")
 _UNIT_FIELDS = ("CapacityUnits", "ReadCapacityUnits", "WriteCapacityUnits")
+#: The header of a synthesized ResponseMetadata that says where the answer came from.
+SOURCE_HEADER = "x-ddbcache"
+#: Values of that header: a hit, and an expired entry answering DynamoDB's error.
+HIT, STALE = "hit", "stale"
+#: Synthetic request ids start with this; DynamoDB's are 52 upper-case letters and digits.
+REQUEST_ID_PREFIX = "ddbcache-"
+
+
+def _new_prefix() -> str:
+    return os.urandom(4).hex()
+
+
+_request_prefix = _new_prefix()
+_request_numbers = itertools.count(1)
+
+
+def _reseed() -> None:
+    global _request_prefix, _request_numbers
+    _request_prefix, _request_numbers = _new_prefix(), itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed)  # forked workers make ids of their own
 
 
 def timestamp(ms: float | None = None) -> str:
@@ -31,6 +59,30 @@ def timestamp(ms: float | None = None) -> str:
 def _format_second(second: int) -> str:
     # Formatting costs more than the rest of a hit's metadata; entries share seconds.
     return datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@functools.lru_cache(maxsize=4)
+def _http_date(second: int) -> str:
+    return email.utils.formatdate(second, usegmt=True)
+
+
+def response_metadata(source: str, retry_attempts: int = 0) -> dict[str, Any]:
+    """A ``ResponseMetadata`` shaped as botocore's for an answer that did not come from
+    DynamoDB: status 200, a request id unique in the process that no DynamoDB request
+    has (``ddbcache-…``), and the header ``x-ddbcache`` naming ``source``.
+    """
+    request_id = f"{REQUEST_ID_PREFIX}{_request_prefix}-{next(_request_numbers):x}"
+    return {
+        "RequestId": request_id,
+        "HTTPStatusCode": 200,
+        "HTTPHeaders": {
+            "x-amzn-requestid": request_id,
+            "content-type": "application/x-amz-json-1.0",
+            "date": _http_date(int(time.time())),
+            SOURCE_HEADER: source,
+        },
+        "RetryAttempts": retry_attempts,
+    }
 
 
 def capacity_mode(params: Mapping[str, Any]) -> str | None:
@@ -95,8 +147,13 @@ def hit_response(
     table: str,
     index: str | None = None,
     index_kind: str | None = None,
+    *,
+    metadata: bool = True,
 ) -> dict[str, Any]:
-    """Turn a decoded entry into the response of a hit (mutates and returns ``payload``)."""
+    """Turn a decoded entry into the response of a hit (mutates and returns ``payload``).
+
+    ``metadata``: whether it gets a synthesized ``ResponseMetadata``.
+    """
     template = payload.pop("ConsumedCapacity", None)
     if mode is not None:
         payload["ConsumedCapacity"] = item_capacity(template, mode, table, index, index_kind)
@@ -105,6 +162,8 @@ def hit_response(
         "CachedTime": timestamp(created_ms),
         "Client": CLIENT,
     }
+    if metadata:
+        payload["ResponseMetadata"] = response_metadata(HIT)
     return payload
 
 

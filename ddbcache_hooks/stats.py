@@ -42,6 +42,7 @@ COUNTERS = (
     "writes_cancelled",
     "stale_served",
     "early_refreshes",
+    "refreshes",
     "refresh_errors_hidden",
     # DynamoDB Streams consumer (ddbcache_hooks.streams)
     "stream_records",

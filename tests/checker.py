@@ -14,6 +14,7 @@ write completed returns a value older than that write.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -56,6 +57,8 @@ class Config:
     max_delay_ms: float = 15.0
     #: Query/Scan workload (run_page_worker) only: the mode under test.
     query_invalidation: str = "partition"
+    #: Share of GetItem / BatchGetItem reads made inside ddbcache_hooks.refresh().
+    refresh: float = 0.0
 
 
 #: A fill that ignores leases: what the checker must catch.
@@ -123,20 +126,24 @@ def run_worker(config: Config, worker: int) -> list[Record]:
             value = f"{worker}-{index}-{n}"
             roll = local_rng.random()
             out: list[Record] = []
+            refreshing = local_rng.random() < config.refresh
+            how = " refresh" if refreshing else ""
             started = time.monotonic_ns()
             try:
                 if roll < 0.35:
-                    response = client.get_item(TableName=TABLE, Key={"pk": {"S": key}})
-                    out.append(_read(key, response.get("Item"), started, "GetItem"))
+                    with ddbcache_hooks.refresh() if refreshing else contextlib.nullcontext():
+                        response = client.get_item(TableName=TABLE, Key={"pk": {"S": key}})
+                    out.append(_read(key, response.get("Item"), started, "GetItem" + how))
                 elif roll < 0.50:
                     keys = local_rng.sample(config.keys, k=min(2, len(config.keys)))
-                    response = client.batch_get_item(
-                        RequestItems={TABLE: {"Keys": [{"pk": {"S": k}} for k in keys]}}
-                    )
+                    with ddbcache_hooks.refresh() if refreshing else contextlib.nullcontext():
+                        response = client.batch_get_item(
+                            RequestItems={TABLE: {"Keys": [{"pk": {"S": k}} for k in keys]}}
+                        )
                     if response.get("UnprocessedKeys"):
                         continue
                     found = {i["pk"]["S"]: i for i in response["Responses"].get(TABLE, [])}
-                    out.extend(_read(k, found.get(k), started, "BatchGetItem") for k in keys)
+                    out.extend(_read(k, found.get(k), started, "BatchGetItem" + how) for k in keys)
                 elif roll < 0.65:
                     op = "PutItem"
                     client.put_item(TableName=TABLE, Item={"pk": {"S": key}, "v": {"S": value}})

@@ -118,9 +118,12 @@ class Consumer:
         if lease_ms < 100 or poll_ms < 0 or not 1 <= limit <= 1000:
             raise ValueError("lease_ms must be >= 100, poll_ms >= 0 and limit within 1..1000")
         self.settings: Settings = resolve_settings(options)
+        """The cache options it applies records with (as a registration's)."""
         target = redis if redis is not None else os.environ.get("DDBCACHE_REDIS_URL") or None
         self.transport = SyncTransport(connect(target, self.settings))
+        """Its Redis connections."""
         self.protocol = Protocol(self.settings, cluster=self.transport.cluster)
+        """The write path a record is applied with; its ``stats`` are the consumer's counters."""
         if streams_client is None or dynamodb_client is None:
             import boto3
 
@@ -132,12 +135,19 @@ class Consumer:
         # Entries of clients that use another DynamoDB than AWS's are keyed by its URL.
         self._endpoint_url = records.endpoint_of(dynamodb_client)
         self.tables = list(tables)
+        """The tables whose streams it reads."""
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        """This consumer's name in the shard leases."""
         self.lease_ms = lease_ms
+        """How long a shard lease lasts unless renewed (ms)."""
         self.poll_s = poll_ms / 1000
+        """Pause between rounds that found no records (seconds)."""
         self.describe_s = describe_s
+        """How often the streams' shards are listed again (seconds)."""
         self.limit = limit
+        """Most records read per GetRecords call."""
         self.state_ttl_ms = 2 * 86_400_000  # a stream keeps records for 24 h
+        """How long leases and checkpoints are kept in Redis (ms)."""
         self._streams: dict[str, _Stream] = {}
         self._described = 0.0
         self._stop = threading.Event()
@@ -180,6 +190,7 @@ class Consumer:
             self.release()
 
     def stop(self) -> None:
+        """End :meth:`run` after the current round (from another thread or a signal handler)."""
         self._stop.set()
 
     def release(self) -> None:

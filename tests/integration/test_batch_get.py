@@ -49,7 +49,9 @@ def test_first_call_counts_then_all_hits(tables: Any) -> None:
         5,
         2,
     )
-    assert {"Time", "Client"} <= set(meta) and "ResponseMetadata" not in first
+    assert {"Time", "Client"} <= set(meta)
+    # A call that went to DynamoDB keeps DynamoDB's own ResponseMetadata.
+    assert "x-ddbcache" not in first["ResponseMetadata"]["HTTPHeaders"]
     assert first["UnprocessedKeys"] == {}
     second = tables.batch_get_item(RequestItems=REQUEST)
     assert values(second) == values(first)
@@ -72,6 +74,7 @@ def test_all_hits_make_no_real_call(tables: Any) -> None:
     assert calls["BatchGetItem"] == 0
     assert values(response) == {"aaa": ["aaa1", "aaa2"], "bbb": ["bbb3"]}
     assert response["CacheMetadata"]["CacheHitCount"] == 5
+    assert response["ResponseMetadata"]["HTTPHeaders"]["x-ddbcache"] == "hit"
 
 
 def test_partial_hit_sends_only_the_missing_keys(tables: Any) -> None:

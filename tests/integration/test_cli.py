@@ -463,6 +463,7 @@ def _acl_url(server: RedisServer, rule: list[str]) -> str:
 def test_doctor_proves_the_documented_acl_end_to_end(
     moto_url: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from ddbcache_hooks import acl
     from tests.servers import documented_acl
 
     url = _acl_url(redis_server, documented_acl("doc1", "doctor-ok", "doctor-pw"))
@@ -473,7 +474,7 @@ def test_doctor_proves_the_documented_acl_end_to_end(
     print(out)
     assert code == 0, out
     for line in (
-        "ok    permissions: the 25 commands the library sends are allowed",
+        f"ok    permissions: the {len(acl.commands())} commands the library sends are allowed",
         "ok    lookup -> lease -> fill",
         "ok    hit: served by script, then by plain read",
         "ok    item invalidation -> miss",
@@ -525,3 +526,32 @@ def test_acl_prints_the_rule_for_the_namespace() -> None:
     code, out = ddbcache("acl", "--namespace", "shop", "--elasticache")
     assert code == 0 and out.strip() == acl.access_string("shop")
     assert out.startswith("on ~shop:* &shop:invalidations ")
+
+
+def test_get_prints_what_a_read_would_find_and_changes_nothing(
+    session: boto3.Session, redis_server: RedisServer, namespace: str
+) -> None:
+    registration = ddbcache_hooks.register(session, redis_server.url, namespace=namespace)
+    redis = __import__("redis").Redis(port=redis_server.port)
+
+    def dump() -> dict[Any, Any]:
+        return {k: (redis.type(k), redis.dump(k)) for k in redis.scan_iter(match=f"{namespace}*")}
+
+    argv = ("get", "--redis-url", redis_server.url, "--namespace", namespace, "--table", "items")
+    try:
+        client = session.client("dynamodb")
+        make_table(client, "items")
+        client.put_item(TableName="items", Item={"pk": {"S": "a"}, "b": {"B": b"\x00\xff"}})
+        code, out = ddbcache(*argv, "--key", '{"pk": {"S": "a"}}')
+        assert code == 0 and "a read would hit           no" in out, out
+        client.get_item(TableName="items", Key={"pk": {"S": "a"}})
+        before = dump()
+        code, out = ddbcache(*argv, "--key", '{"pk": {"S": "a"}}', "--show-item")
+        assert code == 0 and "a read would hit           yes" in out
+        assert "variants held              1" in out
+        assert out.strip().endswith('{"pk": {"S": "a"}, "b": {"B": "AP8="}}')
+        assert dump() == before
+        code, _ = ddbcache(*argv, "--key", "{pk: a}")
+        assert code == 2
+    finally:
+        registration.unregister()

@@ -61,6 +61,7 @@ def test_get_item_miss_hit_and_invalidation_on_every_write_path(
         miss = client.get_item(TableName="items", Key=KEY)
         hit = client.get_item(TableName="items", Key=KEY)
         assert "CacheMetadata" not in miss and hit["CacheMetadata"]["CacheHit"]
+        assert "ResponseMetadata" in miss and "ResponseMetadata" not in hit  # the reference's
         assert hit.get("Item") == miss.get("Item")
         write()
     assert "Item" not in client.get_item(TableName="items", Key=KEY)
@@ -80,16 +81,20 @@ def test_query_scan_purgatory_and_batch_counts(
         "KeyConditionExpression": "pk = :p",
         "ExpressionAttributeValues": {":p": {"S": "c"}},
     }
-    assert ["CacheMetadata" in client.query(**query) for _ in range(2)] == [False, True]
+    queries = [client.query(**query) for _ in range(2)]
+    assert ["CacheMetadata" in q for q in queries] == [False, True]
     scans = [client.scan(TableName="orders") for _ in range(3)]
     assert ["CacheMetadata" in s for s in scans] == [False, False, True]  # purgatory first
+    # The reference's shape: no ResponseMetadata on what the cache answered.
+    assert ["ResponseMetadata" in r for r in [*queries, *scans]] == [True, False, True, True, False]
     request = {
         "orders": {
             "Keys": [{"pk": {"S": "c"}, "sk": {"N": "0"}}, {"pk": {"S": "x"}, "sk": {"N": "1"}}]
         }
     }
-    first = client.batch_get_item(RequestItems=request)["CacheMetadata"]
-    second = client.batch_get_item(RequestItems=request)["CacheMetadata"]
+    batches = [client.batch_get_item(RequestItems=request) for _ in range(2)]
+    assert not any("ResponseMetadata" in b for b in batches)  # the reference's, even a miss
+    first, second = (b["CacheMetadata"] for b in batches)
     assert (first["CacheHitCount"], first["CacheMissCount"]) == (0, 2)
     assert (second["CacheHitCount"], second["CacheMissCount"]) == (2, 0)
     assert second["StronglyConsistentCount"] == 0 and "Time" in second and "Client" in second
@@ -130,7 +135,7 @@ def test_paginators_read_through_the_cache(
     first = list(client.get_paginator("query").paginate(**params))
     second = list(client.get_paginator("query").paginate(**params))
     assert [p["Items"] for p in first] == [p["Items"] for p in second]
-    assert all("CacheMetadata" in p for p in second)
+    assert all("CacheMetadata" in p and "ResponseMetadata" not in p for p in second)
     assert not any("CacheMetadata" in p for p in raw.get_paginator("query").paginate(**params))
 
 
@@ -179,7 +184,7 @@ def test_resource_tables_are_cached_and_invalidated(
     table.put_item(Item={"pk": "c", "sk": 1, "total": Decimal("9.5"), "tags": {"x"}})
     first = table.get_item(Key={"pk": "c", "sk": 1})
     second = table.get_item(Key={"pk": "c", "sk": 1})
-    assert second["CacheMetadata"]["CacheHit"]
+    assert second["CacheMetadata"]["CacheHit"] and "ResponseMetadata" not in second
     assert (
         first["Item"]
         == second["Item"]

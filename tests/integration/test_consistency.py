@@ -20,7 +20,7 @@ from tests.conftest import CallCounter, make_table
 
 
 def run_checker(
-    moto_url: str, redis_url: str, *, naive: bool, seed: int
+    moto_url: str, redis_url: str, *, naive: bool, seed: int, refresh: float = 0.0
 ) -> tuple[int, int, list[checker.Stale]]:
     """Run the randomized workload; (reads, writes, stale reads)."""
     seconds, processes, threads = checker.workload_size()
@@ -33,7 +33,15 @@ def run_checker(
         initial[key] = f"init-{seed}-{key}"
         admin.put_item(TableName=checker.TABLE, Item={"pk": {"S": key}, "v": {"S": initial[key]}})
     config = checker.Config(
-        moto_url, redis_url, "chk" + uuid.uuid4().hex[:8], keys, seconds, threads, seed, naive
+        moto_url,
+        redis_url,
+        "chk" + uuid.uuid4().hex[:8],
+        keys,
+        seconds,
+        threads,
+        seed,
+        naive,
+        refresh=refresh,
     )
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
@@ -52,6 +60,15 @@ def test_no_stale_reads_with_leases(moto_url: str, redis_server: RedisServer) ->
         assert not stale, f"{len(stale)} stale reads, e.g. {stale[:3]}"
     print(f"checked {total_reads} reads against {total_writes} writes: 0 stale")
     assert total_reads > 200 and total_writes > 100
+
+
+def test_no_stale_reads_with_refreshes(moto_url: str, redis_server: RedisServer) -> None:
+    """Half the reads of two processes' threads run inside refresh(), racing the writes:
+    a refresh's fill is lease-checked like a miss's, so no later read is served stale."""
+    reads, writes, stale = run_checker(moto_url, redis_server.url, naive=False, seed=6, refresh=0.5)
+    assert not stale, f"{len(stale)} stale reads, e.g. {stale[:3]}"
+    print(f"checked {reads} reads (half of them refreshes) against {writes} writes: 0 stale")
+    assert reads > 100 and writes > 50
 
 
 def test_the_checker_catches_fills_without_leases(moto_url: str, redis_server: RedisServer) -> None:

@@ -606,6 +606,30 @@ MIXED_APP = textwrap.dedent(
 )
 
 
+HANDLE_APP = textwrap.dedent(
+    """
+    import boto3, ddbcache_hooks
+
+    early = ddbcache_hooks.current()  # before any client: made now
+    print("early", type(early).__name__, early is not None and early.from_environment)
+    if early is None:
+        raise SystemExit(0)
+    client = boto3.Session(region_name="us-east-1").client("dynamodb")
+
+    def read():
+        r = client.get_item(TableName="items", Key={"pk": {"S": "a"}})
+        return "HIT" if "CacheMetadata" in r else "MISS"
+
+    print(read(), read())
+    registration = ddbcache_hooks.current()
+    print("same", registration is early, "hits", registration.stats()["item_hits"])
+    print("invalidated", registration.invalidate("items", {"pk": {"S": "a"}}), read())
+    registration.unregister()
+    print("after", ddbcache_hooks.current(), read(), read())
+    """
+)
+
+
 @pytest.mark.aio
 @pytest.mark.parametrize(
     ("source", "expected"),
@@ -654,3 +678,32 @@ def test_the_commands_report_the_variables_themselves(argv: list[str], own: bool
     from ddbcache_hooks._autoload import own_command
 
     assert own_command(argv) is own
+
+
+def test_current_is_the_environment_registration(
+    moto_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    script = tmp_path / "handle.py"
+    script.write_text(HANDLE_APP)
+    admin = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
+    make_table(admin, "items")
+    admin.put_item(TableName="items", Item={"pk": {"S": "a"}})
+    # This worktree's package, for the start-up hook too (site adds PYTHONPATH first).
+    root = str(Path(__file__).parents[2])
+    on = run(
+        [sys.executable, str(script)],
+        moto_url,
+        DDBCACHE_ENABLED="1",
+        DDBCACHE_REDIS_URL=redis_server.url,
+        PYTHONPATH=root,
+    )
+    assert on.returncode == 0, on.stderr
+    assert on.stdout.split("\n")[:-1] == [
+        "early Registration True",
+        "MISS HIT",
+        "same True hits 1",
+        "invalidated True MISS",
+        "after None MISS MISS",  # unregistered: no handle, nothing cached
+    ], on.stderr
+    off = run([sys.executable, str(script)], moto_url, PYTHONPATH=root)
+    assert off.returncode == 0 and off.stdout == "early NoneType False\n", off.stderr

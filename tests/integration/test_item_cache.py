@@ -32,7 +32,8 @@ def test_miss_then_hit(client: Any, calls: CallCounter) -> None:
     assert "ResponseMetadata" in miss and "CacheMetadata" not in miss
     hit = get(client)
     assert hit["Item"] == {**KEY, "v": {"N": "1"}}
-    assert "ResponseMetadata" not in hit and "ConsumedCapacity" not in hit
+    assert "ConsumedCapacity" not in hit
+    assert hit["ResponseMetadata"]["HTTPHeaders"]["x-ddbcache"] == "hit"
     meta = hit["CacheMetadata"]
     assert meta["CacheHit"] is True and meta["Client"] == f"Python {ddbcache_hooks.__version__}"
     assert time.strptime(meta["CachedTime"], "%Y-%m-%d %H:%M:%SZ")
@@ -48,7 +49,8 @@ def test_table_resource_miss_then_hit(
     first = table.get_item(Key={"pk": "a"})
     second = table.get_item(Key={"pk": "a"})
     assert first["Item"] == second["Item"] == {"pk": "a", "n": Decimal("1.5"), "tags": {"x", "y"}}
-    assert "CacheMetadata" in second and "ResponseMetadata" not in second
+    assert "CacheMetadata" in second
+    assert second["ResponseMetadata"]["HTTPHeaders"]["x-ddbcache"] == "hit"
     assert calls["GetItem"] == 1
 
 

@@ -51,7 +51,8 @@ def test_query_miss_then_hit(orders: Any) -> None:
     miss = orders.query(**QUERY)
     hit = orders.query(**QUERY)
     assert "CacheMetadata" not in miss and "ResponseMetadata" in miss
-    assert hit["CacheMetadata"]["CacheHit"] and "ResponseMetadata" not in hit
+    assert hit["CacheMetadata"]["CacheHit"]
+    assert hit["ResponseMetadata"]["HTTPHeaders"]["x-ddbcache"] == "hit"
     assert hit["Items"] == miss["Items"] and hit["Count"] == 12
     assert calls["Query"] == 1
 

@@ -181,12 +181,17 @@ async def get(flavor: Flavor, **extra: Any) -> Any:
 
 
 async def _miss_then_hit(f: Flavor) -> None:
-    """A miss returns DynamoDB's answer; a hit has CacheMetadata and no ResponseMetadata."""
+    """A miss returns DynamoDB's answer; a hit has CacheMetadata and a synthesized
+    ResponseMetadata that says it came from the cache."""
     await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "1"}})
     miss = await get(f)
     assert "ResponseMetadata" in miss and "CacheMetadata" not in miss
+    assert "x-ddbcache" not in miss["ResponseMetadata"]["HTTPHeaders"]
     hit = await get(f)
-    assert hit["Item"] == {**KEY, "v": {"S": "1"}} and "ResponseMetadata" not in hit
+    assert hit["Item"] == {**KEY, "v": {"S": "1"}}
+    assert hit["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert hit["ResponseMetadata"]["HTTPHeaders"]["x-ddbcache"] == "hit"
+    assert hit["ResponseMetadata"]["RequestId"].startswith("ddbcache-")
     assert hit["CacheMetadata"]["CacheHit"] is True
     assert hit["CacheMetadata"]["Client"] == f"Python {ddbcache_hooks.__version__}"
     capacity = await get(f, ReturnConsumedCapacity="INDEXES")
@@ -401,6 +406,72 @@ def test_fill_racing_a_write_is_discarded(
             assert f.registration.stats()["fills_discarded"] == 1
             after = await get(f)
             assert "CacheMetadata" not in after and after["Item"]["v"] == {"S": "new"}
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("flavor_name", FLAVORS)
+def test_refresh_costs_one_read_and_replaces_the_entry(
+    flavor_name: str, moto_url: str, redis_server: RedisServer, namespace: str
+) -> None:
+    """Inside refresh(): one DynamoDB read, DynamoDB's answer, and the entry replaced."""
+    outside = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
+
+    async def main() -> None:
+        async with open_flavor(flavor_name, moto_url, redis_server.url, namespace) as f:
+            calls = CallCounter().attach(f.client)
+            make_table(outside, "items")
+            outside.put_item(TableName="items", Item={**KEY, "v": {"S": "old"}})
+            await get(f)
+            # Changed where the cache cannot see it: the entry is out of date.
+            outside.put_item(TableName="items", Item={**KEY, "v": {"S": "new"}})
+            assert (await get(f))["Item"]["v"] == {"S": "old"}
+            assert calls["GetItem"] == 1
+            with ddbcache_hooks.refresh():
+                refreshed = await get(f)
+            assert calls["GetItem"] == 2  # exactly one DynamoDB read
+            assert "CacheMetadata" not in refreshed and refreshed["Item"]["v"] == {"S": "new"}
+            after = await get(f)
+            assert after["CacheMetadata"]["CacheHit"] and after["Item"]["v"] == {"S": "new"}
+            assert calls["GetItem"] == 2
+            assert f.registration.stats()["refreshes"] == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("flavor_name", FLAVORS)
+def test_refresh_racing_a_write_never_stores_the_older_value(
+    flavor_name: str, moto_url: str, redis_server: RedisServer, namespace: str
+) -> None:
+    """A write lands between the refresh's DynamoDB read and its fill: the fill is dropped."""
+    writer = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
+    ddbcache_hooks.register(writer, redis_server.url, namespace=namespace)
+    armed: list[bool] = []
+
+    def write_in_between(**_: Any) -> None:
+        if armed and armed.pop():
+            writer.put_item(TableName="items", Item={**KEY, "v": {"S": "new"}})
+
+    def before(session: Any) -> None:  # runs before the cache's own after-call handler
+        session.events.register("after-call.dynamodb.GetItem", write_in_between)
+
+    async def main() -> None:
+        async with open_flavor(
+            flavor_name, moto_url, redis_server.url, namespace, before=before
+        ) as f:
+            make_table(writer, "items")
+            writer.put_item(TableName="items", Item={**KEY, "v": {"S": "old"}})
+            await get(f)
+            assert (await get(f))["CacheMetadata"]["CacheHit"]
+            armed.append(True)
+            with ddbcache_hooks.refresh():
+                refreshed = await get(f)
+            assert not armed  # the write was made, after DynamoDB answered the refresh
+            assert refreshed["Item"]["v"] == {"S": "old"}
+            assert f.registration.stats()["fills_discarded"] == 1
+            after = await get(f)  # the older value was not stored: a miss, the new value
+            assert "CacheMetadata" not in after and after["Item"]["v"] == {"S": "new"}
+            assert (await get(f))["Item"]["v"] == {"S": "new"}
 
     asyncio.run(main())
 

@@ -179,6 +179,32 @@ def test_expired_entry_answers_a_500(
         registration.unregister()
 
 
+def test_an_unchanged_app_reads_response_metadata_of_a_stale_answer(
+    redis_server: RedisServer, namespace: str, proxy: FailingProxy
+) -> None:
+    """Logging middleware reads ResponseMetadata on a miss, a hit and a stale answer."""
+    registration, c = registered(redis_server, namespace, proxy, stale_if_error_s=5)
+    try:
+        answers = [c.get_item(TableName="items", Key=KEY) for _ in range(2)]
+        time.sleep(1.1)
+        proxy.fail("GetItem")
+        answers.append(c.get_item(TableName="items", Key=KEY))
+        seen = [
+            (a["ResponseMetadata"]["HTTPStatusCode"], a["ResponseMetadata"]["RequestId"])
+            for a in answers
+        ]
+        assert [status for status, _ in seen] == [200, 200, 200]
+        assert not seen[0][1].startswith("ddbcache-")  # DynamoDB's (moto's) own
+        assert seen[1][1].startswith("ddbcache-") and seen[2][1].startswith("ddbcache-")
+        sources = [a["ResponseMetadata"]["HTTPHeaders"].get("x-ddbcache") for a in answers]
+        assert sources == [None, "hit", "stale"]
+        # botocore's retries were made before the entry answered: counted as DynamoDB's are.
+        assert answers[2]["ResponseMetadata"]["RetryAttempts"] == ATTEMPTS - 1
+        assert answers[2]["CacheMetadata"]["Stale"] is True
+    finally:
+        registration.unregister()
+
+
 def test_without_the_option_the_error_surfaces(
     redis_server: RedisServer, namespace: str, proxy: FailingProxy
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import pytest
 
@@ -234,14 +235,68 @@ def test_a_bad_signing_key_is_not_echoed() -> None:
     assert secret not in str(raised.value)
 
 
-def test_settings_defaults_are_the_options_defaults() -> None:
-    """config.OPTIONS and the Settings fields state each default once each: they agree."""
-    public = {f.name for f in dataclasses.fields(Settings) if not f.name.startswith("_")}
-    assert public == {option.name for option in OPTIONS}
-    resolved = Settings.resolve({}, environ={})
-    plain = Settings()
+# --- Options (the typed keyword options), OPTIONS and Settings agree ----------------
+
+
+def _conforms(value: object, hint: object) -> bool:
+    """Whether ``value`` is of the type ``hint`` (the forms Options uses)."""
+    import collections.abc
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin is collections.abc.Mapping:
+        return isinstance(value, collections.abc.Mapping) and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
+        )
+    if origin is collections.abc.Sequence:
+        return isinstance(value, collections.abc.Sequence) and all(
+            _conforms(item, args[0]) for item in value
+        )
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    assert isinstance(hint, type), f"a form _conforms does not know: {hint!r}"
+    return isinstance(value, hint)
+
+
+def test_options_typeddict_options_and_settings_agree() -> None:
+    """One set of names, and types and defaults that agree, in all three directions."""
+    import typing
+
+    from ddbcache_hooks.config import Options
+
+    hints = typing.get_type_hints(Options)
+    fields = [f.name for f in dataclasses.fields(Settings) if not f.name.startswith("_")]
+    assert list(hints) == [o.name for o in OPTIONS] == fields  # same names, same order
+    assert Options.__total__ is False  # every option is optional
+    defaults = Settings()
     for option in OPTIONS:
-        assert getattr(resolved, option.name) == getattr(plain, option.name), option.name
-        if option.default is not None:
-            checked = option.check(option.name, option.default)
-            assert getattr(plain, option.name) == checked, option.name
+        hint = hints[option.name]
+        # OPTIONS' default is a value of the typed option, and the Settings field's
+        # default is that default validated (which is a value of the typed option too).
+        assert _conforms(option.default, hint), (option.name, option.default, hint)
+        validated = option.check(option.name, option.default)
+        assert getattr(defaults, option.name) == validated, option.name
+        assert _conforms(validated, hint), (option.name, validated, hint)
+        # Nothing outside the type passes the option's check.
+        with pytest.raises(ConfigurationError, match=option.name):
+            option.check(option.name, object())
+        # A choice option accepts exactly its Literal's values.
+        if typing.get_origin(hint) is Literal:
+            for choice in typing.get_args(hint):
+                assert option.check(option.name, choice) == choice
+            with pytest.raises(ConfigurationError, match="must be one of"):
+                option.check(option.name, "none-of-these")
+    assert {name for name, hint in hints.items() if typing.get_origin(hint) is Literal} == {
+        "consistency",
+        "query_invalidation",
+        "response_metadata",
+    }

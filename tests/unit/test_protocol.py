@@ -191,6 +191,16 @@ def hit_metadata(created_ms: int) -> dict[str, Any]:
     return {"CacheHit": True, "CachedTime": timestamp(created_ms), "Client": CLIENT}
 
 
+def answered(answer: dict[str, Any] | None, header: str = "hit") -> dict[str, Any]:
+    """The answer without its synthesized ResponseMetadata, which is checked here."""
+    assert answer is not None
+    metadata = answer.pop("ResponseMetadata")
+    assert metadata["HTTPStatusCode"] == 200 and metadata["RetryAttempts"] == 0
+    assert metadata["RequestId"].startswith("ddbcache-")
+    assert metadata["HTTPHeaders"]["x-ddbcache"] == header
+    return answer
+
+
 def stats(protocol: Protocol, *names: str) -> dict[str, Any]:
     snapshot = protocol.stats.snapshot()
     return {name: snapshot[name] for name in names}
@@ -222,7 +232,7 @@ def test_a_hit_is_one_lookup_answered_from_the_entry(clock: Clock) -> None:
     step.send(
         [lookup_reply(LookupStatus.HIT, encode(protocol, {"Item": ITEM}, ITEM_TOKEN, created))]
     )
-    assert step.result() == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
+    assert answered(step.result()) == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
     assert plan.served and plan.slots[0].state == HIT
     assert stats(protocol, "item_hits", "misses", "fills") == {
         "item_hits": 1,
@@ -270,7 +280,7 @@ def test_a_waiter_sleeps_looks_again_and_hits(clock: Clock) -> None:
     blob = encode(protocol, {"Item": ITEM}, ITEM_TOKEN, created)
     (poll,) = step.batch()
     step.send([lookup_reply(LookupStatus.HIT, blob)])
-    assert step.result() == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
+    assert answered(step.result()) == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
     assert stats(protocol, "lease_waits", "lease_wait_timeouts", "item_hits") == {
         "lease_waits": 1,
         "lease_wait_timeouts": 0,
@@ -434,7 +444,7 @@ def test_an_expired_entry_inside_its_grace_answers_a_failed_read_as_stale(
     clock.advance(1.0)  # botocore's retries
     step = Step(protocol.rescue(plan, status, parsed))
     answer = step.result()
-    assert answer == {
+    assert answered(answer, "stale") == {
         "Item": ITEM,
         "CacheMetadata": {**hit_metadata(created), "Stale": True, "Age": 16.0},
     }
@@ -492,7 +502,7 @@ def test_early_refresh_leases_the_entry_to_this_caller_who_reads_dynamodb(clock:
     assert stats(protocol, "early_refreshes") == {"early_refreshes": 1}
     # The refresh's read failed: the still valid entry hides it, not marked stale.
     answer = Step(protocol.rescue(plan, 503, UNAVAILABLE)).result()
-    assert answer == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
+    assert answered(answer) == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
     assert stats(protocol, "refresh_errors_hidden", "stale_served") == {
         "refresh_errors_hidden": 1,
         "stale_served": 0,
@@ -544,7 +554,7 @@ def test_a_backlogged_invalidation_is_replayed_before_anything_is_served(clock: 
     step.send(
         [lookup_reply(LookupStatus.HIT, encode(protocol, {"Item": ITEM}, ITEM_TOKEN, created))]
     )
-    assert step.result() == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
+    assert answered(step.result()) == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
     assert not protocol.backlog
     assert stats(protocol, "backlog_replayed") == {"backlog_replayed": len(dropped)}
 
@@ -636,7 +646,7 @@ def test_a_signed_entry_put_back_after_a_write_does_not_verify(clock: Clock) -> 
     step = Step(protocol.serve(plan))
     step.batch()
     step.send([lookup_reply(LookupStatus.HIT, signed(GENERATION))])
-    assert step.result() == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
+    assert answered(step.result()) == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
     again = read_plan(protocol, "GetItem", GET)
     step = Step(protocol.serve(again))
     step.batch()
