@@ -26,11 +26,11 @@ from typing import Any
 
 import botocore
 
-from . import responses, store
+from . import responses, store, writethrough
 from ._version import __version__
 from .codec import Codec, CorruptEntry, ForeignEntry
 from .config import Settings
-from .effects import DescribeTable, Op, Sleep
+from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .forks import fork_safe
 from .keys import KeyLayout, NotCanonical, TableRef, canonical_key, table_of_key
 from .near import CHANNEL_SUFFIX, NearCache
@@ -53,9 +53,10 @@ from .plan import (
 from .policy import UNKNOWN_WRITE
 from .resilience import Backlog, CircuitBreaker, Orphans, ServerClock
 from .schema import TableSchema
-from .scripts import BULK_MARK, FillStatus, LookupStatus
+from .scripts import BULK_MARK, FillStatus, LookupStatus, WriteThroughStatus
 from .stats import LimitedLog, Stats, log
 from .writes import WriteSet
+from .writethrough import Intent, NotRenderable
 
 #: First waits of a caller that finds another caller's lease (seconds); the
 #: last value repeats until ``lease_wait_ms`` is spent. Each is jittered by up to
@@ -173,6 +174,10 @@ class Protocol:
         #: Pub/sub channel that near caches listen on.
         self.channel = settings.namespace + CHANNEL_SUFFIX
         self._foreign_reported = threading.Event()
+        #: Whether any table stores what its writes produced (planning skips it otherwise).
+        self.write_through = settings.write_through or any(
+            policy.write_through for policy in settings.tables.values()
+        )
         fork_safe(self.stats, self.breaker, self.backlog, self.orphans, self.limited, self.near)
 
     # --- reads ---------------------------------------------------------------------
@@ -579,10 +584,107 @@ class Protocol:
     # --- writes --------------------------------------------------------------------
 
     def invalidate(self, plan: WritePlan, parsed: Mapping[str, Any] | None) -> Op[None]:
-        """After a write returned (or failed): drop what it touched."""
+        """After a write returned (or failed): drop what it touched (and, with a
+        registered write intent, store what it wrote if nothing intervened)."""
         plan.invalidation = yield from self.invalidation(plan, parsed)
         yield from self.replay_backlog()
-        yield from self.deliver(plan.invalidation)
+        intent = plan.through
+        if isinstance(intent, Intent) and intent.registered:
+            yield from self._write_through(plan, intent, parsed)
+        else:
+            yield from self.deliver(plan.invalidation)
+
+    # --- write-through -------------------------------------------------------------
+
+    def plan_through(self, plan: WritePlan) -> None:
+        """Decide (no I/O) whether the write may store its image; count why not."""
+        through = writethrough.target(self.planner, plan)
+        if isinstance(through, str):
+            self.skip_write_fill(through)
+            through = None
+        plan.through = through
+
+    def register_intent(self, plan: WritePlan) -> Op[None]:
+        """before-call of a write-through write: its intent, one round trip."""
+        assert isinstance(plan.through, Intent)
+        yield from writethrough.register(plan.through, self.token_ttl_ms, cluster=self.cluster)
+
+    def release_intent(self, plan: WritePlan) -> Op[None]:
+        """DynamoDB applied nothing: the write's intent no longer blocks other fills."""
+        if isinstance(plan.through, Intent) and plan.through.registered:
+            yield RedisBatch([writethrough.release_call(plan.through)])
+
+    def skip_write_fill(self, reason: str) -> None:
+        self.stats.incr("write_fills_skipped")
+        self.stats.incr(f"write_fills_skipped_{reason}")
+        log.debug("write-through skipped: %s", reason)
+
+    def _write_through(
+        self, plan: WritePlan, intent: Intent, parsed: Mapping[str, Any] | None
+    ) -> Op[None]:
+        """The item's invalidation and its fill in one script, with the rest of the
+        write's invalidation in the same round trip."""
+        assert plan.invalidation is not None
+        payload, ttl_ms, reason = self._through_entry(plan, intent, parsed)
+        fresh = store.new_token()
+        entry = b""
+        if payload is not None:
+            context = ""
+            if self.codec.signs:
+                generation = (intent.server + b"/" + fresh.encode()).decode("latin-1")
+                context = "\x00".join((intent.key, intent.field, generation))
+            try:
+                entry = self.codec.encode(
+                    payload,
+                    token=intent.item_token,
+                    created_ms=int(time.time() * 1000),
+                    context=context,
+                )
+            except CorruptEntry:  # a foreign table token: never store under it
+                entry, reason = b"", "table"
+            if len(entry) > intent.max_entry_bytes:
+                entry, reason = b"", "unrenderable"
+        invalidation = plan.invalidation
+        rest = Invalidation(
+            [(t, k) for t, k in invalidation.items if k != intent.key],
+            dict(invalidation.tables),
+            dict(invalidation.lifecycle),
+            dict(invalidation.generations),
+        )
+        call = writethrough.completion_call(
+            intent, entry, ttl_ms, fresh, self.settings.settle_ms, cluster=self.cluster
+        )
+        last = []
+        if self.settings.publish_invalidations:
+            last.append(writethrough.publish_call(self.channel, intent.key))
+        self.forget_locally(invalidation)
+        _, replies = yield from writethrough.with_calls(self.deliver(rest), [call], last)
+        self.forget_locally(invalidation)
+        self.stats.incr("invalidations", 1, [intent.table.name])
+        status = int(replies[0][0])
+        if status == WriteThroughStatus.STORED:
+            self.stats.incr("write_fills", tables=[intent.table.name])
+            return
+        reason = writethrough.reason_of(status) or reason
+        if reason is not None:
+            self.skip_write_fill(reason)
+
+    def _through_entry(
+        self, plan: WritePlan, intent: Intent, parsed: Mapping[str, Any] | None
+    ) -> tuple[dict[str, Any] | None, int, str | None]:
+        """(the payload to store or None, its TTL, why none)."""
+        if parsed is None or "Error" in parsed:
+            return None, 0, "uncertain"
+        if bulk_loading(intent.item_token):
+            return None, 0, "bulk_load"
+        try:
+            payload = writethrough.image(plan, parsed)
+        except NotRenderable as exc:
+            log.debug("write-through of %s skipped: %s", intent.key, exc)
+            return None, 0, "unrenderable"
+        if payload is None:
+            return None, 0, "no_image"
+        return payload, intent.ttl_ms if "Item" in payload else intent.negative_ttl_ms, None
 
     def undelivered(self, plan: WritePlan, parsed: Mapping[str, Any] | None) -> Invalidation:
         """The invalidation to remember when Redis cannot take it now.
