@@ -56,7 +56,7 @@ from .schema import TableSchema
 from .scripts import BULK_MARK, FillStatus, LookupStatus, WriteThroughStatus
 from .stats import LimitedLog, Stats, log
 from .writes import WriteSet
-from .writethrough import Intent, NotRenderable
+from .writethrough import Intent
 
 #: First waits of a caller that finds another caller's lease (seconds); the
 #: last value repeats until ``lease_wait_ms`` is spent. Each is jittered by up to
@@ -625,7 +625,7 @@ class Protocol:
         """The item's invalidation and its fill in one script, with the rest of the
         write's invalidation in the same round trip."""
         assert plan.invalidation is not None
-        payload, ttl_ms, reason = self._through_entry(plan, intent, parsed)
+        payload, ttl_ms, reason = writethrough.payload(plan, intent, parsed)
         fresh = store.new_token()
         entry = b""
         if payload is not None:
@@ -645,12 +645,7 @@ class Protocol:
             if len(entry) > intent.max_entry_bytes:
                 entry, reason = b"", "unrenderable"
         invalidation = plan.invalidation
-        rest = Invalidation(
-            [(t, k) for t, k in invalidation.items if k != intent.key],
-            dict(invalidation.tables),
-            dict(invalidation.lifecycle),
-            dict(invalidation.generations),
-        )
+        rest = writethrough.without_item(invalidation, intent.key)
         call = writethrough.completion_call(
             intent, entry, ttl_ms, fresh, self.settings.settle_ms, cluster=self.cluster
         )
@@ -668,23 +663,6 @@ class Protocol:
         reason = writethrough.reason_of(status) or reason
         if reason is not None:
             self.skip_write_fill(reason)
-
-    def _through_entry(
-        self, plan: WritePlan, intent: Intent, parsed: Mapping[str, Any] | None
-    ) -> tuple[dict[str, Any] | None, int, str | None]:
-        """(the payload to store or None, its TTL, why none)."""
-        if parsed is None or "Error" in parsed:
-            return None, 0, "uncertain"
-        if bulk_loading(intent.item_token):
-            return None, 0, "bulk_load"
-        try:
-            payload = writethrough.image(plan, parsed)
-        except NotRenderable as exc:
-            log.debug("write-through of %s skipped: %s", intent.key, exc)
-            return None, 0, "unrenderable"
-        if payload is None:
-            return None, 0, "no_image"
-        return payload, intent.ttl_ms if "Item" in payload else intent.negative_ttl_ms, None
 
     def undelivered(self, plan: WritePlan, parsed: Mapping[str, Any] | None) -> Invalidation:
         """The invalidation to remember when Redis cannot take it now.

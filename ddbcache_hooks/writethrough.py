@@ -17,6 +17,7 @@ refuses what it cannot render exactly (such a write only invalidates).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .effects import Call, Op, RedisBatch
 from .keys import NotCanonical, TableRef
 from .near import encode_message
-from .scripts import REGISTER_INTENT, TABLE_TOKENS, WRITE_THROUGH, WriteThroughStatus
+from .scripts import BULK_MARK, REGISTER_INTENT, TABLE_TOKENS, WRITE_THROUGH, WriteThroughStatus
 from .store import new_token
 
 if TYPE_CHECKING:
-    from .plan import Planner, WritePlan
+    from .plan import Invalidation, Planner, WritePlan
+
+log = logging.getLogger("ddbcache_hooks")
 
 T = TypeVar("T")
 
@@ -256,6 +259,36 @@ def image(plan: WritePlan, parsed: Mapping[str, Any]) -> dict[str, Any] | None:
     if plan.params.get("ReturnValues") != "ALL_NEW" or not isinstance(attributes, Mapping):
         return None
     return {"Item": canonical_item(attributes)}
+
+
+def payload(
+    plan: WritePlan, intent: Intent, parsed: Mapping[str, Any] | None
+) -> tuple[dict[str, Any] | None, int, str | None]:
+    """(what a GetItem of the item returns now, or None; its TTL; why None)."""
+    if parsed is None or "Error" in parsed:
+        return None, 0, "uncertain"
+    if intent.item_token[:1] == BULK_MARK:
+        return None, 0, "bulk_load"
+    try:
+        found = image(plan, parsed)
+    except NotRenderable as exc:
+        log.debug("write-through of %s skipped: %s", intent.key, exc)
+        return None, 0, "unrenderable"
+    if found is None:
+        return None, 0, "no_image"
+    return found, intent.ttl_ms if "Item" in found else intent.negative_ttl_ms, None
+
+
+def without_item(invalidation: Invalidation, key: str) -> Invalidation:
+    """The rest of a write's invalidation: the completion script drops the item."""
+    from .plan import Invalidation
+
+    return Invalidation(
+        [(t, k) for t, k in invalidation.items if k != key],
+        dict(invalidation.tables),
+        dict(invalidation.lifecycle),
+        dict(invalidation.generations),
+    )
 
 
 def register(intent: Intent, token_ttl_ms: int, *, cluster: bool) -> Op[None]:
