@@ -64,6 +64,8 @@ class CacheClient:
             namespace=namespace,
             # The reference's documented behaviour: Query/Scan pages live out their TTL.
             query_invalidation="ttl",
+            # Writes only drop what they touched, as the reference's do, whatever the environment.
+            write_through=False,
         )
         hooks = self._registration._clients.get(dynamodb_client)
         if hooks is not None:
