@@ -50,7 +50,8 @@ OPERATIONS = frozenset({"PutItem", "UpdateItem", "DeleteItem"})
 MAX_DIGITS = 38
 MIN_EXPONENT = -130
 MAX_EXPONENT = 125
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+#: A leading "+" is refused: an independent implementation (dynalite) rejects it.
+_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
 
 #: Why a write that could have stored its image did not (``write_fills_skipped_<reason>``).
 SKIP_REASONS = (
