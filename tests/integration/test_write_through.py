@@ -295,3 +295,25 @@ def _as_sets(item: dict[str, Any]) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def test_a_decoding_redis_client_works_the_same(
+    session: boto3.Session, backend: Backend, namespace: str
+) -> None:
+    registration = ddbcache_hooks.register(
+        session,
+        backend.client(decode_responses=True),
+        namespace=namespace,
+        write_through=True,
+        key_schema={"items": "pk"},
+        signing_key=b"k" * 32,
+    )
+    try:
+        client = session.client("dynamodb")
+        make_table(client, "items")
+        calls = CallCounter().attach(client)
+        client.put_item(TableName="items", Item={**KEY, "b": {"B": b"\xff\x00"}})
+        assert get(client)["Item"] == {**KEY, "b": {"B": b"\xff\x00"}}
+        assert calls["GetItem"] == 0 and registration.stats()["write_fills"] == 1
+    finally:
+        registration.unregister()
