@@ -8,6 +8,7 @@ something touched the item between the intent and the write's completion.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -317,3 +318,37 @@ def test_a_decoding_redis_client_works_the_same(
         assert calls["GetItem"] == 0 and registration.stats()["write_fills"] == 1
     finally:
         registration.unregister()
+
+
+def test_a_crashed_writer_blocks_fills_of_its_item_until_its_intent_expires(
+    client: Any, cache: ddbcache_hooks.Registration, monkeypatch: Any
+) -> None:
+    """An intent whose writer never completes (crashed after sending) keeps other
+    writes of the item from storing anything until it expires, then they store again."""
+    monkeypatch.setattr(writethrough, "INTENT_MS", 1500)
+    warm(client)
+    protocol, transport = cache._protocol, cache._transport
+    crashed = writethrough.target(
+        protocol.planner,
+        protocol.planner.plan("DeleteItem", {"TableName": "items", "Key": KEY}, _location(cache)),
+    )
+    assert isinstance(crashed, writethrough.Intent)
+    drive(
+        writethrough.register(crashed, protocol.token_ttl_ms, cluster=protocol.cluster),
+        transport,
+        lambda table: None,
+    )
+    started = time.monotonic()
+    client.put_item(TableName="items", Item={**KEY, "v": {"S": "blocked"}})
+    client.put_item(TableName="items", Item={**KEY, "v": {"S": "still blocked"}})
+    assert cache.stats()["write_fills"] == 0
+    assert skipped(cache, "busy") == 2
+    time.sleep(max(0.0, 1.6 - (time.monotonic() - started)))
+    client.put_item(TableName="items", Item={**KEY, "v": {"S": "stored"}})
+    assert cache.stats()["write_fills"] == 1
+    assert get(client)["CacheMetadata"]["CacheHit"] is True
+
+
+def _location(cache: ddbcache_hooks.Registration) -> Any:
+    ((_, hooks),) = list(cache._clients.items())[-1:]
+    return hooks.location
