@@ -352,3 +352,29 @@ def test_a_crashed_writer_blocks_fills_of_its_item_until_its_intent_expires(
 def _location(cache: ddbcache_hooks.Registration) -> Any:
     ((_, hooks),) = list(cache._clients.items())[-1:]
     return hooks.location
+
+
+def test_resource_writes_fill_what_resource_reads_return(
+    session: boto3.Session, client: Any, calls: CallCounter
+) -> None:
+    from decimal import Decimal
+
+    from boto3.dynamodb.types import Binary
+
+    warm(client)
+    table = session.resource("dynamodb").Table("items")
+    CallCounter.attach(calls, table.meta.client)
+    item = {
+        "pk": "a",
+        "n": Decimal("1.50"),
+        "big": Decimal("1E+3"),
+        "tags": {"x", "y"},
+        "b": Binary(b"\x00\x01"),
+        "nested": {"l": [Decimal("0.10"), True, None]},
+    }
+    table.put_item(Item=item)
+    hit = table.get_item(Key={"pk": "a"})
+    assert hit["CacheMetadata"]["CacheHit"] is True
+    strong = table.get_item(Key={"pk": "a"}, ConsistentRead=True)
+    assert hit["Item"] == strong["Item"]
+    assert str(hit["Item"]["n"]) == "1.5" and str(hit["Item"]["big"]) == "1000"
