@@ -873,6 +873,105 @@ def bench_hot_key(env: Env) -> dict[str, float]:
     return out
 
 
+def bench_write_through(env: Env) -> dict[str, float]:
+    """Steady-state GetItem hit ratio, write-through off / on: 90 % GetItem, 10 % writes."""
+    import random
+
+    items, operations = 500, 10_000 if env.rounds >= 20 else 2000
+    session = env.session()
+    admin = session.client("dynamodb")
+    admin.create_table(
+        TableName="wt",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for i in range(items):
+        admin.put_item(TableName="wt", Item={"pk": {"S": f"k{i}"}, "v": {"N": "0"}})
+    # Skewed keys: Zipf-like weights 1/rank, as in the demo's mix.
+    weights = [1 / (rank + 1) for rank in range(items)]
+    rows: list[tuple[str, ...]] = []
+    out: dict[str, float] = {}
+    for clients in (1, 2):
+        for on in (False, True):
+            sessions = [env.session() for _ in range(clients)]  # one registration each
+            namespace = "bench-wt-" + uuid.uuid4().hex[:8]
+            registrations = [
+                ddbcache_hooks.register(
+                    s, env.redis(), namespace=namespace, key_schema={"wt": "pk"}, write_through=on
+                )
+                for s in sessions
+            ]
+            dynamo = [s.client("dynamodb") for s in sessions]
+            reads = [0]
+
+            def count(reads: list[int] = reads, **_: Any) -> None:
+                reads[0] += 1
+
+            for c in dynamo:
+                c.meta.events.register("before-send.dynamodb.GetItem", count)
+            for i in range(items):  # steady state: every item read once
+                dynamo[i % clients].get_item(TableName="wt", Key={"pk": {"S": f"k{i}"}})
+            reads[0] = 0
+            rng = random.Random(26)
+            gets = hits = 0
+            for n in range(operations):
+                c = dynamo[n % clients]
+                key = {"pk": {"S": f"k{rng.choices(range(items), weights)[0]}"}}
+                roll = rng.random()
+                if roll < 0.90:
+                    gets += 1
+                    hits += "CacheMetadata" in c.get_item(TableName="wt", Key=key)
+                elif roll < 0.94:
+                    c.put_item(TableName="wt", Item={**key, "v": {"N": str(n)}})
+                elif roll < 0.98:
+                    c.update_item(
+                        TableName="wt",
+                        Key=key,
+                        UpdateExpression="SET v = :v",
+                        ExpressionAttributeValues={":v": {"N": str(n)}},
+                        ReturnValues="ALL_NEW",
+                    )
+                else:
+                    c.delete_item(TableName="wt", Key=key)
+            for registration in registrations:
+                registration.unregister()
+            plural = "s" if clients > 1 else ""
+            label = f"{clients} client{plural}, write-through {'on' if on else 'off'}"
+            per_1000 = reads[0] * 1000 / operations
+            rows.append((label, f"{hits / gets:6.1%}", f"{per_1000:6.1f}"))
+            out[f"GetItem hit ratio, {label}"] = hits / gets
+            out[f"DynamoDB GetItems per 1000 operations, {label}"] = per_1000
+    print(f"{operations} operations over {items} items (Zipf-like), after one read of each")
+    print(table(rows, ("run", "GetItem hit ratio", "DynamoDB GetItems / 1000 ops")))
+    for clients in (1, 2):
+        suffix = f"{clients} client{'s' if clients > 1 else ''}"
+        off = out[f"DynamoDB GetItems per 1000 operations, {suffix}, write-through off"]
+        on = out[f"DynamoDB GetItems per 1000 operations, {suffix}, write-through on"]
+        out[f"TARGET DynamoDB GetItems on / off, {suffix} (<= 0.1)"] = on / off if off else 0.0
+    cases: dict[str, Callable[[], object]] = {}
+    registrations = []
+    for on in (False, True):
+        own = env.session()
+        registrations.append(env.register(own, key_schema={"wt": "pk"}, write_through=on))
+        client = own.client("dynamodb")
+        cases[f"PutItem, write-through {'on' if on else 'off'}"] = functools.partial(
+            client.put_item, TableName="wt", Item={"pk": {"S": "k1"}, "v": {"N": "1"}}
+        )
+    cases["one Redis round trip (PING)"] = env.redis().ping
+    series = measure(cases, rounds=max(3, env.rounds // 2), per_round=max(3, env.per_round // 5))
+    for registration in registrations:
+        registration.unregister()
+    print(table_of(series, "PutItem, write-through off"))
+    off_us = series["PutItem, write-through off"].median_us
+    on_us = series["PutItem, write-through on"].median_us
+    out["PutItem latency, write-through on - off (us)"] = on_us - off_us
+    out["PutItem latency, (on - off) / one Redis round trip"] = (on_us - off_us) / series[
+        "one Redis round trip (PING)"
+    ].median_us
+    return out
+
+
 BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
     "targets": lambda env: bench_targets(env),
     "hits": bench_hits,
@@ -885,6 +984,7 @@ BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
     "async": bench_async,
     "outage": bench_outage,
     "hotkey": bench_hot_key,
+    "writethrough": bench_write_through,
 }
 
 

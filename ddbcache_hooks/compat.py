@@ -69,6 +69,8 @@ class CacheClient:
             query_invalidation="ttl",
             # The reference's hits carry no ResponseMetadata.
             response_metadata="omit",
+            # Writes only drop what they touched, as the reference's do, whatever the environment.
+            write_through=False,
         )
         hooks = self._registration._clients.get(dynamodb_client)
         if hooks is not None:

@@ -151,6 +151,8 @@ class TablePolicy:
     """Larger entries are not cached."""
     stale_if_error_s: int | None = None
     """Seconds an expired entry is kept to answer reads DynamoDB fails (0: off)."""
+    write_through: bool | None = None
+    """Writes store the item they produced (docs/consistency.md, "Write-through")."""
     operations: Mapping[str, bool] | None = None
     """Per-operation switches, e.g. ``{"Scan": False}``."""
 
@@ -164,6 +166,8 @@ class TablePolicy:
         _ttl_config(f"{where}.ttl_config", self.ttl_config)
         if self.stale_if_error_s is not None:
             _non_negative_int(f"{where}.stale_if_error_s", self.stale_if_error_s)
+        if self.write_through is not None and not isinstance(self.write_through, bool):
+            raise ConfigurationError(f"{where}.write_through must be True or False")
         if self.query_invalidation is not None:
             _one_of(*QUERY_INVALIDATION_MODES)(
                 f"{where}.query_invalidation", self.query_invalidation
@@ -204,6 +208,7 @@ class Options(TypedDict, total=False):
     stale_if_error_s: int
     response_metadata: ResponseMetadata
     early_refresh: bool
+    write_through: bool
     max_entry_bytes: int
     compress_min_bytes: int
     account_id: str | None
@@ -312,6 +317,14 @@ OPTIONS: tuple[Option, ...] = (
         True,
         _boolean,
         "Refresh a hot entry shortly before it expires (one caller, under a lease; XFetch).",
+        _env_bool,
+    ),
+    Option(
+        "write_through",
+        False,
+        _boolean,
+        "A PutItem, an UpdateItem returning ALL_NEW and a DeleteItem store the item they "
+        "produced (guarded by write intents: one more Redis round trip per write).",
         _env_bool,
     ),
     Option("max_entry_bytes", 1 << 20, _positive_int, "Larger entries are not cached.", _env_int),
@@ -473,6 +486,8 @@ class TableSettings:
     disabled_operations: frozenset[str]
     #: How long an expired entry may answer a read DynamoDB fails (ms; 0: never).
     stale_if_error_ms: int = 0
+    #: Writes store the item they produced (write intents make it safe).
+    write_through: bool = False
 
     def caches(self, operation: str) -> bool:
         return operation not in self.disabled_operations
@@ -499,6 +514,7 @@ class Settings:
     stale_if_error_s: int = 0
     response_metadata: str = "synthesize"
     early_refresh: bool = True
+    write_through: bool = False
     max_entry_bytes: int = 1 << 20
     compress_min_bytes: int = 16384
     account_id: str | None = None
@@ -604,6 +620,7 @@ class Settings:
             max_entry_bytes=merged.get("max_entry_bytes", self.max_entry_bytes),
             disabled_operations=frozenset(op for op, on in operations.items() if not on),
             stale_if_error_ms=merged.get("stale_if_error_s", self.stale_if_error_s) * 1000,
+            write_through=merged.get("write_through", self.write_through),
         )
 
     def describe(self) -> dict[str, Any]:

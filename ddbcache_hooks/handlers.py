@@ -33,6 +33,7 @@ from .protocol import Protocol
 from .resilience import AsyncBackgroundWork, refused
 from .schema import TableSchema
 from .transport import AsyncTransport, SyncTransport
+from .writethrough import Intent
 
 log = logging.getLogger("ddbcache_hooks")
 T = TypeVar("T")
@@ -146,6 +147,8 @@ class Hooks:
             return
         if isinstance(plan, ReadPlan) and _refreshing.get():
             plan.refresh = True
+        if isinstance(plan, WritePlan) and self.protocol.write_through:
+            self.protocol.plan_through(plan)
         context[PLAN] = plan
         scope = _scope.get()
         if scope is not None:
@@ -214,6 +217,31 @@ class Hooks:
         parsed.clear()
         parsed.update(answer)
         http_response.status_code = 200
+
+    @staticmethod
+    def _intent_to_register(context: Mapping[str, Any]) -> WritePlan | None:
+        """The write whose intent before-call registers (write-through on)."""
+        plan = context.get(PLAN)
+        if isinstance(plan, WritePlan) and isinstance(plan.through, Intent):
+            return None if plan.through.registered else plan
+        return None
+
+    def _intent_failed(self, plan: WritePlan) -> None:
+        """Redis did not take the intent: the write only invalidates."""
+        plan.through = None
+        self.protocol.skip_write_fill("redis")
+
+    def _failed_through(self, plan: WritePlan) -> None:
+        """Redis did not take a write-through write's completion: nothing stored."""
+        if isinstance(plan.through, Intent) and plan.through.registered:
+            plan.through = None
+            self.protocol.skip_write_fill("redis")
+
+    def _uncertain(self, plan: WritePlan) -> None:
+        """A write-through write whose outcome nobody will know: it only invalidates."""
+        if isinstance(plan.through, Intent):
+            plan.through = None
+            self.protocol.skip_write_fill("uncertain")
 
     def _remember(self, plan: WritePlan, parsed: dict[str, Any] | None) -> None:
         """A write whose invalidation Redis did not take: keep it for replay."""
@@ -303,6 +331,7 @@ class SyncHooks(Hooks):
         for plan in scope:
             if isinstance(plan, WritePlan):
                 self.protocol.stats.incr("writes_cancelled")
+                self._uncertain(plan)
                 self._remember(plan, None)
             elif isinstance(plan, ReadPlan):
                 self.protocol.abandon(plan)
@@ -342,6 +371,14 @@ class SyncHooks(Hooks):
             self._run(self.protocol.release(plan))
             _finished(plan)
 
+    def register_write_intent(self, context: dict[str, Any], **_: Any) -> None:
+        """before-call of a write that may store its image: register its intent."""
+        plan = self._intent_to_register(context)
+        if plan is not None:
+            outcome: Any = self._run(self.protocol.register_intent(plan))
+            if outcome is _FAILED:
+                self._intent_failed(plan)
+
     def invalidate_written_items(
         self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
     ) -> None:
@@ -365,8 +402,12 @@ class SyncHooks(Hooks):
             return
         _finished(plan)
         if self._changed_nothing(parsed):
+            if isinstance(plan.through, Intent):
+                self.protocol.skip_write_fill("rejected")
+                self._run(self.protocol.release_intent(plan))
             return
         if self._run(self.protocol.invalidate(plan, parsed)) is _FAILED:
+            self._failed_through(plan)
             self._remember(plan, parsed)
 
     def _run(self, op: Op[T]) -> T:
@@ -486,6 +527,7 @@ class AsyncHooks(Hooks):
         for plan in scope:
             if isinstance(plan, WritePlan):
                 self.protocol.stats.incr("writes_cancelled")
+                self._uncertain(plan)
                 self.work.hand_over(self._deliver_invalidation(plan, None))
             elif isinstance(plan, ReadPlan):
                 self.protocol.abandon(plan)
@@ -529,6 +571,14 @@ class AsyncHooks(Hooks):
             await self._run(self.protocol.release(plan))
             _finished(plan)
 
+    async def register_write_intent(self, context: dict[str, Any], **_: Any) -> None:
+        """before-call of a write that may store its image: register its intent."""
+        plan = self._intent_to_register(context)
+        if plan is not None:
+            outcome: Any = await self._run(self.protocol.register_intent(plan))
+            if outcome is _FAILED:
+                self._intent_failed(plan)
+
     async def invalidate_written_items(
         self, context: dict[str, Any], parsed: dict[str, Any] | None = None, **_: Any
     ) -> None:
@@ -554,6 +604,9 @@ class AsyncHooks(Hooks):
             return
         _finished(plan)
         if self._changed_nothing(parsed):
+            if isinstance(plan.through, Intent):
+                self.protocol.skip_write_fill("rejected")
+                await self._run(self.protocol.release_intent(plan))
             return
         # Shielded: a caller cancelled while this waits (say for a pooled
         # connection) leaves the invalidation running to its end in a task.
@@ -562,6 +615,7 @@ class AsyncHooks(Hooks):
     async def _deliver_invalidation(self, plan: WritePlan, parsed: dict[str, Any] | None) -> None:
         outcome: Any = await self._run(self.protocol.invalidate(plan, parsed))
         if outcome is _FAILED:
+            self._failed_through(plan)
             self._remember(plan, parsed)
 
     async def _run(self, op: Op[T]) -> T:

@@ -184,6 +184,9 @@ class WritePlan:
     location: Location
     #: Set once computed, so that a failed delivery can be remembered as it was.
     invalidation: Invalidation | None = None
+    #: With write_through: the item this write may store (a writethrough.Intent),
+    #: or why it may not (a skip reason); None when off or not such a write.
+    through: Any = None
 
 
 Plan = ReadPlan | WritePlan

@@ -49,6 +49,7 @@ HANDLERS: tuple[tuple[str, str, str, frozenset[Action]], ...] = (
     ("before-call.dynamodb.{op}", "serve_cached_read", "middle", _READS),
     ("after-call.dynamodb.{op}", "store_read_result", "middle", _READS),
     ("after-call-error.dynamodb.{op}", "release_leases", "middle", _READS),
+    ("before-call.dynamodb.{op}", "register_write_intent", "middle", frozenset({Action.WRITE})),
     ("after-call.dynamodb.{op}", "invalidate_written_items", "middle", _WRITES),
     ("after-call-error.dynamodb.{op}", "invalidate_written_items", "middle", _WRITES),
     ("after-call.dynamodb", "drop_missing_table", "middle", frozenset()),

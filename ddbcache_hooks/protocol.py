@@ -26,7 +26,7 @@ from typing import Any
 
 import botocore
 
-from . import responses, store
+from . import responses, store, writethrough
 from ._version import __version__
 from .codec import Codec, CorruptEntry, ForeignEntry
 from .config import Settings
@@ -56,6 +56,7 @@ from .schema import TableSchema
 from .scripts import BULK_MARK, FillStatus, LookupStatus
 from .stats import LimitedLog, Stats, log
 from .writes import WriteSet
+from .writethrough import Intent
 
 #: First waits of a caller that finds another caller's lease (seconds); the
 #: last value repeats until ``lease_wait_ms`` is spent. Each is jittered by up to
@@ -117,8 +118,10 @@ def _index_items(
     return found
 
 
-class Protocol:
+class Protocol(writethrough.WriteThroughSteps):
     """State shared by every client of one registration, and the protocol steps."""
+
+    stats: Stats
 
     def __init__(self, settings: Settings, *, cluster: bool = False) -> None:
         self.settings = settings
@@ -175,6 +178,10 @@ class Protocol:
         #: Pub/sub channel that near caches listen on.
         self.channel = settings.namespace + CHANNEL_SUFFIX
         self._foreign_reported = threading.Event()
+        #: Whether any table stores what its writes produced (planning skips it otherwise).
+        self.write_through = settings.write_through or any(
+            policy.write_through for policy in settings.tables.values()
+        )
         fork_safe(self.stats, self.breaker, self.backlog, self.orphans, self.limited, self.near)
 
     # --- reads ---------------------------------------------------------------------
@@ -620,10 +627,15 @@ class Protocol:
     # --- writes --------------------------------------------------------------------
 
     def invalidate(self, plan: WritePlan, parsed: Mapping[str, Any] | None) -> Op[None]:
-        """After a write returned (or failed): drop what it touched."""
+        """After a write returned (or failed): drop what it touched (and, with a
+        registered write intent, store what it wrote if nothing intervened)."""
         plan.invalidation = yield from self.invalidation(plan, parsed)
         yield from self.replay_backlog()
-        yield from self.deliver(plan.invalidation)
+        intent = plan.through
+        if isinstance(intent, Intent) and intent.registered:
+            yield from self._write_through(plan, intent, parsed)
+        else:
+            yield from self.deliver(plan.invalidation)
 
     def undelivered(self, plan: WritePlan, parsed: Mapping[str, Any] | None) -> Invalidation:
         """The invalidation to remember when Redis cannot take it now.

@@ -18,6 +18,9 @@ field            meaning
                  invalidation (a signed entry is bound to it)
 ``c``            since when the item's history is known: the time of its last
                  invalidation, of a gap (eviction, another server), or 0
+``w``            write intents registered on the item since its last invalidation
+``w:<t>``        a write intent (write-through): its expiry, server time in ms;
+                 ``<expiry>:x`` once another write completed meanwhile
 ===============  =====================================================
 
 A Query or Scan variant has a hash of its own with the same fields (``v`` is
@@ -447,7 +450,7 @@ return {g, false, 1}
 """,
 )
 
-SCRIPTS = (
+SCRIPTS: tuple[Script, ...] = (
     LOOKUP_OR_LEASE,
     FILL_IF_LEASED,
     INVALIDATE_ITEMS,
@@ -466,3 +469,130 @@ class FillStatus(enum.IntEnum):
     LOST = 0
     RELEASED = 2
     GARBAGE = -1
+
+
+class WriteThroughStatus(enum.IntEnum):
+    """What :data:`WRITE_THROUGH` answers: stored, or why not."""
+
+    STORED = 1
+    #: The intent is gone or spoiled: an invalidation (another write, a stream
+    #: record, an eviction, a restart) touched the item since it was registered.
+    INTERVENED = 2
+    #: Another intent was registered after this one.
+    SUPERSEDED = 3
+    #: Another write's intent is still in flight.
+    BUSY = 4
+    #: The table's item token changed (a table drop, ``invalidate_table``).
+    TABLE = 5
+    #: The intent expired before the write completed.
+    EXPIRED = 6
+    #: Nothing to store (only the invalidation ran).
+    NO_ENTRY = 7
+
+
+#: KEYS[1] item hash, KEYS[2] (optional, same node) the table's token hash.
+#: ARGV: intent token, intent ms, a fresh random value, token ttl ms.
+#: A write about to be sent registers an intent on the item: a new field with an
+#: expiry by the server's clock, counted in ``w``. The hash's generation is made
+#: current first (as a lookup does), so that a lookup does not discard the hash
+#: and its intent as state of another server.
+#: Returns {intent number, item token (false without KEYS[2]), server identity,
+#: server time ms}.
+REGISTER_INTENT = _script(
+    "register_intent",
+    """
+local key, token = KEYS[1], ARGV[1]
+local sid = server_id()
+local tokens = {false, false, 0}
+if KEYS[2] then tokens = table_tokens(KEYS[2], ARGV[3], tonumber(ARGV[4]), sid) end
+local now = now_ms()
+local g = redis.pcall('HGET', key, 'g')
+if type(g) == 'table' and g['err'] then redis.call('DEL', key); g = false end
+if not g or string.sub(g, 1, #sid + 1) ~= sid .. '/' then
+  local since = now
+  if g or redis.call('EXISTS', key) == 1 then
+    redis.call('DEL', key)
+  elseif never_evicted() then
+    since = 0
+  end
+  redis.call('HSET', key, 'g', sid .. '/' .. ARGV[3], 'c', since)
+end
+local n = redis.call('HINCRBY', key, 'w', 1)
+local ends = now + tonumber(ARGV[2])
+redis.call('HSET', key, 'w:' .. token, ends)
+keep_until(key, ends, now)
+return {n, tokens[1], sid, now}
+""",
+)
+
+#: KEYS[1] item hash, KEYS[2] (optional, same node) the table's token hash.
+#: ARGV: intent token, intent number, server identity at registration, the item
+#: token the entry carries ('' : not checked here), a fresh random value, entry
+#: ('' : invalidate only), ttl ms, settle window ms, variant field.
+#: After a write DynamoDB applied: the item's invalidation (every variant and
+#: lease goes, the settle marker and a new generation ``<sid>/<fresh>`` are left)
+#: and, when this write's intent is intact, is the last one registered, no other
+#: is in flight, the server and the table token are the ones of the registration,
+#: the new image stored under ``field`` with the full TTL. Every other live intent
+#: is kept, spoiled: its write may have been applied before this one, so it stores
+#: nothing, but it keeps blocking other writes' fills until it expires.
+#: Returns {WriteThroughStatus, ttl ms}.
+WRITE_THROUGH = _script(
+    "write_through",
+    """
+local key, mine = KEYS[1], 'w:' .. ARGV[1]
+local now = now_ms()
+local sid = server_id()
+local status = 1
+local all = redis.pcall('HGETALL', key)
+if all['err'] then redis.call('DEL', key); all = {} end
+local fields, others = {}, {}
+for i = 1, #all, 2 do fields[all[i]] = all[i + 1] end
+for name, value in pairs(fields) do
+  if string.sub(name, 1, 2) == 'w:' and name ~= mine then
+    local ends = tonumber(string.match(value, '^(%d+)'))
+    if ends and ends > now then others[name] = value end
+  end
+end
+local own = fields[mine]
+if not own or not string.match(own, '^%d+$') then
+  status = 2
+elseif tonumber(own) <= now then
+  status = 6
+elseif tonumber(fields['w']) ~= tonumber(ARGV[2]) then
+  status = 3
+elseif next(others) ~= nil then
+  status = 4
+elseif sid ~= ARGV[3] then
+  status = 2
+elseif KEYS[2] and ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'i') ~= ARGV[4] then
+  status = 5
+elseif ARGV[6] == '' then
+  status = 7
+end
+redis.call('DEL', key)
+local settle, keep = tonumber(ARGV[8]), 0
+if settle > 0 or status == 1 or next(others) ~= nil then
+  redis.call('HSET', key, 'c', now, 'g', sid .. '/' .. ARGV[5])
+  if settle > 0 then keep = now + 2 * settle end
+end
+if next(others) ~= nil then
+  for name, value in pairs(others) do
+    local ends = tonumber(string.match(value, '^(%d+)'))
+    redis.call('HSET', key, name, ends .. ':x')
+    keep = math.max(keep, ends)
+  end
+  redis.call('HSET', key, 'w', fields['w'] or 0)
+end
+local ttl = 0
+if status == 1 then
+  ttl = tonumber(ARGV[7])
+  redis.call('HSET', key, 'e:' .. ARGV[9], ARGV[6], 'x:' .. ARGV[9], now + ttl)
+  keep = math.max(keep, now + ttl)
+end
+if keep > now then redis.call('PEXPIRE', key, keep - now) end
+return {status, ttl}
+""",
+)
+
+SCRIPTS = (*SCRIPTS, REGISTER_INTENT, WRITE_THROUGH)

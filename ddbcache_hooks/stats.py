@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .policy import ReadKind
+from .writethrough import SKIP_REASONS
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -44,6 +45,10 @@ COUNTERS = (
     "early_refreshes",
     "refreshes",
     "refresh_errors_hidden",
+    # write-through (ddbcache_hooks.writethrough): stored images, and why not
+    "write_fills",
+    "write_fills_skipped",
+    *(f"write_fills_skipped_{reason}" for reason in SKIP_REASONS),
     # DynamoDB Streams consumer (ddbcache_hooks.streams)
     "stream_records",
     "stream_table_drops",
@@ -64,6 +69,7 @@ TABLE_COUNTERS = (
     "table_invalidations",
     "stale_served",
     "early_refreshes",
+    "write_fills",
 )
 
 #: Distinct table names one process counts apart; any further table adds to OTHER_TABLE

@@ -192,6 +192,169 @@ def run_worker(config: Config, worker: int) -> list[Record]:
     return records
 
 
+#: A write-through completion that ignores intents: the item's invalidation, then
+#: the image stored whatever happened meanwhile (what the intent-aware checker must catch).
+NAIVE_WRITE_THROUGH_SOURCE = """
+local key = KEYS[1]
+redis.call('DEL', key)
+if ARGV[6] == '' then return {7, 0} end
+local now = now_ms()
+local ttl = tonumber(ARGV[7])
+redis.call('HSET', key, 'c', now, 'g', server_id() .. '/' .. ARGV[5],
+  'e:' .. ARGV[9], ARGV[6], 'x:' .. ARGV[9], now + ttl)
+redis.call('PEXPIRE', key, ttl)
+return {1, ttl}
+"""
+
+#: Source of the reads that bypass the cache: what DynamoDB holds at that moment.
+CONSISTENT = "GetItem consistent"
+
+
+def run_write_through_worker(config: Config, worker: int) -> list[Record]:
+    """One process of the write-through workload (module-level, so it can be spawned).
+
+    Many writers (PutItem, DeleteItem: moto's UpdateItem is not atomic under
+    concurrency) on few hot keys, cached GetItems, and strongly consistent
+    GetItems that record what DynamoDB holds. Random delays are injected
+    between before-call and the send, and between DynamoDB's answer and the
+    library's after-call; some writes lose their answer after being applied.
+    ``config.naive`` swaps the completion script for one without intents.
+    """
+    import boto3
+    from botocore.exceptions import ClientError, ReadTimeoutError
+
+    import ddbcache_hooks
+    from ddbcache_hooks import scripts, writethrough
+
+    if config.naive:
+        writethrough.WRITE_THROUGH = scripts._script(
+            "naive_write_through", NAIVE_WRITE_THROUGH_SOURCE
+        )
+    rng = random.Random(config.seed * 1000 + worker)
+    rng_lock = threading.Lock()
+
+    def delay(**_: Any) -> None:
+        with rng_lock:
+            pause = rng.random() * config.max_delay_ms / 1000
+        time.sleep(pause)
+
+    def maybe_fail(**_: Any) -> None:
+        with rng_lock:
+            fail = rng.random() < config.fail_rate
+        if fail:
+            raise ReadTimeoutError(endpoint_url=config.moto_url)  # applied, answer lost
+
+    def long_delay(**_: Any) -> None:
+        with rng_lock:
+            pause = rng.random() * 3 * config.max_delay_ms / 1000
+        time.sleep(pause)
+
+    session = boto3.Session(region_name="us-east-1")
+    writes = ("PutItem", "DeleteItem")
+    session.events.register("after-call.dynamodb.GetItem", delay)
+    for op in writes:
+        # Long and uneven: two writes' completions often arrive out of DynamoDB's order.
+        session.events.register(f"after-call.dynamodb.{op}", long_delay)
+        session.events.register(f"before-send.dynamodb.{op}", delay)
+        session.events.register_first(f"needs-retry.dynamodb.{op}", maybe_fail)
+    ddbcache_hooks.register(
+        session,
+        config.redis_url,
+        namespace=config.namespace,
+        key_schema={TABLE: "pk"},
+        redis_timeout_ms=2000,
+        lease_wait_ms=100,
+        write_through=True,
+    )
+    records: list[Record] = []
+    records_lock = threading.Lock()
+    deadline = time.monotonic() + config.seconds
+
+    def thread_main(index: int) -> None:
+        client = session.client("dynamodb", endpoint_url=config.moto_url)
+        local_rng = random.Random(config.seed * 1_000_000 + worker * 1000 + index)
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            key = local_rng.choice(config.keys)
+            value = f"{worker}-{index}-{n}"
+            roll = local_rng.random()
+            out: list[Record] = []
+            started = time.monotonic_ns()
+            op = ""
+            try:
+                if roll < 0.35:
+                    response = client.get_item(TableName=TABLE, Key={"pk": {"S": key}})
+                    source = "GetItem hit" if "CacheMetadata" in response else "GetItem"
+                    out.append(_read(key, response.get("Item"), started, source))
+                elif roll < 0.55:
+                    response = client.get_item(
+                        TableName=TABLE, Key={"pk": {"S": key}}, ConsistentRead=True
+                    )
+                    out.append(_read(key, response.get("Item"), started, CONSISTENT))
+                elif roll < 0.90:
+                    op = "PutItem"
+                    client.put_item(TableName=TABLE, Item={"pk": {"S": key}, "v": {"S": value}})
+                    out.append(_write(key, value, started, op))
+                else:
+                    op = "DeleteItem"
+                    client.delete_item(TableName=TABLE, Key={"pk": {"S": key}})
+                    out.append(_write(key, DELETED, started, op))
+            except ReadTimeoutError:
+                if op:  # applied, and it ended now
+                    out.append(_write(key, DELETED if op == "DeleteItem" else value, started, op))
+            except ClientError:
+                continue
+            with records_lock:
+                records.extend(out)
+
+    threads = [threading.Thread(target=thread_main, args=(i,)) for i in range(config.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return records
+
+
+def find_reordered(records: Iterable[Record], initial: dict[str, str]) -> list[Stale]:
+    """Reads that returned a value DynamoDB had provably replaced by a returned write.
+
+    :func:`find_stale` orders only writes that do not overlap; two overlapping
+    writes stored in the opposite order from the order DynamoDB applied them
+    escape it. Strongly consistent reads (:data:`CONSISTENT`) say what DynamoDB
+    held: a read R is stale when a consistent read C completed before R began,
+    C returned another value than R, every write R's value may come from
+    completed before C began (so DynamoDB had replaced it when C read), and
+    every write C's value may come from completed before R began (the write
+    that replaced it had returned). The returned ``newer`` is C's source.
+    """
+    writes: dict[str, list[Record]] = defaultdict(list)
+    reads: list[Record] = []
+    for record in records:
+        (writes[record.key] if record.kind == "write" else reads).append(record)
+    for key, value in initial.items():
+        writes[key].append(Record("write", key, value, 0, 0, "initial"))
+    anchors: dict[str, list[Record]] = defaultdict(list)
+    for read in reads:
+        if read.source == CONSISTENT:
+            anchors[read.key].append(read)
+    stale = []
+    for read in reads:
+        sources = [w for w in writes[read.key] if w.value == read.value]
+        if not sources:
+            raise AssertionError(f"read of a value nobody wrote: {read}")
+        for anchor in anchors[read.key]:
+            if anchor.completed >= read.invoked or anchor.value == read.value:
+                continue
+            if not all(s.completed < anchor.invoked for s in sources):
+                continue
+            replacing = [w for w in writes[read.key] if w.value == anchor.value]
+            if replacing and all(w.completed < read.invoked for w in replacing):
+                stale.append(Stale(read, replacing[0]))
+                break
+    return stale
+
+
 #: The Query/Scan workload's table: partitions "a" and "b", sort keys "1" and "2",
 #: an LSI (same partition key) and a GSI whose one partition holds every item.
 PAGE_TABLE = "hotq"

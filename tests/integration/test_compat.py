@@ -68,6 +68,19 @@ def test_get_item_miss_hit_and_invalidation_on_every_write_path(
     assert calls["GetItem"] == len(writes) + 1
 
 
+def test_write_through_from_the_environment_leaves_cache_client_alone(
+    raw: Any, redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DDBCACHE_WRITE_THROUGH", "1")
+    client = CacheClient(raw, redis_client, ttl=60, namespace=namespace)
+    calls = CallCounter().attach(raw)
+    client.delete_item(TableName="items", Key=KEY)  # learns nothing it could store
+    client.put_item(TableName="items", Item={**KEY, "v": {"S": "put"}})
+    assert "CacheMetadata" not in client.get_item(TableName="items", Key=KEY)
+    assert calls["GetItem"] == 1
+    assert client.registration.stats()["write_fills"] == 0
+
+
 def test_query_scan_purgatory_and_batch_counts(
     raw: Any, redis_client: redis.Redis, namespace: str
 ) -> None:

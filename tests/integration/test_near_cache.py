@@ -280,3 +280,30 @@ def test_a_busy_reader_sees_writes_within_the_bound(
         assert stale == [], f"reads older than the bound: {stale[:5]}"
     finally:
         registration.unregister()
+
+
+WRITE_THROUGH_WRITER = WRITER.replace(
+    "namespace=namespace)", "namespace=namespace, write_through=True, key_schema={'items': 'pk'})"
+)
+
+
+def test_remote_write_through_evicts_and_the_stored_item_is_served(
+    near_client: Any, moto_url: str, redis_server: RedisServer, namespace: str
+) -> None:
+    """A write-through writer elsewhere stores the new item in Redis and tells the
+    near caches: the near entry goes, and the next read hits the new item in Redis."""
+    client, _, near = near_client
+    value(client)
+    value(client)
+    assert len(near) == 1
+    assert "write_through=True" in WRITE_THROUGH_WRITER
+    subprocess.run(
+        [sys.executable, "-c", WRITE_THROUGH_WRITER, moto_url, redis_server.url, namespace, "wt"],
+        check=True,
+        timeout=60,
+    )
+    deadline = time.monotonic() + 2
+    while len(near) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(near) == 0, "the invalidation message did not arrive"
+    assert value(client) == ("hit", "wt")

@@ -283,3 +283,36 @@ def test_a_zlib_entry_of_the_previous_format_is_a_hit(
     finally:
         old.unregister()
         new.unregister()
+
+
+@pytest.mark.parametrize("write_through", [False, True])
+def test_write_through_costs_one_round_trip_more_per_write(
+    session: boto3.Session, redis_server: RedisServer, namespace: str, write_through: bool
+) -> None:
+    """Off: a write is one round trip. On: the intent before the send, then the
+    completion (the item's invalidation and its fill in one script): two; the hit
+    that follows is one, with no DynamoDB read."""
+    cache, counter = counting_redis(redis_server.port)
+    registration = ddbcache_hooks.register(
+        session, cache, namespace=namespace, key_schema={"items": "pk"}, write_through=write_through
+    )
+    try:
+        c = session.client("dynamodb")
+        make_table(c, "items")
+        calls = CallCounter().attach(c)
+        for op in (
+            lambda: c.put_item(TableName="items", Item={**KEY, "v": {"S": "1"}}),
+            lambda: c.update_item(
+                TableName="items",
+                Key=KEY,
+                UpdateExpression="SET v = :v",
+                ExpressionAttributeValues={":v": {"S": "2"}},
+                ReturnValues="ALL_NEW",
+            ),
+            lambda: c.delete_item(TableName="items", Key=KEY),
+        ):
+            assert rounds(counter, op) == (2 if write_through else 1)
+            c.get_item(TableName="items", Key=KEY)
+        assert calls["GetItem"] == (0 if write_through else 3)
+    finally:
+        registration.unregister()

@@ -606,3 +606,81 @@ def test_async_near_cache_and_counter_flush(
         assert (totals.processes, totals.exited) == (1, 1)
 
     asyncio.run(main())
+
+
+# --- write-through -----------------------------------------------------------------
+
+
+async def _write_through_fills(f: Flavor) -> None:
+    """With write_through, PutItem, UpdateItem (ALL_NEW) and DeleteItem store their image."""
+    calls = CallCounter().attach(f.client)
+    await f.call("put_item", TableName="items", Item={**KEY, "n": {"N": "2.50"}})
+    hit = await get(f)
+    assert hit["Item"] == {**KEY, "n": {"N": "2.5"}} and hit["CacheMetadata"]["CacheHit"]
+    await f.call(
+        "update_item",
+        TableName="items",
+        Key=KEY,
+        UpdateExpression="SET v = :v",
+        ExpressionAttributeValues={":v": {"S": "u"}},
+        ReturnValues="ALL_NEW",
+    )
+    assert (await get(f))["Item"] == {**KEY, "n": {"N": "2.5"}, "v": {"S": "u"}}
+    await f.call("delete_item", TableName="items", Key=KEY)
+    assert "Item" not in (await get(f))
+    assert calls["GetItem"] == 0
+    assert f.registration.stats()["write_fills"] == 3
+
+
+test_write_through_fills = shared(
+    _write_through_fills, write_through=True, key_schema={"items": "pk"}
+)
+
+
+@pytest.mark.aio
+def test_a_cancelled_write_through_write_stores_nothing(
+    moto_url: str, redis_server: RedisServer, namespace: str
+) -> None:
+    """Cancelled after its intent was registered and the write sent: only the invalidation."""
+    sent = asyncio.Event()
+
+    async def slow_answer(**_: Any) -> None:
+        sent.set()
+        await asyncio.sleep(5)
+
+    def before(session: Any) -> None:
+        session.events.register("after-call.dynamodb.PutItem", slow_answer)
+
+    async def main() -> None:
+        async with open_flavor(
+            "async",
+            moto_url,
+            redis_server.url,
+            namespace,
+            before,
+            write_through=True,
+            key_schema={"items": "pk"},
+        ) as f:
+            await create_items(f)
+            calls = CallCounter().attach(f.client)
+            await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "old"}})
+            assert (await get(f))["Item"]["v"] == {"S": "old"}  # stored by the first put
+            sent.clear()
+            task = asyncio.ensure_future(
+                f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "new"}})
+            )
+            await sent.wait()  # DynamoDB applied it; the answer is held back
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for _ in range(100):  # the invalidation runs in a task of its own
+                if f.registration.stats()["write_fills_skipped_uncertain"]:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            assert f.registration.stats()["write_fills_skipped_uncertain"] == 1
+            assert (await get(f))["Item"]["v"] == {"S": "new"}
+            assert calls["GetItem"] == 1  # a miss: the cancelled write stored nothing
+            assert f.registration.stats()["write_fills"] == 1
+
+    asyncio.run(main())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.checker import DELETED, Record, find_stale
+from tests.checker import CONSISTENT, DELETED, Record, find_reordered, find_stale
 
 
 def write(value: str | None, invoked: int, completed: int, certain: bool = True) -> Record:
@@ -50,3 +50,32 @@ def test_absent_items_and_the_initial_value() -> None:
     assert found.newer == again
     assert find_stale([write("new", 10, 20), read("initial", 30, 40)], {"k": "initial"})
     assert not find_stale([read("initial", 30, 40)], {"k": "initial"})
+
+
+def consistent(value: str | None, invoked: int, completed: int) -> Record:
+    return Record("read", "k", value, invoked, completed, CONSISTENT)
+
+
+def test_reordered_writes_are_found_through_a_consistent_read() -> None:
+    """Two overlapping writes; DynamoDB kept "a" (a consistent read saw it after both
+    returned), and a later read still returns "b": stale, though the writes overlap."""
+    a, b = write("a", 10, 40), write("b", 15, 35)
+    saw_a = consistent("a", 50, 55)
+    later = read("b", 60, 65)
+    assert not find_stale([a, b, saw_a, later], {})
+    (found,) = find_reordered([a, b, saw_a, later], {})
+    assert found.read == later and found.newer == a
+
+
+def test_reordered_rule_does_not_cry_wolf() -> None:
+    a, b = write("a", 10, 40), write("b", 15, 35)
+    # The read began before the consistent read completed.
+    assert not find_reordered([a, b, consistent("a", 50, 55), read("b", 52, 65)], {})
+    # The value read may have been written after the consistent read began.
+    c = write("c", 45, 70)
+    assert not find_reordered([a, c, consistent("a", 50, 55), read("c", 60, 65)], {})
+    # The write the consistent read saw had not returned when the read began.
+    slow = write("a", 10, 80)
+    assert not find_reordered([slow, b, consistent("a", 50, 55), read("b", 60, 65)], {})
+    # Same value: nothing to judge.
+    assert not find_reordered([a, b, consistent("a", 50, 55), read("a", 60, 65)], {})

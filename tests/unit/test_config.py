@@ -300,3 +300,22 @@ def test_options_typeddict_options_and_settings_agree() -> None:
         "query_invalidation",
         "response_metadata",
     }
+
+
+def test_write_through_option() -> None:
+    assert Settings.resolve({}, environ={}).write_through is False
+    settings = Settings.resolve(
+        {"write_through": True, "tables": {"audit*": TablePolicy(write_through=False)}}
+    )
+    assert settings.for_table("orders").write_through is True  # type: ignore[union-attr]
+    assert settings.for_table("audit_log").write_through is False  # type: ignore[union-attr]
+    only = Settings.resolve({"tables": {"carts": {"write_through": True}}})
+    assert only.for_table("carts").write_through is True  # type: ignore[union-attr]
+    assert only.for_table("orders").write_through is False  # type: ignore[union-attr]
+    assert from_environment({"DDBCACHE_WRITE_THROUGH": "1"}) == {"write_through": True}
+    with pytest.raises(ConfigurationError, match="write_through"):
+        Settings.resolve({"write_through": "yes"})
+    with pytest.raises(ConfigurationError, match="write_through"):
+        Settings.resolve({"tables": {"t": {"write_through": 1}}})
+    with pytest.raises(ConfigurationError, match="DDBCACHE_WRITE_THROUGH"):
+        from_environment({"DDBCACHE_WRITE_THROUGH": "maybe"})

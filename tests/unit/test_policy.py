@@ -155,4 +155,11 @@ def test_handler_rows_follow_the_policy_table() -> None:
         "middle",
     ) in rows
     assert not any("DescribeTable" in event or "TransactGetItems" in event for event, _, _ in rows)
-    assert len(HANDLERS) == 9
+    # write-through's intents (the handler returns at once unless the plan may fill)
+    assert ("before-call.dynamodb.PutItem", "register_write_intent", "middle") in rows
+    assert (
+        "before-call.dynamodb.DescribeBulkOperation",
+        "register_write_intent",
+        "middle",
+    ) not in rows
+    assert len(HANDLERS) == 10
