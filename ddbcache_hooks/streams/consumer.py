@@ -33,7 +33,9 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
+from .. import acl
 from ..config import Settings
+from ..errors import ConfigurationError
 from ..handlers import drive
 from ..protocol import Protocol
 from ..schema import TableSchema
@@ -158,7 +160,8 @@ class Consumer:
         """Follow the streams until ``stop`` is set (or :meth:`stop` called, or ``rounds`` ran).
 
         A table that does not exist or has no enabled stream is named in a warning
-        and left out; ValueError when that is every table.
+        and left out; ValueError when that is every table. ConfigurationError when
+        Redis refuses a command the consumer sends (an ACL): it would be refused every round.
         """
         stop = stop or self._stop
         try:
@@ -178,16 +181,35 @@ class Consumer:
                 done += 1
                 try:
                     found = self.step()
-                except (RedisError, ClientError, BotoCoreError) as exc:
-                    self.protocol.stats.incr("stream_errors")
-                    self.protocol.limited.warning(
-                        "streams", "stream round failed (%s: %s); retrying", type(exc).__name__, exc
-                    )
+                except RedisError as exc:
+                    self._raise_if_refused(exc)
+                    self._round_failed(exc)
+                    found = 0
+                except (ClientError, BotoCoreError) as exc:
+                    self._round_failed(exc)
                     found = 0
                 if not found:
                     stop.wait(self.poll_s)
         finally:
             self.release()
+
+    def _raise_if_refused(self, exc: RedisError) -> None:
+        """A command Redis refuses (an ACL) will be refused every round: a configuration
+        error, said once by raising ConfigurationError with the fix, not retried for ever."""
+        found = acl.refusal(exc)
+        if found is not None:
+            self.protocol.stats.incr("redis_refused")
+            namespace = self.settings.namespace
+            raise ConfigurationError(
+                f"Redis refused {found.what} for keys {acl.key_pattern(namespace)}: "
+                f"{acl.fix(found, namespace)}"
+            ) from None
+
+    def _round_failed(self, exc: Exception) -> None:
+        self.protocol.stats.incr("stream_errors")
+        self.protocol.limited.warning(
+            "streams", "stream round failed (%s: %s); retrying", type(exc).__name__, exc
+        )
 
     def stop(self) -> None:
         """End :meth:`run` after the current round (from another thread or a signal handler)."""
@@ -205,7 +227,8 @@ class Consumer:
                 self._schema,
             )
         except RedisError as exc:
-            log.warning("could not release stream leases (they expire): %s", exc)
+            if acl.refusal(exc) is None:  # a refusal was said already, with its fix
+                log.warning("could not release stream leases (they expire): %s", exc)
         for stream in streams:
             stream.iterators.clear()
 

@@ -327,17 +327,40 @@ def refusing_url(redis_server: RedisServer) -> Any:
         admin.close()
 
 
-@pytest.mark.parametrize("command", [["flush", "--yes"], ["stats"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["flush", "--yes"],
+        ["stats"],
+        ["streams", "--table", "t"],
+        ["get", "--table", "t", "--key", '{"pk": {"S": "a"}}'],
+    ],
+)
 def test_stopped_redis_is_one_line_and_a_failure(
     stopped_redis_url: str, command: list[str]
 ) -> None:
-    result = console(*command, "--redis-url", stopped_redis_url)
+    result = console(*command, "--redis-url", stopped_redis_url, AWS_DEFAULT_REGION="us-east-1")
     assert result.returncode == 2 and result.stdout == ""
     port = stopped_redis_url.rsplit(":", 1)[1].split("/")[0]
     assert result.stderr.splitlines() == [
         f"ddbcache {command[0]}: cannot connect to Redis: Could not connect to Redis at "
         f"{stopped_redis_url}: Error 111 connecting to 127.0.0.1:{port}. Connection refused."
     ]
+
+
+def test_doctor_against_a_stopped_redis_fails_naming_it(stopped_redis_url: str) -> None:
+    """doctor is a report: the Redis check is one FAIL line, the exit non-zero, no traceback."""
+    result = console(
+        "doctor",
+        "--redis-url",
+        stopped_redis_url,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:1",
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    failures = [line for line in result.stdout.splitlines() if "FAIL" in line]
+    assert failures[0].startswith("  FAIL  connect: cannot connect to Redis: Could not connect")
+    assert "Traceback" not in result.stderr + result.stdout
 
 
 @pytest.mark.parametrize(

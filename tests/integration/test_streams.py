@@ -392,3 +392,47 @@ def test_a_record_sends_the_near_cache_message_a_registered_write_sends(
     assert write_lines and set(write_lines) <= set(record_lines)
     assert len(record_lines) == 2 * len(write_lines)
     subscriber.close()
+
+
+def test_cli_streams_refused_by_redis_is_one_line_and_a_failure(
+    moto_url: str, redis_server: RedisServer, plain: Any
+) -> None:
+    """A Redis user without a command the consumer sends: one line naming it, non-zero exit."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    import redis
+
+    stream_table(plain, "refusedtbl")
+    user, password = "st" + uuid.uuid4().hex[:8], "pw" + uuid.uuid4().hex[:8]
+    admin = redis.Redis(port=redis_server.port)
+    admin.execute_command(
+        "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-evalsha"
+    )
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ddbcache_hooks",
+                "streams",
+                "--table",
+                "refusedtbl",
+                "--redis-url",
+                f"redis://{user}:{password}@127.0.0.1:{redis_server.port}/0",
+            ],
+            env={**os.environ, "AWS_ENDPOINT_URL": moto_url, "AWS_DEFAULT_REGION": "us-east-1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.splitlines() if "evalsha" in line]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert password not in result.stderr + result.stdout
