@@ -29,6 +29,20 @@ def entry_key(registration: ddbcache_hooks.Registration, table: str, key: Any) -
 
 
 @pytest.fixture
+def cache(
+    session: boto3.Session, backend: Any, namespace: str
+) -> Iterator[ddbcache_hooks.Registration]:
+    """As conftest's, without the settle window: the entries a test corrupts were filled
+    right after their PutItem, and under the window they would live at most one second,
+    so on a loaded machine the corrupted read could find an expired entry instead."""
+    registration = ddbcache_hooks.register(
+        session, backend.client(), namespace=namespace, settle_ms=0
+    )
+    yield registration
+    registration.unregister()
+
+
+@pytest.fixture
 def filled(client: Any, cache: ddbcache_hooks.Registration, backend: Any) -> tuple[Any, Any, str]:
     """An item cached under its entry; (client, raw redis, entry hash key)."""
     client.put_item(TableName="items", Item=ITEM)
