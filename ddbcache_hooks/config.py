@@ -23,6 +23,7 @@ from .policy import POLICIES, ReadKind
 TTL_KINDS = ("item", "item_negative", "query", "scan")
 CONSISTENCY_MODES = ("eventual", "strict")
 QUERY_INVALIDATION_MODES = ("partition", "write", "ttl")
+ISOLATION_MODES = ("shared", "principal")
 ENV_PREFIX = "DDBCACHE_"
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -452,6 +453,22 @@ OPTIONS: tuple[Option, ...] = (
         _env_int,
     ),
     Option(
+        "access_recheck_s",
+        300,
+        _non_negative_int,
+        "A hit goes only to credentials DynamoDB answered for that table and operation "
+        "within this many seconds (their own first read goes to DynamoDB); 0: off, every "
+        "caller is served (only for a namespace one principal uses).",
+        _env_int,
+    ),
+    Option(
+        "isolation",
+        "shared",
+        _one_of(*ISOLATION_MODES),
+        "'principal': entries are scoped to the caller's IAM principal (for item- and "
+        "attribute-level policies); 'shared': one entry serves every allowed caller.",
+    ),
+    Option(
         "iam_user",
         None,
         _optional_text,
@@ -532,6 +549,8 @@ class Settings:
     publish_invalidations: bool = True
     bulk_load_bypass_s: int = 86400
     metrics_flush_s: int = 0
+    access_recheck_s: int = 300
+    isolation: str = "shared"
     iam_user: str | None = None
     iam_cache_name: str | None = None
     iam_region: str | None = None

@@ -23,12 +23,13 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import MaxConnectionsError, OutOfMemoryError, RedisError
 
+from . import access, writes
 from . import schema as schema_mod
-from . import writes
 from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .keys import TableRef, location_of
 from .plan import ReadPlan, WritePlan, shape_miss_request
 from .policy import CACHED_OPERATIONS, POLICIES
+from .principals import PRINCIPALS
 from .protocol import Protocol
 from .resilience import AsyncBackgroundWork
 from .schema import TableSchema
@@ -98,6 +99,14 @@ class Hooks:
         self.location = location_of(client, protocol.settings.account_id)
         #: When set, reads are cached only while it returns True (compat.CacheClient).
         self.gate: Callable[[], bool] | None = None
+        #: Signs this client's requests; holds the credentials (their identity, no I/O).
+        self._signer = getattr(client, "_request_signer", None)
+        self._recheck_s = protocol.settings.access_recheck_s
+        self._isolated = protocol.settings.isolation == "principal"
+        meta = getattr(client, "meta", None)
+        self._region = getattr(meta, "region_name", None)
+        #: STS goes where DynamoDB does when that is no AWS endpoint (a test server).
+        self._sts_endpoint = self.location.where if "/" in self.location.where else None
 
     def detach(self, client: Any) -> None:
         """Undo what attaching did to the client besides its event handlers."""
@@ -111,11 +120,18 @@ class Hooks:
     ) -> None:
         """before-parameter-build (registered last: after boto3 made AttributeValues)."""
         context[PARAMS] = params
-        plan = self.protocol.planner.plan(model.name, params, self.location)
+        scope = ""
+        if self._isolated and model.name in CACHED_OPERATIONS:
+            scope = self._principal() or ""
+        plan = self.protocol.planner.plan(model.name, params, self.location, scope)
         if isinstance(plan, ReadPlan) and (
-            _bypass.get() or (self.gate is not None and not self.gate())
+            _bypass.get()
+            or (self.gate is not None and not self.gate())
+            or (self._isolated and not scope)
         ):
-            plan = None  # inside disabled(), or not called through a compat.CacheClient
+            plan = None  # inside disabled(), not called through a compat.CacheClient, no principal
+        elif isinstance(plan, ReadPlan) and self._recheck_s:
+            self._check_access(plan)
         if plan is None:
             if model.name in CACHED_OPERATIONS:
                 self.protocol.stats.incr("bypasses")
@@ -125,6 +141,38 @@ class Hooks:
         scope = _scope.get()
         if scope is not None:
             scope.append(plan)
+
+    def _principal(self) -> str | None:
+        credentials = getattr(self._signer, "_credentials", None)
+        return PRINCIPALS.scope(credentials, self._region, self._sts_endpoint)
+
+    def _check_access(self, plan: ReadPlan) -> None:
+        """A read whose grants DynamoDB has not (recently) answered for these credentials
+        goes to DynamoDB: a probe (it may fill, never hit)."""
+        identity = access.credential_identity(self._signer)
+        grants = access.grants(plan)
+        unproven = grants if identity is None else access.GATE.unproven(identity, grants)
+        if unproven:
+            plan.probe = True
+            for slot in plan.slots:
+                slot.probe = plan.table is not None or (slot.table, None) in unproven
+            self.protocol.stats.incr("access_checks")
+        plan.access = (identity, grants, unproven)
+
+    def _observe_access(self, plan: ReadPlan, status: int, parsed: Mapping[str, Any]) -> None:
+        """DynamoDB answered a read: a probe's success proves its grants, a refusal denies them."""
+        identity, grants, unproven = plan.access
+        if identity is None:  # not loaded before the call: the signer has them now
+            identity = access.credential_identity(self._signer)
+            if identity is None:
+                return
+        if status < 300:
+            if unproven:
+                access.GATE.prove(identity, unproven, self._recheck_s)
+        elif access.is_denial(parsed):
+            access.GATE.deny(identity, grants, self._recheck_s)
+            self.protocol.stats.incr("access_denied")
+            log.debug("%s refused by DynamoDB: no hits for %s", plan.operation, grants)
 
     def _read_plan(self, context: Mapping[str, Any]) -> ReadPlan | None:
         plan = context.get(PLAN)
@@ -287,6 +335,8 @@ class SyncHooks(Hooks):
         """after-call of a read: fill what this call leased."""
         plan = self._read_plan(context)
         if plan is not None:
+            if plan.access is not None:
+                self._observe_access(plan, http_response.status_code, parsed)
             fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
             if fills:
                 self._run(self.protocol.fill(fills))
@@ -468,6 +518,8 @@ class AsyncHooks(Hooks):
         """after-call of a read: fill what this call leased."""
         plan = self._read_plan(context)
         if plan is not None:
+            if plan.access is not None:
+                self._observe_access(plan, http_response.status_code, parsed)
             fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
             if fills:
                 await self._run(self.protocol.fill(fills))

@@ -84,6 +84,8 @@ class Slot:
     fallback_fresh: bool = False
     #: When the lookup that leased this slot began (monotonic s): the fill's cost counts from it.
     leased_at: float = 0.0
+    #: Its table's read access is not proved for the caller: never answered from the cache.
+    probe: bool = False
 
 
 #: Which token validates a slot's entries: the table's item token; the table's
@@ -131,6 +133,12 @@ class ReadPlan:
     batch: Batch | None = None
     #: Set once the call was answered from the cache.
     served: bool = False
+    #: Some slot's table has not (recently) been read by the caller's credentials
+    #: from DynamoDB: those slots go to DynamoDB whatever the cache holds (and may fill).
+    probe: bool = False
+    #: (credential identity, grants, unproven grants) DynamoDB's answer proves or
+    #: refuses (access.py).
+    access: Any = None
 
 
 @dataclass
@@ -208,8 +216,14 @@ class Planner:
         """The table's schema as known in process (learned first, then configured)."""
         return self.learned(table) or self.configured.get(table.name)
 
-    def plan(self, operation: str, params: Mapping[str, Any], location: Location) -> Plan | None:
-        """The call's plan; None when it passes through (not cached, or not understood)."""
+    def plan(
+        self, operation: str, params: Mapping[str, Any], location: Location, scope: str = ""
+    ) -> Plan | None:
+        """The call's plan; None when it passes through (not cached, or not understood).
+
+        ``scope`` (``isolation="principal"``): the caller's principal digest, part of
+        every entry's identity, so that no other principal reads what it filled.
+        """
         policy = POLICIES.get(operation)
         if policy is None and operation not in PASS_THROUGH:
             policy = unknown_operation(operation)
@@ -221,8 +235,8 @@ class Planner:
             if not valid_not_data(params):
                 return None  # DynamoDB rejects it: never answer it from the cache
             if policy.action is Action.BATCH_READ:
-                return self._batch_read(operation, policy, params, location)
-            return self._read(operation, policy, params, location)
+                return self._batch_read(operation, policy, params, location, scope)
+            return self._read(operation, policy, params, location, scope)
         except (NotCanonical, KeyError, TypeError, AttributeError, ValueError):
             return None
 
@@ -232,6 +246,7 @@ class Planner:
         policy: OperationPolicy,
         params: Mapping[str, Any],
         location: Location,
+        scope: str = "",
     ) -> ReadPlan | None:
         if params.get("ConsistentRead") is True:
             return None
@@ -248,9 +263,10 @@ class Planner:
             return None
         shape = variant(params, policy.skip)
         if policy.action is Action.ITEM_READ:
-            slot = self._item_slot(table, params["Key"], shape, config)
+            slot = self._item_slot(table, params["Key"], shape, config, scope)
         else:
-            slot = self._query_slot(table, policy.read_kind, (operation, *table, shape), config)
+            query = (operation, *table, shape, scope) if scope else (operation, *table, shape)
+            slot = self._query_slot(table, policy.read_kind, query, config)
             if config.query_invalidation != "ttl":
                 narrow = (
                     config.query_invalidation == "partition" and policy.read_kind is ReadKind.QUERY
@@ -278,6 +294,7 @@ class Planner:
         policy: OperationPolicy,
         params: Mapping[str, Any],
         location: Location,
+        scope: str = "",
     ) -> ReadPlan | None:
         slots: list[Slot] = []
         passthrough: dict[str, tuple[int, bool]] = {}
@@ -302,7 +319,7 @@ class Planner:
                 continue
             shape = variant(spec, _BATCH_NOT_DATA)
             for position, key in enumerate(keys):
-                slot = self._item_slot(table, key, shape, config)
+                slot = self._item_slot(table, key, shape, config, scope)
                 slot.label, slot.position = label, position
                 slots.append(slot)
         if total > BATCH_GET_LIMIT:
@@ -320,12 +337,21 @@ class Planner:
         )
 
     def _item_slot(
-        self, table: TableRef, key: Mapping[str, Any], shape: Any, config: TableSettings
+        self,
+        table: TableRef,
+        key: Mapping[str, Any],
+        shape: Any,
+        config: TableSettings,
+        scope: str = "",
     ) -> Slot:
+        if scope:  # one field per principal in the item's hash: a write still drops them all
+            field_name = "p" + scope + (":" + digest(shape) if shape else "")
+        else:
+            field_name = digest(shape) if shape else ""
         return Slot(
             table,
             self.layout.item(table, item_digest(table, key)),
-            digest(shape) if shape else "",
+            field_name,
             self.layout.tokens(table),
             ITEM_TOKEN,
             config.ttl_ms["item"],

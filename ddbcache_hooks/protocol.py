@@ -98,6 +98,17 @@ def _refresh_factor() -> float:
     return -XFETCH_BETA * math.log(1.0 - random.random())
 
 
+def _unserved(slots: Sequence[Slot]) -> None:
+    """A probe (access.py): what the lookup found answers nothing, not even an error.
+
+    Its leases stay: a fill after DynamoDB answered the caller is by a proven reader.
+    """
+    for slot in slots:
+        if slot.state == HIT:
+            slot.state, slot.hit = PASS, None
+        slot.fallback, slot.fallback_fresh = b"", False
+
+
 def _identity(key: Mapping[str, Any]) -> Any:
     try:
         return canonical_key(key)
@@ -200,6 +211,8 @@ class Protocol:
                         self.near.put(slot.key, slot.field, slot.token_key, slot.blob, epoch)
         if len(plan.slots) == 1 and plan.slots[0].state == WAIT:
             yield from self._wait_for_fill(plan.slots[0])
+        if plan.probe:
+            _unserved([s for s in plan.slots if s.probe])
         hits = [s for s in plan.slots if s.state == HIT]
         if log.isEnabledFor(logging.DEBUG):
             where = plan.batch.tables if plan.batch else plan.table

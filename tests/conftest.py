@@ -142,6 +142,16 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return Backend("fakeredis", _fake())
 
 
+@pytest.fixture(autouse=True)
+def fresh_access() -> None:
+    """Each test starts with no read access proved and no principal resolved in process."""
+    from ddbcache_hooks.access import GATE
+    from ddbcache_hooks.principals import PRINCIPALS
+
+    GATE.clear()
+    PRINCIPALS.clear()
+
+
 @pytest.fixture
 def real_redis(redis_server: RedisServer) -> Backend:
     return Backend("redis", _real(redis_server))
