@@ -46,8 +46,10 @@ MAX_GRANTS = 10000
 ANONYMOUS = "anonymous"
 
 
-def is_denial(parsed: Mapping[str, Any] | None) -> bool:
-    """DynamoDB's answer is an authorization or authentication error."""
+def is_denial(status: int, parsed: Mapping[str, Any] | None) -> bool:
+    """DynamoDB's answer is an authorization or authentication error (or HTTP 403)."""
+    if status == 403:
+        return True
     error = (parsed or {}).get("Error")
     code = error.get("Code") if isinstance(error, Mapping) else None
     if not isinstance(code, str):

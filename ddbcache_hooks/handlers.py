@@ -169,7 +169,7 @@ class Hooks:
         if status < 300:
             if unproven:
                 access.GATE.prove(identity, unproven, self._recheck_s)
-        elif access.is_denial(parsed):
+        elif access.is_denial(status, parsed):
             access.GATE.deny(identity, grants, self._recheck_s)
             self.protocol.stats.incr("access_denied")
             log.debug("%s refused by DynamoDB: no hits for %s", plan.operation, grants)

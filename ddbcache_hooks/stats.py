@@ -41,6 +41,9 @@ COUNTERS = (
     "stale_served",
     "early_refreshes",
     "refresh_errors_hidden",
+    # Read access (access.py): reads sent to DynamoDB to prove it, and reads it refused
+    "access_checks",
+    "access_denied",
     # DynamoDB Streams consumer (ddbcache_hooks.streams)
     "stream_records",
     "stream_table_drops",
