@@ -10,6 +10,7 @@ Each has a boto3 session of their own, registered on the same Redis and namespac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -80,10 +81,20 @@ def iam_moto() -> Iterator[dict[str, Any]]:
         admin = _session(admin_key)
         iam = admin.client("iam", endpoint_url=url)
         keys = {}
-        for user, policy in (("alice", ALLOW_ALL), ("bob", BOB)):
+        for user, policy in (("alice", ALLOW_ALL), ("bob", BOB), ("carol", ALLOW_ALL)):
             iam.create_user(UserName=user)
             iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(policy))
             keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}
+            ],
+        }
+        role = iam.create_role(RoleName="App", AssumeRolePolicyDocument=json.dumps(trust))
+        iam.put_role_policy(RoleName="App", PolicyName="p", PolicyDocument=json.dumps(ALLOW_ALL))
+        keys["role"] = role["Role"]["Arn"]
+        keys["admin"] = admin_key
         dynamodb = admin.client("dynamodb", endpoint_url=url)
         make_table(dynamodb, "secrets", ("pk", "S"), ("sk", "S"))
         for sk in ("1", "2"):
@@ -144,9 +155,9 @@ def users(
     """alice's and bob's clients, each session registered on the same Redis and namespace."""
     registrations: list[ddbcache_hooks.Registration] = []
 
-    def make(**options: Any) -> tuple[Any, Any, Any, Any]:
+    def make(*names: str, **options: Any) -> tuple[Any, Any, Any, Any]:
         made = []
-        for user in ("alice", "bob"):
+        for user in names or ("alice", "bob"):
             session = _session(iam_moto[user])
             registration = ddbcache_hooks.register(
                 session,
@@ -219,15 +230,77 @@ def test_bob_in_another_process_is_refused_too(
         for read in reads(alice).values():
             outcome(read)
     assert outcome(reads(alice)["GetItem"]) == "hit"
-    bob = iam_moto["bob"]
+    for round_ in _run(BOB_ELSEWHERE, iam_moto, "bob", redis_server, namespace):
+        assert round_ == dict.fromkeys(READS, "denied"), round_
+
+
+# --- isolation="principal": entries scoped to the caller's principal -------------------
+
+
+def test_two_principals_never_share_an_entry(users: Callable[..., Any]) -> None:
+    """alice and carol may both read the table, but in a policy moto cannot evaluate
+    (LeadingKeys) they would see different items: neither is served the other's entry."""
+    alice, alice_cache, carol, carol_cache = users("alice", "carol", isolation="principal")
+    for _ in range(2):
+        assert {op: outcome(read) for op, read in reads(alice).items()}["GetItem"]
+    assert outcome(reads(carol)["GetItem"]) == "miss"  # alice's entry is not hers
+    assert outcome(reads(carol)["GetItem"]) == "hit"  # her own is
+    for read in reads(carol).values():
+        outcome(read)
+
+    def counts(registration: ddbcache_hooks.Registration) -> tuple[int, int]:
+        stats = registration.stats()
+        return stats["misses"], stats["fills"]
+
+    # Each missed and filled the 4 entries herself (GetItem's key 1 serves her batch
+    # too): had carol been served alice's entries, she would have missed none.
+    assert counts(alice_cache) == counts(carol_cache) == (4, 4)
+
+
+ALICE_ELSEWHERE = textwrap.dedent(
+    """
+    import json, sys, boto3, redis, ddbcache_hooks
+    from tests.integration.test_access import outcome, reads
+    url, key_id, secret, port, namespace = sys.argv[1:]
+    session = boto3.Session(
+        aws_access_key_id=key_id, aws_secret_access_key=secret, region_name="us-east-1")
+    ddbcache_hooks.register(
+        session, redis.Redis(port=int(port)), namespace=namespace, isolation="principal")
+    alice = reads(session.client("dynamodb", endpoint_url=url))
+    print(json.dumps([{op: outcome(read) for op, read in alice.items()} for _ in range(2)]))
+    """
+)
+
+
+def test_one_principal_shares_entries_across_processes(
+    users: Callable[..., Any], iam_moto: dict[str, Any], redis_server: RedisServer, namespace: str
+) -> None:
+    alice, _, _, _ = users("alice", "carol", isolation="principal")
+    for _ in range(2):
+        for read in reads(alice).values():
+            outcome(read)
+    rounds = _run(ALICE_ELSEWHERE, iam_moto, "alice", redis_server, namespace)
+    # Its first read of the table goes to DynamoDB (the access check), the rest hit.
+    assert rounds[0] == {"GetItem": "miss", "BatchGetItem": "hit", "Query": "hit", "Scan": "hit"}
+    assert rounds[1] == dict.fromkeys(READS, "hit")
+
+
+def _run(
+    script: str,
+    iam_moto: dict[str, Any],
+    user: str,
+    redis_server: RedisServer,
+    namespace: str,
+) -> list[dict[str, str]]:
+    key = iam_moto[user]
     done = subprocess.run(
         [
             sys.executable,
             "-c",
-            BOB_ELSEWHERE,
+            script,
             iam_moto["url"],
-            bob["AccessKeyId"],
-            bob["SecretAccessKey"],
+            key["AccessKeyId"],
+            key["SecretAccessKey"],
             str(redis_server.port),
             namespace,
         ],
@@ -238,5 +311,51 @@ def test_bob_in_another_process_is_refused_too(
         timeout=120,
         check=True,
     )
-    for round_ in json.loads(done.stdout.strip().splitlines()[-1]):
-        assert round_ == dict.fromkeys(READS, "denied"), round_
+    rounds: list[dict[str, str]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return rounds
+
+
+def test_an_instance_role_is_resolved_through_sts(
+    users: Callable[..., Any], iam_moto: dict[str, Any]
+) -> None:
+    """Credentials STS must name (an instance role's): GetCallerIdentity, once per set;
+    the role session's credentials after a refresh are the same principal."""
+    from botocore.credentials import Credentials
+
+    alice, alice_cache, _, _ = users("alice", "carol", isolation="principal")
+    sts = _session(iam_moto["admin"]).client("sts", endpoint_url=iam_moto["url"])
+
+    def instance_role() -> Credentials:
+        issued = sts.assume_role(RoleArn=iam_moto["role"], RoleSessionName="i-0abc")
+        c = issued["Credentials"]
+        return Credentials(
+            c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], method="iam-role"
+        )
+
+    alice._request_signer._credentials = instance_role()
+    read = reads(alice)["GetItem"]
+    assert outcome(read) == "miss"
+    assert outcome(read) == "hit"
+    alice._request_signer._credentials = instance_role()  # refreshed: new keys, same session
+    assert outcome(read) == "miss"  # new credentials prove their access first...
+    assert outcome(read) == "hit"
+    stats = alice_cache.stats()
+    assert stats["fills"] == 1 and stats["bypasses"] == 0  # ...and share the entry
+
+
+def test_an_unknown_principal_bypasses_the_cache(
+    users: Callable[..., Any], iam_moto: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """STS refuses the credentials (or cannot be reached): no guess, one warning."""
+    from botocore.credentials import Credentials
+
+    alice, alice_cache, _, _ = users("alice", "carol", isolation="principal")
+    key = iam_moto["alice"]
+    alice._request_signer._credentials = Credentials(
+        key["AccessKeyId"], key["SecretAccessKey"], "not-a-token", method="iam-role"
+    )
+    with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
+        for _ in range(3):
+            outcome(reads(alice)["GetItem"])
+    assert alice_cache.stats()["bypasses"] == 3 and alice_cache.stats()["fills"] == 0
+    assert len([r for r in caplog.records if "principal is unknown" in r.getMessage()]) == 1
