@@ -132,6 +132,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
     if client:
         check("server", lambda: _server_description(client[0]))
         check("scripts", lambda: _load_scripts(client[0]))
+        _report_principals(client[0], settings, out)
     print("DynamoDB", file=out)
     check("tables", lambda: _check_dynamodb(args.table))
     if problems:
@@ -198,7 +199,23 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     rows = [(name, f"{value:g}") for name, value in sorted(totals.items())]
     rows.append(("hit ratio", f"{totals.get('hits', 0) / reads:.1%}" if reads else "-"))
     _table(out, ("counter", "total"), rows)
+    _report_principals(_connect(args, settings), settings, out)
     return 0
+
+
+def _report_principals(client: Any, settings: Settings, out: TextIO) -> None:
+    """How many IAM principals read the namespace (census.py): shared entries, a warning."""
+    from redis.exceptions import RedisError
+
+    from .census import live_principals, report
+
+    try:
+        shared = settings.isolation == "shared" and live_principals(client, settings.namespace) > 1
+        line = report(client, settings.namespace)
+    except RedisError as exc:  # a report, not a check: say it and go on
+        print(f"  ?     principals: {exc}", file=out)
+        return
+    print(f"  {'WARN' if shared else 'ok  '}  principals: {line}", file=out)
 
 
 # --- flush ---------------------------------------------------------------------------

@@ -169,6 +169,9 @@ class Hooks:
         if status < 300:
             if unproven:
                 access.GATE.prove(identity, unproven, self._recheck_s)
+                if self.protocol.census is not None:
+                    credentials = getattr(self._signer, "_credentials", None)
+                    self.protocol.census.note(credentials, self._region, self._sts_endpoint)
         elif access.is_denial(status, parsed):
             access.GATE.deny(identity, grants, self._recheck_s)
             self.protocol.stats.incr("access_denied")

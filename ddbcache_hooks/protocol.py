@@ -162,6 +162,8 @@ class Protocol:
         self.call_timeout_ms = settings.redis_timeout_ms
         #: Called when background work is queued (the registration's worker).
         self.wake: Callable[[], None] = lambda: None
+        #: Records which principals read the namespace (census.Census; sync registrations).
+        self.census: Any = None
         #: A field longer than this is no entry this library wrote (see :meth:`tidy`).
         self.poison_bytes = (
             2

@@ -9,6 +9,7 @@ Each has a boto3 session of their own, registered on the same Redis and namespac
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -359,3 +360,59 @@ def test_an_unknown_principal_bypasses_the_cache(
             outcome(reads(alice)["GetItem"])
     assert alice_cache.stats()["bypasses"] == 3 and alice_cache.stats()["fills"] == 0
     assert len([r for r in caplog.records if "principal is unknown" in r.getMessage()]) == 1
+
+
+# --- detection: principals sharing a namespace ------------------------------------------
+
+
+def _census(redis_server: RedisServer, namespace: str, count: int) -> dict[bytes, bytes]:
+    key = f"{namespace}:principals"
+    deadline = time.monotonic() + 10  # recorded by a daemon thread
+    fields: dict[bytes, bytes] = {}
+    while time.monotonic() < deadline:
+        fields = redis.Redis(port=redis_server.port).hgetall(key)
+        if len(fields) >= count:
+            break
+        time.sleep(0.02)
+    return fields
+
+
+def test_principals_sharing_a_namespace_are_reported(
+    users: Callable[..., Any],
+    iam_moto: dict[str, Any],
+    redis_server: RedisServer,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ddbcache_hooks import cli
+
+    with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
+        alice, _, carol, _ = users("alice", "carol")
+        outcome(reads(alice)["GetItem"])
+        assert len(_census(redis_server, namespace, 1)) == 1
+        monkeypatch.setenv("DDBCACHE_NAMESPACE", namespace)
+        out = io.StringIO()
+        cli.main(["doctor", "--redis-url", redis_server.url], out=out)
+        assert "ok    principals: 1 IAM principal(s)" in out.getvalue()
+        outcome(reads(carol)["GetItem"])
+        outcome(reads(carol)["Query"])  # a principal is recorded once per process
+        fields = _census(redis_server, namespace, 2)
+        deadline = time.monotonic() + 5
+        while not _shared_warnings(caplog) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(fields) == 2
+    for digest in fields:  # digests, never the identities
+        for user in ("alice", "carol"):
+            assert iam_moto[user]["AccessKeyId"].encode() not in digest
+            assert user.encode() not in digest
+    assert len(_shared_warnings(caplog)) == 1
+    assert "isolation='principal'" in _shared_warnings(caplog)[0]
+    out = io.StringIO()
+    cli.main(["doctor", "--redis-url", redis_server.url], out=out)
+    assert "WARN  principals: 2 IAM principals read namespace" in out.getvalue(), out.getvalue()
+    assert "isolation='principal'" in out.getvalue()
+
+
+def _shared_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "IAM principals read namespace" in r.getMessage()]
