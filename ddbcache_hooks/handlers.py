@@ -120,14 +120,14 @@ class Hooks:
     ) -> None:
         """before-parameter-build (registered last: after boto3 made AttributeValues)."""
         context[PARAMS] = params
-        scope = ""
+        principal = ""
         if self._isolated and model.name in CACHED_OPERATIONS:
-            scope = self._principal() or ""
-        plan = self.protocol.planner.plan(model.name, params, self.location, scope)
+            principal = self._principal() or ""
+        plan = self.protocol.planner.plan(model.name, params, self.location, principal)
         if isinstance(plan, ReadPlan) and (
             _bypass.get()
             or (self.gate is not None and not self.gate())
-            or (self._isolated and not scope)
+            or (self._isolated and not principal)
         ):
             plan = None  # inside disabled(), not called through a compat.CacheClient, no principal
         elif isinstance(plan, ReadPlan) and self._recheck_s:

@@ -108,9 +108,7 @@ def caller_arn(credentials: Any, region: str | None, endpoint_url: str | None) -
             aws_access_key_id=fields["_access_key" if refreshable else "access_key"],
             aws_secret_access_key=fields["_secret_key" if refreshable else "secret_key"],
             aws_session_token=session_token_of(credentials),
-            config=Config(
-                connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 1}
-            ),
+            config=Config(connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 1}),
         )
         arn = client.get_caller_identity()["Arn"]
     except (BotoCoreError, ClientError, KeyError) as exc:

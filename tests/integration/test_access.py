@@ -35,7 +35,10 @@ from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 READS = ("GetItem", "BatchGetItem", "Query", "Scan")
-ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+ALLOW_ALL = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+}
 BOB = {
     "Version": "2012-10-17",
     "Statement": [
@@ -415,4 +418,6 @@ def test_principals_sharing_a_namespace_are_reported(
 
 
 def _shared_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "IAM principals read namespace" in r.getMessage()]
+    return [
+        r.getMessage() for r in caplog.records if "IAM principals read namespace" in r.getMessage()
+    ]

@@ -92,7 +92,9 @@ def test_the_identity_is_read_without_refreshing() -> None:
     def refresh() -> dict[str, Any]:
         raise AssertionError("the hit path must not refresh credentials")
 
-    expiry = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)).isoformat()
+    expiry = (
+        datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+    ).isoformat()
     expired = RefreshableCredentials("ASIAOLD", "s", "t", expiry, refresh, "iam-role")
     assert access.access_key_of(expired) == "ASIAOLD"
     deferred = DeferredRefreshableCredentials(refresh, "sso")
@@ -110,7 +112,9 @@ def _assumed(extra: dict[str, Any]) -> RefreshableCredentials:
         role_arn="arn:aws:iam::123456789012:role/teams/Reader",
         extra_args=extra,
     )
-    expiry = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).isoformat()
+    expiry = (
+        datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    ).isoformat()
     return RefreshableCredentials(
         "ASIAROLE", "s", "t", expiry, fetcher.fetch_credentials, "assume-role"
     )
