@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 import redis
+from botocore.exceptions import ClientError
 
 import ddbcache_hooks
 from ddbcache_hooks import NearCache
@@ -280,3 +282,55 @@ def test_a_busy_reader_sees_writes_within_the_bound(
         assert stale == [], f"reads older than the bound: {stale[:5]}"
     finally:
         registration.unregister()
+
+
+def test_near_hits_go_only_to_credentials_dynamodb_answered(
+    moto_url: str, redis_server: RedisServer, namespace: str
+) -> None:
+    """Two clients of one registration share its near cache; the one DynamoDB refuses
+    gets DynamoDB's error, however often it asks, while the other keeps its near hits."""
+    from botocore.awsrequest import AWSResponse
+
+    near = NearCache(max_items=100, ttl_ms=60_000)
+    with near_cached(moto_url, redis.Redis(port=redis_server.port), namespace, near) as (
+        alice,
+        registration,
+    ):
+        alice.put_item(TableName="items", Item={**KEY, "v": {"S": "1"}})
+        bob = boto3.Session(region_name="us-east-1").client(
+            "dynamodb",
+            endpoint_url=moto_url,
+            aws_access_key_id="AKIABOBEXAMPLE",
+            aws_secret_access_key="bob",
+        )
+        registration.attach_client(bob)
+        refused = json.dumps(
+            {"__type": "com.amazonaws.dynamodb.v20120810#AccessDeniedException", "message": "no"}
+        ).encode()
+        bob.meta.events.register(  # DynamoDB refusing bob
+            "before-send.dynamodb",
+            lambda **_: AWSResponse(moto_url, 400, {}, _Raw(refused)),
+        )
+        assert value(alice) == ("miss", "1")
+        assert value(alice) == ("hit", "1")
+        assert len(near) == 1
+        for _ in range(3):
+            with pytest.raises(ClientError) as raised:
+                bob.get_item(TableName="items", Key=KEY)
+            assert raised.value.response["Error"]["Code"] == "AccessDeniedException"
+        assert value(alice) == ("hit", "1")
+        stats = registration.stats()
+        assert stats["access_denied"] == 3 and stats["near_hits"] >= 1
+
+
+class _Raw:
+    """The raw body of a canned HTTP response."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
+
+    def read(self, *_: Any) -> bytes:
+        return self._body
