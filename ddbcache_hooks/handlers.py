@@ -156,6 +156,8 @@ class Hooks:
             plan.probe = True
             for slot in plan.slots:
                 slot.probe = plan.table is not None or (slot.table, None) in unproven
+            if identity is not None:
+                plan.proved = lambda: not access.GATE.unproven(identity, unproven)
             self.protocol.stats.incr("access_checks")
         plan.access = (identity, grants, unproven)
 
@@ -173,7 +175,9 @@ class Hooks:
                     credentials = getattr(self._signer, "_credentials", None)
                     self.protocol.census.note(credentials, self._region, self._sts_endpoint)
         elif access.is_denial(status, parsed):
-            access.GATE.deny(identity, grants, self._recheck_s)
+            # A batch mixing proved tables and unproved ones: the unproved ones are refused
+            # (a proved one that is refused too was revoked; its proof runs out in time).
+            access.GATE.deny(identity, unproven or grants, self._recheck_s)
             self.protocol.stats.incr("access_denied")
             log.debug("%s refused by DynamoDB: no hits for %s", plan.operation, grants)
 

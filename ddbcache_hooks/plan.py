@@ -139,6 +139,9 @@ class ReadPlan:
     #: (credential identity, grants, unproven grants) DynamoDB's answer proves or
     #: refuses (access.py).
     access: Any = None
+    #: A probe's second look, after its lookup: True once the grants are proved (by a
+    #: concurrent call of the same credentials, whose fill this one waited for).
+    proved: Callable[[], bool] | None = None
 
 
 @dataclass

@@ -213,7 +213,7 @@ class Protocol:
                         self.near.put(slot.key, slot.field, slot.token_key, slot.blob, epoch)
         if len(plan.slots) == 1 and plan.slots[0].state == WAIT:
             yield from self._wait_for_fill(plan.slots[0])
-        if plan.probe:
+        if plan.probe and (plan.proved is None or not plan.proved()):
             _unserved([s for s in plan.slots if s.probe])
         hits = [s for s in plan.slots if s.state == HIT]
         if log.isEnabledFor(logging.DEBUG):

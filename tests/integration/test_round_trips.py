@@ -227,9 +227,6 @@ def test_concurrent_misses_wait_for_one_filler(
         c = session.client("dynamodb")
         make_table(c, "items")
         c.put_item(TableName="items", Item=KEY)
-        # This process's first read of the table goes to DynamoDB whatever the cache
-        # holds (access.py): made here, so that the readers below wait for one filler.
-        c.get_item(TableName="items", Key={"pk": {"S": "other"}})
         calls = CallCounter().attach(c)
         release = threading.Event()
         # Runs before the library's handler: the filler holds its lease until released.
