@@ -314,3 +314,31 @@ def moto_url(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
         monkeypatch.setenv(name, value)
     loaded_machine_timeouts(monkeypatch)
     return moto_server
+
+
+class _RawBody:
+    """The raw body of a canned HTTP response."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
+
+    def read(self, *_: Any) -> bytes:
+        return self._body
+
+
+def access_denied(url: str = "https://dynamodb.us-east-1.amazonaws.com/") -> Any:
+    """DynamoDB's answer refusing the caller (a before-send handler returns it)."""
+    import json
+
+    from botocore.awsrequest import AWSResponse
+
+    body = json.dumps(
+        {
+            "__type": "com.amazonaws.dynamodb.v20120810#AccessDeniedException",
+            "message": "not authorized to perform this read",
+        }
+    ).encode()
+    return AWSResponse(url, 400, {}, _RawBody(body))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ from botocore.exceptions import ClientError
 import ddbcache_hooks
 from ddbcache_hooks import NearCache
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import CountingConnection, counting_redis, make_table
+from tests.conftest import CountingConnection, access_denied, counting_redis, make_table
 
 KEY = {"pk": {"S": "a"}}
 
@@ -289,8 +288,6 @@ def test_near_hits_go_only_to_credentials_dynamodb_answered(
 ) -> None:
     """Two clients of one registration share its near cache; the one DynamoDB refuses
     gets DynamoDB's error, however often it asks, while the other keeps its near hits."""
-    from botocore.awsrequest import AWSResponse
-
     near = NearCache(max_items=100, ttl_ms=60_000)
     with near_cached(moto_url, redis.Redis(port=redis_server.port), namespace, near) as (
         alice,
@@ -304,12 +301,8 @@ def test_near_hits_go_only_to_credentials_dynamodb_answered(
             aws_secret_access_key="bob",
         )
         registration.attach_client(bob)
-        refused = json.dumps(
-            {"__type": "com.amazonaws.dynamodb.v20120810#AccessDeniedException", "message": "no"}
-        ).encode()
         bob.meta.events.register(  # DynamoDB refusing bob
-            "before-send.dynamodb",
-            lambda **_: AWSResponse(moto_url, 400, {}, _Raw(refused)),
+            "before-send.dynamodb", lambda **_: access_denied(moto_url)
         )
         assert value(alice) == ("miss", "1")
         assert value(alice) == ("hit", "1")
@@ -321,16 +314,3 @@ def test_near_hits_go_only_to_credentials_dynamodb_answered(
         assert value(alice) == ("hit", "1")
         stats = registration.stats()
         assert stats["access_denied"] == 3 and stats["near_hits"] >= 1
-
-
-class _Raw:
-    """The raw body of a canned HTTP response."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self._body
-
-    def read(self, *_: Any) -> bytes:
-        return self._body
