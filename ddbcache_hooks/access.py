@@ -85,6 +85,12 @@ def credential_identity(signer: Any) -> str | None:
     return ANONYMOUS if key == ANONYMOUS else identity_digest(key)
 
 
+def proved(signer: Any, wanted: tuple[Grant, ...]) -> bool:
+    """The signer's credentials (as they are now) have every grant proved."""
+    identity = credential_identity(signer)
+    return identity is not None and not GATE.unproven(identity, wanted)
+
+
 def grants(plan: Any) -> tuple[Grant, ...]:
     """The grants a read plan's hits would use (one per table of a BatchGetItem)."""
     if plan.table is not None:
@@ -99,6 +105,8 @@ class AccessGate:
         self.clock = clock
         #: (identity, grant) -> (until, allowed), ``until`` on ``clock``.
         self._seen: dict[tuple[str, Grant], tuple[float, bool]] = {}
+        #: (identity, grant) -> until: a proving read in flight (one per process at a time).
+        self._flying: dict[tuple[str, Grant], float] = {}
         self._lock = threading.Lock()
 
     def unproven(self, identity: str, wanted: tuple[Grant, ...]) -> tuple[Grant, ...]:
@@ -131,9 +139,36 @@ class AccessGate:
                 self._seen[(identity, grant)] = (now + for_s, False)
             self._bound(now)
 
+    def lead(self, identity: str, wanted: tuple[Grant, ...], for_s: float) -> bool:
+        """Take the proving read of these grants; False when one is in flight already.
+
+        The others then wait for its answer (``in_flight``) rather than each
+        reading DynamoDB: concurrent first reads cost one read, as misses do.
+        """
+        now = self.clock()
+        with self._lock:
+            if any(self._flying.get((identity, g), 0.0) > now for g in wanted):
+                return False
+            if len(self._flying) > MAX_GRANTS:
+                self._flying.clear()
+            for grant in wanted:
+                self._flying[(identity, grant)] = now + for_s
+        return True
+
+    def landed(self, identity: str, wanted: tuple[Grant, ...]) -> None:
+        """The proving read was answered (or failed): nobody waits for it any more."""
+        with self._lock:
+            for grant in wanted:
+                self._flying.pop((identity, grant), None)
+
+    def in_flight(self, identity: str, wanted: tuple[Grant, ...]) -> bool:
+        now = self.clock()
+        return any(self._flying.get((identity, g), 0.0) > now for g in wanted)
+
     def clear(self) -> None:
         with self._lock:
             self._seen.clear()
+            self._flying.clear()
 
     def _bound(self, now: float) -> None:
         if len(self._seen) <= MAX_GRANTS:

@@ -1,7 +1,8 @@
 """Which IAM principals use a namespace, kept as digests, so that sharing is seen.
 
 Each process records the principal behind each credential set it reads with
-(once per set, in a daemon thread: never on a call's path) in one small hash,
+(once per set, in a daemon thread, not before DELAY_S after it registered:
+never on a call's path) in one small hash,
 ``<namespace>:principals`` (digest -> last seen, Unix seconds), that expires a
 day after its last write; fields older than that are dropped as it is written.
 When more than one principal reads a namespace whose entries are shared
@@ -25,6 +26,9 @@ log = logging.getLogger("ddbcache_hooks")
 
 #: How long a principal counts as using the namespace after its last record.
 WINDOW_S = 86400
+#: A process records its principals this long after it registered at the earliest:
+#: never among its first calls (the STS client and the round trip wait until then).
+DELAY_S = 30.0
 #: Credential sets a process remembers having recorded (then it records again).
 MAX_NOTED = 1024
 FIX = (
@@ -79,6 +83,7 @@ class Census:
         self._noted: set[str] = set()
         self._warned = False
         self._lock = threading.Lock()
+        self._started = time.monotonic()
 
     def note(self, credentials: Any, region: str | None, endpoint_url: str | None) -> None:
         """A credential set DynamoDB answered: record its principal (once per set)."""
@@ -99,6 +104,7 @@ class Census:
         ).start()
 
     def _record(self, credentials: Any, region: str | None, endpoint_url: str | None) -> None:
+        time.sleep(max(0.0, self._started + DELAY_S - time.monotonic()))
         principal = principal_of(credentials, region, endpoint_url)
         if principal is None:
             return

@@ -148,22 +148,37 @@ class Hooks:
 
     def _check_access(self, plan: ReadPlan) -> None:
         """A read whose grants DynamoDB has not (recently) answered for these credentials
-        goes to DynamoDB: a probe (it may fill, never hit)."""
-        identity = access.credential_identity(self._signer)
+        goes to DynamoDB: a probe (it may fill, never hit). One probe per process at a
+        time reads DynamoDB for grants whose entries are there; the others wait for it."""
+        signer = self._signer
+        identity = access.credential_identity(signer)
         grants = access.grants(plan)
         unproven = grants if identity is None else access.GATE.unproven(identity, grants)
+        flight = None
         if unproven:
             plan.probe = True
             for slot in plan.slots:
                 slot.probe = plan.table is not None or (slot.table, None) in unproven
-            if identity is not None:
-                plan.proved = lambda: not access.GATE.unproven(identity, unproven)
+            plan.proved = lambda: access.proved(signer, unproven)
+            # Credentials not loaded yet are told apart by their signer until they are.
+            flying = identity or f"signer:{id(signer):x}"
+            if access.GATE.lead(flying, unproven, self.protocol.settings.lease_ms / 1000):
+                flight = flying
+            else:
+                plan.awaited = lambda: access.GATE.in_flight(flying, unproven)
             self.protocol.stats.incr("access_checks")
-        plan.access = (identity, grants, unproven)
+        plan.access = (identity, grants, unproven, flight)
+
+    @staticmethod
+    def _landed(plan: ReadPlan) -> None:
+        """A read that ended without an answer: its proving read, if it was one, is over."""
+        if plan.access is not None and plan.access[3] is not None:
+            access.GATE.landed(plan.access[3], plan.access[2])
 
     def _observe_access(self, plan: ReadPlan, status: int, parsed: Mapping[str, Any]) -> None:
         """DynamoDB answered a read: a probe's success proves its grants, a refusal denies them."""
-        identity, grants, unproven = plan.access
+        self._landed(plan)
+        identity, grants, unproven, _ = plan.access
         if identity is None:  # not loaded before the call: the signer has them now
             identity = access.credential_identity(self._signer)
             if identity is None:
@@ -356,6 +371,7 @@ class SyncHooks(Hooks):
         """after-call-error of a read: the call failed, give the leases back."""
         plan = self._read_plan(context)
         if plan is not None:
+            self._landed(plan)
             self._run(self.protocol.release(plan))
             _finished(plan)
 
@@ -541,6 +557,7 @@ class AsyncHooks(Hooks):
         """after-call-error of a read: the call failed, give the leases back."""
         plan = self._read_plan(context)
         if plan is not None:
+            self._landed(plan)
             await self._run(self.protocol.release(plan))
             _finished(plan)
 

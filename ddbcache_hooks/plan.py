@@ -142,6 +142,9 @@ class ReadPlan:
     #: A probe's second look, after its lookup: True once the grants are proved (by a
     #: concurrent call of the same credentials, whose fill this one waited for).
     proved: Callable[[], bool] | None = None
+    #: A probe that is not the process's proving read of its grants: True while that
+    #: read is in flight (the probe waits for it rather than reading DynamoDB too).
+    awaited: Callable[[], bool] | None = None
 
 
 @dataclass

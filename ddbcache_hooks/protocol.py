@@ -214,7 +214,9 @@ class Protocol:
         if len(plan.slots) == 1 and plan.slots[0].state == WAIT:
             yield from self._wait_for_fill(plan.slots[0])
         if plan.probe and (plan.proved is None or not plan.proved()):
-            _unserved([s for s in plan.slots if s.probe])
+            yield from self._await_proof(plan)
+            if plan.proved is None or not plan.proved():
+                _unserved([s for s in plan.slots if s.probe])
         hits = [s for s in plan.slots if s.state == HIT]
         if log.isEnabledFor(logging.DEBUG):
             where = plan.batch.tables if plan.batch else plan.table
@@ -231,6 +233,24 @@ class Protocol:
             self._merge_hits(plan, plan.batch, answer)
             return answer
         return (yield from self._respond(plan, hits[0]))
+
+    def _await_proof(self, plan: ReadPlan) -> Op[None]:
+        """A probe whose entries are there, while the process's proving read of the same
+        grants is in flight: wait for its answer (at most ``lease_wait_ms``) instead of
+        reading DynamoDB too. A slot this call leased is read from DynamoDB anyway."""
+        awaited, proved = plan.awaited, plan.proved
+        if awaited is None or proved is None:
+            return
+        if not all(s.state == HIT for s in plan.slots if s.probe):
+            return
+        deadline = time.monotonic() + self.settings.lease_wait_ms / 1000
+        step = 0
+        while awaited() and not proved():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            yield Sleep(min(_WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)], remaining))
+            step += 1
 
     def _near_hits(self, slots: list[Slot]) -> list[Slot]:
         """Serve what the near cache holds; the slots it does not."""

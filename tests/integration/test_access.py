@@ -388,8 +388,9 @@ def test_principals_sharing_a_namespace_are_reported(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ddbcache_hooks import cli
+    from ddbcache_hooks import census, cli
 
+    monkeypatch.setattr(census, "DELAY_S", 0.0)
     with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
         alice, _, carol, _ = users("alice", "carol")
         outcome(reads(alice)["GetItem"])
