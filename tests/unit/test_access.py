@@ -172,3 +172,18 @@ def test_an_unresolved_principal_bypasses_with_one_warning(
     with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
         assert resolver.scope(role, "us-east-1", "http://127.0.0.1:9") is None  # asked again
     assert len([r for r in caplog.records if "principal is unknown" in r.getMessage()]) == 1
+
+
+def test_one_proving_read_in_flight_per_identity_and_grant() -> None:
+    clock = Clock()
+    gate = access.AccessGate(clock)
+    grants = ((TABLE, None),)
+    assert gate.lead("alice", grants, 2.0)
+    assert not gate.lead("alice", grants, 2.0)  # the others wait for it
+    assert gate.in_flight("alice", grants) and not gate.in_flight("bob", grants)
+    assert gate.lead("bob", grants, 2.0)
+    gate.landed("alice", grants)
+    assert not gate.in_flight("alice", grants)
+    assert gate.lead("alice", grants, 2.0)
+    clock.now += 2.0  # a proving read that never reported back stops being waited for
+    assert not gate.in_flight("alice", grants) and gate.lead("alice", grants, 2.0)
