@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from . import forks
 from .keys import TableRef
 
 #: (table, index): the IAM resource a read names (an index is a resource of its own).
@@ -181,3 +182,10 @@ class AccessGate:
 
 #: One per process: a grant proved through any registration serves them all.
 GATE = AccessGate()
+forks.fork_safe(GATE)
+
+
+@forks.in_child
+def _no_reads_in_flight_in_child() -> None:
+    """The parent's proving reads never answer in the child: nobody waits for them."""
+    GATE._flying.clear()

@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from . import forks
 from .access import access_key_of
 from .principals import Unresolved, caller_arn, local_principal, scope_digest
 
@@ -84,6 +85,7 @@ class Census:
         self._warned = False
         self._lock = threading.Lock()
         self._started = time.monotonic()
+        forks.fork_safe(self)
 
     def note(self, credentials: Any, region: str | None, endpoint_url: str | None) -> None:
         """A credential set DynamoDB answered: record its principal (once per set)."""

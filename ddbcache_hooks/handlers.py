@@ -103,6 +103,8 @@ class Hooks:
         self._signer = getattr(client, "_request_signer", None)
         self._recheck_s = protocol.settings.access_recheck_s
         self._isolated = protocol.settings.isolation == "principal"
+        #: How long a proving read is waited for at most if it never reports back.
+        self._flight_s = max(protocol.settings.lease_ms, protocol.settings.lease_wait_ms) / 1000
         meta = getattr(client, "meta", None)
         self._region = getattr(meta, "region_name", None)
         #: STS goes where DynamoDB does when that is no AWS endpoint (a test server).
@@ -162,7 +164,7 @@ class Hooks:
             plan.proved = lambda: access.proved(signer, unproven)
             # Credentials not loaded yet are told apart by their signer until they are.
             flying = identity or f"signer:{id(signer):x}"
-            if access.GATE.lead(flying, unproven, self.protocol.settings.lease_ms / 1000):
+            if access.GATE.lead(flying, unproven, self._flight_s):
                 flight = flying
             else:
                 plan.awaited = lambda: access.GATE.in_flight(flying, unproven)

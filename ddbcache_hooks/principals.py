@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Any
 
+from . import forks
 from .access import access_key_of
 
 log = logging.getLogger("ddbcache_hooks")
@@ -180,3 +181,4 @@ class Principals:
 
 #: One per process: a credential set is resolved once whichever client uses it.
 PRINCIPALS = Principals()
+forks.fork_safe(PRINCIPALS)
