@@ -193,6 +193,7 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
             "(set metrics_flush_s / DDBCACHE_METRICS_FLUSH_S in the applications)",
             file=out,
         )
+        _report_principals(_connect(args, settings), settings, out)
         return 0
     print(f"{processes} process(es) in namespace {settings.namespace!r}", file=out)
     reads = totals.get("hits", 0) + totals.get("misses", 0)

@@ -412,10 +412,11 @@ def test_principals_sharing_a_namespace_are_reported(
             assert user.encode() not in digest
     assert len(_shared_warnings(caplog)) == 1
     assert "isolation='principal'" in _shared_warnings(caplog)[0]
-    out = io.StringIO()
-    cli.main(["doctor", "--redis-url", redis_server.url], out=out)
-    assert "WARN  principals: 2 IAM principals read namespace" in out.getvalue(), out.getvalue()
-    assert "isolation='principal'" in out.getvalue()
+    for command in ("doctor", "stats"):
+        out = io.StringIO()
+        cli.main([command, "--redis-url", redis_server.url], out=out)
+        assert "WARN  principals: 2 IAM principals read namespace" in out.getvalue(), command
+        assert "isolation='principal'" in out.getvalue()
 
 
 def _shared_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
