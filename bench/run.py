@@ -189,6 +189,53 @@ def bench_hits(env: Env) -> dict[str, float]:
     }
 
 
+def bench_access(env: Env) -> dict[str, float]:
+    """A hit's cost of the read-access check and of isolation="principal" (own work)."""
+    session = env.session()
+    make_table(session.client("dynamodb"), "access", items=1, size=200)
+    k = key(0)
+    clients = {}
+    registrations = []
+    for name, options in (
+        ("hit, access check off (access_recheck_s=0)", {"access_recheck_s": 0}),
+        ("hit, access check on (default)", {}),
+        ("hit, isolation='principal'", {"isolation": "principal"}),
+    ):
+        own = env.session()
+        registration = env.register(own, **options)
+        registrations.append(registration)
+        client = own.client("dynamodb")
+        hooks = registration._clients[client]
+        hooks.transport = Replaying(hooks.transport)
+        client.get_item(TableName="access", Key=k)
+        client.get_item(TableName="access", Key=k)
+        hooks.transport.recording = False
+        assert "CacheMetadata" in client.get_item(TableName="access", Key=k)
+        clients[name] = client
+    checked = clients["hit, access check on (default)"]
+    hooks = registrations[1]._clients[checked]
+    plan = hooks.protocol.planner.plan("GetItem", {"TableName": "access", "Key": k}, hooks.location)
+    cases: dict[str, Callable[[], object]] = {
+        name: functools.partial(client.get_item, TableName="access", Key=k)
+        for name, client in clients.items()
+    }
+    cases["the access check alone (per call)"] = functools.partial(hooks._check_access, plan)
+    series = measure(cases, rounds=env.rounds, per_round=env.per_round)
+    assert not plan.probe  # the check found the grant proved, as on every hit
+    for registration in registrations:
+        registration.unregister()
+    base = "hit, access check off (access_recheck_s=0)"
+    print(table_of(series, base))
+    f = series[base].median_us
+    return {
+        "access check alone / hit without it": series["the access check alone (per call)"].median_us
+        / f,
+        "hit with access check / without": series["hit, access check on (default)"].median_us / f,
+        "hit with isolation='principal' / without": series["hit, isolation='principal'"].median_us
+        / f,
+    }
+
+
 def bench_near(env: Env) -> dict[str, float]:
     """The opt-in near cache: a hit served in-process, against the floor."""
     from ddbcache_hooks import NearCache
@@ -975,6 +1022,7 @@ def bench_write_through(env: Env) -> dict[str, float]:
 BENCHMARKS: dict[str, Callable[[Env], dict[str, float]]] = {
     "targets": lambda env: bench_targets(env),
     "hits": bench_hits,
+    "access": bench_access,
     "near": bench_near,
     "batch": bench_batch,
     "pages": bench_pages,

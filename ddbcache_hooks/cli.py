@@ -177,6 +177,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
                 failed = not check(label, step, cycle=True)
         check("clean-up", cycle.clean_up)
         check("running applications", lambda: _refusals_reported(redis, settings.namespace))
+        _report_principals(redis, settings, out)
     print("DynamoDB", file=out)
     check("tables", lambda: _check_dynamodb(args.table))
     if problems:
@@ -267,6 +268,8 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
                         file=out,
                     )
                 _show_stats(out, totals, settings.namespace, previous)
+                print(file=out)
+                _report_principals(client, settings, out)
             out.flush()
             if not args.watch:
                 return 0
@@ -328,6 +331,21 @@ def _rate(name: str, value: float, previous: tuple[Any, float]) -> str:
     if name in GAUGES:
         return ""
     return f"{(value - before.counters.get(name, 0)) / max(time.monotonic() - when, 1e-3):.1f}"
+
+
+def _report_principals(client: Any, settings: Settings, out: TextIO) -> None:
+    """How many IAM principals read the namespace (census.py): shared entries, a warning."""
+    from redis.exceptions import RedisError
+
+    from .census import live_principals, report
+
+    try:
+        shared = settings.isolation == "shared" and live_principals(client, settings.namespace) > 1
+        line = report(client, settings.namespace)
+    except RedisError as exc:  # a report, not a check: say it and go on
+        print(f"  ?     principals: {exc}", file=out)
+        return
+    print(f"  {'WARN' if shared else 'ok  '}  principals: {line}", file=out)
 
 
 # --- flush ---------------------------------------------------------------------------

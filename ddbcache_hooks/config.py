@@ -56,9 +56,11 @@ else:
 Consistency = Literal["eventual", "strict"]
 QueryInvalidation = Literal["partition", "write", "ttl"]
 ResponseMetadata = Literal["synthesize", "omit"]
+Isolation = Literal["shared", "principal"]
 CONSISTENCY_MODES: tuple[str, ...] = get_args(Consistency)
 QUERY_INVALIDATION_MODES: tuple[str, ...] = get_args(QueryInvalidation)
 RESPONSE_METADATA_MODES: tuple[str, ...] = get_args(ResponseMetadata)
+ISOLATION_MODES: tuple[str, ...] = get_args(Isolation)
 ENV_PREFIX = "DDBCACHE_"
 log = logging.getLogger("ddbcache_hooks")
 
@@ -224,6 +226,8 @@ class Options(TypedDict, total=False):
     publish_invalidations: bool
     bulk_load_bypass_s: int
     metrics_flush_s: int
+    access_recheck_s: int
+    isolation: Isolation
     iam_user: str | None
     iam_cache_name: str | None
     iam_region: str | None
@@ -432,6 +436,22 @@ OPTIONS: tuple[Option, ...] = (
         _env_int,
     ),
     Option(
+        "access_recheck_s",
+        300,
+        _non_negative_int,
+        "A hit goes only to credentials DynamoDB answered for that table and operation "
+        "within this many seconds (their own first read goes to DynamoDB); 0: off, every "
+        "caller is served (only for a namespace one principal uses).",
+        _env_int,
+    ),
+    Option(
+        "isolation",
+        "shared",
+        _one_of(*ISOLATION_MODES),
+        "'principal': entries are scoped to the caller's IAM principal (for item- and "
+        "attribute-level policies); 'shared': one entry serves every allowed caller.",
+    ),
+    Option(
         "iam_user",
         None,
         _optional_text,
@@ -530,6 +550,8 @@ class Settings:
     publish_invalidations: bool = True
     bulk_load_bypass_s: int = 86400
     metrics_flush_s: int = 0
+    access_recheck_s: int = 300
+    isolation: str = "shared"
     iam_user: str | None = None
     iam_cache_name: str | None = None
     iam_region: str | None = None

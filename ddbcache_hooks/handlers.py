@@ -23,12 +23,13 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import MaxConnectionsError, OutOfMemoryError, RedisError
 
+from . import access, tracing, writes
 from . import schema as schema_mod
-from . import tracing, writes
 from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .keys import TableRef, location_of
 from .plan import ReadPlan, WritePlan, shape_miss_request
 from .policy import CACHED_OPERATIONS, POLICIES
+from .principals import PRINCIPALS
 from .protocol import Protocol
 from .resilience import AsyncBackgroundWork, refused
 from .schema import TableSchema
@@ -121,6 +122,16 @@ class Hooks:
         self.location = location_of(client, protocol.settings.account_id)
         #: When set, reads are cached only while it returns True (compat.CacheClient).
         self.gate: Callable[[], bool] | None = None
+        #: Signs this client's requests; holds the credentials (their identity, no I/O).
+        self._signer = getattr(client, "_request_signer", None)
+        self._recheck_s = protocol.settings.access_recheck_s
+        self._isolated = protocol.settings.isolation == "principal"
+        #: How long a proving read is waited for at most if it never reports back.
+        self._flight_s = max(protocol.settings.lease_ms, protocol.settings.lease_wait_ms) / 1000
+        meta = getattr(client, "meta", None)
+        self._region = getattr(meta, "region_name", None)
+        #: STS goes where DynamoDB does when that is no AWS endpoint (a test server).
+        self._sts_endpoint = self.location.where if "/" in self.location.where else None
 
     def detach(self, client: Any) -> None:
         """Undo what attaching did to the client besides its event handlers."""
@@ -134,11 +145,18 @@ class Hooks:
     ) -> None:
         """before-parameter-build (registered last: after boto3 made AttributeValues)."""
         context[PARAMS] = params
-        plan = self.protocol.planner.plan(model.name, params, self.location)
+        principal = ""
+        if self._isolated and model.name in CACHED_OPERATIONS:
+            principal = self._principal() or ""
+        plan = self.protocol.planner.plan(model.name, params, self.location, principal)
         if isinstance(plan, ReadPlan) and (
-            _bypass.get() or (self.gate is not None and not self.gate())
+            _bypass.get()
+            or (self.gate is not None and not self.gate())
+            or (self._isolated and not principal)
         ):
-            plan = None  # inside disabled(), or not called through a compat.CacheClient
+            plan = None  # inside disabled(), not called through a compat.CacheClient, no principal
+        elif isinstance(plan, ReadPlan) and self._recheck_s:
+            self._check_access(plan)
         if plan is None:
             if model.name in CACHED_OPERATIONS:
                 self.protocol.stats.incr("bypasses")
@@ -153,6 +171,60 @@ class Hooks:
         scope = _scope.get()
         if scope is not None:
             scope.append(plan)
+
+    def _principal(self) -> str | None:
+        credentials = getattr(self._signer, "_credentials", None)
+        return PRINCIPALS.scope(credentials, self._region, self._sts_endpoint)
+
+    def _check_access(self, plan: ReadPlan) -> None:
+        """A read whose grants DynamoDB has not (recently) answered for these credentials
+        goes to DynamoDB: a probe (it may fill, never hit). One probe per process at a
+        time reads DynamoDB for grants whose entries are there; the others wait for it."""
+        signer = self._signer
+        identity = access.credential_identity(signer)
+        grants = access.grants(plan)
+        unproven = grants if identity is None else access.GATE.unproven(identity, grants)
+        flight = None
+        if unproven:
+            plan.probe = True
+            for slot in plan.slots:
+                slot.probe = plan.table is not None or (slot.table, None) in unproven
+            plan.proved = lambda: access.proved(signer, unproven)
+            # Credentials not loaded yet are told apart by their signer until they are.
+            flying = identity or f"signer:{id(signer):x}"
+            if access.GATE.lead(flying, unproven, self._flight_s):
+                flight = flying
+            else:
+                plan.awaited = lambda: access.GATE.in_flight(flying, unproven)
+            self.protocol.stats.incr("access_checks")
+        plan.access = (identity, grants, unproven, flight)
+
+    @staticmethod
+    def _landed(plan: ReadPlan) -> None:
+        """A read that ended without an answer: its proving read, if it was one, is over."""
+        if plan.access is not None and plan.access[3] is not None:
+            access.GATE.landed(plan.access[3], plan.access[2])
+
+    def _observe_access(self, plan: ReadPlan, status: int, parsed: Mapping[str, Any]) -> None:
+        """DynamoDB answered a read: a probe's success proves its grants, a refusal denies them."""
+        self._landed(plan)
+        identity, grants, unproven, _ = plan.access
+        if identity is None:  # not loaded before the call: the signer has them now
+            identity = access.credential_identity(self._signer)
+            if identity is None:
+                return
+        if status < 300:
+            if unproven:
+                access.GATE.prove(identity, unproven, self._recheck_s)
+                if self.protocol.census is not None:
+                    credentials = getattr(self._signer, "_credentials", None)
+                    self.protocol.census.note(credentials, self._region, self._sts_endpoint)
+        elif access.is_denial(status, parsed):
+            # A batch mixing proved tables and unproved ones: the unproved ones are refused
+            # (a proved one that is refused too was revoked; its proof runs out in time).
+            access.GATE.deny(identity, unproven or grants, self._recheck_s)
+            self.protocol.stats.incr("access_denied")
+            log.debug("%s refused by DynamoDB: no hits for %s", plan.operation, grants)
 
     def _read_plan(self, context: Mapping[str, Any]) -> ReadPlan | None:
         plan = context.get(PLAN)
@@ -355,6 +427,8 @@ class SyncHooks(Hooks):
         plan = self._read_plan(context)
         if plan is not None:
             started, answer = time.perf_counter(), None
+            if plan.access is not None:
+                self._observe_access(plan, http_response.status_code, parsed)
             fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
             if fills:
                 self._run(self.protocol.fill(fills))
@@ -368,6 +442,7 @@ class SyncHooks(Hooks):
         """after-call-error of a read: the call failed, give the leases back."""
         plan = self._read_plan(context)
         if plan is not None:
+            self._landed(plan)
             self._run(self.protocol.release(plan))
             _finished(plan)
 
@@ -553,6 +628,8 @@ class AsyncHooks(Hooks):
         plan = self._read_plan(context)
         if plan is not None:
             started, answer = time.perf_counter(), None
+            if plan.access is not None:
+                self._observe_access(plan, http_response.status_code, parsed)
             fills = self.protocol.completed(plan, parsed, http_response.status_code < 300)
             if fills:
                 await self._run(self.protocol.fill(fills))
@@ -568,6 +645,7 @@ class AsyncHooks(Hooks):
         """after-call-error of a read: the call failed, give the leases back."""
         plan = self._read_plan(context)
         if plan is not None:
+            self._landed(plan)
             await self._run(self.protocol.release(plan))
             _finished(plan)
 

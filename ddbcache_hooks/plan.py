@@ -84,6 +84,8 @@ class Slot:
     fallback_fresh: bool = False
     #: When the lookup that leased this slot began (monotonic s): the fill's cost counts from it.
     leased_at: float = 0.0
+    #: Its table's read access is not proved for the caller: never answered from the cache.
+    probe: bool = False
 
 
 #: Which token validates a slot's entries: the table's item token; the table's
@@ -133,6 +135,18 @@ class ReadPlan:
     served: bool = False
     #: Made inside ``refresh()``: read DynamoDB and replace the entries, under their leases.
     refresh: bool = False
+    #: Some slot's table has not (recently) been read by the caller's credentials
+    #: from DynamoDB: those slots go to DynamoDB whatever the cache holds (and may fill).
+    probe: bool = False
+    #: (credential identity, grants, unproven grants) DynamoDB's answer proves or
+    #: refuses (access.py).
+    access: Any = None
+    #: A probe's second look, after its lookup: True once the grants are proved (by a
+    #: concurrent call of the same credentials, whose fill this one waited for).
+    proved: Callable[[], bool] | None = None
+    #: A probe that is not the process's proving read of its grants: True while that
+    #: read is in flight (the probe waits for it rather than reading DynamoDB too).
+    awaited: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -213,8 +227,14 @@ class Planner:
         """The table's schema as known in process (learned first, then configured)."""
         return self.learned(table) or self.configured.get(table.name)
 
-    def plan(self, operation: str, params: Mapping[str, Any], location: Location) -> Plan | None:
-        """The call's plan; None when it passes through (not cached, or not understood)."""
+    def plan(
+        self, operation: str, params: Mapping[str, Any], location: Location, scope: str = ""
+    ) -> Plan | None:
+        """The call's plan; None when it passes through (not cached, or not understood).
+
+        ``scope`` (``isolation="principal"``): the caller's principal digest, part of
+        every entry's identity, so that no other principal reads what it filled.
+        """
         policy = POLICIES.get(operation)
         if policy is None and operation not in PASS_THROUGH:
             policy = unknown_operation(operation)
@@ -226,8 +246,8 @@ class Planner:
             if not valid_not_data(params):
                 return None  # DynamoDB rejects it: never answer it from the cache
             if policy.action is Action.BATCH_READ:
-                return self._batch_read(operation, policy, params, location)
-            return self._read(operation, policy, params, location)
+                return self._batch_read(operation, policy, params, location, scope)
+            return self._read(operation, policy, params, location, scope)
         except (NotCanonical, KeyError, TypeError, AttributeError, ValueError):
             return None
 
@@ -237,6 +257,7 @@ class Planner:
         policy: OperationPolicy,
         params: Mapping[str, Any],
         location: Location,
+        scope: str = "",
     ) -> ReadPlan | None:
         if params.get("ConsistentRead") is True:
             return None
@@ -253,9 +274,10 @@ class Planner:
             return None
         shape = variant(params, policy.skip)
         if policy.action is Action.ITEM_READ:
-            slot = self._item_slot(table, params["Key"], shape, config)
+            slot = self._item_slot(table, params["Key"], shape, config, scope)
         else:
-            slot = self._query_slot(table, policy.read_kind, (operation, *table, shape), config)
+            query = (operation, *table, shape, scope) if scope else (operation, *table, shape)
+            slot = self._query_slot(table, policy.read_kind, query, config)
             if config.query_invalidation != "ttl":
                 narrow = (
                     config.query_invalidation == "partition" and policy.read_kind is ReadKind.QUERY
@@ -283,6 +305,7 @@ class Planner:
         policy: OperationPolicy,
         params: Mapping[str, Any],
         location: Location,
+        scope: str = "",
     ) -> ReadPlan | None:
         slots: list[Slot] = []
         passthrough: dict[str, tuple[int, bool]] = {}
@@ -307,7 +330,7 @@ class Planner:
                 continue
             shape = variant(spec, _BATCH_NOT_DATA)
             for position, key in enumerate(keys):
-                slot = self._item_slot(table, key, shape, config)
+                slot = self._item_slot(table, key, shape, config, scope)
                 slot.label, slot.position = label, position
                 slots.append(slot)
         if total > BATCH_GET_LIMIT:
@@ -325,12 +348,21 @@ class Planner:
         )
 
     def _item_slot(
-        self, table: TableRef, key: Mapping[str, Any], shape: Any, config: TableSettings
+        self,
+        table: TableRef,
+        key: Mapping[str, Any],
+        shape: Any,
+        config: TableSettings,
+        scope: str = "",
     ) -> Slot:
+        if scope:  # one field per principal in the item's hash: a write still drops them all
+            field_name = "p" + scope + (":" + digest(shape) if shape else "")
+        else:
+            field_name = digest(shape) if shape else ""
         return Slot(
             table,
             self.layout.item(table, item_digest(table, key)),
-            digest(shape) if shape else "",
+            field_name,
             self.layout.tokens(table),
             ITEM_TOKEN,
             config.ttl_ms["item"],

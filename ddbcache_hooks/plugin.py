@@ -145,8 +145,13 @@ class Registration:
 
     def _start_threads(self, client: Any) -> None:
         from . import metrics
+        from .census import Census
 
         settings = self._protocol.settings
+        if settings.access_recheck_s or settings.isolation != "shared":
+            self._protocol.census = Census(
+                client, settings.namespace, shared=settings.isolation == "shared"
+            )
         if self._protocol.near is not None:
             from .near import Subscriber
 

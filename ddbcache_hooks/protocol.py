@@ -15,7 +15,6 @@ fill that read DynamoDB before a write and stores after it is dropped.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -26,11 +25,11 @@ from typing import Any
 
 import botocore
 
-from . import responses, store, writethrough
+from . import responses, schema_steps, store, writethrough
 from ._version import __version__
 from .codec import Codec, CorruptEntry, ForeignEntry
 from .config import Settings
-from .effects import DescribeTable, Op, Sleep
+from .effects import Op, Sleep
 from .forks import fork_safe
 from .keys import KeyLayout, NotCanonical, TableRef, canonical_key, table_of_key
 from .near import CHANNEL_SUFFIX, NearCache
@@ -99,6 +98,17 @@ def _refresh_factor() -> float:
     return -XFETCH_BETA * math.log(1.0 - random.random())
 
 
+def _unserved(slots: Sequence[Slot]) -> None:
+    """A probe (access.py): what the lookup found answers nothing, not even an error.
+
+    Its leases stay: a fill after DynamoDB answered the caller is by a proven reader.
+    """
+    for slot in slots:
+        if slot.state == HIT:
+            slot.state, slot.hit = PASS, None
+        slot.fallback, slot.fallback_fresh = b"", False
+
+
 def _identity(key: Mapping[str, Any]) -> Any:
     try:
         return canonical_key(key)
@@ -118,7 +128,7 @@ def _index_items(
     return found
 
 
-class Protocol(writethrough.WriteThroughSteps):
+class Protocol(writethrough.WriteThroughSteps, schema_steps.SchemaSteps):
     """State shared by every client of one registration, and the protocol steps."""
 
     stats: Stats
@@ -154,6 +164,8 @@ class Protocol(writethrough.WriteThroughSteps):
         self.call_timeout_ms = settings.redis_timeout_ms
         #: Called when background work is queued (the registration's worker).
         self.wake: Callable[[], None] = lambda: None
+        #: Records which principals read the namespace (census.Census; sync registrations).
+        self.census: Any = None
         #: A field longer than this is no entry this library wrote (see :meth:`tidy`).
         self.poison_bytes = (
             2
@@ -212,6 +224,10 @@ class Protocol(writethrough.WriteThroughSteps):
                         self.near.put(slot.key, slot.field, slot.token_key, slot.blob, epoch)
         if len(plan.slots) == 1 and plan.slots[0].state == WAIT:
             yield from self._wait_for_fill(plan.slots[0])
+        if plan.probe and (plan.proved is None or not plan.proved()):
+            yield from self._await_proof(plan)
+            if plan.proved is None or not plan.proved():
+                _unserved([s for s in plan.slots if s.probe])
         hits = [s for s in plan.slots if s.state == HIT]
         if log.isEnabledFor(logging.DEBUG):
             where = plan.batch.tables if plan.batch else plan.table
@@ -256,6 +272,24 @@ class Protocol(writethrough.WriteThroughSteps):
         if log.isEnabledFor(logging.DEBUG):
             where = plan.batch.tables if plan.batch else plan.table
             log.debug("%s %s refreshed: %s", plan.operation, where, [s.state for s in plan.slots])
+
+    def _await_proof(self, plan: ReadPlan) -> Op[None]:
+        """A probe whose entries are there, while the process's proving read of the same
+        grants is in flight: wait for its answer (at most ``lease_wait_ms``) instead of
+        reading DynamoDB too. A slot this call leased is read from DynamoDB anyway."""
+        awaited, proved = plan.awaited, plan.proved
+        if awaited is None or proved is None:
+            return
+        if not all(s.state == HIT for s in plan.slots if s.probe):
+            return
+        deadline = time.monotonic() + self.settings.lease_wait_ms / 1000
+        step = 0
+        while awaited() and not proved():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            yield Sleep(min(_WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)], remaining))
+            step += 1
 
     def _near_hits(self, slots: list[Slot]) -> list[Slot]:
         """Serve what the near cache holds; the slots it does not."""
@@ -815,66 +849,3 @@ class Protocol(writethrough.WriteThroughSteps):
         count = len(pending.items) + len(pending.tables)
         self.stats.incr("backlog_replayed", count)
         log.info("replayed %d invalidations that an outage had held back", count)
-
-    # --- schemas -------------------------------------------------------------------
-
-    def _known_schema(self, table: TableRef) -> TableSchema | None:
-        return self._configured.get(table.name) or self._learned_schema(table)
-
-    def key_schema(self, table: TableRef, api_name: str | None) -> Op[TableSchema | None]:
-        """The table's key names: option, process memory, Redis, then DescribeTable.
-
-        ``api_name`` is how the calling client names the table (None: it cannot).
-        """
-        known = self._known_schema(table)
-        if known is not None:
-            return known
-        return (yield from self.describe(table, api_name))
-
-    def _learned_schema(self, table: TableRef) -> TableSchema | None:
-        learned = self._learned.get(self.layout.tokens(table))
-        if learned is None or learned[1] <= time.monotonic():
-            return None
-        return learned[0]
-
-    def describe(self, table: TableRef, api_name: str | None) -> Op[TableSchema | None]:
-        """The table's schema with its indexes: process memory, Redis, then DescribeTable.
-
-        A schema is used only while the table's generation in Redis is the one it
-        was learned under, and never longer than the longest entry TTL. The copy in
-        Redis is signed (with a signing key): one that does not verify is ignored.
-        """
-        known = self._learned_schema(table)
-        if known is not None:
-            return known
-        tokens, where = self.layout.tokens(table), self.layout.schema(table)
-        generation, blob = yield from store.read_schema(tokens, where, self.token_ttl_ms)
-        stored = None
-        if blob:
-            data = self.codec.unseal(where, blob)
-            if data is None:
-                self.stats.incr("corrupt_entries")
-                self.limited.warning(
-                    f"schema:{tokens}", "ignored an unsigned or forged key schema at %s", where
-                )
-            else:
-                stored = TableSchema.decode(data)
-        schema = stored if stored is not None and stored.generation == generation else None
-        if schema is None:
-            if api_name is None:
-                return None
-            described = yield DescribeTable(api_name)
-            if described is None:
-                return None
-            schema = dataclasses.replace(described, generation=generation)
-            sealed = self.codec.seal(where, schema.encode())
-            yield from store.set_value(where, sealed, self.schema_ttl_s)
-        configured = self._configured.get(table.name)
-        if configured is not None:  # keep the configured key names, learn the indexes
-            schema = dataclasses.replace(schema, key=configured.key)
-        self._learned[tokens] = (
-            schema,
-            time.monotonic() + self.schema_ttl_s,
-            f"{table.name} ({table.place})",
-        )
-        return schema

@@ -49,6 +49,9 @@ COUNTERS = (
     "write_fills",
     "write_fills_skipped",
     *(f"write_fills_skipped_{reason}" for reason in SKIP_REASONS),
+    # Read access (access.py): reads sent to DynamoDB to prove it, and reads it refused
+    "access_checks",
+    "access_denied",
     # DynamoDB Streams consumer (ddbcache_hooks.streams)
     "stream_records",
     "stream_table_drops",

@@ -142,6 +142,16 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return Backend("fakeredis", _fake())
 
 
+@pytest.fixture(autouse=True)
+def fresh_access() -> None:
+    """Each test starts with no read access proved and no principal resolved in process."""
+    from ddbcache_hooks.access import GATE
+    from ddbcache_hooks.principals import PRINCIPALS
+
+    GATE.clear()
+    PRINCIPALS.clear()
+
+
 @pytest.fixture
 def real_redis(redis_server: RedisServer) -> Backend:
     return Backend("redis", _real(redis_server))
@@ -304,3 +314,31 @@ def moto_url(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
         monkeypatch.setenv(name, value)
     loaded_machine_timeouts(monkeypatch)
     return moto_server
+
+
+class _RawBody:
+    """The raw body of a canned HTTP response."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
+
+    def read(self, *_: Any) -> bytes:
+        return self._body
+
+
+def access_denied(url: str = "https://dynamodb.us-east-1.amazonaws.com/") -> Any:
+    """DynamoDB's answer refusing the caller (a before-send handler returns it)."""
+    import json
+
+    from botocore.awsrequest import AWSResponse
+
+    body = json.dumps(
+        {
+            "__type": "com.amazonaws.dynamodb.v20120810#AccessDeniedException",
+            "message": "not authorized to perform this read",
+        }
+    ).encode()
+    return AWSResponse(url, 400, {}, _RawBody(body))

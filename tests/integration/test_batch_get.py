@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import CallCounter, CountingConnection, counting_redis, make_table
+from tests.conftest import (
+    CallCounter,
+    CountingConnection,
+    access_denied,
+    counting_redis,
+    make_table,
+)
 
 
 def key(pk: str) -> dict[str, Any]:
@@ -222,3 +230,40 @@ def test_round_trips_do_not_grow_with_the_batch(counted: tuple[Any, Any], size: 
     assert counter.sends - before == 1 and calls["BatchGetItem"] == 1
     assert again["CacheMetadata"]["CacheHitCount"] == size
     assert response["CacheMetadata"]["CacheHitCount"] == sum(len(s["Keys"]) for s in half.values())
+
+
+def test_each_table_of_a_batch_is_proved_for_the_caller(
+    session: boto3.Session, tables: Any, cache: ddbcache_hooks.Registration
+) -> None:
+    """Credentials DynamoDB refuses one table of a batch: the batch gets DynamoDB's error;
+    the table it may read keeps its hits."""
+    # Past the settle window of the fixture's writes, so that the entries live their TTL.
+    time.sleep(cache.settings.settle_ms / 1000 + 0.05)
+    tables.batch_get_item(RequestItems={"aaa": REQUEST["aaa"], "bbb": REQUEST["bbb"]})
+    dave = session.client(
+        "dynamodb", aws_access_key_id="AKIADAVEEXAMPLE", aws_secret_access_key="dave"
+    )
+    cache.attach_client(dave)
+    calls = CallCounter().attach(dave)
+
+    def refuse_bbb(request: Any, **_: Any) -> Any:
+        return access_denied() if b'"bbb"' in request.body else None
+
+    dave.meta.events.register("before-send.dynamodb", refuse_bbb)
+    first = dave.batch_get_item(RequestItems={"aaa": REQUEST["aaa"]})
+    assert first["CacheMetadata"]["CacheHitCount"] == 0  # its first read of aaa: DynamoDB
+    assert (
+        dave.batch_get_item(RequestItems={"aaa": REQUEST["aaa"]})["CacheMetadata"]["CacheHitCount"]
+        == 3
+    )
+    for _ in range(2):  # bbb is in the cache, but DynamoDB refuses dave: so does the cache
+        with pytest.raises(ClientError) as raised:
+            dave.batch_get_item(RequestItems={"aaa": REQUEST["aaa"], "bbb": REQUEST["bbb"]})
+        assert raised.value.response["Error"]["Code"] == "AccessDeniedException"
+    with pytest.raises(ClientError):
+        dave.get_item(TableName="bbb", Key=key("3"))
+    assert (
+        dave.batch_get_item(RequestItems={"aaa": REQUEST["aaa"]})["CacheMetadata"]["CacheHitCount"]
+        == 3
+    )
+    assert calls["BatchGetItem"] == 3 and calls["GetItem"] == 1

@@ -13,11 +13,12 @@ from typing import Any
 import boto3
 import pytest
 import redis
+from botocore.exceptions import ClientError
 
 import ddbcache_hooks
 from ddbcache_hooks import NearCache
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import CountingConnection, counting_redis, make_table
+from tests.conftest import CountingConnection, access_denied, counting_redis, make_table
 
 KEY = {"pk": {"S": "a"}}
 
@@ -307,3 +308,36 @@ def test_remote_write_through_evicts_and_the_stored_item_is_served(
         time.sleep(0.01)
     assert len(near) == 0, "the invalidation message did not arrive"
     assert value(client) == ("hit", "wt")
+
+
+def test_near_hits_go_only_to_credentials_dynamodb_answered(
+    moto_url: str, redis_server: RedisServer, namespace: str
+) -> None:
+    """Two clients of one registration share its near cache; the one DynamoDB refuses
+    gets DynamoDB's error, however often it asks, while the other keeps its near hits."""
+    near = NearCache(max_items=100, ttl_ms=60_000)
+    with near_cached(moto_url, redis.Redis(port=redis_server.port), namespace, near) as (
+        alice,
+        registration,
+    ):
+        alice.put_item(TableName="items", Item={**KEY, "v": {"S": "1"}})
+        bob = boto3.Session(region_name="us-east-1").client(
+            "dynamodb",
+            endpoint_url=moto_url,
+            aws_access_key_id="AKIABOBEXAMPLE",
+            aws_secret_access_key="bob",
+        )
+        registration.attach_client(bob)
+        bob.meta.events.register(  # DynamoDB refusing bob
+            "before-send.dynamodb", lambda **_: access_denied(moto_url)
+        )
+        assert value(alice) == ("miss", "1")
+        assert value(alice) == ("hit", "1")
+        assert len(near) == 1
+        for _ in range(3):
+            with pytest.raises(ClientError) as raised:
+                bob.get_item(TableName="items", Key=KEY)
+            assert raised.value.response["Error"]["Code"] == "AccessDeniedException"
+        assert value(alice) == ("hit", "1")
+        stats = registration.stats()
+        assert stats["access_denied"] == 3 and stats["near_hits"] >= 1

@@ -526,3 +526,31 @@ def test_an_entry_of_a_table_under_bulk_load_is_not_served_stale(
         finally:
             registration.unregister()
             p.close()
+
+
+def test_credentials_that_never_read_the_table_get_no_stale_answer(
+    redis_server: RedisServer, namespace: str, proxy: FailingProxy
+) -> None:
+    """A stale answer is a hit: only for credentials DynamoDB answered for the table."""
+    session = boto3.Session(region_name=REGION)
+    registration = ddbcache_hooks.register(
+        session, redis_server.url, namespace=namespace, ttl=1, stale_if_error_s=5
+    )
+    alice = session.client("dynamodb", endpoint_url=proxy.url, config=RETRIES)
+    bob = session.client(
+        "dynamodb",
+        endpoint_url=proxy.url,
+        config=RETRIES,
+        aws_access_key_id="AKIABOBEXAMPLE",
+        aws_secret_access_key="bob",
+    )
+    try:
+        filled_and_expired(alice)
+        proxy.fail("GetItem", error=INTERNAL)
+        with pytest.raises(ClientError) as raised:
+            bob.get_item(TableName="items", Key=KEY)
+        assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+        assert alice.get_item(TableName="items", Key=KEY)["CacheMetadata"]["Stale"] is True
+        assert registration.stats()["stale_served"] == 1
+    finally:
+        registration.unregister()

@@ -74,6 +74,7 @@ _NOT_COMMANDS = {
     "close",
     "create_table",
     "describe_table",
+    "get_caller_identity",
     "execute",
     "execute_command",  # store._queue: the Call's own command
     "get_node_from_key",

@@ -299,6 +299,7 @@ def test_options_typeddict_options_and_settings_agree() -> None:
         "consistency",
         "query_invalidation",
         "response_metadata",
+        "isolation",
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from ddbcache_hooks import protocol as protocol_module
+from ddbcache_hooks import schema_steps, writethrough
 from ddbcache_hooks.config import Settings
 from ddbcache_hooks.effects import Call, DescribeTable, Op, RedisBatch, Sleep
 from ddbcache_hooks.keys import Location, TableRef
@@ -64,7 +65,9 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
     fake = Clock()
-    monkeypatch.setattr(protocol_module, "time", fake)
+    # The protocol's own steps and those it inherits (key schemas, write-through).
+    for module in (protocol_module, schema_steps, writethrough):
+        monkeypatch.setattr(module, "time", fake)
     yield fake
 
 
