@@ -144,19 +144,33 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
 def _server_description(client: Any) -> str:
     from .connections import is_cluster
 
-    info = client.info("server")
-    if is_cluster(client):  # one answer per node
-        info = (
-            next(iter(info.values()))
-            if isinstance(info, dict) and "redis_version" not in info
-            else info
-        )
+    def one(section: str) -> dict[str, Any]:
+        info = client.info(section)
+        if is_cluster(client) and isinstance(info, dict) and info:
+            first = next(iter(info.values()))
+            if isinstance(first, dict):  # one answer per node
+                return first
+        return dict(info)
+
+    info = one("server")
     engine = "Valkey" if "valkey_version" in info else "Redis"
     version = info.get("valkey_version") or info.get("redis_version")
+    memory = one("memory")
+    policy = memory.get("maxmemory_policy", "?")
+    limit = memory.get("maxmemory_human") if memory.get("maxmemory") else "none"
+    memory_text = f"maxmemory {limit}, maxmemory-policy {policy}"
+    if policy == "noeviction" and memory.get("maxmemory"):
+        memory_text += " (when full: misses are not cached; hits and invalidations go on)"
     if is_cluster(client):
         primaries = len(client.get_primaries())
-        return f"{engine} {version}, cluster mode with {primaries} primaries"
-    return f"{engine} {version}, standalone"
+        return f"{engine} {version}, cluster mode with {primaries} primaries; {memory_text}"
+    role = one("replication").get("role")
+    if role != "master":
+        raise RuntimeError(
+            f"{engine} {version} is a {role}, not a primary: the cache runs uncached there "
+            "(point the URL at the primary endpoint)"
+        )
+    return f"{engine} {version}, standalone primary; {memory_text}"
 
 
 def _load_scripts(client: Any) -> str:

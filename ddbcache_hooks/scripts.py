@@ -81,6 +81,15 @@ local function renew(old, fresh)
   local mark = old and string.match(old, '^B%d+:')
   return (mark or '') .. fresh
 end
+-- On a full server (maxmemory under noeviction) Redis refuses a script's first
+-- command that may use memory (HSET, SET) unless the script has already written.
+-- Deleting a field no hash has is such a write, and it needs no memory: every
+-- script that drops state calls this first, so that a full server still applies
+-- an invalidation (docs/consistency.md, "A full Redis"). It changes nothing, so
+-- nothing is replicated.
+local function may_write(key)
+  redis.pcall('HDEL', key, '~')
+end
 local function as_hash(key)
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', key) end
@@ -363,6 +372,7 @@ REPLACE_TOKENS = _script(
     """
 local key = KEYS[1]
 as_hash(key)
+may_write(key)
 local sid = server_id()
 local old = redis.call('HMGET', key, 'i', 'q', 'n')
 if ARGV[3] == '1' or not old[1] then
@@ -387,6 +397,7 @@ TABLE_LIFECYCLE = _script(
     """
 local key, mark = KEYS[1], ARGV[4]
 as_hash(key)
+may_write(key)
 local sid = server_id()
 local old = redis.call('HMGET', key, 'i', 'q', 'n')
 local i, q = renew(old[1], ARGV[1]), renew(old[2], ARGV[2])
@@ -419,6 +430,8 @@ TABLE_GENERATION = _script(
     "table_generation",
     """
 local key = KEYS[1]
+-- A write's check may replace the tokens: it must run on a full server too.
+if ARGV[3] ~= '' then may_write(key) end
 -- Tokens (and so the generation) another server made are replaced first.
 table_tokens(key, ARGV[1], tonumber(ARGV[2]), server_id())
 local g = redis.call('HGET', key, 'g')

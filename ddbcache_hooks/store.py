@@ -543,12 +543,41 @@ def invalidate(
         calls.append(Call(None, ("PUBLISH", channel, message)))
     if not calls:
         return []
-    replies = yield RedisBatch(calls)
-    return [
-        key
-        for (key, _, _), reply in zip(generations, replies[checked:], strict=False)
-        if int(reply[2])
-    ]
+    replies = yield RedisBatch(calls, errors_as_values=True)
+    failed = [(call, reply) for call, reply in zip(calls, replies, strict=True) if _error(reply)]
+    if failed:
+        yield from _drop_instead(failed)
+    stale = []
+    for (key, _, _), reply in zip(generations, replies[checked:], strict=False):
+        if _error(reply) or int(reply[2]):
+            stale.append(key)  # a failed check: the fallback dropped the table whole
+    return stale
+
+
+def _error(reply: Any) -> bool:
+    return isinstance(reply, Exception)
+
+
+def _drop_instead(failed: Sequence[tuple[Call, Any]]) -> Op[None]:
+    """What an invalidation's refused scripts meant to drop, deleted with plain ``DEL``.
+
+    ``DEL`` needs no memory, so a full server (or one that refuses a script for
+    any other reason) still takes it: an item's hash goes; a table's token hash
+    goes (and its schema with a lifecycle change), which makes every entry of
+    the table a mismatch, and any key schema learned under it unused (its
+    generation goes too). Raises the first refusal when the ``DEL`` fails as
+    well (the invalidation is then held, see Protocol.keep).
+    """
+    calls = [Call(None, ("DEL", *call.args[: call.numkeys])) for call, _ in failed if call.script]
+    replies = (yield RedisBatch(calls, errors_as_values=True)) if calls else []
+    if len(calls) < len(failed) or any(_error(reply) for reply in replies):
+        raise _first(failed)  # a DEL, or a plain command (PUBLISH), refused too
+
+
+def _first(failed: Sequence[tuple[Call, Any]]) -> Exception:
+    error = failed[0][1]
+    assert isinstance(error, Exception)
+    return error
 
 
 #: The per-variant fields a lookup reads.
@@ -576,14 +605,22 @@ def unlink(keys: Sequence[str]) -> Op[None]:
 def read_schema(token_key: str, schema_key: str, token_ttl_ms: int) -> Op[tuple[bytes, bytes]]:
     """A table's generation and its stored key schema (b"" when none): one round trip."""
     replies = yield RedisBatch(
-        [Call(TABLE_GENERATION, (token_key, schema_key, new_token(), token_ttl_ms, ""), 2)]
+        [Call(TABLE_GENERATION, (token_key, schema_key, new_token(), token_ttl_ms, ""), 2)],
+        errors_as_values=True,
     )
+    if _error(replies[0]):
+        # Refused (a full server cannot record a new generation): no schema is
+        # learned, and a write that needed one drops its table instead.
+        return b"", b""
     generation, blob, _ = replies[0]
     return bytes(generation), blob if isinstance(blob, bytes) else b""
 
 
-def set_value(key: str, value: bytes, ttl_s: int) -> Op[None]:
-    yield RedisBatch([Call(None, ("SET", key, value, "EX", ttl_s))])
+def set_value(key: str, value: bytes, ttl_s: int) -> Op[bool]:
+    """Store a value; False when the server refused it (say, full): nothing depends on it."""
+    calls = [Call(None, ("SET", key, value, "EX", ttl_s))]
+    replies = yield RedisBatch(calls, errors_as_values=True)
+    return not _error(replies[0])
 
 
 # --- transports --------------------------------------------------------------------

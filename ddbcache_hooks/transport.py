@@ -133,8 +133,9 @@ class SyncTransport:
 
     def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
         if errors_as_values and not self.cluster and self.servers.node_of is not None:
-            return self._plain(calls)
-        if len(calls) == 1 and not self.cluster:
+            if all(call.script is None for call in calls):
+                return self._plain(calls)
+        elif len(calls) == 1 and not self.cluster:
             return [self._single(calls[0])]
         replies = self._pipeline(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -233,8 +234,9 @@ class AsyncTransport:
 
     async def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
         if errors_as_values and not self.cluster and self.servers.node_of is not None:
-            return await self._plain(calls)
-        if len(calls) == 1 and not self.cluster:
+            if all(call.script is None for call in calls):
+                return await self._plain(calls)
+        elif len(calls) == 1 and not self.cluster:
             return [await self._single(calls[0])]
         replies = await self._pipeline(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
