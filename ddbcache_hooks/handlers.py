@@ -29,7 +29,7 @@ from .effects import DescribeTable, Op, RedisBatch, Sleep
 from .keys import TableRef, location_of
 from .plan import ReadPlan, WritePlan, shape_miss_request
 from .policy import CACHED_OPERATIONS, POLICIES
-from .protocol import Protocol
+from .protocol import NOT_PRIMARY_MESSAGE, Protocol, not_primary
 from .resilience import AsyncBackgroundWork
 from .schema import TableSchema
 from .transport import AsyncTransport, SyncTransport
@@ -213,6 +213,15 @@ class Hooks:
             self.protocol.stats.incr("redis_oom")
             self.protocol.limited.warning(
                 "oom", "Redis is out of memory and refuses writes; misses are not cached: %s", exc
+            )
+            return
+        if not_primary(exc):
+            # A replica behind the URL: not an outage to retry at once, a set-up to fix.
+            self.protocol.servers.forget()
+            self.protocol.stats.incr("not_primary")
+            self.protocol.breaker.failure()
+            self.protocol.limited.error(
+                "not-primary", NOT_PRIMARY_MESSAGE, self.protocol.where, exc
             )
             return
         self.protocol.suspect(getattr(exc, "ddbcache_keys", ()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from . import forks
 from .config import Settings, env_flag
@@ -30,7 +31,7 @@ from .keys import Location, NotCanonical, TableRef, refs_for_table_arn
 from .near import listen_async
 from .plan import Invalidation
 from .policy import POLICIES, Action
-from .protocol import Protocol
+from .protocol import NOT_PRIMARY_MESSAGE, Protocol
 from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork
 from .scripts import SCRIPTS
 from .transport import AsyncTransport, SyncTransport, node_lookup
@@ -377,7 +378,8 @@ def register(
     holder = connect_holder(redis, settings, session=_session_of(target))
     transport = SyncTransport(holder)
     _check(transport, redis)
-    registration = Registration(Protocol(settings, cluster=transport.cluster), transport, SyncHooks)
+    protocol = _label(Protocol(settings, cluster=transport.cluster), redis)
+    registration = Registration(protocol, transport, SyncHooks)
     registration._set_clock()
     registration._start_background(transport.connections)
     install(registration, kind, resolved)
@@ -445,7 +447,7 @@ def register_from_environment(
         return None
     log.info("ddbcache-hooks: caching DynamoDB reads in %s (from the environment)", redact(url))
     registration = Registration(
-        Protocol(settings, cluster=transport.cluster),
+        _label(Protocol(settings, cluster=transport.cluster), url),
         transport,
         SyncHooks,
         from_environment=True,
@@ -513,9 +515,35 @@ def _check(transport: SyncTransport, target: Any) -> None:
         transport.ping()
         for script in SCRIPTS:
             transport.client.script_load(script.source)
+        replication = None if transport.cluster else _replication(transport.client.info)
     except RedisError as exc:
-        where = redact(target) if isinstance(target, str) else repr(target)
-        raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
+        raise CacheConnectionError(f"Could not connect to Redis {_where(target)}: {exc}") from exc
+    _say_if_replica(replication, target)
+
+
+def _where(target: Any) -> str:
+    return redact(target) if isinstance(target, str) else repr(target)
+
+
+def _replication(info: Callable[[str], Any]) -> Any:
+    """``INFO replication``; None where the ACL denies it, or the server lacks it."""
+    try:
+        return info("replication")
+    except ResponseError:
+        return None
+
+
+def _say_if_replica(replication: Mapping[str, Any] | None, target: Any) -> None:
+    """A URL that reaches a replica is said once, at ERROR: the registration runs uncached."""
+    role = (replication or {}).get("role", "master")
+    if role != "master":
+        link = (replication or {}).get("master_link_status", "?")
+        log.error(NOT_PRIMARY_MESSAGE, _where(target), f"role {role}, replication link {link}")
+
+
+def _label(protocol: Protocol, target: Any) -> Protocol:
+    protocol.where = _where(target)
+    return protocol
 
 
 # --- The async twin: aiobotocore / aioboto3 ---------------------------------------------
@@ -670,12 +698,17 @@ async def _start_async(
         await transport.ping()
         for script in SCRIPTS:
             await transport.client.script_load(script.source)
+        replication = None
+        if not transport.cluster:
+            with contextlib.suppress(ResponseError):
+                replication = await transport.client.info("replication")
         seconds, micros = await transport.client.time()
         server_ms = int(seconds) * 1000 + int(micros) // 1000
     except RedisError as exc:
         where = redact(redis) if isinstance(redis, str) else repr(redis)
         raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
-    protocol = Protocol(settings, cluster=transport.cluster)
+    _say_if_replica(replication, redis)
+    protocol = _label(Protocol(settings, cluster=transport.cluster), redis)
     if holder.policy is not None:
         protocol.call_timeout_ms = holder.policy.timeout_ms
     registration = AsyncRegistration(

@@ -34,7 +34,9 @@ clocks agree. Every key gets a TTL.
 
 The server's identity is its replication id (``INFO replication``, read inside
 the scripts, so no round trip is added; a primary draws a new one at every
-start and every promotion). A restart (from a snapshot that may predate
+start and every promotion). Only a primary has one here: a script that finds
+``role`` other than ``master`` fails with :data:`NOT_PRIMARY` (a replica may
+lag, be cut off, and refuses invalidations). A restart (from a snapshot that may predate
 acknowledged invalidations) or a promotion (of a replica that may lag)
 changes it; state found under another identity is discarded, so an
 invalidation the server forgot cannot bring an old entry back
@@ -63,9 +65,15 @@ local function keep_until(key, deadline, now)
 end
 -- Which server (and history) this is: a primary's replication id, new with
 -- every start and every promotion. '-' where INFO is not available to scripts.
+-- A replica shares its primary's id but may lag it or be cut off from it, and
+-- takes no invalidation: nothing is served from it, the script fails instead.
 local function server_id()
   local info = redis.pcall('INFO', 'replication')
   if type(info) ~= 'string' then return '-' end
+  local role = string.match(info, 'role:(%a+)')
+  if role and role ~= 'master' then
+    error('DDBCACHE_NOT_PRIMARY this server is a ' .. role .. ', not a primary')
+  end
   return string.sub(string.match(info, 'master_replid:(%x+)') or '-', 1, 24)
 end
 -- True when the server has never evicted a key: then a missing key was never
@@ -151,6 +159,9 @@ def _script(name: str, body: str) -> Script:
     source = _PRELUDE + body
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
+
+#: The error a script fails with on a server that is not a primary.
+NOT_PRIMARY = "DDBCACHE_NOT_PRIMARY"
 
 #: Table tokens of a table a bulk load writes to start with this mark and the
 #: end of the bypass (ms since the epoch): ``B1767225600000:<token>``.

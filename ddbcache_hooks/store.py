@@ -226,7 +226,8 @@ def _plain_read(
     reply: the entry is present and unexpired by the server's clock, the item
     hash, the table's tokens and the partition's hash were made by the server
     that answers (the identity a script read on that node, still valid), the
-    tokens are well formed. Anything else — a lease, an expired or missing
+    tokens are well formed, every node involved answers ``ROLE`` as a primary.
+    Anything else — a lease, an expired or missing
     entry, state of another server, a key of another type, a drop — goes to
     the script, which also repairs what needs repair.
     """
@@ -268,6 +269,10 @@ def _plain_read(
     # The server's clock, on each node holding an entry (one on a single node).
     clock_keys = {nodes[requests[i].key]: requests[i].key for i in eligible}
     calls += [Call(None, ("TIME",), route=key if cluster else "") for key in clock_keys.values()]
+    # Each node's role: a primary demoted under an open connection keeps its
+    # replication id (a replica serves nothing, see scripts.py).
+    role_keys = {node: key for key, node in nodes.items()}
+    calls += [Call(None, ("ROLE",), route=key if cluster else "") for key in role_keys.values()]
     replies = yield RedisBatch(calls, errors_as_values=True)
     if ServerIds.epoch() != epoch:
         return out  # a connection was made meanwhile: another server may have answered
@@ -276,12 +281,21 @@ def _plain_read(
     n, t, p = len(eligible), len(token_keys), len(partition_keys)
     tokens = dict(zip(token_keys, replies[n : n + t], strict=True))
     partitions = dict(zip(partition_keys, replies[n + t : n + t + p], strict=True))
+    c = len(clock_keys)
     clocks: dict[str, int] = {}
-    for node, reply in zip(clock_keys, replies[n + t + p :], strict=True):
+    for node, reply in zip(clock_keys, replies[n + t + p : n + t + p + c], strict=True):
         if isinstance(reply, (tuple, list)) and len(reply) == 2:
             clocks[node] = int(reply[0]) * 1000 + int(reply[1]) // 1000
+    primaries = {
+        node
+        for node, reply in zip(role_keys, replies[n + t + p + c :], strict=True)
+        if isinstance(reply, (tuple, list)) and reply and reply[0] == b"master"
+    }
     for i, entry in zip(eligible, replies[:n], strict=True):
         r = requests[i]
+        keys = (r.key, r.token_key, r.partition_key) if r.partition_key else (r.key, r.token_key)
+        if any(nodes[key] not in primaries for key in keys):
+            continue  # not a primary (or cannot tell): the script decides, and refuses
         out[i] = _plain_hit(
             r,
             entry,

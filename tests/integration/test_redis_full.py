@@ -9,8 +9,6 @@ write, though the reader's old entries are still there and hits need no memory.
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.connection
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,64 +20,9 @@ from redis.exceptions import OutOfMemoryError
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
 from tests.conftest import REGION, _binary, make_table
+from tests.readers import A, Reader
 
-A = {"pk": {"S": "a"}}
 READS = 40
-
-
-def _reader(
-    conn: multiprocessing.connection.Connection,
-    moto_url: str,
-    redis_url: str,
-    namespace: str,
-    mode: str,
-) -> None:
-    """The second process: answers ("get" | "query", n) with n reads (value, from cache)."""
-    session = boto3.Session(region_name=REGION)
-    ddbcache_hooks.register(session, redis_url, namespace=namespace, query_invalidation=mode)
-    client = session.client("dynamodb", endpoint_url=moto_url)
-    while True:
-        command = conn.recv()
-        if command is None:
-            return
-        kind, count = command
-        out = []
-        for _ in range(count):
-            if kind == "get":
-                answer = client.get_item(TableName="tbl", Key=A)
-                item = answer.get("Item")
-            else:
-                answer = client.query(
-                    TableName="tbl",
-                    KeyConditionExpression="pk = :p",
-                    ExpressionAttributeValues={":p": A["pk"]},
-                )
-                item = answer["Items"][0] if answer["Items"] else None
-            out.append((item["v"]["S"] if item else None, "CacheMetadata" in answer))
-        conn.send(out)
-
-
-class Reader:
-    def __init__(self, moto_url: str, redis_url: str, namespace: str, mode: str) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(
-            target=_reader, args=(child, moto_url, redis_url, namespace, mode), daemon=True
-        )
-        self.process.start()
-
-    def read(self, kind: str = "get", count: int = 1) -> list[tuple[str | None, bool]]:
-        self.conn.send((kind, count))
-        if not self.conn.poll(60):
-            raise AssertionError("the reader process did not answer")
-        result: list[tuple[str | None, bool]] = self.conn.recv()
-        return result
-
-    def close(self) -> None:
-        self.conn.send(None)
-        self.process.join(10)
-        if self.process.is_alive():
-            self.process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +76,7 @@ def setup(moto_url: str, server: RedisServer, namespace: str, mode: str = "parti
     admin = boto3.Session(region_name=REGION).client("dynamodb", endpoint_url=moto_url)
     make_table(admin, "tbl")
     admin.put_item(TableName="tbl", Item={**A, "v": {"S": "1"}})
-    reader = Reader(moto_url, server.url, namespace, mode)
+    reader = Reader(moto_url, server.url, namespace, query_invalidation=mode)
     kind = "get" if mode == "partition" else "query"
     assert reader.read(kind, 2) == [("1", False), ("1", True)]
     session = boto3.Session(region_name=REGION)
