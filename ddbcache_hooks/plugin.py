@@ -293,8 +293,14 @@ class Registration:
             self._sessions.clear()
             for client in list(self._clients):
                 self._detach(client)
+            self._close_connections()
             if self.on_unregister is not None:
                 self.on_unregister()
+
+    def _close_connections(self) -> None:
+        """The registration's Redis connections, closed now rather than when collected."""
+        if self._transport is not None:
+            self._transport.connections.close()
 
     def _stop_work(self) -> None:
         if self._work is not None:
@@ -608,10 +614,25 @@ class AsyncRegistration(Registration):
             log.warning("exiting with invalidations Redis did not take; entries expire by TTL")
 
     async def aclose(self) -> None:
-        """Deliver held invalidations (waiting a bounded time), then unregister."""
+        """Deliver held invalidations (waiting a bounded time), then unregister and close
+        the registration's connections."""
         if self._work is not None:
             await self._work.flush(EXIT_FLUSH_S)
         self.unregister()
+        if self._closing is not None:
+            await self._closing
+
+    _closing: Any = None
+
+    def _close_connections(self) -> None:
+        """An async client closes on its loop: at once when one runs (``aclose()`` awaits it)."""
+        if self._transport is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop to close it on: its connections go with the client
+        self._closing = loop.create_task(self._transport.connections.aclose())
 
     def _stop_work(self) -> None:
         if self._work is not None:
