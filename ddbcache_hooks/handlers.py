@@ -32,7 +32,7 @@ from .policy import CACHED_OPERATIONS, POLICIES
 from .protocol import NOT_PRIMARY_MESSAGE, Protocol, not_primary
 from .resilience import AsyncBackgroundWork
 from .schema import TableSchema
-from .transport import AsyncTransport, SyncTransport
+from .transport import AsyncTransport, SyncTransport, migrating
 
 log = logging.getLogger("ddbcache_hooks")
 T = TypeVar("T")
@@ -214,6 +214,12 @@ class Hooks:
             self.protocol.limited.warning(
                 "oom", "Redis is out of memory and refuses writes; misses are not cached: %s", exc
             )
+            return
+        if migrating(exc):
+            # A slot in migration the retries on its new node did not get past: a miss
+            # (or a held invalidation), not an outage.
+            self.protocol.stats.incr("slot_migrations")
+            log.debug("Redis slot in migration; this call bypasses the cache: %s", exc)
             return
         if not_primary(exc):
             # A replica behind the URL: not an outage to retry at once, a set-up to fix.

@@ -35,6 +35,7 @@ COUNTERS = (
     "pool_busy",
     "redis_oom",
     "not_primary",
+    "slot_migrations",
     "leases_released",
     "poisoned_keys",
     "writes_rejected",
