@@ -25,20 +25,18 @@ the application.
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import logging
 import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import asyncio
+
+from .tracking import PatchOnImport
 
 log = logging.getLogger("ddbcache_hooks")
 
@@ -106,31 +104,7 @@ def install() -> None:
             sys.meta_path.insert(0, _PatchOnImport(name, patcher))
 
 
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """One-shot post-import hook for one module (``botocore.session``, ``aiobotocore.session``)."""
-
-    def __init__(self, name: str, patcher: Callable[[ModuleType], None]) -> None:
-        self.name = name
-        self.patcher = patcher
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        loader = spec.loader if spec is not None else None
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        run_module = loader.exec_module
-
-        def exec_module(module: ModuleType) -> None:
-            run_module(module)
-            self.patcher(module)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
+_PatchOnImport = PatchOnImport
 
 
 def patch(module: ModuleType) -> None:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError, ResponseError
 
-from . import forks
+from . import forks, tracking
 from .config import Settings, env_flag
 from .connections import Connections, connect_async, connect_holder, exit_twin, redact
 from .errors import CacheConnectionError, RegistrationError
@@ -430,6 +430,9 @@ def install(registration: Registration, kind: str, resolved: Any) -> None:
         if kind == "session":
             registration.attach_session(resolved)
             _sessions[resolved] = registration
+            # Clients the session made before: botocore gave them no hooks of ours.
+            for client in tracking.clients_of(resolved):
+                registration.attach_client(client)
         else:
             registration.attach_client(resolved)
 
