@@ -86,6 +86,11 @@ def _first_error(replies: Sequence[Any]) -> None:
             raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
 
 
+def _all_plain(calls: Sequence[Call]) -> bool:
+    """No script among the calls: the plain-read path can send them."""
+    return all(call.script is None for call in calls)
+
+
 def _holder(target: Any) -> Connections:
     return target if isinstance(target, Connections) else Connections.given(target)
 
@@ -134,6 +139,10 @@ class SyncTransport:
         #: Server identities for plain reads (the protocol's, see Registration).
         self.servers = ServerIds()
 
+    def _plain_reads(self) -> bool:
+        """Plain reads are on: one node, and pools of ours (see :func:`node_lookup`)."""
+        return not self.cluster and self.servers.node_of is not None
+
     @property
     def client(self) -> Any:
         """The library's client (a fresh one after a fork)."""
@@ -150,11 +159,15 @@ class SyncTransport:
         self.client.ping()
 
     def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
-        if errors_as_values and not self.cluster and self.servers.node_of is not None:
-            if all(call.script is None for call in calls):
-                return self._plain(calls)
-        elif len(calls) == 1 and not self.cluster:
-            return [self._single(calls[0])]
+        if errors_as_values and self._plain_reads() and _all_plain(calls):
+            return self._plain(calls)
+        if len(calls) == 1 and not self.cluster:
+            try:
+                return [self._single(calls[0])]
+            except ResponseError as exc:
+                if not errors_as_values:
+                    raise
+                return [exc]
         replies = self._pipeline(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
@@ -259,6 +272,10 @@ class AsyncTransport:
         #: Server identities for plain reads (the protocol's, see Registration).
         self.servers = ServerIds()
 
+    def _plain_reads(self) -> bool:
+        """Plain reads are on: one node, and pools of ours (see :func:`node_lookup`)."""
+        return not self.cluster and self.servers.node_of is not None
+
     @property
     def client(self) -> Any:
         return self.connections.client
@@ -274,11 +291,15 @@ class AsyncTransport:
             raise _suspects(exc, calls) from None
 
     async def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
-        if errors_as_values and not self.cluster and self.servers.node_of is not None:
-            if all(call.script is None for call in calls):
-                return await self._plain(calls)
-        elif len(calls) == 1 and not self.cluster:
-            return [await self._single(calls[0])]
+        if errors_as_values and self._plain_reads() and _all_plain(calls):
+            return await self._plain(calls)
+        if len(calls) == 1 and not self.cluster:
+            try:
+                return [await self._single(calls[0])]
+            except ResponseError as exc:
+                if not errors_as_values:
+                    raise
+                return [exc]
         replies = await self._pipeline(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
