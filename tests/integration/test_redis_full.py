@@ -19,15 +19,16 @@ from redis.exceptions import OutOfMemoryError
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import REGION, _binary, make_table
+from tests.conftest import REGION, _binary, _valkey_binary, make_table
 from tests.readers import A, Reader
 
 READS = 40
 
 
-@pytest.fixture(scope="module")
-def full_server() -> Iterator[RedisServer]:
-    with RedisServer(_binary(), extra_args=["--maxmemory-policy", "noeviction"]) as server:
+@pytest.fixture(scope="module", params=["redis", "valkey"])
+def full_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    binary = _binary() if request.param == "redis" else _valkey_binary()
+    with RedisServer(binary, extra_args=["--maxmemory-policy", "noeviction"]) as server:
         yield server
 
 
