@@ -28,7 +28,7 @@ from moto import mock_aws
 import ddbcache_hooks
 from bench.harness import Series, machine, measure, table
 from ddbcache_hooks._redis_server import RedisServer
-from ddbcache_hooks.resilience import Invalidation
+from ddbcache_hooks.plan import Invalidation
 
 
 @dataclass

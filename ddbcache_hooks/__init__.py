@@ -14,7 +14,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from . import tracking as _tracking
 from ._version import __version__
+
+# DynamoDB clients a session creates before register(session) are covered too.
+_tracking.install()
 
 if TYPE_CHECKING:
     from ._autoload import current

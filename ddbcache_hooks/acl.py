@@ -23,6 +23,7 @@ PLAIN: dict[str, str] = {
     "script|load": "loading the Lua scripts",
     "evalsha": "running them",
     "hmget": "plain-read hits (no script on the common hit)",
+    "role": "plain-read hits: only a primary serves them",
     "hstrlen": "checking a key a lookup timed out on",
     "unlink": "deleting a poisoned key; ddbcache flush",
     "set": "sharing a key schema learned with DescribeTable",

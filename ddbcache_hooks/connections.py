@@ -414,6 +414,8 @@ class Connections:
         #: Called with the new client after a fork rebuilt it (restart background threads).
         self.on_rebuild: list[Callable[[Any], None]] = []
         self._forked = False
+        #: The caller's own client, used as it is: never closed here.
+        self._given = False
         _live.add(self)
 
     @classmethod
@@ -421,6 +423,7 @@ class Connections:
         """An in-process client (fakeredis) used as it is."""
         holder = cls(lambda: client)
         holder._client = client
+        holder._given = True
         return holder
 
     def adopt(self, client: Any) -> None:
@@ -440,6 +443,31 @@ class Connections:
                     for callback in self.on_rebuild:
                         callback(self._client)
             return self._client
+
+    def close(self) -> None:
+        """Close every connection of the library's client now (``unregister()``).
+
+        A client passed in and used as it is (fakeredis) is the caller's, and
+        stays open. Used again afterwards, the holder builds a new client.
+        """
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and not self._given:
+            client.close()
+            # A client made with a pool of ours leaves that pool open on close().
+            pool = getattr(client, "connection_pool", None)
+            if pool is not None:
+                pool.disconnect()
+
+    async def aclose(self) -> None:
+        """:meth:`close` for a ``redis.asyncio`` client (``aclose()``)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and not self._given:
+            await client.aclose()
+            pool = getattr(client, "connection_pool", None)
+            if pool is not None:
+                await pool.disconnect()
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()

@@ -31,8 +31,8 @@ HERE = Location("aws", "doctor")
 
 #: What each eviction policy means for this cache.
 POLICIES = {
-    "noeviction": "when memory is full, fills and invalidation markers are refused "
-    "(counted as redis_oom): reads go to DynamoDB uncached until entries expire",
+    "noeviction": "when memory is full, fills are refused (counted as redis_oom): misses "
+    "are not cached, while hits and invalidations go on (what drops state needs no memory)",
     "allkeys-lru": "least recently used keys are evicted to make room: fine for a cache",
     "allkeys-lfu": "least frequently used keys are evicted to make room: fine for a cache",
     "allkeys-random": "random keys are evicted to make room: fine, hot entries may go too",
@@ -83,6 +83,11 @@ def server(client: Any) -> str:
     if is_cluster(client):
         return f"{engine} {version}, cluster mode with {len(client.get_primaries())} primaries"
     role = _info(client, "replication").get("role", "?")
+    if role != "master":
+        raise RuntimeError(
+            f"{engine} {version} is a {role}, not a primary: the cache runs uncached there "
+            "(point the URL at the primary endpoint)"
+        )
     return f"{engine} {version}, standalone, role {role}"
 
 

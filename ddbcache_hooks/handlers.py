@@ -30,10 +30,10 @@ from .keys import TableRef, location_of
 from .plan import ReadPlan, WritePlan, shape_miss_request
 from .policy import CACHED_OPERATIONS, POLICIES
 from .principals import PRINCIPALS
-from .protocol import Protocol
+from .protocol import NOT_PRIMARY_MESSAGE, Protocol, not_primary
 from .resilience import AsyncBackgroundWork, refused
 from .schema import TableSchema
-from .transport import AsyncTransport, SyncTransport
+from .transport import AsyncTransport, SyncTransport, migrating
 from .writethrough import Intent
 
 log = logging.getLogger("ddbcache_hooks")
@@ -351,6 +351,21 @@ class Hooks:
             return
         if refused(exc, self.protocol.settings.namespace, self.protocol.stats):
             return  # a configuration error (ACL): not an outage, the breaker stays closed
+        if migrating(exc):
+            # A slot in migration the retries on its new node did not get past: a miss
+            # (or a held invalidation), not an outage.
+            self.protocol.stats.incr("slot_migrations")
+            log.debug("Redis slot in migration; this call bypasses the cache: %s", exc)
+            return
+        if not_primary(exc):
+            # A replica behind the URL: not an outage to retry at once, a set-up to fix.
+            self.protocol.servers.forget()
+            self.protocol.stats.incr("not_primary")
+            self.protocol.breaker.failure()
+            self.protocol.limited.error(
+                "not-primary", NOT_PRIMARY_MESSAGE, self.protocol.where, exc
+            )
+            return
         self.protocol.suspect(getattr(exc, "ddbcache_keys", ()))
         self.protocol.breaker.failure()
         self.protocol.stats.incr("errors")

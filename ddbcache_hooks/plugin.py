@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -19,9 +20,9 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from . import _clienthook, forks, peek
+from . import forks, peek, tracking
 from .config import Options, Settings, Unpack, env_flag
 from .connections import Connections, connect_async, connect_holder, exit_twin, redact
 from .errors import CacheConnectionError, RegistrationError
@@ -31,7 +32,7 @@ from .near import listen_async
 from .peek import Peek
 from .plan import Invalidation, Slot
 from .policy import POLICIES, Action
-from .protocol import Protocol
+from .protocol import NOT_PRIMARY_MESSAGE, Protocol
 from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork, refused
 from .scripts import SCRIPTS
 from .transport import AsyncTransport, SyncTransport, node_lookup
@@ -345,8 +346,14 @@ class Registration:
             self._sessions.clear()
             for client in list(self._clients):
                 self._detach(client)
+            self._close_connections()
             if self.on_unregister is not None:
                 self.on_unregister()
+
+    def _close_connections(self) -> None:
+        """The registration's Redis connections, closed now rather than when collected."""
+        if self._transport is not None:
+            self._transport.connections.close()
 
     def _stop_work(self) -> None:
         if self._work is not None:
@@ -429,7 +436,8 @@ def register(target: Any = None, redis: Any = None, **options: Unpack[Options]) 
     holder = connect_holder(redis, settings, session=_session_of(target))
     transport = SyncTransport(holder)
     _check(transport, redis)
-    registration = Registration(Protocol(settings, cluster=transport.cluster), transport, SyncHooks)
+    protocol = _label(Protocol(settings, cluster=transport.cluster), redis)
+    registration = Registration(protocol, transport, SyncHooks)
     registration._set_clock()
     registration._start_background(transport.connections)
     install(registration, kind, resolved)
@@ -524,46 +532,19 @@ def install(registration: Registration, kind: str, resolved: Any) -> None:
             registration.attach_session(resolved)
             _sessions[resolved] = registration
             _watch_other_sessions()
+            # Clients the session made before: botocore gave them no hooks of ours.
+            for client in tracking.clients_of(resolved):
+                registration.attach_client(client)
         else:
             registration.attach_client(resolved)
 
 
-# --- clients no registration reaches ------------------------------------------------
-
-_unreached = {"watching": False, "told": False}
-_FIRST_CALL = "ddbcache-hooks-unregistered-session"
+# --- clients no registration reaches (tracking.py says so) ---------------------------
 
 
 def _watch_other_sessions() -> None:
     """Once a session is registered, look at every DynamoDB client any session makes."""
-    if not _unreached["watching"]:
-        _unreached["watching"] = True
-        _clienthook.observe(_check_new_client)
-
-
-def _check_new_client(session: Any, client: Any) -> None:
-    """A client no registration attached to, while sessions are registered: told at its
-    first call (the application may still register the client itself before that)."""
-    import botocore.client
-
-    if _unreached["told"] or not isinstance(client, botocore.client.BaseClient):
-        return
-    if client in _attached or not _session_registrations():
-        return
-    client_ref = weakref.ref(client)
-    from_default = _is_default_session(session)
-
-    def first_call(**_: Any) -> None:
-        current = client_ref()
-        if current is None:
-            return
-        current.meta.events.unregister("before-call.dynamodb", unique_id=_FIRST_CALL)
-        if current in _attached or _unreached["told"] or not _session_registrations():
-            return
-        _unreached["told"] = True
-        log.warning("%s", unreached_message(from_default, len(_session_registrations())))
-
-    client.meta.events.register("before-call.dynamodb", first_call, unique_id=_FIRST_CALL)
+    tracking.watch_unreached(lambda: len(_session_registrations()), lambda c: c in _attached)
 
 
 def _session_registrations() -> list[Registration]:
@@ -573,34 +554,6 @@ def _session_registrations() -> list[Registration]:
             for r in _sessions.values()
             if r.active and not r.from_environment and r._hooks_factory is SyncHooks
         ]
-
-
-def _is_default_session(session: Any) -> bool:
-    import sys
-
-    boto3 = sys.modules.get("boto3")
-    default = getattr(boto3, "DEFAULT_SESSION", None)
-    try:
-        return default is not None and default.events is session.get_component("event_emitter")
-    except Exception:
-        return False
-
-
-def unreached_message(from_default: bool, registered: int) -> str:
-    """What a DynamoDB client made from a session no registration is on says, once."""
-    sessions = f"{registered} other session{'s' if registered != 1 else ''}"
-    if from_default:
-        return (
-            "ddbcache-hooks: a DynamoDB client made from boto3's default session "
-            "(boto3.client() / boto3.resource()) is not cached: register() was given "
-            f"{sessions}. Call ddbcache_hooks.register() with no session to cache the "
-            "default session, or make the clients from the registered session"
-        )
-    return (
-        "ddbcache-hooks: a DynamoDB client made from a session that is not registered "
-        f"is not cached (register() was given {sessions}). Register the session the "
-        "application uses, or make the clients from the registered session"
-    )
 
 
 def register_from_environment(
@@ -624,7 +577,7 @@ def register_from_environment(
         "every DynamoDB client (environment activation)", url, settings, transport.cluster, "sync"
     )
     registration = Registration(
-        Protocol(settings, cluster=transport.cluster),
+        _label(Protocol(settings, cluster=transport.cluster), url),
         transport,
         SyncHooks,
         from_environment=True,
@@ -692,9 +645,35 @@ def _check(transport: SyncTransport, target: Any) -> None:
         transport.ping()
         for script in SCRIPTS:
             transport.client.script_load(script.source)
+        replication = None if transport.cluster else _replication(transport.client.info)
     except RedisError as exc:
-        where = redact(target) if isinstance(target, str) else repr(target)
-        raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
+        raise CacheConnectionError(f"Could not connect to Redis {_where(target)}: {exc}") from exc
+    _say_if_replica(replication, target)
+
+
+def _where(target: Any) -> str:
+    return redact(target) if isinstance(target, str) else repr(target)
+
+
+def _replication(info: Callable[[str], Any]) -> Any:
+    """``INFO replication``; None where the ACL denies it, or the server lacks it."""
+    try:
+        return info("replication")
+    except ResponseError:
+        return None
+
+
+def _say_if_replica(replication: Mapping[str, Any] | None, target: Any) -> None:
+    """A URL that reaches a replica is said once, at ERROR: the registration runs uncached."""
+    role = (replication or {}).get("role", "master")
+    if role != "master":
+        link = (replication or {}).get("master_link_status", "?")
+        log.error(NOT_PRIMARY_MESSAGE, _where(target), f"role {role}, replication link {link}")
+
+
+def _label(protocol: Protocol, target: Any) -> Protocol:
+    protocol.where = _where(target)
+    return protocol
 
 
 # --- The async twin: aiobotocore / aioboto3 ---------------------------------------------
@@ -770,10 +749,25 @@ class AsyncRegistration(Registration):
             log.warning("exiting with invalidations Redis did not take; entries expire by TTL")
 
     async def aclose(self) -> None:
-        """Deliver held invalidations (waiting a bounded time), then unregister."""
+        """Deliver held invalidations (waiting a bounded time), then unregister and close
+        the registration's connections."""
         if self._work is not None:
             await self._work.flush(EXIT_FLUSH_S)
         self.unregister()
+        if self._closing is not None:
+            await self._closing
+
+    _closing: Any = None
+
+    def _close_connections(self) -> None:
+        """An async client closes on its loop: at once when one runs (``aclose()`` awaits it)."""
+        if self._transport is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop to close it on: its connections go with the client
+        self._closing = loop.create_task(self._transport.connections.aclose())
 
     def _stop_work(self) -> None:
         if self._work is not None:
@@ -860,12 +854,17 @@ async def _start_async(
         await transport.ping()
         for script in SCRIPTS:
             await transport.client.script_load(script.source)
+        replication = None
+        if not transport.cluster:
+            with contextlib.suppress(ResponseError):
+                replication = await transport.client.info("replication")
         seconds, micros = await transport.client.time()
         server_ms = int(seconds) * 1000 + int(micros) // 1000
     except RedisError as exc:
         where = redact(redis) if isinstance(redis, str) else repr(redis)
         raise CacheConnectionError(f"Could not connect to Redis {where}: {exc}") from exc
-    protocol = Protocol(settings, cluster=transport.cluster)
+    _say_if_replica(replication, redis)
+    protocol = _label(Protocol(settings, cluster=transport.cluster), redis)
     if holder.policy is not None:
         protocol.call_timeout_ms = holder.policy.timeout_ms
     registration = AsyncRegistration(

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import botocore
+from redis.exceptions import ReadOnlyError
 
 from . import responses, schema_steps, store, writethrough
 from ._version import __version__
@@ -52,7 +53,7 @@ from .plan import (
 from .policy import UNKNOWN_WRITE
 from .resilience import Backlog, CircuitBreaker, Orphans, ServerClock
 from .schema import TableSchema
-from .scripts import BULK_MARK, FillStatus, LookupStatus
+from .scripts import BULK_MARK, NOT_PRIMARY, FillStatus, LookupStatus
 from .stats import LimitedLog, Stats, log
 from .writes import WriteSet
 from .writethrough import Intent
@@ -78,6 +79,19 @@ def bulk_loading(token: bytes, now_ms: float | None = None) -> bool:
     until, _, _ = token[1:].partition(b":")
     now = time.time() * 1000 if now_ms is None else now_ms
     return until.isdigit() and int(until) > now
+
+
+#: Said (at ERROR, once a minute) when the Redis the URL reaches is not a primary.
+NOT_PRIMARY_MESSAGE = (
+    "Redis at %s is not a primary (%s): nothing is served from it, and writes' "
+    "invalidations are held until a primary takes them; DynamoDB calls go uncached "
+    "meanwhile. Point the URL at the primary endpoint, not at a replica or a reader endpoint."
+)
+
+
+def not_primary(exc: Exception) -> bool:
+    """A reply that says the server is a replica: READONLY, or the scripts' own check."""
+    return isinstance(exc, ReadOnlyError) or NOT_PRIMARY in str(exc)
 
 
 def _rcu(size: int) -> float:
@@ -177,6 +191,8 @@ class Protocol(writethrough.WriteThroughSteps, schema_steps.SchemaSteps):
         )
         self.limited = LimitedLog()
         self.cluster = cluster
+        #: The Redis this registration uses, for messages (a URL's password masked).
+        self.where = "(the Redis client passed to register())"
         #: Server identities that let a hit be read without the lookup script
         #: (off until :meth:`store.ServerIds.enable` finds the transport can tell
         #: when it reconnects).

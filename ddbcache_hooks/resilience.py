@@ -250,8 +250,10 @@ class Orphans:
         self._stats = stats
         self._lock = threading.Lock()
         self._failures = 0
-        #: (entry hash key, variant field) -> lease token
-        self._leases: dict[tuple[str, str], str] = {}
+        #: (entry hash key, variant field, lease token), in arrival order: every
+        #: token, since two lookups of one slot that both timed out hold two, and
+        #: either of them may be the one the server kept.
+        self._leases: dict[tuple[str, str, str], None] = {}
         self._suspects: dict[tuple[str, str], None] = {}
 
     def __bool__(self) -> bool:
@@ -259,9 +261,9 @@ class Orphans:
 
     def add_leases(self, leases: list[tuple[str, str, str]]) -> None:
         with self._lock:
-            for key, field_, token in leases:
+            for lease in leases:
                 if len(self._leases) < self.LIMIT:
-                    self._leases[(key, field_)] = token
+                    self._leases[lease] = None
 
     def add_suspects(self, suspects: list[tuple[str, str]]) -> None:
         with self._lock:
@@ -271,15 +273,14 @@ class Orphans:
 
     def snapshot(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
         with self._lock:
-            leases = [(key, field_, token) for (key, field_), token in self._leases.items()]
+            leases = list(self._leases)
             return leases, list(self._suspects)
 
     def done(self, leases: list[tuple[str, str, str]], suspects: list[tuple[str, str]]) -> None:
         """Forget what a pass handled."""
         with self._lock:
-            for key, field_, token in leases:
-                if self._leases.get((key, field_)) == token:
-                    del self._leases[(key, field_)]
+            for lease in leases:
+                self._leases.pop(lease, None)
             for suspect in suspects:
                 self._suspects.pop(suspect, None)
             self._failures = 0

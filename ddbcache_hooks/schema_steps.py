@@ -8,12 +8,15 @@ docs/design.md, "Key schemas and table lifecycle in Redis".
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from . import store
 from .effects import DescribeTable, Op
 from .schema import TableSchema
+
+log = logging.getLogger("ddbcache_hooks")
 
 if TYPE_CHECKING:
     from .codec import Codec
@@ -65,6 +68,14 @@ class SchemaSteps:
             return known
         tokens, where = self.layout.tokens(table), self.layout.schema(table)
         generation, blob = yield from store.read_schema(tokens, where, self.token_ttl_ms)
+        if not generation:
+            self.limited.warning(
+                f"schema-refused:{tokens}",
+                "Redis refused to record a generation for table %s (full?): its key schema "
+                "is not learned, and writes to it drop every entry of the table",
+                table.name,
+            )
+            return None
         stored = None
         if blob:
             data = self.codec.unseal(where, blob)
@@ -84,7 +95,9 @@ class SchemaSteps:
                 return None
             schema = dataclasses.replace(described, generation=generation)
             sealed = self.codec.seal(where, schema.encode())
-            yield from store.set_value(where, sealed, self.schema_ttl_s)
+            if not (yield from store.set_value(where, sealed, self.schema_ttl_s)):
+                # Kept in this process only; other processes describe the table themselves.
+                log.debug("Redis refused to store the key schema of %s", table.name)
         configured = self._configured.get(table.name)
         if configured is not None:  # keep the configured key names, learn the indexes
             schema = dataclasses.replace(schema, key=configured.key)

@@ -37,7 +37,9 @@ clocks agree. Every key gets a TTL.
 
 The server's identity is its replication id (``INFO replication``, read inside
 the scripts, so no round trip is added; a primary draws a new one at every
-start and every promotion). A restart (from a snapshot that may predate
+start and every promotion). Only a primary has one here: a script that finds
+``role`` other than ``master`` fails with :data:`NOT_PRIMARY` (a replica may
+lag, be cut off, and refuses invalidations). A restart (from a snapshot that may predate
 acknowledged invalidations) or a promotion (of a replica that may lag)
 changes it; state found under another identity is discarded, so an
 invalidation the server forgot cannot bring an old entry back
@@ -66,9 +68,15 @@ local function keep_until(key, deadline, now)
 end
 -- Which server (and history) this is: a primary's replication id, new with
 -- every start and every promotion. '-' where INFO is not available to scripts.
+-- A replica shares its primary's id but may lag it or be cut off from it, and
+-- takes no invalidation: nothing is served from it, the script fails instead.
 local function server_id()
   local info = redis.pcall('INFO', 'replication')
   if type(info) ~= 'string' then return '-' end
+  local role = string.match(info, 'role:(%a+)')
+  if role and role ~= 'master' then
+    error('DDBCACHE_NOT_PRIMARY this server is a ' .. role .. ', not a primary')
+  end
   return string.sub(string.match(info, 'master_replid:(%x+)') or '-', 1, 24)
 end
 -- True when the server has never evicted a key: then a missing key was never
@@ -92,6 +100,15 @@ local function wrong_type(reply)
   local err = tostring(reply['err'])
   if string.find(err, 'WRONGTYPE', 1, true) then return true end
   error(err)
+end
+-- On a full server (maxmemory under noeviction) Redis refuses a script's first
+-- command that may use memory (HSET, SET) unless the script has already written.
+-- Deleting a field no hash has is such a write, and it needs no memory: every
+-- script that drops state calls this first, so that a full server still applies
+-- an invalidation (docs/consistency.md, "A full Redis"). It changes nothing, so
+-- nothing is replicated.
+local function may_write(key)
+  redis.pcall('HDEL', key, '~')
 end
 local function as_hash(key)
   local kind = redis.call('TYPE', key)['ok']
@@ -154,6 +171,9 @@ def _script(name: str, body: str) -> Script:
     source = _PRELUDE + body
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
+
+#: The error a script fails with on a server that is not a primary.
+NOT_PRIMARY = "DDBCACHE_NOT_PRIMARY"
 
 #: Table tokens of a table a bulk load writes to start with this mark and the
 #: end of the bypass (ms since the epoch): ``B1767225600000:<token>``.
@@ -375,6 +395,7 @@ REPLACE_TOKENS = _script(
     """
 local key = KEYS[1]
 as_hash(key)
+may_write(key)
 local sid = server_id()
 local old = redis.call('HMGET', key, 'i', 'q', 'n')
 if ARGV[3] == '1' or not old[1] then
@@ -399,6 +420,7 @@ TABLE_LIFECYCLE = _script(
     """
 local key, mark = KEYS[1], ARGV[4]
 as_hash(key)
+may_write(key)
 local sid = server_id()
 local old = redis.call('HMGET', key, 'i', 'q', 'n')
 local i, q = renew(old[1], ARGV[1]), renew(old[2], ARGV[2])
@@ -431,6 +453,8 @@ TABLE_GENERATION = _script(
     "table_generation",
     """
 local key = KEYS[1]
+-- A write's check may replace the tokens: it must run on a full server too.
+if ARGV[3] ~= '' then may_write(key) end
 -- Tokens (and so the generation) another server made are replaced first.
 table_tokens(key, ARGV[1], tonumber(ARGV[2]), server_id())
 local g = redis.call('HGET', key, 'g')

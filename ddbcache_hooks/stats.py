@@ -37,6 +37,8 @@ COUNTERS = (
     "pool_busy",
     "redis_oom",
     "redis_refused",
+    "not_primary",
+    "slot_migrations",
     "leases_released",
     "poisoned_keys",
     "writes_rejected",
@@ -178,6 +180,13 @@ class LimitedLog:
 
     def warning(self, kind: str, message: str, *args: Any, stacklevel: int = 2) -> None:
         """Log once per interval; the record points at the caller (``stacklevel`` 2)."""
+        self._log(logging.WARNING, kind, message, args, stacklevel + 1)
+
+    def error(self, kind: str, message: str, *args: Any, stacklevel: int = 2) -> None:
+        """:meth:`warning` at ERROR level: a set-up that keeps the cache off."""
+        self._log(logging.ERROR, kind, message, args, stacklevel + 1)
+
+    def _log(self, level: int, kind: str, message: str, args: Any, stacklevel: int) -> None:
         now = time.monotonic()
         with self._lock:
             last = self._last.get(kind)
@@ -189,4 +198,4 @@ class LimitedLog:
         if suppressed:
             message += " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        log.warning(message, *args, stacklevel=stacklevel + 1)
+        log.log(level, message, *args, stacklevel=stacklevel + 1)

@@ -226,7 +226,8 @@ def _plain_read(
     reply: the entry is present and unexpired by the server's clock, the item
     hash, the table's tokens and the partition's hash were made by the server
     that answers (the identity a script read on that node, still valid), the
-    tokens are well formed. Anything else — a lease, an expired or missing
+    tokens are well formed, every node involved answers ``ROLE`` as a primary.
+    Anything else — a lease, an expired or missing
     entry, state of another server, a key of another type, a drop — goes to
     the script, which also repairs what needs repair.
     """
@@ -268,6 +269,10 @@ def _plain_read(
     # The server's clock, on each node holding an entry (one on a single node).
     clock_keys = {nodes[requests[i].key]: requests[i].key for i in eligible}
     calls += [Call(None, ("TIME",), route=key if cluster else "") for key in clock_keys.values()]
+    # Each node's role: a primary demoted under an open connection keeps its
+    # replication id (a replica serves nothing, see scripts.py).
+    role_keys = {node: key for key, node in nodes.items()}
+    calls += [Call(None, ("ROLE",), route=key if cluster else "") for key in role_keys.values()]
     replies = yield RedisBatch(calls, errors_as_values=True)
     if ServerIds.epoch() != epoch:
         return out  # a connection was made meanwhile: another server may have answered
@@ -276,12 +281,21 @@ def _plain_read(
     n, t, p = len(eligible), len(token_keys), len(partition_keys)
     tokens = dict(zip(token_keys, replies[n : n + t], strict=True))
     partitions = dict(zip(partition_keys, replies[n + t : n + t + p], strict=True))
+    c = len(clock_keys)
     clocks: dict[str, int] = {}
-    for node, reply in zip(clock_keys, replies[n + t + p :], strict=True):
+    for node, reply in zip(clock_keys, replies[n + t + p : n + t + p + c], strict=True):
         if isinstance(reply, (tuple, list)) and len(reply) == 2:
             clocks[node] = int(reply[0]) * 1000 + int(reply[1]) // 1000
+    primaries = {
+        node
+        for node, reply in zip(role_keys, replies[n + t + p + c :], strict=True)
+        if isinstance(reply, (tuple, list)) and reply and reply[0] == b"master"
+    }
     for i, entry in zip(eligible, replies[:n], strict=True):
         r = requests[i]
+        keys = (r.key, r.token_key, r.partition_key) if r.partition_key else (r.key, r.token_key)
+        if any(nodes[key] not in primaries for key in keys):
+            continue  # not a primary (or cannot tell): the script decides, and refuses
         out[i] = _plain_hit(
             r,
             entry,
@@ -543,12 +557,41 @@ def invalidate(
         calls.append(Call(None, ("PUBLISH", channel, message)))
     if not calls:
         return []
-    replies = yield RedisBatch(calls)
-    return [
-        key
-        for (key, _, _), reply in zip(generations, replies[checked:], strict=False)
-        if int(reply[2])
-    ]
+    replies = yield RedisBatch(calls, errors_as_values=True)
+    failed = [(call, reply) for call, reply in zip(calls, replies, strict=True) if _error(reply)]
+    if failed:
+        yield from _drop_instead(failed)
+    stale = []
+    for (key, _, _), reply in zip(generations, replies[checked:], strict=False):
+        if _error(reply) or int(reply[2]):
+            stale.append(key)  # a failed check: the fallback dropped the table whole
+    return stale
+
+
+def _error(reply: Any) -> bool:
+    return isinstance(reply, Exception)
+
+
+def _drop_instead(failed: Sequence[tuple[Call, Any]]) -> Op[None]:
+    """What an invalidation's refused scripts meant to drop, deleted with plain ``DEL``.
+
+    ``DEL`` needs no memory, so a full server (or one that refuses a script for
+    any other reason) still takes it: an item's hash goes; a table's token hash
+    goes (and its schema with a lifecycle change), which makes every entry of
+    the table a mismatch, and any key schema learned under it unused (its
+    generation goes too). Raises the first refusal when the ``DEL`` fails as
+    well (the invalidation is then held, see Protocol.keep).
+    """
+    calls = [Call(None, ("DEL", *call.args[: call.numkeys])) for call, _ in failed if call.script]
+    replies = (yield RedisBatch(calls, errors_as_values=True)) if calls else []
+    if len(calls) < len(failed) or any(_error(reply) for reply in replies):
+        raise _first(failed)  # a DEL, or a plain command (PUBLISH), refused too
+
+
+def _first(failed: Sequence[tuple[Call, Any]]) -> Exception:
+    error = failed[0][1]
+    assert isinstance(error, Exception)
+    return error
 
 
 #: The per-variant fields a lookup reads.
@@ -576,14 +619,22 @@ def unlink(keys: Sequence[str]) -> Op[None]:
 def read_schema(token_key: str, schema_key: str, token_ttl_ms: int) -> Op[tuple[bytes, bytes]]:
     """A table's generation and its stored key schema (b"" when none): one round trip."""
     replies = yield RedisBatch(
-        [Call(TABLE_GENERATION, (token_key, schema_key, new_token(), token_ttl_ms, ""), 2)]
+        [Call(TABLE_GENERATION, (token_key, schema_key, new_token(), token_ttl_ms, ""), 2)],
+        errors_as_values=True,
     )
+    if _error(replies[0]):
+        # Refused (a full server cannot record a new generation): no schema is
+        # learned, and a write that needed one drops its table instead.
+        return b"", b""
     generation, blob, _ = replies[0]
     return bytes(generation), blob if isinstance(blob, bytes) else b""
 
 
-def set_value(key: str, value: bytes, ttl_s: int) -> Op[None]:
-    yield RedisBatch([Call(None, ("SET", key, value, "EX", ttl_s))])
+def set_value(key: str, value: bytes, ttl_s: int) -> Op[bool]:
+    """Store a value; False when the server refused it (say, full): nothing depends on it."""
+    calls = [Call(None, ("SET", key, value, "EX", ttl_s))]
+    replies = yield RedisBatch(calls, errors_as_values=True)
+    return not _error(replies[0])
 
 
 # --- transports --------------------------------------------------------------------

@@ -9,13 +9,15 @@ to both.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from redis.client import NEVER_DECODE
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import AskError, NoScriptError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connections import Connections, is_async_cluster, is_cluster
@@ -62,10 +64,31 @@ def _queue(pipe: Any, call: Call, cluster: Any = None) -> Any:
     return pipe.execute_command(*call.args, **options)
 
 
+#: Errors a slot in migration answers (``MIGRATING`` / ``IMPORTING``): not an outage.
+#: A script whose key exists on the source runs there, and once it deleted the key
+#: it may not create it again; keys in flight answer ASK, split multi-key calls
+#: TRYAGAIN. Each is sent again, alone, to the node the cluster client now names.
+NON_LOCAL_KEY = "non local key"
+MIGRATION_RETRIES = 3
+MIGRATION_PAUSE_S = 0.01
+
+
+def migrating(reply: Any) -> bool:
+    """An error reply that a slot in migration explains (see :data:`NON_LOCAL_KEY`)."""
+    return isinstance(reply, (AskError, TryAgainError)) or (
+        isinstance(reply, ResponseError) and NON_LOCAL_KEY in str(reply)
+    )
+
+
 def _first_error(replies: Sequence[Any]) -> None:
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
+
+
+def _all_plain(calls: Sequence[Call]) -> bool:
+    """No script among the calls: the plain-read path can send them."""
+    return all(call.script is None for call in calls)
 
 
 def _holder(target: Any) -> Connections:
@@ -116,6 +139,10 @@ class SyncTransport:
         #: Server identities for plain reads (the protocol's, see Registration).
         self.servers = ServerIds()
 
+    def _plain_reads(self) -> bool:
+        """Plain reads are on: one node, and pools of ours (see :func:`node_lookup`)."""
+        return not self.cluster and self.servers.node_of is not None
+
     @property
     def client(self) -> Any:
         """The library's client (a fresh one after a fork)."""
@@ -132,10 +159,15 @@ class SyncTransport:
         self.client.ping()
 
     def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
-        if errors_as_values and not self.cluster and self.servers.node_of is not None:
+        if errors_as_values and self._plain_reads() and _all_plain(calls):
             return self._plain(calls)
         if len(calls) == 1 and not self.cluster:
-            return [self._single(calls[0])]
+            try:
+                return [self._single(calls[0])]
+            except ResponseError as exc:
+                if not errors_as_values:
+                    raise
+                return [exc]
         replies = self._pipeline(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
@@ -186,7 +218,30 @@ class SyncTransport:
         cluster = self.client if self.cluster else None
         for call in calls:
             _queue(pipe, call, cluster)
-        return list(pipe.execute(raise_on_error=False))
+        replies = list(pipe.execute(raise_on_error=False))
+        if cluster is not None:
+            self._retry_migrating(calls, replies)
+        return replies
+
+    def _retry_migrating(self, calls: Sequence[Call], replies: list[Any]) -> None:
+        """Send each call a slot migration refused again, alone: the cluster client
+        follows ASK to the importing node (scripts are idempotent, see scripts.py)."""
+        for attempt in range(MIGRATION_RETRIES):
+            pending = [i for i, reply in enumerate(replies) if migrating(reply)]
+            if not pending:
+                return
+            if attempt:
+                time.sleep(MIGRATION_PAUSE_S)
+            for i in pending:
+                try:
+                    replies[i] = _queue(self.client, calls[i])
+                except NoScriptError:
+                    script = calls[i].script
+                    assert script is not None
+                    self.client.script_load(script.source)
+                    replies[i] = _queue(self.client, calls[i])
+                except ResponseError as exc:
+                    replies[i] = exc
 
     def scan_delete(self, pattern: str, batch: int = 500) -> int:
         """Delete every key matching ``pattern`` (on every primary of a cluster)."""
@@ -217,6 +272,10 @@ class AsyncTransport:
         #: Server identities for plain reads (the protocol's, see Registration).
         self.servers = ServerIds()
 
+    def _plain_reads(self) -> bool:
+        """Plain reads are on: one node, and pools of ours (see :func:`node_lookup`)."""
+        return not self.cluster and self.servers.node_of is not None
+
     @property
     def client(self) -> Any:
         return self.connections.client
@@ -232,10 +291,15 @@ class AsyncTransport:
             raise _suspects(exc, calls) from None
 
     async def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
-        if errors_as_values and not self.cluster and self.servers.node_of is not None:
+        if errors_as_values and self._plain_reads() and _all_plain(calls):
             return await self._plain(calls)
         if len(calls) == 1 and not self.cluster:
-            return [await self._single(calls[0])]
+            try:
+                return [await self._single(calls[0])]
+            except ResponseError as exc:
+                if not errors_as_values:
+                    raise
+                return [exc]
         replies = await self._pipeline(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
@@ -282,4 +346,26 @@ class AsyncTransport:
         cluster = self.client if self.cluster else None
         for call in calls:
             _queue(pipe, call, cluster)
-        return list(await pipe.execute(raise_on_error=False))
+        replies = list(await pipe.execute(raise_on_error=False))
+        if cluster is not None:
+            await self._retry_migrating(calls, replies)
+        return replies
+
+    async def _retry_migrating(self, calls: Sequence[Call], replies: list[Any]) -> None:
+        """:meth:`SyncTransport._retry_migrating`, awaited."""
+        for attempt in range(MIGRATION_RETRIES):
+            pending = [i for i, reply in enumerate(replies) if migrating(reply)]
+            if not pending:
+                return
+            if attempt:
+                await asyncio.sleep(MIGRATION_PAUSE_S)
+            for i in pending:
+                try:
+                    replies[i] = await _queue(self.client, calls[i])
+                except NoScriptError:
+                    script = calls[i].script
+                    assert script is not None
+                    await self.client.script_load(script.source)
+                    replies[i] = await _queue(self.client, calls[i])
+                except ResponseError as exc:
+                    replies[i] = exc

@@ -484,7 +484,13 @@ class Forwarder:
                 continue
             upstream.settimeout(None)
             with self._lock:
-                self._open.update((client, upstream))
+                switched = self._target != target
+                if not switched:
+                    self._open.update((client, upstream))
+            if switched:  # a switch came in between: this one reached the old server
+                client.close()
+                upstream.close()
+                continue
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 

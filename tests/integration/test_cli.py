@@ -74,6 +74,30 @@ def test_doctor_healthy(
     assert "all checks passed" in out
 
 
+def test_doctor_reports_the_memory_policy_and_a_replica(
+    moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+
+    import redis
+
+    from ddbcache_hooks._redis_server import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_url)
+    args = ["--maxmemory", "64mb", "--maxmemory-policy", "noeviction"]
+    with RedisServer(extra_args=args) as server:
+        code, out = ddbcache("doctor", "--redis-url", server.url)
+        assert code == 0, out
+        from ddbcache_hooks.doctor import POLICIES
+
+        assert "of 64.0 MiB, maxmemory-policy noeviction: " + POLICIES["noeviction"] in out
+        with contextlib.closing(redis.Redis(port=server.port)) as admin:
+            admin.execute_command("REPLICAOF", "127.0.0.1", free_port())
+        code, out = ddbcache("doctor", "--redis-url", server.url)
+        assert code == 1, out
+        assert "is a slave, not a primary" in out
+
+
 def test_doctor_reports_cluster_mode(
     moto_url: str, redis_cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

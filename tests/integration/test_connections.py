@@ -438,3 +438,64 @@ def test_tls_settings_of_the_users_client_are_kept(
             await users.aclose()
 
         asyncio.run(main())
+
+
+def _clients(port: int) -> int:
+    """Connections the server has open, this probe's own excluded."""
+    with redis.Redis(port=port) as admin:
+        return len(admin.client_list()) - 1
+
+
+def _settled_clients(port: int, want: int) -> int:
+    """The count once the server has seen the last closes (it reaps them as it reads)."""
+    deadline = time.monotonic() + 0.5
+    while _clients(port) != want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _clients(port)
+
+
+def test_unregister_closes_every_connection_at_once(namespace: str, aws: None) -> None:
+    with RedisServer() as server:
+        before = _clients(server.port)
+        for i in range(20):
+            session = boto3.Session(region_name=REGION)
+            registration = ddbcache_hooks.register(
+                session, server.url, namespace=namespace, metrics_flush_s=1
+            )
+            c = session.client("dynamodb")
+            if i == 0:
+                make_table(c, "items")
+            c.put_item(TableName="items", Item=KEY)
+            c.get_item(TableName="items", Key=KEY)
+            assert _clients(server.port) > before  # it did open some
+            registration.unregister()
+        after = _settled_clients(server.port, before)
+        print(f"CLIENT LIST: {before} connections before 20 registrations, {after} after")
+        assert after == before
+
+
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
+def test_aclose_closes_every_connection_at_once(namespace: str, moto_url: str) -> None:
+    import aioboto3
+
+    with RedisServer() as server:
+        admin = boto3.Session(region_name=REGION).client("dynamodb", endpoint_url=moto_url)
+        make_table(admin, "items")
+        admin.put_item(TableName="items", Item=KEY)
+        before = _clients(server.port)
+
+        async def main() -> None:
+            for _ in range(10):
+                session = aioboto3.Session(region_name=REGION)
+                registration = await ddbcache_hooks.register_async(
+                    session, server.url, namespace=namespace
+                )
+                async with session.client("dynamodb", endpoint_url=moto_url) as c:
+                    await c.get_item(TableName="items", Key=KEY)
+                assert _clients(server.port) > before
+                await registration.aclose()
+
+        asyncio.run(main())
+        after = _settled_clients(server.port, before)
+        print(f"CLIENT LIST: {before} connections before 10 async registrations, {after} after")
+        assert after == before

@@ -121,6 +121,41 @@ def test_a_lookup_that_timed_out_in_a_stall_leaves_no_lease(
         registration.unregister()
 
 
+def test_two_lookups_that_timed_out_give_every_lease_back(
+    sync_cache: tuple[Any, Any], redis_server: RedisServer, namespace: str
+) -> None:
+    """Two lookups of one item lost their replies; the server kept the first one's lease.
+
+    The second found that lease held (a wait) and remembered its own token
+    too. Both tokens are released, so the lease the server kept goes and the
+    next reader does not wait for a fill that never comes.
+    """
+    from ddbcache_hooks import store
+    from ddbcache_hooks.handlers import drive
+
+    registration, c = sync_cache
+    c.put_item(TableName="items", Item=KEY)
+    c.get_item(TableName="items", Key=KEY)  # a fill: learn the item's key and field
+    ((key, fields),) = item_hashes(redis_server, namespace).items()
+    field = next(name for name in fields if name.startswith(b"e:"))[2:].decode()
+    c.put_item(TableName="items", Item=KEY)  # the entry goes
+    protocol, transport = registration._protocol, registration._transport
+    first, second = store.new_token(), store.new_token()
+    request = store.LookupRequest(key.decode(), field, key.decode() + ":t", first, 60_000)
+    (reply,) = drive(store.lookup([request], 60_000), transport, lambda table: None)
+    assert reply.status == 2  # the first lookup's lease, its reply lost
+    protocol.orphans.add_leases([(key.decode(), field, first)])
+    protocol.orphans.add_leases([(key.decode(), field, second)])  # the waiter's token
+    protocol.wake()
+    assert eventually(lambda: leases(redis_server, namespace) == [])
+    waits = registration.stats()["lease_waits"]
+    started = time.monotonic()
+    c.get_item(TableName="items", Key=KEY)  # a miss that fills: nobody else's lease
+    assert time.monotonic() - started < 0.15
+    assert registration.stats()["lease_waits"] == waits
+    assert "CacheMetadata" in c.get_item(TableName="items", Key=KEY)
+
+
 # --- garbage -------------------------------------------------------------------------
 
 

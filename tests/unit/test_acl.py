@@ -70,6 +70,7 @@ _SENDS = {
 #: Methods that send nothing themselves (or are botocore's).
 _NOT_COMMANDS = {
     "_get_credentials",
+    "aclose",
     "append",
     "close",
     "create_table",

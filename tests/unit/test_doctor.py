@@ -22,7 +22,7 @@ class Info:
 @pytest.mark.parametrize(
     ("policy", "meaning"),
     [
-        ("noeviction", "fills and invalidation markers are refused"),
+        ("noeviction", "misses are not cached, while hits and invalidations go on"),
         ("allkeys-lru", "fine for a cache"),
         ("volatile-ttl", "closest to expiry are evicted first"),
         ("something-new", "does not know"),

@@ -134,6 +134,9 @@ def test_orphans_are_kept_until_handled_and_dropped_after_repeated_failures() ->
     orphans.add_leases([("k", "f", "t2")])  # a newer lease of the same slot survives
     orphans.done(leases, suspects)
     assert orphans.snapshot() == ([("k", "f", "t2")], [])
+    orphans.add_leases([("k", "f", "t3")])  # a second lookup of the slot: both kept
+    assert orphans.snapshot() == ([("k", "f", "t2"), ("k", "f", "t3")], [])
+    orphans.done([("k", "f", "t2"), ("k", "f", "t3")], [])
     for _ in range(Orphans.ATTEMPTS):
         orphans.failed()
     assert not orphans
