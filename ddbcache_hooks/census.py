@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from . import forks
 from .access import access_key_of
@@ -121,7 +121,8 @@ class Census:
             old = [f for f, seen in fields.items() if float(seen) < now - WINDOW_S]
             if old:
                 self._client.hdel(key, *old)
-        except RedisError as exc:  # best effort: the cache goes on
+        except (RedisError, RedisClusterException) as exc:  # best effort: the cache goes on
+            # (a cluster client closed by unregister() meanwhile raises the latter)
             log.debug("could not record the namespace's principals: %s", exc)
             return
         live = len(fields) - len(old)

@@ -266,9 +266,24 @@ def cache(
     session: boto3.Session, backend: Backend, namespace: str
 ) -> Iterator[ddbcache_hooks.Registration]:
     """The session, registered against the parametrized backend."""
-    registration = ddbcache_hooks.register(session, backend.client(), namespace=namespace)
+    yield from registered(session, backend, namespace)
+
+
+def registered(
+    session: boto3.Session, backend: Backend, namespace: str, **options: Any
+) -> Iterator[ddbcache_hooks.Registration]:
+    """A registration of ``session`` on ``backend`` for one test (a fixture's body)."""
+    registration = ddbcache_hooks.register(
+        session, backend.client(), namespace=namespace, **options
+    )
     yield registration
     registration.unregister()
+
+
+#: Entries filled right after their item's write live at most the settle window
+#: (1 s by default): a test that reads them again later, on a loaded machine, may
+#: find them expired. Such tests register with this.
+NO_SETTLE = {"settle_ms": 0}
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from redis.retry import Retry
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import CallCounter, make_table
+from tests.conftest import NO_SETTLE, CallCounter, make_table, registered
 from tests.servers import RedisCluster
 
 KEY = {"pk": {"S": "a"}}
@@ -32,14 +32,9 @@ def entry_key(registration: ddbcache_hooks.Registration, table: str, key: Any) -
 def cache(
     session: boto3.Session, backend: Any, namespace: str
 ) -> Iterator[ddbcache_hooks.Registration]:
-    """As conftest's, without the settle window: the entries a test corrupts were filled
-    right after their PutItem, and under the window they would live at most one second,
-    so on a loaded machine the corrupted read could find an expired entry instead."""
-    registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, settle_ms=0
-    )
-    yield registration
-    registration.unregister()
+    """As conftest's, without the settle window: the entries a test corrupts were
+    filled right after their PutItem (conftest.NO_SETTLE)."""
+    yield from registered(session, backend, namespace, **NO_SETTLE)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -10,7 +11,16 @@ import pytest
 from boto3.dynamodb.conditions import Attr, Key
 
 import ddbcache_hooks
-from tests.conftest import CallCounter, make_table
+from tests.conftest import NO_SETTLE, CallCounter, make_table, registered
+
+
+@pytest.fixture
+def cache(
+    session: boto3.Session, backend: Any, namespace: str
+) -> Iterator[ddbcache_hooks.Registration]:
+    """As conftest's, without the settle window: pages are warmed right after the
+    writes that made them (conftest.NO_SETTLE)."""
+    yield from registered(session, backend, namespace, **NO_SETTLE)
 
 
 @pytest.fixture

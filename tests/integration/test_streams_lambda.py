@@ -13,7 +13,7 @@ import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer, free_port
 from ddbcache_hooks.config import Settings
 from ddbcache_hooks.streams import handler, lambda_handler
-from tests.conftest import counting_redis, make_table
+from tests.conftest import NO_SETTLE, counting_redis, make_table
 
 ACCOUNT = "123456789012"
 
@@ -66,7 +66,11 @@ def lambda_env(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[Any, ddbcache_hooks.Registration]]:
     """A registered client with cached entries in three tables; the handler's environment."""
-    registration = ddbcache_hooks.register(session, redis_server.url, namespace=namespace)
+    # No settle window: the entries are filled right after their writes and read
+    # again after the handler ran (conftest.NO_SETTLE).
+    registration = ddbcache_hooks.register(
+        session, redis_server.url, namespace=namespace, **NO_SETTLE
+    )
     client = session.client("dynamodb")
     make_table(client, "users")
     make_table(client, "scores", ("pk", "N"), ("sk", "B"))
