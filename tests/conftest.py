@@ -280,6 +280,16 @@ def registered(
     registration.unregister()
 
 
+#: A GetItem of a key no test writes: it proves the caller's read access to the table
+#: (a credential identity's first read of a table goes to DynamoDB, see access.py),
+#: so that a test's later reads may be served from the cache.
+PROVING_KEY = {"pk": {"S": "prove-read-access"}}
+
+
+def prove_read_access(client: Any, table: str = "items") -> None:
+    client.get_item(TableName=table, Key=PROVING_KEY)
+
+
 #: Entries filled right after their item's write live at most the settle window
 #: (1 s by default): a test that reads them again later, on a loaded machine, may
 #: find them expired. Such tests register with this.

@@ -13,7 +13,13 @@ import redis
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import CallCounter, CountingConnection, counting_redis, make_table
+from tests.conftest import (
+    CallCounter,
+    CountingConnection,
+    counting_redis,
+    make_table,
+    prove_read_access,
+)
 
 KEY = {"pk": {"S": "a"}}
 
@@ -299,6 +305,7 @@ def test_write_through_costs_one_round_trip_more_per_write(
     try:
         c = session.client("dynamodb")
         make_table(c, "items")
+        prove_read_access(c)
         calls = CallCounter().attach(c)
         for op in (
             lambda: c.put_item(TableName="items", Item={**KEY, "v": {"S": "1"}}),

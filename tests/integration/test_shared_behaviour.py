@@ -26,7 +26,7 @@ from redis.retry import Retry
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import CallCounter, make_table
+from tests.conftest import PROVING_KEY, CallCounter, make_table
 
 #: Every test here is marked ``shared``; the async flavour and the async-only tests
 #: also ``aio`` (they need the async extra: the sync nox sessions leave them out).
@@ -613,6 +613,7 @@ def test_async_near_cache_and_counter_flush(
 
 async def _write_through_fills(f: Flavor) -> None:
     """With write_through, PutItem, UpdateItem (ALL_NEW) and DeleteItem store their image."""
+    await f.call("get_item", TableName="items", Key=PROVING_KEY)  # read access proved
     calls = CallCounter().attach(f.client)
     await f.call("put_item", TableName="items", Item={**KEY, "n": {"N": "2.50"}})
     hit = await get(f)

@@ -21,7 +21,15 @@ import ddbcache_hooks
 from ddbcache_hooks import writethrough
 from ddbcache_hooks.handlers import drive
 from ddbcache_hooks.streams import records
-from tests.conftest import REGION, Backend, CallCounter, _cluster, _real, make_table
+from tests.conftest import (
+    REGION,
+    Backend,
+    CallCounter,
+    _cluster,
+    _real,
+    make_table,
+    prove_read_access,
+)
 
 KEY = {"pk": {"S": "a"}}
 ARN = f"arn:aws:dynamodb:{REGION}:123456789012:table/items"
@@ -43,6 +51,14 @@ def cache(
     )
     yield registration
     registration.unregister()
+
+
+@pytest.fixture
+def client(client: Any) -> Any:
+    """conftest's client, its read access to the table proved: a write-through fill
+    is then served to it (a first read would go to DynamoDB whatever the cache holds)."""
+    prove_read_access(client)
+    return client
 
 
 def get(client: Any, **extra: Any) -> dict[str, Any]:
@@ -312,6 +328,7 @@ def test_a_decoding_redis_client_works_the_same(
     try:
         client = session.client("dynamodb")
         make_table(client, "items")
+        prove_read_access(client)
         calls = CallCounter().attach(client)
         client.put_item(TableName="items", Item={**KEY, "b": {"B": b"\xff\x00"}})
         assert get(client)["Item"] == {**KEY, "b": {"B": b"\xff\x00"}}
