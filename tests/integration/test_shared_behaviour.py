@@ -663,6 +663,7 @@ def test_a_cancelled_write_through_write_stores_nothing(
             key_schema={"items": "pk"},
         ) as f:
             await create_items(f)
+            await f.call("get_item", TableName="items", Key=PROVING_KEY)  # read access proved
             calls = CallCounter().attach(f.client)
             await f.call("put_item", TableName="items", Item={**KEY, "v": {"S": "old"}})
             assert (await get(f))["Item"]["v"] == {"S": "old"}  # stored by the first put
