@@ -25,7 +25,7 @@ import redis.connection
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import REGION, CallCounter, make_table
+from tests.conftest import REGION, CallCounter, make_table, prove_read_access
 
 KEY = {"pk": {"S": "hot"}}
 
@@ -95,6 +95,7 @@ def test_200_threads_missing_one_item_through_a_default_client_cost_one_read(
         c = session.client("dynamodb", endpoint_url=moto_url)
         make_table(c, "items")
         c.put_item(TableName="items", Item=KEY)
+        prove_read_access(c)  # the pool is under test here, not the access check's first read
         calls = CallCounter().attach(c)
         barrier = threading.Barrier(200)
         results: list[Any] = []
