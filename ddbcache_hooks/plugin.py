@@ -98,8 +98,8 @@ class Registration:
     ):
         self.from_environment = from_environment
         """Made by environment activation; a registration made in code takes over its clients."""
-        #: Called once by :meth:`unregister` (environment activation undoes its patch).
         self.on_unregister: Callable[[], None] | None = None
+        """Called once by :meth:`unregister` (environment activation stops attaching)."""
         self._protocol = protocol
         self._transport = transport
         if transport is not None:

@@ -25,11 +25,13 @@ from typing import Any
 
 from .plan import HIT, ReadPlan
 
-_trace: Any
+_trace: Any = None
 try:
-    from opentelemetry import trace as _trace
+    from opentelemetry import trace
 except ImportError:  # optional: the otel extra
-    _trace = None
+    pass
+else:
+    _trace = trace
 
 RESULT = "ddbcache.result"
 HITS = "ddbcache.hits"
