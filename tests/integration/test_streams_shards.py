@@ -70,7 +70,7 @@ class _Client:
     def __init__(self, stream: FakeStream, owner: str) -> None:
         self.stream = stream
         self.owner = owner
-        self.read_now: list[str] = []
+        self.read_now: list[tuple[str, float]] = []  # (shard, when its read began)
 
     def describe_stream(self, StreamArn: str, **_: Any) -> dict[str, Any]:
         with self.stream.lock:
@@ -102,6 +102,7 @@ class _Client:
         return {"ShardIterator": f"{ShardId}|{index}"}
 
     def get_records(self, ShardIterator: str, Limit: int) -> dict[str, Any]:
+        began = time.monotonic()
         shard_id, index_text = ShardIterator.split("|")
         index = int(index_text)
         with self.stream.lock:
@@ -110,7 +111,7 @@ class _Client:
                 raise _error("TrimmedDataAccessException")
             found = shard.records[index : index + Limit]
             self.stream.reads.append((self.owner, shard_id, len(found)))
-            self.read_now.append(shard_id)
+            self.read_now.append((shard_id, began))
             end = index + len(found)
             following = None if shard.closed and end >= len(shard.records) else f"{shard_id}|{end}"
         return {"Records": found, "NextShardIterator": following}
@@ -256,13 +257,20 @@ def test_two_consumers_share_shards_and_fail_over_without_overlap(
         step = c.step
 
         def step_and_record() -> int:
+            # A shard is held from its first read in the round (after the round's
+            # lease call, which is what excludes the other consumer) to the end of
+            # the round (its checkpoint). The round's start is not the mark: a
+            # round may begin before the other consumer gives its leases back, and
+            # lease them only after.
             client.read_now = []
-            started = time.monotonic()
             count = step()
             ended = time.monotonic()
+            first: dict[str, float] = {}
+            for shard, began in client.read_now:
+                first.setdefault(shard, began)
             with lock:
-                for shard in client.read_now:
-                    intervals.append((owner, shard, started, ended))
+                for shard, began in first.items():
+                    intervals.append((owner, shard, began, ended))
             return count
 
         c.step = step_and_record  # type: ignore[method-assign]
