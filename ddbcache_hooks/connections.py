@@ -39,7 +39,6 @@ from redis.exceptions import MaxConnectionsError, RedisError
 
 from . import forks, iam
 from .errors import CacheConnectionError, ConfigurationError, RegistrationError
-from .store import CONNECTS
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -125,12 +124,6 @@ class Policy:
         }
 
 
-def is_async_cluster(client: Any) -> bool:
-    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-
-    return isinstance(client, AsyncRedisCluster)
-
-
 def is_cluster(client: Any) -> bool:
     from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
     from redis.cluster import RedisCluster
@@ -139,13 +132,9 @@ def is_cluster(client: Any) -> bool:
 
 
 class _BlockingPool(redis.BlockingConnectionPool):
-    #: Its connections report every (re)connect to CONNECTS.
-    counts_connects = True
-
-    def make_connection(self) -> Any:
-        connection = super().make_connection()  # type: ignore[no-untyped-call]
-        connection.register_connect_callback(CONNECTS.bump)
-        return connection
+    #: A pool of the library's own: the transport's packed path may use its
+    #: connections (transport.ours).
+    ours = True
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -172,12 +161,7 @@ def _cluster_pool(wait_s: float, connection_class: Any = None) -> type[_Blocking
 
 
 class _AsyncBlockingPool(aredis.BlockingConnectionPool):
-    counts_connects = True
-
-    def make_connection(self) -> Any:
-        connection = super().make_connection()  # type: ignore[no-untyped-call]
-        connection.register_connect_callback(CONNECTS.bump)
-        return connection
+    ours = True
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -2,7 +2,7 @@
 
 The cycle runs the library's own protocol steps and transport (no command
 written by hand) on a scratch table of the namespace: lookup and lease, fill,
-hit (by script, then by plain read), an item invalidation, a miss, a table
+hit (one read-only script, one round trip), an item invalidation, a miss, a table
 drop; the near cache's subscription, the counters' flush and a streams
 checkpoint when asked. The scratch keys are deleted afterwards. Each step is a
 callable returning what it saw, or raising (``cli.cmd_doctor`` prints a line).
@@ -24,7 +24,8 @@ from .handlers import drive
 from .keys import Location
 from .plan import Invalidation, ReadPlan, WritePlan
 from .protocol import Protocol
-from .transport import SyncTransport, node_lookup
+from .scripts import READ_HITS
+from .transport import SyncTransport
 
 Step = tuple[str, Callable[[], str]]
 HERE = Location("aws", "doctor")
@@ -177,8 +178,6 @@ class Cycle:
         )
         self.transport = SyncTransport(client)
         self.protocol = Protocol(self.settings, cluster=self.transport.cluster)
-        self.transport.servers = self.protocol.servers  # as a Registration wires them
-        self.protocol.servers.node_of = node_lookup(self.transport)
         (self.table,) = HERE.refs(self.name)
         self.key = {"pk": {"S": "probe"}}
         self._pubsub: Any = None
@@ -228,12 +227,23 @@ class Cycle:
         return f"a miss leased and filled {self.name} (scratch table of the namespace)"
 
     def hit(self) -> str:
-        for _ in range(2):  # the script's hit teaches the server's identity; then plain
+        sent: list[tuple[str, ...]] = []
+        execute = self.transport.execute
+
+        def recording(calls: Any, errors_as_values: bool = False) -> list[Any]:
+            sent.append(tuple(c.script.name if c.script else c.args[0] for c in calls))
+            return execute(calls, errors_as_values)
+
+        self.transport.execute = recording  # type: ignore[method-assign]
+        try:
             _, response = self._read()
-            if not response or "Item" not in response:
-                raise AssertionError("the entry just filled was not served")
-        how = "by script, then by plain read" if self.protocol.servers.node_of else "by script"
-        return f"served {how}"
+        finally:
+            del self.transport.execute
+        if not response or "Item" not in response:
+            raise AssertionError("the entry just filled was not served")
+        if len(sent) != 1 or set(sent[0]) != {READ_HITS.name}:
+            raise AssertionError(f"the hit sent {sent}, not one batch of {READ_HITS.name}")
+        return f"served by the read-only hit script ({len(sent[0])} command(s), one round trip)"
 
     def invalidate_item(self) -> str:
         plan = self.protocol.planner.plan(

@@ -359,7 +359,6 @@ class Hooks:
             return
         if not_primary(exc):
             # A replica behind the URL: not an outage to retry at once, a set-up to fix.
-            self.protocol.servers.forget()
             self.protocol.stats.incr("not_primary")
             self.protocol.breaker.failure()
             self.protocol.limited.error(

@@ -193,10 +193,6 @@ class Protocol(writethrough.WriteThroughSteps, schema_steps.SchemaSteps):
         self.cluster = cluster
         #: The Redis this registration uses, for messages (a URL's password masked).
         self.where = "(the Redis client passed to register())"
-        #: Server identities that let a hit be read without the lookup script
-        #: (off until :meth:`store.ServerIds.enable` finds the transport can tell
-        #: when it reconnects).
-        self.servers = store.ServerIds()
         self.token_ttl_ms = 2 * settings.max_ttl_ms
         #: Fills read with ConsistentRead in strict mode: no settle window for them.
         self._settle_ms = 0 if settings.consistency == "strict" else settings.settle_ms
@@ -322,9 +318,9 @@ class Protocol(writethrough.WriteThroughSteps, schema_steps.SchemaSteps):
         return pending
 
     def _lookup(
-        self, slots: Sequence[Slot], *, drop: bool, plain: bool = True, admit: bool = False
+        self, slots: Sequence[Slot], *, drop: bool, hits_first: bool = True, admit: bool = False
     ) -> Op[None]:
-        """Look the slots up; ``plain=False``: the lookup script at once (a waiter's
+        """Look the slots up; ``hits_first=False``: the lookup script at once (a waiter's
         poll, which mostly finds the lease still held: one round trip, not two);
         ``admit``: lease even a Scan not admitted yet (a refresh asked for it)."""
         deadline = self.clock.deadline_ms(self.call_timeout_ms)
@@ -352,7 +348,7 @@ class Protocol(writethrough.WriteThroughSteps, schema_steps.SchemaSteps):
             requests,
             self.token_ttl_ms,
             cluster=self.cluster,
-            servers=self.servers if plain else None,
+            hits_first=hits_first,
             deadline=lambda: self.clock.deadline_ms(self.call_timeout_ms),
         )
         for slot, request, reply in zip(slots, requests, replies, strict=True):
@@ -471,7 +467,7 @@ class Protocol(writethrough.WriteThroughSteps, schema_steps.SchemaSteps):
             pause = _WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)] * (1 + random.random() / 2)
             yield Sleep(min(pause, remaining))
             step += 1
-            yield from self._lookup([slot], drop=False, plain=False)
+            yield from self._lookup([slot], drop=False, hits_first=False)
             if slot.state == STALE:
                 yield from self._lookup([slot], drop=True)
 

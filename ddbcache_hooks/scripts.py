@@ -292,6 +292,72 @@ return {2, fallback, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
 """,
 )
 
+#: KEYS: entry hashes (N), table token hashes (T), partition token hashes (P),
+#: all on one node (on a cluster: one key per call). ARGV: N, T, P, early refresh
+#: factor (as for :data:`LOOKUP_OR_LEASE`; 0: off), then one field per entry hash.
+#: Reads only: the hits :data:`LOOKUP_OR_LEASE` would return, by the same rules,
+#: and nothing else. An entry is a hit when it is present and unexpired, its
+#: hash was made by this server (the generation's identity), and no early
+#: refresh may be due; a token or partition hash counts when it is well formed
+#: and this server made it. Anything else (a lease, a miss, a key of another
+#: type, another server's state) is left to the lookup script, which repairs.
+#: Fails with :data:`NOT_PRIMARY` like every script, on a server that is not a
+#: primary.
+#: Returns one bulk string, parsed by store.py like a ``GET``: a header line
+#: ``<server ms> <T pairs> <P pairs> <N pairs>`` (a pair is the lengths of the
+#: two values that follow, or ``- -`` for none: item and query token; partition
+#: token and since when its history is known, the second a number in place of a
+#: length; an entry's generation and entry), a newline, then the values.
+READ_HITS = _script(
+    "read_hits",
+    """
+local n, t, p = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local factor = tonumber(ARGV[4]) or 0
+local sid = server_id()
+local now = now_ms()
+local head, body = {now}, {}
+local function read(key, ...)
+  local r = redis.pcall('HMGET', key, ...)
+  if wrong_type(r) then return {} end
+  return r
+end
+local function none()
+  table.insert(head, '-'); table.insert(head, '-')
+end
+local prefix = sid .. '/'
+for j = n + 1, n + t do
+  local r = read(KEYS[j], 'i', 'q', 'n')
+  if r[1] and r[2] and r[3] == sid and #r[1] > 0 and #r[2] > 0
+    and #r[1] <= 255 and #r[2] <= 255 then
+    table.insert(head, #r[1]); table.insert(head, #r[2])
+    table.insert(body, r[1]); table.insert(body, r[2])
+  else none() end
+end
+for j = n + t + 1, n + t + p do
+  local r = read(KEYS[j], 't', 'g', 'c')
+  local since = 0
+  if r[3] then since = string.match(r[3], '^%d+$') and tonumber(r[3]) end
+  if r[1] and r[2] and since and #r[1] > 0 and #r[1] <= 255
+    and string.sub(r[2], 1, #prefix) == prefix then
+    table.insert(head, #r[1]); table.insert(head, since)
+    table.insert(body, r[1])
+  else none() end
+end
+for j = 1, n do
+  local f = ARGV[4 + j]
+  local r = read(KEYS[j], 'e:'..f, 'x:'..f, 'g', 'd:'..f)
+  local expires, cost = tonumber(r[2]), tonumber(r[4])
+  if r[1] and #r[1] > 0 and r[3] and string.sub(r[3], 1, #prefix) == prefix
+    and expires and expires > now
+    and not (factor > 0 and cost and expires - now <= cost * factor) then
+    table.insert(head, #r[3]); table.insert(head, #r[1])
+    table.insert(body, r[3]); table.insert(body, r[1])
+  else none() end
+end
+return table.concat(head, ' ') .. '\\n' .. table.concat(body)
+""",
+)
+
 #: KEYS[1] entry hash. ARGV: field, lease token, entry ('' = only release), ttl ms,
 #: settle window ms, (optional, a Query/Scan page) since when the history of the
 #: page's partition is known (as the lookup read it with the partition token),
@@ -476,6 +542,7 @@ return {g, false, 1}
 
 SCRIPTS: tuple[Script, ...] = (
     LOOKUP_OR_LEASE,
+    READ_HITS,
     FILL_IF_LEASED,
     INVALIDATE_ITEMS,
     TABLE_TOKENS,

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -25,6 +23,7 @@ from .scripts import (
     INVALIDATE_ITEMS,
     LOOKUP_OR_LEASE,
     PARTITION_TOKEN,
+    READ_HITS,
     REPLACE_TOKENS,
     TABLE_GENERATION,
     TABLE_LIFECYCLE,
@@ -107,269 +106,173 @@ def _reseed() -> None:
     _PROCESS = os.urandom(6).hex()
 
 
-class ConnectCount:
-    """How many connections the library's own pools have (re)established, ever.
-
-    A server that restarted, or an endpoint that now names another (promoted)
-    server, is only reached over a connection made after the change; so a value
-    learned from the server (its identity, :class:`ServerIds`) holds only while
-    this count stays the same. Shared by every pool of the process.
-    """
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def bump(self, connection: Any = None) -> None:
-        self.value += 1
-
-
-CONNECTS = ConnectCount()
-
-
-class ServerIds:
-    """Per node, the server identity a lookup script last read, to trust plain reads by.
-
-    A plain read cannot ask the server who it is (``INFO`` costs what the
-    script costs); it compares the identity recorded in what it reads with the
-    one a script read on the same node. That value is used only while no
-    library connection was (re)established since it was learned (a restarted or
-    promoted server is only reached over a new connection, see
-    connections.CONNECTS), while no call failed since, and for at most
-    :data:`MAX_AGE_S`; otherwise the lookup script runs, and teaches it again.
-    """
-
-    #: A node's identity is read again by a script at least this often (seconds).
-    MAX_AGE_S = 1.0
-
-    def __init__(self) -> None:
-        #: Node of a key ("" on one node); None: plain reads are off (see
-        #: transport.node_lookup).
-        self.node_of: Callable[[str], str] | None = None
-        self._ids: dict[str, tuple[bytes, int, float]] = {}
-
-    @staticmethod
-    def epoch() -> int:
-        return CONNECTS.value
-
-    def get(self, node: str, epoch: int) -> bytes | None:
-        known = self._ids.get(node)
-        if known is None or known[1] != epoch or time.monotonic() - known[2] > self.MAX_AGE_S:
-            return None
-        return known[0]
-
-    def learn(self, node: str, sid: bytes, epoch: int) -> None:
-        if CONNECTS.value == epoch:
-            self._ids[node] = (sid, epoch, time.monotonic())
-
-    def forget(self) -> None:
-        """A call failed: whatever the cause, a script reads the identities again."""
-        self._ids.clear()
-
-
 def lookup(
     requests: Sequence[LookupRequest],
     token_ttl_ms: int,
     *,
     cluster: bool = False,
-    servers: ServerIds | None = None,
+    hits_first: bool = True,
     deadline: Callable[[], int] | None = None,
 ) -> Op[list[LookupReply]]:
     """Look up entries (taking leases on misses) and read table tokens.
 
-    With ``servers`` (plain reads on), the entries, their tokens and the
-    server's clock are first read with plain commands in one round trip; only
-    what that does not prove to be a hit goes through the lookup script, in a
-    second one (docs/consistency.md, "Hits without a script"). Without, or
-    while a node's identity is not known, the script runs at once: one round trip.
-    ``deadline`` gives the scripts' ``deadline_ms`` anew when they are sent after
-    a plain read (a lease is only taken while its caller still waits).
+    With ``hits_first``, the hits are read first with :data:`READ_HITS`: one
+    command and one reply (docs/consistency.md, "Hits in one read-only
+    script"); only what that does not prove to be a hit goes through the
+    lookup script, in a second round trip. Without (a waiter's poll, which
+    mostly finds the lease still held), the lookup script runs at once.
+    ``deadline`` gives the scripts' ``deadline_ms`` anew when they are sent
+    after the hit read (a lease is only taken while its caller still waits).
     """
     replies: list[LookupReply | None] = [None] * len(requests)
-    if servers is not None and servers.node_of is not None:
-        found = yield from _plain_read(requests, servers, cluster)
-        replies = list(found)
+    if hits_first:
+        replies = yield from read_hits(requests, cluster)
     rest = [i for i, reply in enumerate(replies) if reply is None]
     if rest:
-        epoch = ServerIds.epoch()
-        learned: dict[str, bytes] = {}
         pending = [requests[i] for i in rest]
-        if deadline is not None:
+        if hits_first and deadline is not None:
             ends = deadline()
             pending = [r._replace(deadline_ms=ends) for r in pending]
-        scripted = yield from _scripted(pending, token_ttl_ms, cluster, learned)
+        scripted = yield from _scripted(pending, token_ttl_ms, cluster)
         for i, reply in zip(rest, scripted, strict=True):
             replies[i] = reply
-            sid = reply.generation.partition(b"/")[0]
-            if sid:
-                learned[requests[i].key] = sid
-        if servers is not None and servers.node_of is not None:
-            for key, sid in learned.items():
-                if sid:
-                    servers.learn(servers.node_of(key), sid, epoch)
     return [reply for reply in replies if reply is not None]
 
 
-_DIGITS = re.compile(rb"[0-9]+\Z")
+class _Hits(NamedTuple):
+    """One :data:`READ_HITS` reply, parsed."""
+
+    server_ms: int
+    tokens: list[tuple[bytes, bytes] | None]
+    partitions: list[tuple[bytes, int] | None]
+    #: Per entry hash: (generation, entry) of a hit, else None.
+    entries: list[tuple[bytes, bytes] | None]
 
 
-def _number(value: Any) -> int | None:
-    """A field the scripts wrote as a decimal integer; None for anything else."""
-    return int(value) if isinstance(value, bytes) and _DIGITS.match(value) else None
+def parse_hits(reply: bytes, n: int, t: int, p: int) -> _Hits:
+    """Parse a :data:`READ_HITS` reply (see there); ValueError for any other shape."""
+    if not isinstance(reply, bytes):
+        raise ValueError(f"read_hits replied {type(reply).__name__}")
+    end = reply.index(b"\n")
+    head = reply[:end].split(b" ")
+    if len(head) != 1 + 2 * (t + p + n):
+        raise ValueError("read_hits replied a header of another length")
+    at = end + 1
+    values = list(zip(head[1::2], head[2::2], strict=True))
+    tokens: list[tuple[bytes, bytes] | None] = []
+    for a, b in values[:t]:
+        if a == b"-":
+            tokens.append(None)
+            continue
+        i, q = int(a), int(b)
+        tokens.append((reply[at : at + i], reply[at + i : at + i + q]))
+        at += i + q
+    partitions: list[tuple[bytes, int] | None] = []
+    for a, b in values[t : t + p]:
+        if a == b"-":
+            partitions.append(None)
+            continue
+        length = int(a)
+        partitions.append((reply[at : at + length], int(b)))
+        at += length
+    entries: list[tuple[bytes, bytes] | None] = []
+    for a, b in values[t + p :]:
+        if a == b"-":
+            entries.append(None)
+            continue
+        g, e = int(a), int(b)
+        entries.append((reply[at : at + g], reply[at + g : at + g + e]))
+        at += g + e
+    if at != len(reply):
+        raise ValueError("read_hits replied values of other lengths than its header's")
+    return _Hits(int(head[0]), tokens, partitions, entries)
 
 
-def _plain_read(
-    requests: Sequence[LookupRequest], servers: ServerIds, cluster: bool
-) -> Op[list[LookupReply | None]]:
-    """Hits proven with plain reads (HMGET, TIME) alone; None where the script must decide.
+def read_hits(requests: Sequence[LookupRequest], cluster: bool) -> Op[list[LookupReply | None]]:
+    """The hits among ``requests``, read with :data:`READ_HITS`; None where the lookup
+    script must decide (a miss, a lease, a drop, anything to repair).
 
-    A hit here is exactly a hit the lookup script would return, with the same
-    reply: the entry is present and unexpired by the server's clock, the item
-    hash, the table's tokens and the partition's hash were made by the server
-    that answers (the identity a script read on that node, still valid), the
-    tokens are well formed, every node involved answers ``ROLE`` as a primary.
-    Anything else — a lease, an expired or missing
-    entry, state of another server, a key of another type, a drop — goes to
-    the script, which also repairs what needs repair.
+    One command on one node (every key of a batch with it); on a cluster, where
+    the entries, their table's tokens and a page's partition live in other
+    slots, one command per key, in one pipelined round trip. A hit here is
+    exactly a hit the lookup script would return, with the same reply.
     """
-    assert servers.node_of is not None
-    epoch = ServerIds.epoch()
-    node_of = servers.node_of
-    nodes: dict[str, str] = {}
-    sids: dict[str, bytes | None] = {}
-
-    def sid_of(key: str) -> bytes | None:
-        node = nodes.get(key)
-        if node is None:
-            node = nodes[key] = node_of(key)
-        if node not in sids:
-            sids[node] = servers.get(node, epoch)
-        return sids[node]
-
-    eligible = [
-        i
-        for i, r in enumerate(requests)
-        if not r.drop
-        and sid_of(r.key) is not None
-        and sid_of(r.token_key) is not None
-        and (not r.partition_key or sid_of(r.partition_key) is not None)
-    ]
     out: list[LookupReply | None] = [None] * len(requests)
+    eligible = [i for i, r in enumerate(requests) if not r.drop]
     if not eligible:
         return out
-    calls = [
-        Call(None, ("HMGET", r.key, "e:" + r.field, "x:" + r.field, "g", "d:" + r.field))
-        for r in (requests[i] for i in eligible)
-    ]
+    factor = f"{requests[eligible[0]].refresh_factor:.6g}"
     token_keys = list(dict.fromkeys(requests[i].token_key for i in eligible))
-    calls += [Call(None, ("HMGET", key, "i", "q", "n")) for key in token_keys]
     partition_keys = list(
         dict.fromkeys(requests[i].partition_key for i in eligible if requests[i].partition_key)
     )
-    calls += [Call(None, ("HMGET", key, "t", "g", "c")) for key in partition_keys]
-    # The server's clock, on each node holding an entry (one on a single node).
-    clock_keys = {nodes[requests[i].key]: requests[i].key for i in eligible}
-    calls += [Call(None, ("TIME",), route=key if cluster else "") for key in clock_keys.values()]
-    # Each node's role: a primary demoted under an open connection keeps its
-    # replication id (a replica serves nothing, see scripts.py).
-    role_keys = {node: key for key, node in nodes.items()}
-    calls += [Call(None, ("ROLE",), route=key if cluster else "") for key in role_keys.values()]
-    replies = yield RedisBatch(calls, errors_as_values=True)
-    if ServerIds.epoch() != epoch:
-        return out  # a connection was made meanwhile: another server may have answered
-    if cluster and any(node_of(key) != node for key, node in nodes.items()):
-        return out  # a slot moved meanwhile
-    n, t, p = len(eligible), len(token_keys), len(partition_keys)
-    tokens = dict(zip(token_keys, replies[n : n + t], strict=True))
-    partitions = dict(zip(partition_keys, replies[n + t : n + t + p], strict=True))
-    c = len(clock_keys)
-    clocks: dict[str, int] = {}
-    for node, reply in zip(clock_keys, replies[n + t + p : n + t + p + c], strict=True):
-        if isinstance(reply, (tuple, list)) and len(reply) == 2:
-            clocks[node] = int(reply[0]) * 1000 + int(reply[1]) // 1000
-    primaries = {
-        node
-        for node, reply in zip(role_keys, replies[n + t + p + c :], strict=True)
-        if isinstance(reply, (tuple, list)) and reply and reply[0] == b"master"
-    }
-    for i, entry in zip(eligible, replies[:n], strict=True):
+    entry_keys = [requests[i].key for i in eligible]
+    fields = [requests[i].field for i in eligible]
+    if not cluster:
+        call = Call(
+            READ_HITS,
+            (
+                *entry_keys,
+                *token_keys,
+                *partition_keys,
+                len(entry_keys),
+                len(token_keys),
+                len(partition_keys),
+                factor,
+                *fields,
+            ),
+            len(entry_keys) + len(token_keys) + len(partition_keys),
+        )
+        (reply,) = yield RedisBatch([call])
+        hits = parse_hits(reply, len(entry_keys), len(token_keys), len(partition_keys))
+        now = hits.server_ms
+        entries, token_list, partition_list = hits.entries, hits.tokens, hits.partitions
+        clocks = [now] * len(entry_keys)
+    else:
+        calls = [
+            Call(READ_HITS, (key, 1, 0, 0, factor, field), 1)
+            for key, field in zip(entry_keys, fields, strict=True)
+        ]
+        calls += [Call(READ_HITS, (key, 0, 1, 0, factor), 1) for key in token_keys]
+        calls += [Call(READ_HITS, (key, 0, 0, 1, factor), 1) for key in partition_keys]
+        replies = yield RedisBatch(calls)
+        n, t = len(entry_keys), len(token_keys)
+        parsed = [parse_hits(r, 1, 0, 0) for r in replies[:n]]
+        entries = [h.entries[0] for h in parsed]
+        clocks = [h.server_ms for h in parsed]
+        token_list = [parse_hits(r, 0, 1, 0).tokens[0] for r in replies[n : n + t]]
+        partition_list = [parse_hits(r, 0, 0, 1).partitions[0] for r in replies[n + t :]]
+    tokens = dict(zip(token_keys, token_list, strict=True))
+    partitions = dict(zip(partition_keys, partition_list, strict=True))
+    for i, entry, now in zip(eligible, entries, clocks, strict=True):
         r = requests[i]
-        keys = (r.key, r.token_key, r.partition_key) if r.partition_key else (r.key, r.token_key)
-        if any(nodes[key] not in primaries for key in keys):
-            continue  # not a primary (or cannot tell): the script decides, and refuses
-        out[i] = _plain_hit(
-            r,
-            entry,
-            tokens[r.token_key],
-            partitions.get(r.partition_key) if r.partition_key else None,
-            clocks.get(nodes[r.key]),
-            sid_of,
+        table_tokens = tokens[r.token_key]
+        if entry is None or table_tokens is None:
+            continue
+        part_token, since = b"", 0
+        if r.partition_key:
+            partition = partitions[r.partition_key]
+            if partition is None:
+                continue
+            part_token, since = partition
+        generation, blob = entry
+        out[i] = LookupReply(
+            LookupStatus.HIT,
+            blob,
+            False,
+            table_tokens[0],
+            table_tokens[1],
+            generation,
+            False,
+            part_token,
+            since,
+            now,
         )
     return out
 
 
-def _plain_hit(
-    r: LookupRequest,
-    entry: Any,
-    tokens: Any,
-    partition: Any,
-    now: int | None,
-    sid_of: Callable[[str], bytes | None],
-) -> LookupReply | None:
-    """The reply the lookup script would give if it is a hit (see :func:`_plain_read`)."""
-    if now is None or not isinstance(entry, list) or not isinstance(tokens, list):
-        return None
-    blob, expires, generation, cost = entry
-    sid = sid_of(r.key)
-    if not blob or not isinstance(generation, bytes) or sid is None:
-        return None
-    if not generation.startswith(sid + b"/"):
-        return None
-    expiry = _number(expires)
-    if expiry is None or expiry <= now:
-        return None
-    fill_cost = _number(cost) if cost is not None else None
-    if r.refresh_factor > 0 and fill_cost and expiry - now <= fill_cost * r.refresh_factor:
-        return None  # an early refresh may be due: the script decides, and leases
-    item_token, query_token, maker = tokens
-    if not item_token or not query_token or len(item_token) > 255 or len(query_token) > 255:
-        return None
-    if maker != sid_of(r.token_key):
-        return None
-    part_token, since = b"", 0
-    if r.partition_key:
-        if not isinstance(partition, list):
-            return None
-        part_token, part_generation, part_since = partition
-        part_sid = sid_of(r.partition_key)
-        if not isinstance(part_generation, bytes) or part_sid is None:
-            return None
-        if not part_generation.startswith(part_sid + b"/"):
-            return None
-        if not part_token or len(part_token) > 255:
-            return None
-        since_value = _number(part_since) if part_since is not None else 0
-        if since_value is None:
-            return None
-        since = since_value
-    return LookupReply(
-        LookupStatus.HIT,
-        blob,
-        False,
-        item_token,
-        query_token,
-        generation,
-        False,
-        part_token,
-        since,
-        now,
-    )
-
-
 def _scripted(
-    requests: Sequence[LookupRequest],
-    token_ttl_ms: int,
-    cluster: bool,
-    learned: dict[str, bytes] | None = None,
+    requests: Sequence[LookupRequest], token_ttl_ms: int, cluster: bool
 ) -> Op[list[LookupReply]]:
     """The lookup script for each request (and, on a cluster, the token scripts).
 
@@ -423,9 +326,6 @@ def _scripted(
     n, t = len(requests), len(token_keys)
     tokens = dict(zip(token_keys, replies[n : n + t], strict=True))
     partitions = dict(zip(partition_keys, replies[n + t :], strict=True))
-    if learned is not None:  # the identities of the nodes holding the tokens
-        learned.update((key, _bytes(reply[3])) for key, reply in tokens.items())
-        learned.update((key, _bytes(reply[2])) for key, reply in partitions.items())
     out = []
     for request, reply in zip(requests, replies[:n], strict=True):
         item_token, query_token, replaced = tokens[request.token_key][:3]

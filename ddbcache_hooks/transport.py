@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -20,32 +20,11 @@ from redis.client import NEVER_DECODE
 from redis.exceptions import AskError, NoScriptError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connections import Connections, is_async_cluster, is_cluster
+from .connections import Connections, is_cluster
 from .effects import Call
-from .scripts import LOOKUP_OR_LEASE
-from .store import ServerIds
+from .scripts import LOOKUP_OR_LEASE, READ_HITS
 
 log = logging.getLogger("ddbcache_hooks")
-
-
-def node_lookup(transport: SyncTransport | AsyncTransport) -> Callable[[str], str] | None:
-    """The node of a key for plain reads on this transport, if its pools report reconnects.
-
-    None where they do not (a client the library did not build, an asyncio
-    cluster whose nodes' connections are not made by a pool of ours): plain
-    reads stay off there, and every lookup runs the script.
-    """
-    client = transport.client
-    if transport.cluster:
-        if is_async_cluster(client):
-            return None
-        pool_class = client.nodes_manager.connection_pool_class
-        if getattr(pool_class, "counts_connects", False):
-            return lambda key: str(transport.client.get_node_from_key(key).name)
-        return None
-    if getattr(getattr(client, "connection_pool", None), "counts_connects", False):
-        return lambda key: ""
-    return None
 
 
 def _queue(pipe: Any, call: Call, cluster: Any = None) -> Any:
@@ -86,9 +65,15 @@ def _first_error(replies: Sequence[Any]) -> None:
             raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
 
 
-def _all_plain(calls: Sequence[Call]) -> bool:
-    """No script among the calls: the plain-read path can send them."""
-    return all(call.script is None for call in calls)
+def _packable(calls: Sequence[Call]) -> bool:
+    """Plain commands and hit reads only: the packed path can send them (see :func:`_pack`)."""
+    return all(call.script is None or call.script is READ_HITS for call in calls)
+
+
+def ours(client: Any) -> bool:
+    """One node, behind a connection pool the library made: the packed path may
+    take its connections (a client passed in keeps redis-py's own path)."""
+    return getattr(getattr(client, "connection_pool", None), "ours", False) is True
 
 
 def _holder(target: Any) -> Connections:
@@ -103,24 +88,33 @@ def _suspects(exc: RedisError, calls: Sequence[Call]) -> RedisError:
             for call in calls
             if call.script is LOOKUP_OR_LEASE
         ]
-        plain = [  # a plain read of an entry: HMGET key e:<v> x:<v> g
-            (call.args[1], call.args[2][2:])
+        hits = [  # read_hits: the entry hashes, then (after the counts) their fields
+            (key, field)
             for call in calls
-            if call.script is None and call.args[0] == "HMGET" and call.args[2].startswith("e:")
+            if call.script is READ_HITS
+            for key, field in zip(
+                call.args[: int(call.args[call.numkeys])],
+                call.args[call.numkeys + 4 :],
+                strict=False,
+            )
         ]
-        exc.ddbcache_keys = scripted + plain  # type: ignore[attr-defined]
+        exc.ddbcache_keys = scripted + hits  # type: ignore[attr-defined]
     return exc
 
 
 def _pack(calls: Sequence[Call]) -> bytes:
-    """Plain commands in the Redis protocol (keys and fields are str, numbers int).
+    """Commands in the Redis protocol (keys and fields are str, numbers int); a
+    script as ``EVALSHA``.
 
-    redis-py's packer spends more per command than the server does on an HMGET.
+    redis-py's packer spends more per command than the server does on a hit.
     """
     out = []
     for call in calls:
-        out.append(b"*%d\r\n" % len(call.args))
-        for arg in call.args:
+        args: Sequence[Any] = call.args
+        if call.script is not None:
+            args = ("EVALSHA", call.script.sha, call.numkeys, *args)
+        out.append(b"*%d\r\n" % len(args))
+        for arg in args:
             data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
             out.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
@@ -136,12 +130,6 @@ class SyncTransport:
     def __init__(self, connections: Connections | redis.Redis | Any) -> None:
         self.connections = _holder(connections)
         self.cluster = is_cluster(self.connections.client)
-        #: Server identities for plain reads (the protocol's, see Registration).
-        self.servers = ServerIds()
-
-    def _plain_reads(self) -> bool:
-        """Plain reads are on: one node, and pools of ours (see :func:`node_lookup`)."""
-        return not self.cluster and self.servers.node_of is not None
 
     @property
     def client(self) -> Any:
@@ -152,15 +140,14 @@ class SyncTransport:
         try:
             return self._execute(calls, errors_as_values)
         except RedisError as exc:
-            self.servers.forget()
             raise _suspects(exc, calls) from None
 
     def ping(self) -> None:
         self.client.ping()
 
     def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
-        if errors_as_values and self._plain_reads() and _all_plain(calls):
-            return self._plain(calls)
+        if _packable(calls) and ours(self.client):
+            return self._packed(calls, errors_as_values)
         if len(calls) == 1 and not self.cluster:
             try:
                 return [self._single(calls[0])]
@@ -181,12 +168,23 @@ class SyncTransport:
             _first_error(replies)
         return replies
 
-    def _plain(self, calls: Sequence[Call]) -> list[Any]:
-        """Plain commands written at once on one pooled connection, replies raw.
-
-        What a pipeline does, without its per-command bookkeeping (a third of a
-        hit's Redis cost on the client). Only on the library's own pools.
+    def _packed(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
+        """Commands written at once on one pooled connection, replies raw: what a
+        pipeline does, without its per-command bookkeeping (a third of a hit's
+        Redis cost on the client). Only on the library's own pools (:func:`ours`).
         """
+        replies = self._send_packed(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # a restarted (or flushed) server forgot the hit script
+            self.client.script_load(READ_HITS.source)
+            again = self._send_packed([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        if not errors_as_values:
+            _first_error(replies)
+        return replies
+
+    def _send_packed(self, calls: Sequence[Call]) -> list[Any]:
         pool = self.client.connection_pool
         connection = pool.get_connection(*_POOL_ARGS)
         try:
@@ -269,12 +267,6 @@ class AsyncTransport:
     def __init__(self, connections: Connections | Any) -> None:
         self.connections = _holder(connections)
         self.cluster = is_cluster(self.connections.client)
-        #: Server identities for plain reads (the protocol's, see Registration).
-        self.servers = ServerIds()
-
-    def _plain_reads(self) -> bool:
-        """Plain reads are on: one node, and pools of ours (see :func:`node_lookup`)."""
-        return not self.cluster and self.servers.node_of is not None
 
     @property
     def client(self) -> Any:
@@ -287,12 +279,11 @@ class AsyncTransport:
         try:
             return await self._execute(calls, errors_as_values)
         except RedisError as exc:
-            self.servers.forget()
             raise _suspects(exc, calls) from None
 
     async def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
-        if errors_as_values and self._plain_reads() and _all_plain(calls):
-            return await self._plain(calls)
+        if _packable(calls) and ours(self.client):
+            return await self._packed(calls, errors_as_values)
         if len(calls) == 1 and not self.cluster:
             try:
                 return [await self._single(calls[0])]
@@ -314,12 +305,24 @@ class AsyncTransport:
             _first_error(replies)
         return replies
 
-    async def _plain(self, calls: Sequence[Call]) -> list[Any]:
-        """:meth:`SyncTransport._plain`, awaited."""
+    async def _packed(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
+        """:meth:`SyncTransport._packed`, awaited."""
+        replies = await self._send_packed(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            await self.client.script_load(READ_HITS.source)
+            again = await self._send_packed([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        if not errors_as_values:
+            _first_error(replies)
+        return replies
+
+    async def _send_packed(self, calls: Sequence[Call]) -> list[Any]:
         pool = self.client.connection_pool
         connection = await pool.get_connection(*_POOL_ARGS)
         try:
-            await connection.send_packed_command(connection.pack_commands([c.args for c in calls]))
+            await connection.send_packed_command(_pack(calls))
             replies: list[Any] = []
             for _ in calls:
                 try:

@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import fakeredis
@@ -77,13 +77,35 @@ def valkey_cluster() -> Iterator[RedisCluster]:
 
 
 class CountingConnection(redis.Connection):
-    """Counts network round trips: one per command, one per pipeline."""
+    """Counts network round trips (one per command, one per pipeline), and keeps
+    what each sent (:func:`commands_of` reads it)."""
 
     sends = 0
+    sent: ClassVar[list[bytes]] = []
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         type(self).sends += 1
+        data = command if isinstance(command, (bytes, str)) else b"".join(command)
+        type(self).sent.append(data.encode() if isinstance(data, str) else bytes(data))
         super().send_packed_command(command, check_health)
+
+
+def commands_of(packed: bytes) -> list[tuple[bytes, ...]]:
+    """The commands in one write of the Redis protocol, as tuples of arguments."""
+    out: list[tuple[bytes, ...]] = []
+    at = 0
+    while at < len(packed):
+        assert packed[at : at + 1] == b"*", packed[at : at + 20]
+        end = packed.index(b"\r\n", at)
+        count, at = int(packed[at + 1 : end]), end + 2
+        args = []
+        for _ in range(count):
+            end = packed.index(b"\r\n", at)
+            length, at = int(packed[at + 1 : end]), end + 2
+            args.append(packed[at : at + length])
+            at += length + 2
+        out.append(tuple(args))
+    return out
 
 
 def counting_redis(port: int) -> tuple[redis.Redis, type[CountingConnection]]:
@@ -91,6 +113,7 @@ def counting_redis(port: int) -> tuple[redis.Redis, type[CountingConnection]]:
 
     class Counting(CountingConnection):
         sends = 0
+        sent: ClassVar[list[bytes]] = []
 
     pool = redis.ConnectionPool(connection_class=Counting, port=port)
     return redis.Redis(connection_pool=pool), Counting

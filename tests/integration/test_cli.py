@@ -523,7 +523,7 @@ def test_doctor_proves_the_documented_acl_end_to_end(
     for line in (
         f"ok    permissions: the {len(acl.commands())} commands the library sends are allowed",
         "ok    lookup -> lease -> fill",
-        "ok    hit: served by script, then by plain read",
+        "ok    hit: served by the read-only hit script (1 command(s), one round trip)",
         "ok    item invalidation -> miss",
         "ok    near cache message",
         "ok    table drop -> miss",

@@ -13,9 +13,11 @@ import redis
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
+from ddbcache_hooks.scripts import READ_HITS
 from tests.conftest import (
     CallCounter,
     CountingConnection,
+    commands_of,
     counting_redis,
     make_table,
     prove_read_access,
@@ -50,37 +52,46 @@ def rounds(counter: type[CountingConnection], action: Any) -> int:
     return counter.sends - before
 
 
-def test_hit_is_one_round_trip_miss_two_or_three(counted: tuple[Any, Any]) -> None:
-    """A hit is one plain read. A miss is the lookup script and the fill; once a
-    script told the process who the server is, a plain read comes first (3)."""
+def sent_by(counter: type[CountingConnection], action: Any) -> list[list[tuple[bytes, ...]]]:
+    """The commands ``action`` sent, one list per round trip."""
+    before = len(counter.sent)
+    action()
+    return [commands_of(packed) for packed in counter.sent[before:]]
+
+
+def test_hit_is_one_command_miss_three_round_trips(counted: tuple[Any, Any]) -> None:
+    """A hit is one command with one reply (the read-only hit script). A miss is
+    that, the lookup script (lease) and the fill."""
     c, counter = counted
     c.put_item(TableName="items", Item=KEY)
-    assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 2
-    assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 1
+    prove_read_access(c, "items")
+    assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 3
+    (hit,) = sent_by(counter, lambda: c.get_item(TableName="items", Key=KEY))
+    assert [command[:2] for command in hit] == [(b"EVALSHA", READ_HITS.sha.encode())]
     other = {"pk": {"S": "b"}}
     assert rounds(counter, lambda: c.get_item(TableName="items", Key=other)) == 3
     assert rounds(counter, lambda: c.get_item(TableName="items", Key=other)) == 1
     keys = [{"pk": {"S": str(i)}} for i in range(99)] + [KEY]
     batch = {"items": {"Keys": keys}}
-    # 99 misses and a hit: plain reads, the lookup script, the real call's fills.
+    # 99 misses and a hit: the hit read, the lookup script, the real call's fills.
     assert rounds(counter, lambda: c.batch_get_item(RequestItems=batch)) == 3
-    assert rounds(counter, lambda: c.batch_get_item(RequestItems=batch)) == 1
+    # 100 hits: one command for all of them (and their table's tokens), one reply.
+    (hits,) = sent_by(counter, lambda: c.batch_get_item(RequestItems=batch))
+    assert len(hits) == 1 and hits[0][:3] == (b"EVALSHA", READ_HITS.sha.encode(), b"101")
 
 
-def test_a_reconnect_makes_the_script_read_the_server_again(counted: tuple[Any, Any]) -> None:
-    """After a new connection the server may be another one: no plain read is trusted."""
-    from ddbcache_hooks.connections import CONNECTS
-
+def test_a_restarted_server_reloads_the_hit_script(
+    counted: tuple[Any, Any], redis_server: RedisServer
+) -> None:
+    """A server that forgot its scripts (restart, SCRIPT FLUSH) answers NOSCRIPT:
+    the script is loaded and the hit read sent again."""
     c, counter = counted
     c.put_item(TableName="items", Item=KEY)
+    prove_read_access(c, "items")
     c.get_item(TableName="items", Key=KEY)
+    redis.Redis(port=redis_server.port).script_flush()
+    assert "CacheMetadata" in c.get_item(TableName="items", Key=KEY)
     assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 1
-    CONNECTS.bump()
-    # The script serves the hit (and reads the identity again); then plain reads.
-    assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 1
-    assert rounds(counter, lambda: c.get_item(TableName="items", Key=KEY)) == 1
-    other = {"pk": {"S": "b"}}
-    assert rounds(counter, lambda: c.get_item(TableName="items", Key=other)) == 3
 
 
 @pytest.mark.parametrize(
@@ -110,10 +121,10 @@ QUERY: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("mode", ["partition", "write", "ttl"])
-def test_query_pages_hit_one_miss_two_write_one_in_every_mode(
+def test_query_pages_hit_one_miss_three_write_one_in_every_mode(
     session: boto3.Session, redis_server: RedisServer, namespace: str, mode: str
 ) -> None:
-    """The partition token is read with the entry (plainly or by the script)."""
+    """The partition token is read with the entry (by the hit script or the lookup)."""
     cache, counter = counting_redis(redis_server.port)
     registration = ddbcache_hooks.register(
         session,
@@ -126,11 +137,11 @@ def test_query_pages_hit_one_miss_two_write_one_in_every_mode(
         c = session.client("dynamodb")
         make_table(c, "pairs", ("pk", "S"), ("sk", "N"))
         c.put_item(TableName="pairs", Item={"pk": {"S": "a"}, "sk": {"N": "1"}})
-        assert rounds(counter, lambda: c.query(**QUERY)) == 2
+        assert rounds(counter, lambda: c.query(**QUERY)) == 3
         assert rounds(counter, lambda: c.query(**QUERY)) == 1
         scan = [rounds(counter, lambda: c.scan(TableName="pairs")) for _ in range(3)]
         # Admission: not leased, then leased and filled, then a hit; each of the
-        # first two reads plainly first (the Query taught the server's identity).
+        # first two reads its hits first.
         assert scan == [2, 3, 1]
         put = {"pk": {"S": "a"}, "sk": {"N": "2"}}
         assert rounds(counter, lambda: c.put_item(TableName="pairs", Item=put)) == 1
