@@ -6,7 +6,8 @@ Sessions (in this order by default):
   (as ``pip index versions`` reports it; the session prints the installed
   versions and fails unless they are those).
 - ``tests_oldest``: the sync suite on the oldest botocore / boto3 that
-  pyproject.toml declares (``botocore>=X``: exactly ``X``).
+  pyproject.toml declares (``botocore>=X``: exactly ``X``), without hiredis:
+  redis-py's pure-Python reply parser (the other sessions parse with hiredis).
 - ``tests_async``: the async extra (aiobotocore pins its own, older botocore):
   the tests marked ``aio`` and the behavioural suite shared by both paths.
 - ``lint``: ruff check, ruff format --check, mypy (strict, on the package).
@@ -100,12 +101,23 @@ def tests_newest(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests_oldest(session: nox.Session) -> None:
-    """The sync suite on the oldest botocore and boto3 the package declares."""
+    """The sync suite on the oldest botocore and boto3 the package declares, with
+    redis-py's pure-Python parser (hiredis, a dependency, uninstalled)."""
     pins = {package: _floor(package) for package in ("botocore", "boto3")}
     session.install("-e", ".[test]", *(f"{p}=={v}" for p, v in pins.items()))
     for package, floor in pins.items():
         _check(session, package, floor, "declared floor")
+    session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "hiredis")
+    session.run("python", "-c", _NO_HIREDIS)
     _pytest(session, *SYNC_TESTS)
+
+
+#: Fails unless redis-py parses replies in pure Python.
+_NO_HIREDIS = (
+    "import redis.utils, sys; "
+    "sys.exit('hiredis is still installed') if redis.utils.HIREDIS_AVAILABLE "
+    "else print('redis-py parses replies in pure Python (no hiredis)')"
+)
 
 
 @nox.session(python=PYTHON)

@@ -19,11 +19,10 @@ from .near import CHANNEL_SUFFIX
 PLAIN: dict[str, str] = {
     "ping": "start-up check, health checks, ddbcache doctor",
     "info": "cluster-mode detection at start-up, ddbcache doctor (the scripts call it too)",
-    "time": "the server's clock: lease deadlines, plain-read hits",
+    "time": "Registration.peek: the server's clock (the scripts call it too)",
     "script|load": "loading the Lua scripts",
     "evalsha": "running them",
-    "hmget": "plain-read hits (no script on the common hit)",
-    "role": "plain-read hits: only a primary serves them",
+    "hmget": "Registration.peek and ddbcache get: an item's entry (the scripts call it too)",
     "hstrlen": "checking a key a lookup timed out on",
     "unlink": "deleting a poisoned key; ddbcache flush",
     "set": "sharing a key schema learned with DescribeTable",

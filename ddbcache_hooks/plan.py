@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from . import expressions
 from .config import Settings, TableSettings
 from .expressions import variant
@@ -206,6 +208,18 @@ class WritePlan:
 Plan = ReadPlan | WritePlan
 
 
+#: Distinct requests whose item key and variant field a planner keeps.
+MEMO_SIZE = 4096
+
+
+def _field(shape: Any, scope: str) -> str:
+    """The entry's field in its item's hash: the request variant's digest, and with
+    ``isolation="principal"`` the principal's scope (a write still drops them all)."""
+    if scope:
+        return "p" + scope + (":" + digest(shape) if shape else "")
+    return digest(shape) if shape else ""
+
+
 class Planner:
     """Builds plans for one registration's settings and key layout."""
 
@@ -222,6 +236,11 @@ class Planner:
         #: I/O: read only while planning), and the ``key_schema`` option's by name.
         self.learned: Callable[[TableRef], TableSchema | None] = learned or (lambda table: None)
         self.configured: Mapping[str, TableSchema] = {} if configured is None else configured
+        #: Item keys and variant fields already computed, by the request's own bytes
+        #: (see :meth:`_item_ids`). Per planner: never shared across registrations
+        #: (namespace, settings); keyed by TableRef: never across tables, Regions,
+        #: accounts or endpoints.
+        self._memo: dict[tuple[Any, ...], tuple[str, str]] = {}
 
     def _schema(self, table: TableRef) -> TableSchema | None:
         """The table's schema as known in process (learned first, then configured)."""
@@ -272,10 +291,11 @@ class Planner:
         config = self.settings.for_table(table.name)
         if config is None or not config.caches(operation):
             return None
-        shape = variant(params, policy.skip)
         if policy.action is Action.ITEM_READ:
-            slot = self._item_slot(table, params["Key"], shape, config, scope)
+            item_key, field_name = self._item_ids(operation, table, params, policy.skip, scope)
+            slot = self._item_slot(table, item_key, field_name, config)
         else:
+            shape = variant(params, policy.skip)
             query = (operation, *table, shape, scope) if scope else (operation, *table, shape)
             slot = self._query_slot(table, policy.read_kind, query, config)
             if config.query_invalidation != "ttl":
@@ -328,9 +348,9 @@ class Planner:
             if consistent or config is None or not config.caches(operation):
                 passthrough[label] = (len(keys), consistent)
                 continue
-            shape = variant(spec, _BATCH_NOT_DATA)
+            field_name = _field(variant(spec, _BATCH_NOT_DATA), scope)
             for position, key in enumerate(keys):
-                slot = self._item_slot(table, key, shape, config, scope)
+                slot = self._item_slot(table, self._item_key(table, key), field_name, config)
                 slot.label, slot.position = label, position
                 slots.append(slot)
         if total > BATCH_GET_LIMIT:
@@ -347,21 +367,56 @@ class Planner:
             batch=Batch({label: spec["Keys"] for label, spec in requested.items()}, passthrough),
         )
 
-    def _item_slot(
+    def _item_ids(
         self,
+        operation: str,
         table: TableRef,
-        key: Mapping[str, Any],
-        shape: Any,
-        config: TableSettings,
-        scope: str = "",
+        params: Mapping[str, Any],
+        skip: Any,
+        scope: str,
+    ) -> tuple[str, str]:
+        """A GetItem's item hash and variant field, computed once per distinct request.
+
+        Keyed by the request's msgpack bytes (a fraction of the cost of the
+        canonical key, its digest and the variant's), the table it resolved to
+        and the principal scope; bounded to :data:`MEMO_SIZE` requests.
+        """
+        try:
+            memo_key: tuple[Any, ...] | None = (operation, table, scope, msgpack.packb(params))
+        except (TypeError, ValueError, OverflowError):
+            memo_key = None  # not plain data: computed every time
+        ids = self._memo.get(memo_key) if memo_key is not None else None
+        if ids is None:
+            item_key = self.layout.item(table, item_digest(table, params["Key"]))
+            ids = (item_key, _field(variant(params, skip), scope))
+            if memo_key is not None:
+                self._remember(memo_key, ids)
+        return ids
+
+    def _item_key(self, table: TableRef, key: Mapping[str, Any]) -> str:
+        """An item's hash key, memoized like :meth:`_item_ids` (a batch's keys)."""
+        try:
+            memo_key: tuple[Any, ...] | None = (table, msgpack.packb(key))
+        except (TypeError, ValueError, OverflowError):
+            memo_key = None
+        ids = self._memo.get(memo_key) if memo_key is not None else None
+        if ids is None:
+            ids = (self.layout.item(table, item_digest(table, key)), "")
+            if memo_key is not None:
+                self._remember(memo_key, ids)
+        return ids[0]
+
+    def _remember(self, memo_key: tuple[Any, ...], ids: tuple[str, str]) -> None:
+        if len(self._memo) >= MEMO_SIZE:
+            del self._memo[next(iter(self._memo))]  # the oldest
+        self._memo[memo_key] = ids
+
+    def _item_slot(
+        self, table: TableRef, item_key: str, field_name: str, config: TableSettings
     ) -> Slot:
-        if scope:  # one field per principal in the item's hash: a write still drops them all
-            field_name = "p" + scope + (":" + digest(shape) if shape else "")
-        else:
-            field_name = digest(shape) if shape else ""
         return Slot(
             table,
-            self.layout.item(table, item_digest(table, key)),
+            item_key,
             field_name,
             self.layout.tokens(table),
             ITEM_TOKEN,
@@ -444,8 +499,10 @@ class Planner:
         config = self.settings.for_table(table.name)
         if config is None or not config.caches("GetItem"):
             return None
-        shape = variant(params, POLICIES["GetItem"].skip)
-        return self._item_slot(table, params["Key"], shape, config)
+        item_key = self.item_key(table, params["Key"])
+        return self._item_slot(
+            table, item_key, _field(variant(params, POLICIES["GetItem"].skip), ""), config
+        )
 
     def item_key(self, table: TableRef, key: Mapping[str, Any]) -> str:
         """Redis key of an item's entries (for invalidation)."""

@@ -56,15 +56,11 @@ import hashlib
 
 from .effects import Script
 
-_PRELUDE = """
-if redis.replicate_commands then redis.replicate_commands() end
+#: What every script uses: the server's clock, its identity, the type check.
+_CORE = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function keep_until(key, deadline, now)
-  local want = deadline - now
-  if want > 0 and redis.call('PTTL', key) < want then redis.call('PEXPIRE', key, want) end
 end
 -- Which server (and history) this is: a primary's replication id, new with
 -- every start and every promotion. '-' where INFO is not available to scripts.
@@ -79,6 +75,28 @@ local function server_id()
   end
   return string.sub(string.match(info, 'master_replid:(%x+)') or '-', 1, 24)
 end
+-- Whether a redis.pcall reply is the error of a key holding another type (the
+-- caller repairs the key). Any other error, an ACL refusal above all, is raised:
+-- taken for a broken key it would delete state and hide the refusal.
+local function wrong_type(reply)
+  if type(reply) ~= 'table' or not reply['err'] then return false end
+  local err = tostring(reply['err'])
+  if string.find(err, 'WRONGTYPE', 1, true) then return true end
+  error(err)
+end
+"""
+
+#: What the scripts that write use besides (a read-only script needs none of it).
+_PRELUDE = (
+    """
+if redis.replicate_commands then redis.replicate_commands() end
+"""
+    + _CORE
+    + """
+local function keep_until(key, deadline, now)
+  local want = deadline - now
+  if want > 0 and redis.call('PTTL', key) < want then redis.call('PEXPIRE', key, want) end
+end
 -- True when the server has never evicted a key: then a missing key was never
 -- written, or expired (markers outlive their window), and proves no recent write.
 -- A server that does not tell proves nothing.
@@ -91,15 +109,6 @@ end
 local function renew(old, fresh)
   local mark = old and string.match(old, '^B%d+:')
   return (mark or '') .. fresh
-end
--- Whether a redis.pcall reply is the error of a key holding another type (the
--- caller repairs the key). Any other error, an ACL refusal above all, is raised:
--- taken for a broken key it would delete state and hide the refusal.
-local function wrong_type(reply)
-  if type(reply) ~= 'table' or not reply['err'] then return false end
-  local err = tostring(reply['err'])
-  if string.find(err, 'WRONGTYPE', 1, true) then return true end
-  error(err)
 end
 -- On a full server (maxmemory under noeviction) Redis refuses a script's first
 -- command that may use memory (HSET, SET) unless the script has already written.
@@ -165,10 +174,11 @@ local function partition_token(key, fresh, ttl, sid)
   return {t, since}
 end
 """
+)
 
 
-def _script(name: str, body: str) -> Script:
-    source = _PRELUDE + body
+def _script(name: str, body: str, prelude: str = _PRELUDE) -> Script:
+    source = prelude + body
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
@@ -356,6 +366,7 @@ for j = 1, n do
 end
 return table.concat(head, ' ') .. '\\n' .. table.concat(body)
 """,
+    _CORE,
 )
 
 #: KEYS[1] entry hash. ARGV: field, lease token, entry ('' = only release), ttl ms,

@@ -1,8 +1,8 @@
 """The only code that sends the cache's Redis batches: one sync and one async transport.
 
 Each executes a batch (:class:`~ddbcache_hooks.effects.RedisBatch`) as one
-pipeline, reloads scripts a restarted server forgot, sends the plain-read hit
-path's commands on a pooled connection, and names on a Redis Cluster the node
+pipeline, reloads scripts a restarted server forgot, writes the hit read (and
+plain commands) packed on a pooled connection, and names on a Redis Cluster the node
 each script goes to. The two classes are twins: a change to one is a change
 to both.
 """
@@ -65,9 +65,13 @@ def _first_error(replies: Sequence[Any]) -> None:
             raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
 
 
-def _packable(calls: Sequence[Call]) -> bool:
-    """Plain commands and hit reads only: the packed path can send them (see :func:`_pack`)."""
-    return all(call.script is None or call.script is READ_HITS for call in calls)
+def _packable(calls: Sequence[Call], errors_as_values: bool) -> bool:
+    """The hit read, or plain commands whose raw replies the caller reads (a peek's):
+    the packed path sends them (see :func:`_pack`). Other plain commands keep
+    redis-py's reply parsing (``HGETALL`` as a dict, ``SET`` as a bool)."""
+    if all(call.script is READ_HITS for call in calls):
+        return True
+    return errors_as_values and all(call.script is None for call in calls)
 
 
 def ours(client: Any) -> bool:
@@ -146,7 +150,7 @@ class SyncTransport:
         self.client.ping()
 
     def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
-        if _packable(calls) and ours(self.client):
+        if _packable(calls, errors_as_values) and ours(self.client):
             return self._packed(calls, errors_as_values)
         if len(calls) == 1 and not self.cluster:
             try:
@@ -282,7 +286,7 @@ class AsyncTransport:
             raise _suspects(exc, calls) from None
 
     async def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
-        if _packable(calls) and ours(self.client):
+        if _packable(calls, errors_as_values) and ours(self.client):
             return await self._packed(calls, errors_as_values)
         if len(calls) == 1 and not self.cluster:
             try:

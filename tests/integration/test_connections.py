@@ -25,7 +25,7 @@ import redis.connection
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import REGION, CallCounter, make_table, prove_read_access
+from tests.conftest import NO_SETTLE, REGION, CallCounter, make_table, prove_read_access
 
 KEY = {"pk": {"S": "hot"}}
 
@@ -87,9 +87,15 @@ def test_200_threads_missing_one_item_through_a_default_client_cost_one_read(
     redis_server: RedisServer, namespace: str, moto_url: str
 ) -> None:
     session = boto3.Session(region_name=REGION)
-    # A default redis.Redis: a pool capped at 100 that raises past it.
+    # A default redis.Redis: a pool capped at 100 that raises past it. No settle
+    # window: the fill right after the put would live at most a second, and 200
+    # threads may take longer than that to start on a loaded machine.
     registration = ddbcache_hooks.register(
-        session, redis.Redis(port=redis_server.port), namespace=namespace, lease_wait_ms=20_000
+        session,
+        redis.Redis(port=redis_server.port),
+        namespace=namespace,
+        lease_wait_ms=20_000,
+        **NO_SETTLE,
     )
     try:
         c = session.client("dynamodb", endpoint_url=moto_url)
@@ -136,6 +142,7 @@ def test_200_tasks_missing_one_item_through_a_default_async_client_cost_one_read
             namespace=namespace,
             lease_wait_ms=20_000,
             redis_timeout_ms=50,
+            **NO_SETTLE,  # as above: a fill right after the put would outlive no slow start
         )
         try:
             async with session.client("dynamodb", endpoint_url=moto_url) as c:

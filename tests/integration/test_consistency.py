@@ -253,7 +253,7 @@ def test_stampede_across_processes_costs_one_read_per_process(
 def test_waiters_give_up_and_read_without_filling(
     session: boto3.Session, redis_server: RedisServer, namespace: str
 ) -> None:
-    """A filler that never fills costs the others lease_wait_ms, then a plain read."""
+    """A filler that never fills costs the others lease_wait_ms, then its own DynamoDB read."""
     registration = ddbcache_hooks.register(
         session, redis_server.url, namespace=namespace, lease_wait_ms=50, lease_ms=10_000
     )

@@ -175,7 +175,7 @@ def test_a_garbage_field_is_deleted_in_the_background_once(
     with caplog.at_level(logging.WARNING, logger="ddbcache_hooks"):
         assert c.get_item(TableName="items", Key=KEY)["Item"] == KEY
         # Either the lookup timed out on it (the key is deleted in the background),
-        # or the plain read got it in time and it failed to decode (the lookup
+        # or the hit read got it in time and it failed to decode (the lookup
         # script that drops it runs next): the garbage goes either way.
         assert eventually(lambda: admin.hstrlen(key, entry_field) < 1 << 20)
         for _ in range(5):

@@ -136,7 +136,7 @@ def test_primary_demoted_under_open_connections(
     )
     try:
         client = session.client("dynamodb", endpoint_url=moto_url)
-        # Enough hits that the reader serves them with plain reads.
+        # Enough hits that the reader serves them with its hit script.
         values = reader.read("get", 20)
         assert values[0] == ("1", False) and values[-1] == ("1", True)
         cut_off(primary)

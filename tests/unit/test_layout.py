@@ -105,7 +105,7 @@ def test_the_checker_finds_a_cycle() -> None:
 
 def test_relative_imports_resolve_to_package_modules() -> None:
     deps = imports_of("ddbcache_hooks.transport")
-    assert {"ddbcache_hooks.store", "ddbcache_hooks.scripts"} <= deps
+    assert {"ddbcache_hooks.connections", "ddbcache_hooks.scripts"} <= deps
     assert "ddbcache_hooks.transport" in imports_of("ddbcache_hooks.streams.consumer")
 
 

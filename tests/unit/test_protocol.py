@@ -26,6 +26,7 @@ from ddbcache_hooks.scripts import (
     FILL_IF_LEASED,
     INVALIDATE_ITEMS,
     LOOKUP_OR_LEASE,
+    READ_HITS,
     TABLE_GENERATION,
     TABLE_LIFECYCLE,
     FillStatus,
@@ -107,6 +108,46 @@ class Step:
     def result(self) -> Any:
         assert self._done, f"the step still yields {self.effect!r}"
         return self.value
+
+    def past_hit_read(self) -> Step:
+        """Answer the hit read (READ_HITS) the step yields first, if it does, with no hit."""
+        if isinstance(self.effect, RedisBatch) and all(
+            call.script == READ_HITS for call in self.effect.calls
+        ):
+            self.send([no_hits(call) for call in self.effect.calls])
+        return self
+
+
+def hit_counts(call: Call) -> tuple[int, int, int]:
+    """READ_HITS's counts of entry, token and partition hashes."""
+    n, t, p = call.args[call.numkeys : call.numkeys + 3]
+    return int(n), int(t), int(p)
+
+
+def no_hits(call: Call, server_ms: int = 1_800_000_000_000) -> bytes:
+    """READ_HITS's reply when nothing it read is a hit."""
+    n, t, p = hit_counts(call)
+    return " ".join([str(server_ms)] + ["- -"] * (n + t + p)).encode() + b"\n"
+
+
+def hits_reply(
+    call: Call,
+    entry: bytes,
+    *,
+    item_token: bytes = ITEM_TOKEN,
+    query_token: bytes = QUERY_TOKEN,
+    server_ms: int = 1_800_000_000_000,
+) -> bytes:
+    """READ_HITS's reply for one entry hash and its table's tokens, a hit."""
+    assert hit_counts(call) == (1, 1, 0), call
+    head = [server_ms, len(item_token), len(query_token), len(GENERATION), len(entry)]
+    values = item_token + query_token + GENERATION + entry
+    return " ".join(map(str, head)).encode() + b"\n" + values
+
+
+def serving(protocol: Protocol, plan: ReadPlan) -> Step:
+    """Serve ``plan``, past a hit read that finds nothing (the lookup script is next)."""
+    return Step(protocol.serve(plan)).past_hit_read()
 
 
 class LookupArgs(NamedTuple):
@@ -211,7 +252,7 @@ def stats(protocol: Protocol, *names: str) -> dict[str, Any]:
 
 def lease_and_miss(protocol: Protocol, plan: ReadPlan, reply: list[Any] | None = None) -> str:
     """Serve ``plan`` with a lookup that leases it to this caller; the lease token."""
-    step = Step(protocol.serve(plan))
+    step = serving(protocol, plan)
     (call,) = step.batch()
     lease = lookup_args(call).lease
     step.send([reply or lookup_reply(LookupStatus.LEASED)])
@@ -223,11 +264,33 @@ def lease_and_miss(protocol: Protocol, plan: ReadPlan, reply: list[Any] | None =
 # --- reads -------------------------------------------------------------------------
 
 
-def test_a_hit_is_one_lookup_answered_from_the_entry(clock: Clock) -> None:
+def test_a_hit_is_one_hit_read_answered_from_the_entry(clock: Clock) -> None:
     protocol = Protocol(Settings.resolve({}))
     plan = read_plan(protocol, "GetItem", GET)
     created = clock.ms() - 5000
     step = Step(protocol.serve(plan))
+    (call,) = step.batch()
+    assert call.script == READ_HITS
+    item_key, token_key = protocol.planner.item_key(T, KEY), protocol.layout.tokens(T)
+    assert call.args[: call.numkeys] == (item_key, token_key)
+    n, t, p, refresh, field = call.args[call.numkeys :]
+    assert (n, t, p, field) == (1, 1, 0, "") and float(refresh) > 0  # early refresh is on
+    step.send([hits_reply(call, encode(protocol, {"Item": ITEM}, ITEM_TOKEN, created))])
+    assert answered(step.result()) == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
+    assert plan.served and plan.slots[0].state == HIT
+    assert stats(protocol, "item_hits", "misses", "fills") == {
+        "item_hits": 1,
+        "misses": 0,
+        "fills": 0,
+    }
+
+
+def test_a_hit_the_lookup_script_finds_is_served_too(clock: Clock) -> None:
+    """What the hit read leaves (a lease, say) goes to the lookup script, which may hit."""
+    protocol = Protocol(Settings.resolve({}))
+    plan = read_plan(protocol, "GetItem", GET)
+    created = clock.ms() - 5000
+    step = serving(protocol, plan)
     (call,) = step.batch()
     args = lookup_args(call)
     assert args.keys == (protocol.planner.item_key(T, KEY), protocol.layout.tokens(T))
@@ -237,11 +300,6 @@ def test_a_hit_is_one_lookup_answered_from_the_entry(clock: Clock) -> None:
     )
     assert answered(step.result()) == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
     assert plan.served and plan.slots[0].state == HIT
-    assert stats(protocol, "item_hits", "misses", "fills") == {
-        "item_hits": 1,
-        "misses": 0,
-        "fills": 0,
-    }
 
 
 def test_a_miss_leases_and_its_fill_carries_the_lease_and_the_entry(clock: Clock) -> None:
@@ -270,7 +328,7 @@ def test_a_miss_leases_and_its_fill_carries_the_lease_and_the_entry(clock: Clock
 def test_a_waiter_sleeps_looks_again_and_hits(clock: Clock) -> None:
     protocol = Protocol(Settings.resolve({}))
     plan = read_plan(protocol, "GetItem", GET)
-    step = Step(protocol.serve(plan))
+    step = serving(protocol, plan)
     (first,) = step.batch()
     step.send([lookup_reply(LookupStatus.WAIT)])
     assert plan.slots[0].state == WAIT and plan.slots[0].lease is None
@@ -294,7 +352,7 @@ def test_a_waiter_sleeps_looks_again_and_hits(clock: Clock) -> None:
 def test_a_wait_that_runs_out_reads_dynamodb_and_fills_nothing(clock: Clock) -> None:
     protocol = Protocol(Settings.resolve({"lease_wait_ms": 20}))
     plan = read_plan(protocol, "GetItem", GET)
-    step = Step(protocol.serve(plan))
+    step = serving(protocol, plan)
     step.batch()
     step.send([lookup_reply(LookupStatus.WAIT)])
     slept = 0.0
@@ -384,7 +442,7 @@ def test_a_page_fill_carries_its_partition_history_and_both_tokens(clock: Clock)
         "ExpressionAttributeValues": {":p": {"S": "a"}},
     }
     plan = read_plan(protocol, "Query", params)
-    step = Step(protocol.serve(plan))
+    step = serving(protocol, plan)
     (call,) = step.batch()
     partition = protocol.planner.partition_key(T, ("pk", {"S": "a"}))
     assert lookup_args(call).keys == (plan.slots[0].key, protocol.layout.tokens(T), partition)
@@ -402,7 +460,7 @@ def test_an_entry_filled_under_an_old_table_token_is_dropped_not_served(clock: C
     protocol = Protocol(Settings.resolve({}))
     plan = read_plan(protocol, "GetItem", GET)
     old = encode(protocol, {"Item": ITEM}, b"old-i", clock.ms() - 1000)
-    step = Step(protocol.serve(plan))
+    step = serving(protocol, plan)
     step.batch()
     # The entry is still in the hash, but the table's item token was replaced since.
     step.send([lookup_reply(LookupStatus.HIT, old, item_token=b"new-i")])
@@ -493,7 +551,7 @@ def test_early_refresh_leases_the_entry_to_this_caller_who_reads_dynamodb(clock:
     plan = read_plan(protocol, "GetItem", GET)
     created = clock.ms() - 3_590_000  # ten seconds before its expiry
     blob = encode(protocol, {"Item": ITEM}, ITEM_TOKEN, created)
-    step = Step(protocol.serve(plan))
+    step = serving(protocol, plan)
     (call,) = step.batch()
     args = lookup_args(call)
     assert float(args.refresh) > 0  # XFetch's factor, drawn by the caller
@@ -529,7 +587,7 @@ def test_an_early_refresh_refills_under_the_lease_its_lookup_took(clock: Clock) 
 
 def test_early_refresh_is_off_when_disabled(clock: Clock) -> None:
     protocol = Protocol(Settings.resolve({"early_refresh": False}))
-    step = Step(protocol.serve(read_plan(protocol, "GetItem", GET)))
+    step = serving(protocol, read_plan(protocol, "GetItem", GET))
     (call,) = step.batch()
     assert lookup_args(call).refresh == "0"
 
@@ -544,19 +602,18 @@ def test_a_backlogged_invalidation_is_replayed_before_anything_is_served(clock: 
     protocol.keep(lost)  # Redis did not take it
     assert protocol.backlog
     plan = read_plan(protocol, "GetItem", GET)
-    step = Step(protocol.serve(plan))
+    step = serving(protocol, plan)
     calls = step.batch()
     assert calls[0].script == INVALIDATE_ITEMS
     dropped = calls[0].args[: calls[0].numkeys]
     assert dropped == tuple(key for _, key in protocol.planner.written_keys(T, other["Key"]))
     assert calls[-1].args[0] == "PUBLISH"
     step.send([len(dropped), 0])
-    (lookup,) = step.batch()  # only then the read's lookup
-    assert lookup_args(lookup).keys[0] == protocol.planner.item_key(T, KEY)
+    (hit_read,) = step.batch()  # only then the read's lookup
+    assert hit_read.script == READ_HITS
+    assert hit_read.args[0] == protocol.planner.item_key(T, KEY)
     created = clock.ms()
-    step.send(
-        [lookup_reply(LookupStatus.HIT, encode(protocol, {"Item": ITEM}, ITEM_TOKEN, created))]
-    )
+    step.send([hits_reply(hit_read, encode(protocol, {"Item": ITEM}, ITEM_TOKEN, created))])
     assert answered(step.result()) == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
     assert not protocol.backlog
     assert stats(protocol, "backlog_replayed") == {"backlog_replayed": len(dropped)}
@@ -646,12 +703,12 @@ def test_a_signed_entry_put_back_after_a_write_does_not_verify(clock: Clock) -> 
             {"Item": ITEM}, token=ITEM_TOKEN, created_ms=created, context=context
         )
 
-    step = Step(protocol.serve(plan))
+    step = serving(protocol, plan)
     step.batch()
     step.send([lookup_reply(LookupStatus.HIT, signed(GENERATION))])
     assert answered(step.result()) == {"Item": ITEM, "CacheMetadata": hit_metadata(created)}
     again = read_plan(protocol, "GetItem", GET)
-    step = Step(protocol.serve(again))
+    step = serving(protocol, again)
     step.batch()
     step.send([lookup_reply(LookupStatus.HIT, signed(b"5f3e/76"))])  # the item's older one
     (drop,) = step.batch()
