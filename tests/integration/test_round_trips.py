@@ -15,6 +15,7 @@ import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
 from ddbcache_hooks.scripts import READ_HITS
 from tests.conftest import (
+    NO_SETTLE,
     CallCounter,
     CountingConnection,
     commands_of,
@@ -334,3 +335,30 @@ def test_write_through_costs_one_round_trip_more_per_write(
         assert calls["GetItem"] == (0 if write_through else 3)
     finally:
         registration.unregister()
+
+
+def test_entries_filled_before_the_upgrade_are_one_command_hits(
+    session: boto3.Session, counted: tuple[Any, Any], redis_server: RedisServer, namespace: str
+) -> None:
+    """The previous releases looked up with the lookup script only (the key layout and
+    the entry format are unchanged): what such a process filled is a hit here, read
+    with one command."""
+    c, counter = counted
+    old_session = boto3.Session(region_name="us-east-1")
+    old = ddbcache_hooks.register(
+        old_session, redis.Redis(port=redis_server.port), namespace=namespace, **NO_SETTLE
+    )
+    lookup = old._protocol._lookup
+    old._protocol._lookup = lambda slots, **kw: lookup(slots, **{**kw, "hits_first": False})
+    try:
+        writer = old_session.client("dynamodb")
+        prove_read_access(writer)
+        writer.put_item(TableName="items", Item={**KEY, "v": {"S": "old"}})
+        writer.get_item(TableName="items", Key=KEY)  # the old lookup leases and fills
+        prove_read_access(c)
+        (hit,) = sent_by(counter, lambda: c.get_item(TableName="items", Key=KEY))
+        assert [command[:2] for command in hit] == [(b"EVALSHA", READ_HITS.sha.encode())]
+        answer = c.get_item(TableName="items", Key=KEY)
+        assert "CacheMetadata" in answer and answer["Item"]["v"] == {"S": "old"}
+    finally:
+        old.unregister()
