@@ -142,7 +142,7 @@ def test_200_tasks_missing_one_item_through_a_default_async_client_cost_one_read
             namespace=namespace,
             lease_wait_ms=20_000,
             redis_timeout_ms=50,
-            **NO_SETTLE,  # as above: a fill right after the put would outlive no slow start
+            **NO_SETTLE,  # as in the sync test above
         )
         try:
             async with session.client("dynamodb", endpoint_url=moto_url) as c:

@@ -362,3 +362,48 @@ def test_entries_filled_before_the_upgrade_are_one_command_hits(
         assert "CacheMetadata" in answer and answer["Item"]["v"] == {"S": "old"}
     finally:
         old.unregister()
+
+
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
+def test_an_async_hit_is_one_command(
+    redis_server: RedisServer, namespace: str, moto_url: str
+) -> None:
+    """The async path reads hits with the same one command, one reply."""
+    import asyncio
+
+    import aioboto3
+    import redis.asyncio as aredis
+
+    sent: list[bytes] = []
+
+    class Counting(aredis.Connection):
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            data = command if isinstance(command, (bytes, str)) else b"".join(command)
+            sent.append(data.encode() if isinstance(data, str) else bytes(data))
+            await super().send_packed_command(command, check_health)
+
+    admin = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
+    make_table(admin, "items")
+    admin.put_item(TableName="items", Item=KEY)
+
+    async def main() -> None:
+        session = aioboto3.Session(region_name="us-east-1")
+        pool = aredis.ConnectionPool(port=redis_server.port, connection_class=Counting)
+        registration = await ddbcache_hooks.register_async(
+            session, aredis.Redis(connection_pool=pool), namespace=namespace
+        )
+        try:
+            async with session.client("dynamodb", endpoint_url=moto_url) as c:
+                for _ in range(3):  # the access check's read, the fill, then a hit
+                    await c.get_item(TableName="items", Key=KEY)
+                before = len(sent)
+                answer = await c.get_item(TableName="items", Key=KEY)
+                assert "CacheMetadata" in answer
+                hit = [commands_of(packed) for packed in sent[before:]]
+                assert [[command[:2] for command in trip] for trip in hit] == [
+                    [(b"EVALSHA", READ_HITS.sha.encode())]
+                ]
+        finally:
+            registration.unregister()
+
+    asyncio.run(main())
