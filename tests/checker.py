@@ -2,11 +2,13 @@
 
 Worker processes run threads that call GetItem, BatchGetItem, PutItem,
 UpdateItem, DeleteItem and PartiQL writes on a few hot keys through
-registered boto3 clients (moto over HTTP, a real Redis). Handlers registered
-*before* the library's inject random delays between DynamoDB's answer and the
-fill (reads) or the invalidation (writes), and make some writes fail after
-DynamoDB applied them. Every operation is recorded with its invocation and
-completion time (``time.monotonic_ns``, one clock for all processes on Linux).
+registered boto3 clients (moto over HTTP, a real Redis or Valkey, one node or
+a cluster); the async workers run the same calls as tasks of aioboto3 clients
+registered with ``register_async``. Handlers registered *before* the
+library's inject random delays between DynamoDB's answer and the fill (reads)
+or the invalidation (writes), and make some writes fail after DynamoDB
+applied them. Every operation is recorded with its invocation and completion
+time (``time.monotonic_ns``, one clock for all processes on Linux).
 
 :func:`find_stale` then checks the guarantee: no read that began after a
 write completed returns a value older than that write.
@@ -14,13 +16,15 @@ write completed returns a value older than that write.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import os
 import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,124 +76,367 @@ return {1, tonumber(ARGV[4])}
 """
 
 
-def run_worker(config: Config, worker: int) -> list[Record]:
-    """One process of the workload (module-level, so it can be spawned)."""
-    import boto3
+# --- the machinery every workload shares ----------------------------------------------
+#
+# A workload is a step (the next call, drawn from a thread's random generator), the
+# faults injected around its calls and the registration options. One loop
+# (:func:`_loop`) makes and records the calls; threads of boto3 clients
+# (:func:`_run_threads`) or tasks of aioboto3 clients (:func:`_run_tasks`) drive it.
+
+
+@dataclass(frozen=True)
+class Call:
+    """One operation of a workload: a DynamoDB client method, its arguments, its records."""
+
+    method: str
+    kwargs: dict[str, Any]
+    #: The records of the call, from its response and its invocation time. A write's
+    #: ignore the response: they are also what a write whose answer was lost records.
+    record: Callable[[dict[str, Any], int], list[Record]]
+    #: A write: when its answer is lost after DynamoDB applied it (the injected
+    #: ReadTimeoutError), it happened all the same, and it ended then.
+    write: bool = False
+    #: Made inside ddbcache_hooks.refresh().
+    refresh: bool = False
+
+
+#: The next call of a workload, from the thread's generator and a value no other call writes.
+Step = Callable[[random.Random, str], Call]
+
+
+@dataclass(frozen=True)
+class Workload:
+    step: Step
+    #: Events that get a random delay (up to ``max_delay_ms`` times the scale).
+    delays: dict[str, float]
+    #: Events whose handler loses DynamoDB's answer now and then (``fail_rate``).
+    failures: tuple[str, ...]
+    #: For ddbcache_hooks.register() / register_async().
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one worker process returns."""
+
+    records: list[Record]
+    #: Lookups that the read-only hit script (scripts.READ_HITS) answered as hits in
+    #: this process: reads the hit path served, not the lookup script.
+    read_hits: int
+
+
+class _Faults:
+    """The faults of one worker process: random delays and lost answers.
+
+    Registered on a session before the library registers, so that its handlers run
+    before the library's: a delay after DynamoDB's answer comes before the fill or
+    the invalidation, and a lost answer is lost before the library sees it.
+    """
+
+    def __init__(self, config: Config, worker: int) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed * 1000 + worker)
+        self.lock = threading.Lock()
+
+    def pause(self, scale: float) -> float:
+        with self.lock:
+            return self.rng.random() * scale * self.config.max_delay_ms / 1000
+
+    def lose_answer(self, **_: Any) -> None:
+        from botocore.exceptions import ReadTimeoutError
+
+        with self.lock:
+            fail = self.rng.random() < self.config.fail_rate
+        if fail:
+            raise ReadTimeoutError(endpoint_url=self.config.moto_url)  # applied, answer lost
+
+    def install(self, events: Any, workload: Workload, *, asynchronous: bool = False) -> None:
+        for event, scale in workload.delays.items():
+            events.register(event, self._sleeper(scale, asynchronous))
+        for event in workload.failures:
+            events.register_first(event, self.lose_answer)
+
+    def _sleeper(self, scale: float, asynchronous: bool) -> Callable[..., Any]:
+        if asynchronous:  # the event loop goes on meanwhile, as the threads do
+
+            async def sleep_in_task(**_: Any) -> None:
+                await asyncio.sleep(self.pause(scale))
+
+            return sleep_in_task
+
+        def sleep_in_thread(**_: Any) -> None:
+            time.sleep(self.pause(scale))
+
+        return sleep_in_thread
+
+
+def _loop(
+    config: Config,
+    worker: int,
+    index: int,
+    deadline: float,
+    step: Step,
+    records: list[Record],
+    lock: threading.Lock,
+) -> Generator[Call, Any, None]:
+    """The calls of one thread (or task) until the deadline, and their records.
+
+    Yields each call and is sent what it returned, or the ClientError or
+    ReadTimeoutError it raised (:func:`_drive`, :func:`_drive_async`).
+    """
+    from botocore.exceptions import ClientError, ReadTimeoutError
+
+    rng = random.Random(config.seed * 1_000_000 + worker * 1000 + index)
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        call = step(rng, f"{worker}-{index}-{n}")
+        started = time.monotonic_ns()
+        outcome = yield call
+        if isinstance(outcome, ReadTimeoutError):
+            if not call.write:
+                continue
+            # Injected after DynamoDB applied the write: it happened, and it ended now.
+            out = call.record({}, started)
+        elif isinstance(outcome, ClientError):
+            continue  # rejected by DynamoDB: nothing was written
+        else:
+            out = call.record(outcome, started)
+        with lock:
+            records.extend(out)
+
+
+def _drive(loop: Generator[Call, Any, None], client: Any) -> None:
+    """Make a loop's calls with a boto3 client."""
     from botocore.exceptions import ClientError, ReadTimeoutError
 
     import ddbcache_hooks
-    from ddbcache_hooks import scripts, store
 
-    if config.naive:
-        store.FILL_IF_LEASED = scripts._script("naive_fill", NAIVE_FILL_SOURCE)
-    rng = random.Random(config.seed * 1000 + worker)
-    rng_lock = threading.Lock()
+    with contextlib.suppress(StopIteration):
+        call = next(loop)
+        while True:
+            try:
+                with ddbcache_hooks.refresh() if call.refresh else contextlib.nullcontext():
+                    outcome = getattr(client, call.method)(**call.kwargs)
+            except (ClientError, ReadTimeoutError) as exc:
+                outcome = exc
+            call = loop.send(outcome)
 
-    def chance(p: float) -> bool:
-        with rng_lock:
-            return rng.random() < p
 
-    def delay(**_: Any) -> None:
-        with rng_lock:
-            pause = rng.random() * config.max_delay_ms / 1000
-        time.sleep(pause)
+async def _drive_async(loop: Generator[Call, Any, None], client: Any) -> None:
+    """Make a loop's calls with an aiobotocore client."""
+    from botocore.exceptions import ClientError, ReadTimeoutError
 
-    def maybe_fail(**_: Any) -> None:
-        if chance(config.fail_rate):
-            raise ReadTimeoutError(endpoint_url=config.moto_url)  # applied, answer lost
+    import ddbcache_hooks
 
+    with contextlib.suppress(StopIteration):
+        call = next(loop)
+        while True:
+            try:
+                with ddbcache_hooks.refresh() if call.refresh else contextlib.nullcontext():
+                    outcome = await getattr(client, call.method)(**call.kwargs)
+            except (ClientError, ReadTimeoutError) as exc:
+                outcome = exc
+            call = loop.send(outcome)
+
+
+def _count_read_hits() -> Callable[[], int]:
+    """Count the lookups that scripts.READ_HITS answers as hits in this process."""
+    from ddbcache_hooks import store
+
+    original = store.read_hits
+    lock = threading.Lock()
+    counted = [0]
+
+    def read_hits(requests: Any, cluster: bool) -> Generator[Any, Any, Any]:
+        replies = yield from original(requests, cluster)
+        with lock:
+            counted[0] += sum(reply is not None for reply in replies)
+        return replies
+
+    store.read_hits = read_hits
+    return lambda: counted[0]
+
+
+def _run_threads(config: Config, worker: int, workload: Workload) -> Part:
+    """One process of a workload through boto3 clients, one per thread."""
+    import boto3
+
+    import ddbcache_hooks
+
+    read_hits = _count_read_hits()
     session = boto3.Session(region_name="us-east-1")
-    writes = ("PutItem", "UpdateItem", "DeleteItem", "ExecuteStatement")
-    for op in ("GetItem", "BatchGetItem", *writes):
-        session.events.register(f"after-call.dynamodb.{op}", delay)
-    for op in writes:
-        session.events.register_first(f"needs-retry.dynamodb.{op}", maybe_fail)
-    ddbcache_hooks.register(
-        session,
-        config.redis_url,
-        namespace=config.namespace,
-        key_schema={TABLE: "pk"},
-        redis_timeout_ms=2000,
-        lease_wait_ms=100,
-    )
+    _Faults(config, worker).install(session.events, workload)
+    ddbcache_hooks.register(session, config.redis_url, **workload.options)
     records: list[Record] = []
-    records_lock = threading.Lock()
+    lock = threading.Lock()
     deadline = time.monotonic() + config.seconds
 
     def thread_main(index: int) -> None:
         client = session.client("dynamodb", endpoint_url=config.moto_url)
-        local_rng = random.Random(config.seed * 1_000_000 + worker * 1000 + index)
-        n = 0
-        while time.monotonic() < deadline:
-            n += 1
-            key = local_rng.choice(config.keys)
-            value = f"{worker}-{index}-{n}"
-            roll = local_rng.random()
-            out: list[Record] = []
-            refreshing = local_rng.random() < config.refresh
-            how = " refresh" if refreshing else ""
-            started = time.monotonic_ns()
-            try:
-                if roll < 0.35:
-                    with ddbcache_hooks.refresh() if refreshing else contextlib.nullcontext():
-                        response = client.get_item(TableName=TABLE, Key={"pk": {"S": key}})
-                    out.append(_read(key, response.get("Item"), started, "GetItem" + how))
-                elif roll < 0.50:
-                    keys = local_rng.sample(config.keys, k=min(2, len(config.keys)))
-                    with ddbcache_hooks.refresh() if refreshing else contextlib.nullcontext():
-                        response = client.batch_get_item(
-                            RequestItems={TABLE: {"Keys": [{"pk": {"S": k}} for k in keys]}}
-                        )
-                    if response.get("UnprocessedKeys"):
-                        continue
-                    found = {i["pk"]["S"]: i for i in response["Responses"].get(TABLE, [])}
-                    out.extend(_read(k, found.get(k), started, "BatchGetItem" + how) for k in keys)
-                elif roll < 0.65:
-                    op = "PutItem"
-                    client.put_item(TableName=TABLE, Item={"pk": {"S": key}, "v": {"S": value}})
-                    out.append(_write(key, value, started, op))
-                elif roll < 0.80:
-                    op = "UpdateItem"
-                    client.update_item(
-                        TableName=TABLE,
-                        Key={"pk": {"S": key}},
-                        UpdateExpression="SET v = :v",
-                        ExpressionAttributeValues={":v": {"S": value}},
-                    )
-                    out.append(_write(key, value, started, op))
-                elif roll < 0.88:
-                    op = "DeleteItem"
-                    client.delete_item(TableName=TABLE, Key={"pk": {"S": key}})
-                    out.append(_write(key, DELETED, started, op))
-                elif roll < 0.96:
-                    op = "ExecuteStatement UPDATE"
-                    client.execute_statement(
-                        Statement=f'UPDATE "{TABLE}" SET v = ? WHERE pk = ?',
-                        Parameters=[{"S": value}, {"S": key}],
-                    )
-                    out.append(_write(key, value, started, op, certain=False))
-                else:
-                    op = "ExecuteStatement DELETE"
-                    client.execute_statement(Statement=f"DELETE FROM {TABLE} WHERE pk = '{key}'")
-                    out.append(_write(key, DELETED, started, op))
-            except ReadTimeoutError:
-                # Injected after DynamoDB applied the write: it happened, and it ended now.
-                if roll >= 0.50:
-                    applied = DELETED if op.endswith(("DeleteItem", "DELETE")) else value
-                    out.append(
-                        _write(key, applied, started, op, certain=op != "ExecuteStatement UPDATE")
-                    )
-            except ClientError:
-                continue  # rejected by DynamoDB: nothing was written
-            with records_lock:
-                records.extend(out)
+        _drive(_loop(config, worker, index, deadline, workload.step, records, lock), client)
 
     threads = [threading.Thread(target=thread_main, args=(i,)) for i in range(config.threads)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return records
+    return Part(records, read_hits())
+
+
+def _run_tasks(config: Config, worker: int, workload: Workload) -> Part:
+    """One process of a workload through aioboto3 clients, one per task of one event loop."""
+
+    async def main() -> Part:
+        import aioboto3
+
+        import ddbcache_hooks
+
+        read_hits = _count_read_hits()
+        session = aioboto3.Session(region_name="us-east-1")
+        _Faults(config, worker).install(session.events, workload, asynchronous=True)
+        registration = await ddbcache_hooks.register_async(
+            session, config.redis_url, **workload.options
+        )
+        records: list[Record] = []
+        lock = threading.Lock()
+        deadline = time.monotonic() + config.seconds
+
+        async def task_main(index: int) -> None:
+            async with session.client("dynamodb", endpoint_url=config.moto_url) as client:
+                loop = _loop(config, worker, index, deadline, workload.step, records, lock)
+                await _drive_async(loop, client)
+
+        try:
+            await asyncio.gather(*(task_main(i) for i in range(config.threads)))
+        finally:
+            await registration.aclose()
+        return Part(records, read_hits())
+
+    return asyncio.run(main())
+
+
+def _hit(response: dict[str, Any]) -> str:
+    """How the cache answered, for a read's source: " hit", " partial hit" (a batch) or ""."""
+    metadata = response.get("CacheMetadata")
+    if metadata is None:
+        return ""
+    if "CacheHitCount" not in metadata:
+        return " hit"
+    if not metadata["CacheHitCount"]:
+        return ""
+    return " partial hit" if metadata["CacheMissCount"] else " hit"
+
+
+def _write_call(
+    key: str, applied: str | None, source: str, method: str, certain: bool = True, **kwargs: Any
+) -> Call:
+    def record(_: dict[str, Any], started: int) -> list[Record]:
+        return [_write(key, applied, started, source, certain)]
+
+    return Call(method, kwargs, record, write=True)
+
+
+# --- items: GetItem, BatchGetItem and writes on a few hot keys -----------------------
+
+
+def run_worker(config: Config, worker: int) -> Part:
+    """One process of the item workload (module-level, so it can be spawned)."""
+    _naive_fills(config)
+    return _run_threads(config, worker, _item_workload(config))
+
+
+def run_async_worker(config: Config, worker: int) -> Part:
+    """One process of the item workload through aioboto3 clients (``register_async``)."""
+    _naive_fills(config)
+    return _run_tasks(config, worker, _item_workload(config))
+
+
+def _naive_fills(config: Config) -> None:
+    from ddbcache_hooks import scripts, store
+
+    if config.naive:
+        store.FILL_IF_LEASED = scripts._script("naive_fill", NAIVE_FILL_SOURCE)
+
+
+ITEM_WRITES = ("PutItem", "UpdateItem", "DeleteItem", "ExecuteStatement")
+
+
+def _item_workload(config: Config) -> Workload:
+    return Workload(
+        functools.partial(_item_step, config),
+        delays={
+            f"after-call.dynamodb.{op}": 1.0 for op in ("GetItem", "BatchGetItem", *ITEM_WRITES)
+        },
+        failures=tuple(f"needs-retry.dynamodb.{op}" for op in ITEM_WRITES),
+        options={
+            "namespace": config.namespace,
+            "key_schema": {TABLE: "pk"},
+            "redis_timeout_ms": 2000,
+            "lease_wait_ms": 100,
+        },
+    )
+
+
+def _item_step(config: Config, rng: random.Random, value: str) -> Call:
+    key = rng.choice(config.keys)
+    roll = rng.random()
+    refresh = rng.random() < config.refresh
+    how = " refresh" if refresh else ""
+    item_key = {"pk": {"S": key}}
+    if roll < 0.35:
+
+        def got(response: dict[str, Any], started: int) -> list[Record]:
+            item = response.get("Item")
+            return [_read(key, item, started, "GetItem" + how + _hit(response))]
+
+        return Call("get_item", {"TableName": TABLE, "Key": item_key}, got, refresh=refresh)
+    if roll < 0.50:
+        keys = rng.sample(config.keys, k=min(2, len(config.keys)))
+
+        def batch(response: dict[str, Any], started: int) -> list[Record]:
+            if response.get("UnprocessedKeys"):
+                return []
+            found = {i["pk"]["S"]: i for i in response["Responses"].get(TABLE, [])}
+            source = "BatchGetItem" + how + _hit(response)
+            return [_read(k, found.get(k), started, source) for k in keys]
+
+        request = {TABLE: {"Keys": [{"pk": {"S": k}} for k in keys]}}
+        return Call("batch_get_item", {"RequestItems": request}, batch, refresh=refresh)
+    if roll < 0.65:
+        item = {**item_key, "v": {"S": value}}
+        return _write_call(key, value, "PutItem", "put_item", TableName=TABLE, Item=item)
+    if roll < 0.80:
+        return _write_call(
+            key,
+            value,
+            "UpdateItem",
+            "update_item",
+            TableName=TABLE,
+            Key=item_key,
+            UpdateExpression="SET v = :v",
+            ExpressionAttributeValues={":v": {"S": value}},
+        )
+    if roll < 0.88:
+        return _write_call(key, DELETED, "DeleteItem", "delete_item", TableName=TABLE, Key=item_key)
+    if roll < 0.96:
+        # Uncertain: an UPDATE of an item a concurrent delete removed does nothing.
+        return _write_call(
+            key,
+            value,
+            "ExecuteStatement UPDATE",
+            "execute_statement",
+            certain=False,
+            Statement=f'UPDATE "{TABLE}" SET v = ? WHERE pk = ?',
+            Parameters=[{"S": value}, {"S": key}],
+        )
+    return _write_call(
+        key,
+        DELETED,
+        "ExecuteStatement DELETE",
+        "execute_statement",
+        Statement=f"DELETE FROM {TABLE} WHERE pk = '{key}'",
+    )
 
 
 #: A write-through completion that ignores intents: the item's invalidation, then
@@ -210,7 +457,7 @@ return {1, ttl}
 CONSISTENT = "GetItem consistent"
 
 
-def run_write_through_worker(config: Config, worker: int) -> list[Record]:
+def run_write_through_worker(config: Config, worker: int) -> Part:
     """One process of the write-through workload (module-level, so it can be spawned).
 
     Many writers (PutItem, DeleteItem: moto's UpdateItem is not atomic under
@@ -220,100 +467,50 @@ def run_write_through_worker(config: Config, worker: int) -> list[Record]:
     library's after-call; some writes lose their answer after being applied.
     ``config.naive`` swaps the completion script for one without intents.
     """
-    import boto3
-    from botocore.exceptions import ClientError, ReadTimeoutError
-
-    import ddbcache_hooks
     from ddbcache_hooks import scripts, writethrough
 
     if config.naive:
         writethrough.WRITE_THROUGH = scripts._script(
             "naive_write_through", NAIVE_WRITE_THROUGH_SOURCE
         )
-    rng = random.Random(config.seed * 1000 + worker)
-    rng_lock = threading.Lock()
-
-    def delay(**_: Any) -> None:
-        with rng_lock:
-            pause = rng.random() * config.max_delay_ms / 1000
-        time.sleep(pause)
-
-    def maybe_fail(**_: Any) -> None:
-        with rng_lock:
-            fail = rng.random() < config.fail_rate
-        if fail:
-            raise ReadTimeoutError(endpoint_url=config.moto_url)  # applied, answer lost
-
-    def long_delay(**_: Any) -> None:
-        with rng_lock:
-            pause = rng.random() * 3 * config.max_delay_ms / 1000
-        time.sleep(pause)
-
-    session = boto3.Session(region_name="us-east-1")
     writes = ("PutItem", "DeleteItem")
-    session.events.register("after-call.dynamodb.GetItem", delay)
+    delays = {"after-call.dynamodb.GetItem": 1.0}
     for op in writes:
         # Long and uneven: two writes' completions often arrive out of DynamoDB's order.
-        session.events.register(f"after-call.dynamodb.{op}", long_delay)
-        session.events.register(f"before-send.dynamodb.{op}", delay)
-        session.events.register_first(f"needs-retry.dynamodb.{op}", maybe_fail)
-    ddbcache_hooks.register(
-        session,
-        config.redis_url,
-        namespace=config.namespace,
-        key_schema={TABLE: "pk"},
-        redis_timeout_ms=2000,
-        lease_wait_ms=100,
-        write_through=True,
+        delays[f"after-call.dynamodb.{op}"] = 3.0
+        delays[f"before-send.dynamodb.{op}"] = 1.0
+    workload = Workload(
+        functools.partial(_write_through_step, config),
+        delays,
+        failures=tuple(f"needs-retry.dynamodb.{op}" for op in writes),
+        options={
+            "namespace": config.namespace,
+            "key_schema": {TABLE: "pk"},
+            "redis_timeout_ms": 2000,
+            "lease_wait_ms": 100,
+            "write_through": True,
+        },
     )
-    records: list[Record] = []
-    records_lock = threading.Lock()
-    deadline = time.monotonic() + config.seconds
+    return _run_threads(config, worker, workload)
 
-    def thread_main(index: int) -> None:
-        client = session.client("dynamodb", endpoint_url=config.moto_url)
-        local_rng = random.Random(config.seed * 1_000_000 + worker * 1000 + index)
-        n = 0
-        while time.monotonic() < deadline:
-            n += 1
-            key = local_rng.choice(config.keys)
-            value = f"{worker}-{index}-{n}"
-            roll = local_rng.random()
-            out: list[Record] = []
-            started = time.monotonic_ns()
-            op = ""
-            try:
-                if roll < 0.35:
-                    response = client.get_item(TableName=TABLE, Key={"pk": {"S": key}})
-                    source = "GetItem hit" if "CacheMetadata" in response else "GetItem"
-                    out.append(_read(key, response.get("Item"), started, source))
-                elif roll < 0.55:
-                    response = client.get_item(
-                        TableName=TABLE, Key={"pk": {"S": key}}, ConsistentRead=True
-                    )
-                    out.append(_read(key, response.get("Item"), started, CONSISTENT))
-                elif roll < 0.90:
-                    op = "PutItem"
-                    client.put_item(TableName=TABLE, Item={"pk": {"S": key}, "v": {"S": value}})
-                    out.append(_write(key, value, started, op))
-                else:
-                    op = "DeleteItem"
-                    client.delete_item(TableName=TABLE, Key={"pk": {"S": key}})
-                    out.append(_write(key, DELETED, started, op))
-            except ReadTimeoutError:
-                if op:  # applied, and it ended now
-                    out.append(_write(key, DELETED if op == "DeleteItem" else value, started, op))
-            except ClientError:
-                continue
-            with records_lock:
-                records.extend(out)
 
-    threads = [threading.Thread(target=thread_main, args=(i,)) for i in range(config.threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return records
+def _write_through_step(config: Config, rng: random.Random, value: str) -> Call:
+    key = rng.choice(config.keys)
+    roll = rng.random()
+    item_key = {"pk": {"S": key}}
+    if roll < 0.55:
+        consistent = roll >= 0.35
+
+        def got(response: dict[str, Any], started: int) -> list[Record]:
+            source = CONSISTENT if consistent else "GetItem" + _hit(response)
+            return [_read(key, response.get("Item"), started, source)]
+
+        request = {"TableName": TABLE, "Key": item_key}
+        return Call("get_item", {**request, "ConsistentRead": True} if consistent else request, got)
+    if roll < 0.90:
+        item = {**item_key, "v": {"S": value}}
+        return _write_call(key, value, "PutItem", "put_item", TableName=TABLE, Item=item)
+    return _write_call(key, DELETED, "DeleteItem", "delete_item", TableName=TABLE, Key=item_key)
 
 
 def find_reordered(records: Iterable[Record], initial: dict[str, str]) -> list[Stale]:
@@ -367,7 +564,7 @@ def page_keys(partition: str | None = None) -> list[str]:
     return [f"{p}#{s}" for p in PARTITIONS if partition in (None, p) for s in SORT_KEYS]
 
 
-def run_page_worker(config: Config, worker: int) -> list[Record]:
+def run_page_worker(config: Config, worker: int) -> Part:
     """One process of the Query/Scan workload (module-level, so it can be spawned).
 
     Pages are recorded as one read per item the page could hold (absent ones
@@ -375,131 +572,92 @@ def run_page_worker(config: Config, worker: int) -> list[Record]:
     :func:`find_stale` judges every item a page shows. The source ends with
     " hit" when the page came from the cache.
     """
-    import boto3
-    from botocore.exceptions import ClientError, ReadTimeoutError
+    return _run_threads(config, worker, _page_workload(config))
 
-    import ddbcache_hooks
 
-    rng = random.Random(config.seed * 1000 + worker)
-    rng_lock = threading.Lock()
+def run_async_page_worker(config: Config, worker: int) -> Part:
+    """One process of the Query/Scan workload through aioboto3 clients (``register_async``)."""
+    return _run_tasks(config, worker, _page_workload(config))
 
-    def delay(**_: Any) -> None:
-        with rng_lock:
-            pause = rng.random() * config.max_delay_ms / 1000
-        time.sleep(pause)
 
-    def maybe_fail(**_: Any) -> None:
-        with rng_lock:
-            fail = rng.random() < config.fail_rate
-        if fail:
-            raise ReadTimeoutError(endpoint_url=config.moto_url)  # applied, answer lost
+PAGE_WRITES = ("PutItem", "UpdateItem", "DeleteItem", "ExecuteStatement")
 
-    session = boto3.Session(region_name="us-east-1")
-    writes = ("PutItem", "UpdateItem", "DeleteItem", "ExecuteStatement")
-    for op in ("Query", "Scan", *writes):
-        session.events.register(f"after-call.dynamodb.{op}", delay)
-    for op in writes:
-        session.events.register_first(f"needs-retry.dynamodb.{op}", maybe_fail)
-    ddbcache_hooks.register(
-        session,
-        config.redis_url,
-        namespace=config.namespace,
-        query_invalidation=config.query_invalidation,
-        scan_admission=1,
-        redis_timeout_ms=2000,
-        lease_wait_ms=100,
+
+def _page_workload(config: Config) -> Workload:
+    return Workload(
+        functools.partial(_page_step, config),
+        delays={f"after-call.dynamodb.{op}": 1.0 for op in ("Query", "Scan", *PAGE_WRITES)},
+        failures=tuple(f"needs-retry.dynamodb.{op}" for op in PAGE_WRITES),
+        options={
+            "namespace": config.namespace,
+            "query_invalidation": config.query_invalidation,
+            "scan_admission": 1,
+            "redis_timeout_ms": 2000,
+            "lease_wait_ms": 100,
+        },
     )
-    records: list[Record] = []
-    records_lock = threading.Lock()
-    deadline = time.monotonic() + config.seconds
-    base = {"TableName": PAGE_TABLE, "KeyConditionExpression": "pk = :p"}
-    gsi = {
-        "TableName": PAGE_TABLE,
-        "IndexName": "by_g",
-        "KeyConditionExpression": "g = :g",
-        "ExpressionAttributeValues": {":g": {"S": "G"}},
-    }
 
-    def page(response: dict[str, Any], keys: list[str], started: int, source: str) -> list[Record]:
+
+def _page(keys: list[str], source: str) -> Callable[[dict[str, Any], int], list[Record]]:
+    def record(response: dict[str, Any], started: int) -> list[Record]:
         found = {f"{i['pk']['S']}#{i['sk']['S']}": i for i in response["Items"]}
-        if "CacheMetadata" in response:
-            source += " hit"
-        return [_read(key, found.get(key), started, source) for key in keys]
+        return [_read(key, found.get(key), started, source + _hit(response)) for key in keys]
 
-    def thread_main(index: int) -> None:
-        client = session.client("dynamodb", endpoint_url=config.moto_url)
-        local_rng = random.Random(config.seed * 1_000_000 + worker * 1000 + index)
-        n = 0
-        while time.monotonic() < deadline:
-            n += 1
-            partition = local_rng.choice(PARTITIONS)
-            sort = local_rng.choice(SORT_KEYS)
-            key = f"{partition}#{sort}"
-            item_key = {"pk": {"S": partition}, "sk": {"S": sort}}
-            value = f"{worker}-{index}-{n}"
-            roll = local_rng.random()
-            out: list[Record] = []
-            started = time.monotonic_ns()
-            op = ""
-            try:
-                if roll < 0.22:
-                    values = {":p": {"S": partition}}
-                    response = client.query(**base, ExpressionAttributeValues=values)
-                    out = page(response, page_keys(partition), started, "Query base")
-                elif roll < 0.40:
-                    values = {":p": {"S": partition}}
-                    response = client.query(
-                        **base, IndexName="by_l", ExpressionAttributeValues=values
-                    )
-                    out = page(response, page_keys(partition), started, "Query LSI")
-                elif roll < 0.52:
-                    out = page(client.query(**gsi), page_keys(), started, "Query GSI")
-                elif roll < 0.64:
-                    out = page(client.scan(TableName=PAGE_TABLE), page_keys(), started, "Scan")
-                elif roll < 0.76:
-                    op = "PutItem"
-                    item = {**item_key, "v": {"S": value}, "l": {"S": "x"}, "g": {"S": "G"}}
-                    client.put_item(TableName=PAGE_TABLE, Item=item)
-                    out.append(_write(key, value, started, op))
-                elif roll < 0.88:
-                    op = "UpdateItem"
-                    client.update_item(
-                        TableName=PAGE_TABLE,
-                        Key=item_key,
-                        UpdateExpression="SET v = :v, l = :l, g = :g",
-                        ExpressionAttributeValues={
-                            ":v": {"S": value},
-                            ":l": {"S": "x"},
-                            ":g": {"S": "G"},
-                        },
-                    )
-                    out.append(_write(key, value, started, op))
-                elif roll < 0.94:
-                    op = "DeleteItem"
-                    client.delete_item(TableName=PAGE_TABLE, Key=item_key)
-                    out.append(_write(key, DELETED, started, op))
-                else:
-                    # A DELETE, not an UPDATE: its outcome is certain whether or not
-                    # the item exists, so every write here can prove a page stale.
-                    op = "ExecuteStatement DELETE"
-                    where = f"pk = '{partition}' AND sk = '{sort}'"
-                    client.execute_statement(Statement=f'DELETE FROM "{PAGE_TABLE}" WHERE {where}')
-                    out.append(_write(key, DELETED, started, op))
-            except ReadTimeoutError:
-                # Injected after DynamoDB applied the write: it happened, and it ended now.
-                applied = DELETED if op.endswith(("DeleteItem", "DELETE")) else value
-                out.append(_write(key, applied, started, op))
-            except ClientError:
-                continue  # rejected by DynamoDB: nothing was written
-            with records_lock:
-                records.extend(out)
+    return record
 
-    threads = [threading.Thread(target=thread_main, args=(i,)) for i in range(config.threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return records
+
+def _page_step(config: Config, rng: random.Random, value: str) -> Call:
+    partition = rng.choice(PARTITIONS)
+    sort = rng.choice(SORT_KEYS)
+    key = f"{partition}#{sort}"
+    item_key = {"pk": {"S": partition}, "sk": {"S": sort}}
+    roll = rng.random()
+    base = {"TableName": PAGE_TABLE, "KeyConditionExpression": "pk = :p"}
+    values = {":p": {"S": partition}}
+    if roll < 0.22:
+        query = {**base, "ExpressionAttributeValues": values}
+        return Call("query", query, _page(page_keys(partition), "Query base"))
+    if roll < 0.40:
+        query = {**base, "IndexName": "by_l", "ExpressionAttributeValues": values}
+        return Call("query", query, _page(page_keys(partition), "Query LSI"))
+    if roll < 0.52:
+        gsi = {
+            "TableName": PAGE_TABLE,
+            "IndexName": "by_g",
+            "KeyConditionExpression": "g = :g",
+            "ExpressionAttributeValues": {":g": {"S": "G"}},
+        }
+        return Call("query", gsi, _page(page_keys(), "Query GSI"))
+    if roll < 0.64:
+        return Call("scan", {"TableName": PAGE_TABLE}, _page(page_keys(), "Scan"))
+    if roll < 0.76:
+        item = {**item_key, "v": {"S": value}, "l": {"S": "x"}, "g": {"S": "G"}}
+        return _write_call(key, value, "PutItem", "put_item", TableName=PAGE_TABLE, Item=item)
+    if roll < 0.88:
+        return _write_call(
+            key,
+            value,
+            "UpdateItem",
+            "update_item",
+            TableName=PAGE_TABLE,
+            Key=item_key,
+            UpdateExpression="SET v = :v, l = :l, g = :g",
+            ExpressionAttributeValues={":v": {"S": value}, ":l": {"S": "x"}, ":g": {"S": "G"}},
+        )
+    if roll < 0.94:
+        return _write_call(
+            key, DELETED, "DeleteItem", "delete_item", TableName=PAGE_TABLE, Key=item_key
+        )
+    # A DELETE, not an UPDATE: its outcome is certain whether or not the item
+    # exists, so every write here can prove a page stale.
+    where = f"pk = '{partition}' AND sk = '{sort}'"
+    return _write_call(
+        key,
+        DELETED,
+        "ExecuteStatement DELETE",
+        "execute_statement",
+        Statement=f'DELETE FROM "{PAGE_TABLE}" WHERE {where}',
+    )
 
 
 def stale_pages(stale: Iterable[Stale]) -> int:

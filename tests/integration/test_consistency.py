@@ -8,6 +8,8 @@ import multiprocessing
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -18,11 +20,70 @@ from ddbcache_hooks._redis_server import RedisServer
 from tests import checker
 from tests.conftest import CallCounter, make_table
 
+#: The servers the checkers run on: Redis and Valkey, one node and a 3-master cluster.
+BACKENDS = {
+    "redis": "redis_server",
+    "cluster": "redis_cluster",
+    "valkey": "valkey_server",
+    "valkey-cluster": "valkey_cluster",
+}
+
+
+def server_url(request: pytest.FixtureRequest, backend: str) -> str:
+    return str(request.getfixturevalue(BACKENDS[backend]).url)
+
+
+@dataclass
+class Outcome:
+    """What a checker run found."""
+
+    records: list[checker.Record]
+    stale: list[checker.Stale]
+    #: Lookups the read-only hit script (scripts.READ_HITS) answered as hits.
+    read_hits: int
+
+    @property
+    def reads(self) -> int:
+        return sum(r.kind == "read" for r in self.records)
+
+    @property
+    def writes(self) -> int:
+        return len(self.records) - self.reads
+
+    @property
+    def hits(self) -> int:
+        """Reads the cache answered (a batch's when it answered every key of the batch)."""
+        return sum(
+            r.kind == "read" and r.source.endswith(" hit") and not r.source.endswith(" partial hit")
+            for r in self.records
+        )
+
+
+def run_workers(
+    worker: Callable[[checker.Config, int], checker.Part],
+    config: checker.Config,
+    processes: int,
+    initial: dict[str, str],
+) -> Outcome:
+    """Run ``processes`` spawned workers; their records, judged by find_stale."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        parts = list(pool.map(worker, [config] * processes, range(processes)))
+    records = [r for part in parts for r in part.records]
+    read_hits = sum(part.read_hits for part in parts)
+    return Outcome(records, checker.find_stale(records, initial), read_hits)
+
 
 def run_checker(
-    moto_url: str, redis_url: str, *, naive: bool, seed: int, refresh: float = 0.0
-) -> tuple[int, int, list[checker.Stale]]:
-    """Run the randomized workload; (reads, writes, stale reads)."""
+    moto_url: str,
+    redis_url: str,
+    *,
+    naive: bool,
+    seed: int,
+    refresh: float = 0.0,
+    asynchronous: bool = False,
+) -> Outcome:
+    """Run the randomized item workload (boto3 threads, or aioboto3 tasks)."""
     seconds, processes, threads = checker.workload_size()
     keys = ("k1", "k2", "k3")
     admin = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
@@ -43,52 +104,91 @@ def run_checker(
         naive,
         refresh=refresh,
     )
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
-        parts = list(pool.map(checker.run_worker, [config] * processes, range(processes)))
-    records = [r for part in parts for r in part]
-    stale = checker.find_stale(records, initial)
-    reads = sum(r.kind == "read" for r in records)
-    return reads, len(records) - reads, stale
+    worker = checker.run_async_worker if asynchronous else checker.run_worker
+    return run_workers(worker, config, processes, initial)
 
 
-def test_no_stale_reads_with_leases(moto_url: str, redis_server: RedisServer) -> None:
-    total_reads = total_writes = 0
-    for seed in (1, 2):
-        reads, writes, stale = run_checker(moto_url, redis_server.url, naive=False, seed=seed)
-        total_reads, total_writes = total_reads + reads, total_writes + writes
-        assert not stale, f"{len(stale)} stale reads, e.g. {stale[:3]}"
-    print(f"checked {total_reads} reads against {total_writes} writes: 0 stale")
-    assert total_reads > 200 and total_writes > 100
+def _check_items(moto_url: str, redis_url: str, seeds: tuple[int, ...], how: str) -> None:
+    """The item checker finds 0 stale reads, and the cache answered a good share of them."""
+    for seed in seeds:
+        run = run_checker(moto_url, redis_url, naive=False, seed=seed, asynchronous=how == "async")
+        print(
+            f"{how}: checked {run.reads} reads ({run.hits} hits, {run.read_hits} lookups "
+            f"answered by read_hits) against {run.writes} writes: {len(run.stale)} stale"
+        )
+        assert not run.stale, f"{len(run.stale)} stale reads, e.g. {run.stale[:3]}"
+        assert run.reads > 100 and run.writes > 50
+        # Entries were served, by the read-only hit script: the check covers the hit path.
+        assert run.hits > run.reads // 10 and run.read_hits > run.reads // 10
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_no_stale_reads_with_leases(
+    moto_url: str, request: pytest.FixtureRequest, backend: str
+) -> None:
+    # Two runs on the reference server; one on each other backend (CI time).
+    seeds = (1, 2) if backend == "redis" else (1,)
+    _check_items(moto_url, server_url(request, backend), seeds, "sync")
+
+
+@pytest.mark.aio  # needs aioboto3: the async extra's session
+@pytest.mark.parametrize("backend", ["redis", "cluster", "valkey"])
+def test_no_stale_async_reads_with_leases(
+    moto_url: str, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """The same workload as tasks of aioboto3 clients registered with register_async()."""
+    _check_items(moto_url, server_url(request, backend), (1,), "async")
 
 
 def test_no_stale_reads_with_refreshes(moto_url: str, redis_server: RedisServer) -> None:
     """Half the reads of two processes' threads run inside refresh(), racing the writes:
     a refresh's fill is lease-checked like a miss's, so no later read is served stale."""
-    reads, writes, stale = run_checker(moto_url, redis_server.url, naive=False, seed=6, refresh=0.5)
-    assert not stale, f"{len(stale)} stale reads, e.g. {stale[:3]}"
-    print(f"checked {reads} reads (half of them refreshes) against {writes} writes: 0 stale")
-    assert reads > 100 and writes > 50
+    run = run_checker(moto_url, redis_server.url, naive=False, seed=6, refresh=0.5)
+    assert not run.stale, f"{len(run.stale)} stale reads, e.g. {run.stale[:3]}"
+    print(
+        f"checked {run.reads} reads (half of them refreshes) against {run.writes} writes: 0 stale"
+    )
+    assert run.reads > 100 and run.writes > 50
 
 
-def test_the_checker_catches_fills_without_leases(moto_url: str, redis_server: RedisServer) -> None:
+@pytest.mark.parametrize(
+    ("backend", "how"),
+    [
+        ("redis", "sync"),
+        ("cluster", "sync"),
+        pytest.param("redis", "async", marks=pytest.mark.aio),
+    ],
+)
+def test_the_checker_catches_fills_without_leases(
+    moto_url: str, request: pytest.FixtureRequest, backend: str, how: str
+) -> None:
     """The same checker, pointed at fills that ignore leases, must find stale reads.
 
-    Timing decides how many; every run so far found some, and up to three runs
-    are allowed so that a quiet run cannot make the check itself flaky.
+    The stale entries are served as hits, so this proves the checker judges what
+    the hit path returns. Timing decides how many; every run so far found some,
+    and up to three runs are allowed so that a quiet run cannot make the check
+    itself flaky.
     """
+    url = server_url(request, backend)
     for seed in (3, 4, 5):
-        reads, writes, stale = run_checker(moto_url, redis_server.url, naive=True, seed=seed)
-        print(f"naive fills: {len(stale)} stale of {reads} reads ({writes} writes)")
-        if stale:
+        run = run_checker(moto_url, url, naive=True, seed=seed, asynchronous=how == "async")
+        # A stale read of a batch the cache answered in part is its cached key's.
+        hits = sum(s.read.source.endswith(" hit") for s in run.stale)
+        print(
+            f"naive fills ({backend}, {how}): {len(run.stale)} stale of {run.reads} reads "
+            f"({hits} of them hits; {run.writes} writes)"
+        )
+        if run.stale:
+            # Served by the cache, every one: DynamoDB's own answers are never stale.
+            assert hits == len(run.stale), run.stale
             return
     pytest.fail("the checker did not catch the naive configuration")
 
 
 def run_page_checker(
-    moto_url: str, redis_url: str, mode: str, *, seed: int
-) -> tuple[collections.Counter[str], int, list[checker.Stale]]:
-    """Run the randomized Query/Scan workload; (pages per source, writes, stale reads)."""
+    moto_url: str, redis_url: str, mode: str, *, seed: int, asynchronous: bool = False
+) -> tuple[collections.Counter[str], Outcome]:
+    """Run the randomized Query/Scan workload; (pages per source, outcome)."""
     seconds, processes, threads = checker.workload_size()
     admin = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
     if checker.PAGE_TABLE not in admin.list_tables()["TableNames"]:
@@ -118,28 +218,29 @@ def run_page_checker(
         seed,
         query_invalidation=mode,
     )
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
-        parts = list(pool.map(checker.run_page_worker, [config] * processes, range(processes)))
-    records = [r for part in parts for r in part]
+    worker = checker.run_async_page_worker if asynchronous else checker.run_page_worker
+    run = run_workers(worker, config, processes, initial)
     pages = collections.Counter(
         r.source
         for r in {
-            (r.source, r.invoked, r.completed): r for r in records if r.kind == "read"
+            (r.source, r.invoked, r.completed): r for r in run.records if r.kind == "read"
         }.values()
     )
-    writes = sum(r.kind == "write" for r in records)
-    return pages, writes, checker.find_stale(records, initial)
+    return pages, run
 
 
-def _check_pages(moto_url: str, redis_url: str, mode: str) -> None:
-    pages, writes, stale = run_page_checker(moto_url, redis_url, mode, seed=7)
-    print(f"{mode}: {sorted(pages.items())} against {writes} writes")
-    assert not stale, f"{checker.stale_pages(stale)} stale pages, e.g. {stale[:3]}"
+def _check_pages(moto_url: str, redis_url: str, mode: str, asynchronous: bool = False) -> None:
+    pages, run = run_page_checker(moto_url, redis_url, mode, seed=7, asynchronous=asynchronous)
+    print(
+        f"{mode}: {sorted(pages.items())} ({run.read_hits} lookups answered by read_hits) "
+        f"against {run.writes} writes"
+    )
+    assert not run.stale, f"{checker.stale_pages(run.stale)} stale pages, e.g. {run.stale[:3]}"
     for source in ("Query base", "Query LSI", "Query GSI", "Scan"):
         assert pages[source] + pages[source + " hit"] > 20, source
-    # The cache served pages, so the check exercised entries, not only misses.
+    # The cache served pages, by the read-only hit script: the check covers the hit path.
     assert pages["Query base hit"] + pages["Query LSI hit"] > 10
+    assert run.read_hits > 10
 
 
 @pytest.mark.parametrize("mode", ["partition", "write"])
@@ -147,17 +248,26 @@ def test_no_stale_query_or_scan_pages(moto_url: str, redis_server: RedisServer, 
     _check_pages(moto_url, redis_server.url, mode)
 
 
-def test_no_stale_query_or_scan_pages_on_a_cluster(moto_url: str, redis_cluster: Any) -> None:
-    _check_pages(moto_url, redis_cluster.url, "partition")
+@pytest.mark.parametrize("backend", ["cluster", "valkey", "valkey-cluster"])
+def test_no_stale_query_or_scan_pages_on_other_backends(
+    moto_url: str, request: pytest.FixtureRequest, backend: str
+) -> None:
+    _check_pages(moto_url, server_url(request, backend), "partition")
+
+
+@pytest.mark.aio  # needs aioboto3: the async extra's session
+def test_no_stale_async_query_or_scan_pages_on_a_cluster(moto_url: str, redis_cluster: Any) -> None:
+    """The page workload as aioboto3 tasks, on the cluster (one hit read per key and slot)."""
+    _check_pages(moto_url, redis_cluster.url, "partition", asynchronous=True)
 
 
 def test_the_checker_catches_ttl_only_pages(moto_url: str, redis_server: RedisServer) -> None:
     """With query_invalidation="ttl" pages outlive writes: the same checker must say so."""
     for seed in (8, 9, 10):
-        pages, writes, stale = run_page_checker(moto_url, redis_server.url, "ttl", seed=seed)
-        print(f"ttl: {writes} writes")
-        print(f"ttl: {checker.stale_pages(stale)} stale of {sum(pages.values())} pages")
-        if stale:
+        pages, run = run_page_checker(moto_url, redis_server.url, "ttl", seed=seed)
+        print(f"ttl: {run.writes} writes")
+        print(f"ttl: {checker.stale_pages(run.stale)} stale of {sum(pages.values())} pages")
+        if run.stale:
             return
     pytest.fail("the checker did not catch stale pages with query_invalidation='ttl'")
 
@@ -377,16 +487,10 @@ def run_write_through_checker(
     config = checker.Config(
         moto_url, redis_url, "chw" + uuid.uuid4().hex[:8], keys, 2 * seconds, threads, seed, naive
     )
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
-        parts = list(
-            pool.map(checker.run_write_through_worker, [config] * processes, range(processes))
-        )
-    records = [r for part in parts for r in part]
-    reads = collections.Counter(r.source for r in records if r.kind == "read")
-    writes = sum(r.kind == "write" for r in records)
-    stale = checker.find_stale(records, initial) + checker.find_reordered(records, initial)
-    return reads, writes, stale
+    run = run_workers(checker.run_write_through_worker, config, processes, initial)
+    reads = collections.Counter(r.source for r in run.records if r.kind == "read")
+    stale = run.stale + checker.find_reordered(run.records, initial)
+    return reads, run.writes, stale
 
 
 def _check_write_through(moto_url: str, redis_url: str) -> None:
