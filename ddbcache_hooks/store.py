@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from redis.exceptions import ResponseError
+
 from . import forks
 from .effects import Call, Op, RedisBatch
 from .near import encode_message
@@ -149,8 +151,56 @@ class _Hits(NamedTuple):
     entries: list[tuple[bytes, bytes] | None]
 
 
+class MalformedReply(ResponseError):
+    """A script's reply of a shape it never gives (a server or proxy that mangles replies)."""
+
+
+def _read_one_hit(r: LookupRequest) -> Op[list[LookupReply | None]]:
+    """:func:`read_hits` of the common call: one entry on one node (a GetItem, a page)."""
+    part = (r.partition_key,) if r.partition_key else ()
+    p = len(part)
+    call = Call(
+        READ_HITS,
+        (r.key, r.token_key, *part, 1, 1, p, f"{r.refresh_factor:.6g}", r.field),
+        2 + p,
+    )
+    (reply,) = yield RedisBatch([call])
+    hits = parse_hits(reply, 1, 1, p)
+    (tokens,), (entry,) = hits.tokens, hits.entries
+    if tokens is None or entry is None:
+        return [None]
+    part_token, since = b"", 0
+    if p:
+        (partition,) = hits.partitions
+        if partition is None:
+            return [None]
+        part_token, since = partition
+    return [
+        LookupReply(
+            LookupStatus.HIT,
+            entry[1],
+            False,
+            tokens[0],
+            tokens[1],
+            entry[0],
+            False,
+            part_token,
+            since,
+            hits.server_ms,
+        )
+    ]
+
+
 def parse_hits(reply: bytes, n: int, t: int, p: int) -> _Hits:
-    """Parse a :data:`READ_HITS` reply (see there); ValueError for any other shape."""
+    """Parse a :data:`READ_HITS` reply (see there); :class:`MalformedReply` for any
+    other shape."""
+    try:
+        return _parse_hits(reply, n, t, p)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise MalformedReply(f"read_hits replied an unexpected shape: {exc}") from None
+
+
+def _parse_hits(reply: bytes, n: int, t: int, p: int) -> _Hits:
     if not isinstance(reply, bytes):
         raise ValueError(f"read_hits replied {type(reply).__name__}")
     end = reply.index(b"\n")
@@ -195,8 +245,11 @@ def read_hits(requests: Sequence[LookupRequest], cluster: bool) -> Op[list[Looku
     One command on one node (every key of a batch with it); on a cluster, where
     the entries, their table's tokens and a page's partition live in other
     slots, one command per key, in one pipelined round trip. A hit here is
-    exactly a hit the lookup script would return, with the same reply.
+    exactly a hit the lookup script would return, with the same reply. A reply
+    of another shape is a Redis error (the scripts' boundary handles it).
     """
+    if len(requests) == 1 and not cluster and not requests[0].drop:
+        return (yield from _read_one_hit(requests[0]))
     out: list[LookupReply | None] = [None] * len(requests)
     eligible = [i for i, r in enumerate(requests) if not r.drop]
     if not eligible:

@@ -280,3 +280,92 @@ def test_a_token_hash_another_server_made_gets_a_new_generation_and_keeps_a_bulk
     run(transport, store.invalidate([], 0, [(tokens_key, False)], 60_000, transport.cluster))
     assert raw.hget(tokens_key, "g") is None  # replaced tokens: no generation of the other's
     assert generation() not in (first, renewed)
+
+
+def hit_read(transport: SyncTransport, key: str, **kw: Any) -> store.LookupReply | None:
+    """What the read-only hit script finds for ``key`` (None: the lookup script decides)."""
+    request = LookupRequest(key, "v", TOKENS, "unused", 5000, **kw)
+    (reply,) = run(transport, store.read_hits([request], transport.cluster))
+    return reply  # type: ignore[no-any-return]
+
+
+def test_the_hit_read_serves_exactly_the_lookup_scripts_hits(
+    transport: SyncTransport, key: str
+) -> None:
+    assert hit_read(transport, key) is None  # nothing there
+    assert lookup(transport, key, "L1").status == LookupStatus.LEASED
+    assert hit_read(transport, key) is None  # a lease is not a hit
+    fill(transport, key, "L1", b"\x00\n\xffentry\n")
+    scripted = lookup(transport, key, "L2")
+    read = hit_read(transport, key)
+    assert scripted.status == LookupStatus.HIT and read is not None
+    # The same reply as the lookup script's, but for the server's clock.
+    assert read._replace(server_ms=0) == scripted._replace(server_ms=0)
+    assert read.entry == b"\x00\n\xffentry\n"
+    assert hit_read(transport, key, drop=True) is None  # a drop is the lookup script's
+
+
+def test_the_hit_read_changes_nothing_and_leaves_repairs_to_the_lookup(
+    transport: SyncTransport, backend: Any, key: str
+) -> None:
+    raw = backend.client()
+    raw.set(key, "not a hash")
+    assert hit_read(transport, key) is None
+    assert raw.type(key) in (b"string", "string")  # untouched: the lookup script repairs
+    assert lookup(transport, key, "L1").corrupt  # which it does
+    fill(transport, key, "L1", b"entry")
+    assert hit_read(transport, key) is not None
+    generation = raw.hget(key, "g")
+    raw.hset(key, "g", "another-server/1")  # state another server made
+    assert hit_read(transport, key) is None
+    raw.hset(key, "g", generation)
+    maker = raw.hget(TOKENS, "n")
+    raw.hset(TOKENS, "n", "another-server")  # tokens another server made
+    assert hit_read(transport, key) is None
+    raw.hset(TOKENS, "n", maker)
+    raw.hset(TOKENS, "q", "x" * 256)  # a malformed token
+    assert hit_read(transport, key) is None
+    assert lookup(transport, key, "L2").foreign_token  # the lookup script replaces it
+
+
+def test_the_hit_read_leaves_an_expired_or_refreshable_entry_to_the_lookup(
+    transport: SyncTransport, backend: Any, key: str
+) -> None:
+    lookup(transport, key, "L1")
+    fill(transport, key, "L1", b"entry", ttl_ms=200)
+    assert hit_read(transport, key) is not None
+    backend.client().hset(key, "d:v", 10_000)  # its fill cost 10 s: a refresh is due
+    assert hit_read(transport, key, refresh_factor=1.0) is None
+    assert hit_read(transport, key, refresh_factor=0.0) is not None
+    time.sleep(0.25)
+    assert hit_read(transport, key) is None
+
+
+def test_the_hit_read_of_a_batch_is_one_command_on_one_node(
+    transport: SyncTransport, namespace: str
+) -> None:
+    keys = [f"{namespace}:i:{{item{i}}}:t" for i in range(5)]
+    for i, key in enumerate(keys[:3]):
+        lookup(transport, key, f"L{i}")
+        fill(transport, key, f"L{i}", f"entry{i}".encode())
+    requests = [LookupRequest(key, "v", TOKENS, "unused", 5000) for key in keys]
+    op = store.read_hits(requests, transport.cluster)
+    batch = next(op)
+    # One command for the five entries and their table's tokens; one per key on a cluster.
+    assert len(batch.calls) == (6 if transport.cluster else 1)
+    replies = drive_rest(op, batch, transport)
+    assert [r.entry if r else None for r in replies] == [
+        b"entry0",
+        b"entry1",
+        b"entry2",
+        None,
+        None,
+    ]
+
+
+def drive_rest(op: Op[Any], batch: Any, transport: SyncTransport) -> Any:
+    try:
+        op.send(transport.execute(batch.calls))
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("the hit read sent a second batch")
