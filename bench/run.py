@@ -1121,10 +1121,15 @@ def near_staleness_ms(env: Env, writes: int) -> list[float]:
 
 
 def lookup_script_hits(registration: Any) -> None:
-    """Make a registration serve hits as the previous releases did: the lookup script."""
+    """Make a registration serve every hit with the lookup script (as releases before
+    0.1.0's plain reads did). Also works on a checkout of 0.1.0, whose flag was ``plain``,
+    so that this file can measure it for docs/performance.md's "before" column."""
+    import inspect
+
     protocol = registration._protocol
     original = protocol._lookup
-    protocol._lookup = lambda slots, **kw: original(slots, **{**kw, "hits_first": False})
+    flag = "hits_first" if "hits_first" in inspect.signature(original).parameters else "plain"
+    protocol._lookup = lambda slots, **kw: original(slots, **{**kw, flag: False})
 
 
 def pure_python_redis(env: Env) -> redis.Redis:

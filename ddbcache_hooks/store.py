@@ -166,29 +166,32 @@ def _read_one_hit(r: LookupRequest) -> Op[list[LookupReply | None]]:
     )
     (reply,) = yield RedisBatch([call])
     hits = parse_hits(reply, 1, 1, p)
-    (tokens,), (entry,) = hits.tokens, hits.entries
-    if tokens is None or entry is None:
-        return [None]
-    part_token, since = b"", 0
-    if p:
-        (partition,) = hits.partitions
-        if partition is None:
-            return [None]
-        part_token, since = partition
-    return [
-        LookupReply(
-            LookupStatus.HIT,
-            entry[1],
-            False,
-            tokens[0],
-            tokens[1],
-            entry[0],
-            False,
-            part_token,
-            since,
-            hits.server_ms,
-        )
-    ]
+    partition = hits.partitions[0] if p else (b"", 0)
+    return [_hit(hits.entries[0], hits.tokens[0], partition, hits.server_ms)]
+
+
+def _hit(
+    entry: tuple[bytes, bytes] | None,
+    tokens: tuple[bytes, bytes] | None,
+    partition: tuple[bytes, int] | None,
+    server_ms: int,
+) -> LookupReply | None:
+    """The lookup script's reply for a hit the hit read found; None unless all its parts
+    were found (the entry, its table's tokens, a page's partition: ``(b"", 0)`` for none)."""
+    if entry is None or tokens is None or partition is None:
+        return None
+    return LookupReply(
+        LookupStatus.HIT,
+        entry[1],
+        False,
+        tokens[0],
+        tokens[1],
+        entry[0],
+        False,
+        partition[0],
+        partition[1],
+        server_ms,
+    )
 
 
 def parse_hits(reply: bytes, n: int, t: int, p: int) -> _Hits:
@@ -297,30 +300,11 @@ def read_hits(requests: Sequence[LookupRequest], cluster: bool) -> Op[list[Looku
         partition_list = [parse_hits(r, 0, 0, 1).partitions[0] for r in replies[n + t :]]
     tokens = dict(zip(token_keys, token_list, strict=True))
     partitions = dict(zip(partition_keys, partition_list, strict=True))
+    no_partition: tuple[bytes, int] | None = (b"", 0)
     for i, entry, now in zip(eligible, entries, clocks, strict=True):
         r = requests[i]
-        table_tokens = tokens[r.token_key]
-        if entry is None or table_tokens is None:
-            continue
-        part_token, since = b"", 0
-        if r.partition_key:
-            partition = partitions[r.partition_key]
-            if partition is None:
-                continue
-            part_token, since = partition
-        generation, blob = entry
-        out[i] = LookupReply(
-            LookupStatus.HIT,
-            blob,
-            False,
-            table_tokens[0],
-            table_tokens[1],
-            generation,
-            False,
-            part_token,
-            since,
-            now,
-        )
+        partition = partitions[r.partition_key] if r.partition_key else no_partition
+        out[i] = _hit(entry, tokens[r.token_key], partition, now)
     return out
 
 
