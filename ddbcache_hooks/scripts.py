@@ -314,10 +314,14 @@ return {2, fallback, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
 #: Fails with :data:`NOT_PRIMARY` like every script, on a server that is not a
 #: primary.
 #: Returns one bulk string, parsed by store.py like a ``GET``: a header line
-#: ``<server ms> <T pairs> <P pairs> <N pairs>`` (a pair is the lengths of the
-#: two values that follow, or ``- -`` for none: item and query token; partition
-#: token and since when its history is known, the second a number in place of a
-#: length; an entry's generation and entry), a newline, then the values.
+#: ``<server ms> <server identity> <T pairs> <P pairs> <N pairs>`` (a pair is the
+#: lengths of the two values that follow, or ``- -`` for none: item and query
+#: token; partition token and since when its history is known, the second a
+#: number in place of a length; an entry's generation and entry), a newline,
+#: then the values. With N = 0 it reads the tokens, the partitions, the clock and
+#: the identity only: a batch reads its entries with ``HMGET`` in the same
+#: pipeline, before it (store.read_hits says why), and checks them by the same
+#: rules against what it returns.
 READ_HITS = _script(
     "read_hits",
     """
@@ -325,7 +329,7 @@ local n, t, p = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local factor = tonumber(ARGV[4]) or 0
 local sid = server_id()
 local now = now_ms()
-local head, body = {now}, {}
+local head, body = {now, sid}, {}
 local function read(key, ...)
   local r = redis.pcall('HMGET', key, ...)
   if wrong_type(r) then return {} end

@@ -66,12 +66,13 @@ def _first_error(replies: Sequence[Any]) -> None:
 
 
 def _packable(calls: Sequence[Call], errors_as_values: bool) -> bool:
-    """The hit read, or plain commands whose raw replies the caller reads (a peek's):
-    the packed path sends them (see :func:`_pack`). Other plain commands keep
-    redis-py's reply parsing (``HGETALL`` as a dict, ``SET`` as a bool)."""
+    """The hit read (its script, and a batch's ``HMGET``s), or plain commands whose
+    raw replies the caller reads (a peek's): the packed path sends them (see
+    :func:`_pack`). Other plain commands keep redis-py's reply parsing
+    (``HGETALL`` as a dict, ``SET`` as a bool)."""
     if all(call.script is READ_HITS for call in calls):
         return True
-    return errors_as_values and all(call.script is None for call in calls)
+    return errors_as_values and all(call.script in (None, READ_HITS) for call in calls)
 
 
 def ours(client: Any) -> bool:
@@ -102,7 +103,12 @@ def _suspects(exc: RedisError, calls: Sequence[Call]) -> RedisError:
                 strict=False,
             )
         ]
-        exc.ddbcache_keys = scripted + hits  # type: ignore[attr-defined]
+        plain = [  # a batch's HMGET <key> e:<v> x:<v> g d:<v>
+            (call.args[1], call.args[2][2:])
+            for call in calls
+            if call.script is None and call.args[0] == "HMGET" and call.args[2].startswith("e:")
+        ]
+        exc.ddbcache_keys = scripted + hits + plain  # type: ignore[attr-defined]
     return exc
 
 

@@ -341,7 +341,7 @@ def test_the_hit_read_leaves_an_expired_or_refreshable_entry_to_the_lookup(
     assert hit_read(transport, key) is None
 
 
-def test_the_hit_read_of_a_batch_is_one_command_on_one_node(
+def test_the_hit_read_of_a_batch_is_one_round_trip(
     transport: SyncTransport, namespace: str
 ) -> None:
     keys = [f"{namespace}:i:{{item{i}}}:t" for i in range(5)]
@@ -351,8 +351,13 @@ def test_the_hit_read_of_a_batch_is_one_command_on_one_node(
     requests = [LookupRequest(key, "v", TOKENS, "unused", 5000) for key in keys]
     op = store.read_hits(requests, transport.cluster)
     batch = next(op)
-    # One command for the five entries and their table's tokens; one per key on a cluster.
-    assert len(batch.calls) == (6 if transport.cluster else 1)
+    # One node: the five entries' HMGETs, then one hit script for their table's tokens;
+    # a cluster: one hit script per entry and one for the tokens, each on its node.
+    names = [call.script.name if call.script else call.args[0] for call in batch.calls]
+    if transport.cluster:
+        assert names == ["read_hits"] * 6
+    else:
+        assert names == ["HMGET"] * 5 + ["read_hits"]
     replies = drive_rest(op, batch, transport)
     assert [r.entry if r else None for r in replies] == [
         b"entry0",
@@ -369,3 +374,37 @@ def drive_rest(op: Op[Any], batch: Any, transport: SyncTransport) -> Any:
     except StopIteration as stop:
         return stop.value
     raise AssertionError("the hit read sent a second batch")
+
+
+def test_a_batch_judges_its_entries_as_the_hit_script_does(
+    transport: SyncTransport, backend: Any, namespace: str
+) -> None:
+    """A batch reads its entries with HMGET and checks them in Python: the same
+    verdicts as the hit script and the lookup script, entry by entry."""
+    raw = backend.client()
+    keys = [f"{namespace}:i:{{judged{i}}}:t" for i in range(6)]
+    for i, key in enumerate(keys):
+        lookup(transport, key, f"L{i}")
+        fill(transport, key, f"L{i}", f"entry{i}".encode(), ttl_ms=60_000)
+    raw.hset(keys[1], "g", "another-server/1")  # another server's state
+    raw.hset(keys[2], "x:v", "1")  # expired long ago
+    raw.hset(keys[3], "x:v", "soon")  # not a number the scripts write
+    raw.delete(keys[4])
+    raw.set(keys[4], "a string")  # another type
+    requests = [LookupRequest(key, "v", TOKENS, "unused", 5000) for key in keys]
+    replies = run(transport, store.read_hits(requests, transport.cluster))
+    assert [r.entry if r else None for r in replies] == [
+        b"entry0",
+        None,
+        None,
+        None,
+        None,
+        b"entry5",
+    ]
+    for key, reply in zip(keys, replies, strict=True):
+        single = hit_read(transport, key)
+        assert (single is None) == (reply is None), key
+    raw.hset(keys[5], "d:v", 10_000_000)  # its fill cost: an early refresh is due
+    refreshing = [r._replace(refresh_factor=1.0) for r in requests]
+    replies = run(transport, store.read_hits(refreshing, transport.cluster))
+    assert replies[0] is not None and replies[5] is None

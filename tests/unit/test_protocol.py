@@ -127,7 +127,7 @@ def hit_counts(call: Call) -> tuple[int, int, int]:
 def no_hits(call: Call, server_ms: int = 1_800_000_000_000) -> bytes:
     """READ_HITS's reply when nothing it read is a hit."""
     n, t, p = hit_counts(call)
-    return " ".join([str(server_ms)] + ["- -"] * (n + t + p)).encode() + b"\n"
+    return " ".join([str(server_ms), "5f3e"] + ["- -"] * (n + t + p)).encode() + b"\n"
 
 
 def hits_reply(
@@ -140,7 +140,7 @@ def hits_reply(
 ) -> bytes:
     """READ_HITS's reply for one entry hash and its table's tokens, a hit."""
     assert hit_counts(call) == (1, 1, 0), call
-    head = [server_ms, len(item_token), len(query_token), len(GENERATION), len(entry)]
+    head = [server_ms, "5f3e", len(item_token), len(query_token), len(GENERATION), len(entry)]
     values = item_token + query_token + GENERATION + entry
     return " ".join(map(str, head)).encode() + b"\n" + values
 
