@@ -35,7 +35,7 @@ from .policy import POLICIES, Action
 from .protocol import NOT_PRIMARY_MESSAGE, Protocol
 from .resilience import EXIT_FLUSH_S, AsyncBackgroundWork, BackgroundWork, refused
 from .scripts import SCRIPTS
-from .transport import AsyncTransport, SyncTransport
+from .transport import AsyncTransport, SyncTransport, node_lookup
 
 log = logging.getLogger("ddbcache_hooks")
 R = TypeVar("R", bound="Registration")
@@ -102,6 +102,8 @@ class Registration:
         """Called once by :meth:`unregister` (environment activation stops attaching)."""
         self._protocol = protocol
         self._transport = transport
+        if transport is not None:
+            protocol.node_of = node_lookup(transport)
         self._hooks_factory = hooks_factory
         self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         #: Where the attached clients' requests went (an ordered set; a few entries).

@@ -191,6 +191,10 @@ class Protocol(writethrough.WriteThroughSteps, schema_steps.SchemaSteps):
         )
         self.limited = LimitedLog()
         self.cluster = cluster
+        #: On a cluster, the node of a key (set from the transport by the registration):
+        #: a batch's hit read then reads entries with HMGET and each node's clock and
+        #: identity once (store.read_hits). None: one hit script per key.
+        self.node_of: Callable[[str], str] | None = None
         #: The Redis this registration uses, for messages (a URL's password masked).
         self.where = "(the Redis client passed to register())"
         self.token_ttl_ms = 2 * settings.max_ttl_ms
@@ -349,6 +353,7 @@ class Protocol(writethrough.WriteThroughSteps, schema_steps.SchemaSteps):
             self.token_ttl_ms,
             cluster=self.cluster,
             hits_first=hits_first,
+            node_of=self.node_of,
             deadline=lambda: self.clock.deadline_ms(self.call_timeout_ms),
         )
         for slot, request, reply in zip(slots, requests, replies, strict=True):

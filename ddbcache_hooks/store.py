@@ -116,6 +116,7 @@ def lookup(
     cluster: bool = False,
     hits_first: bool = True,
     deadline: Callable[[], int] | None = None,
+    node_of: Callable[[str], str] | None = None,
 ) -> Op[list[LookupReply]]:
     """Look up entries (taking leases on misses) and read table tokens.
 
@@ -126,10 +127,11 @@ def lookup(
     mostly finds the lease still held), the lookup script runs at once.
     ``deadline`` gives the scripts' ``deadline_ms`` anew when they are sent
     after the hit read (a lease is only taken while its caller still waits).
+    ``node_of``: see :func:`read_hits`.
     """
     replies: list[LookupReply | None] = [None] * len(requests)
     if hits_first:
-        replies = yield from read_hits(requests, cluster)
+        replies = yield from read_hits(requests, cluster, node_of)
     rest = [i for i, reply in enumerate(replies) if reply is None]
     if rest:
         pending = [requests[i] for i in rest]
@@ -226,6 +228,96 @@ def _checked_entry(
     return generation, blob
 
 
+def _checked_tokens(reply: Any, server_id: bytes) -> tuple[bytes, bytes] | None:
+    """A table's token hash read with ``HMGET <key> i q n``, as :data:`READ_HITS` judges it."""
+    if isinstance(reply, Exception):
+        if "WRONGTYPE" in str(reply):
+            return None
+        raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
+    if not isinstance(reply, list) or len(reply) != 3:
+        raise MalformedReply(f"HMGET replied {type(reply).__name__}")
+    item, query, maker = reply
+    if not item or not query or maker != server_id:
+        return None
+    if len(item) > 255 or len(query) > 255:
+        return None
+    return bytes(item), bytes(query)
+
+
+def _checked_partition(reply: Any, server_id: bytes) -> tuple[bytes, int] | None:
+    """A partition hash read with ``HMGET <key> t g c``, as :data:`READ_HITS` judges it."""
+    if isinstance(reply, Exception):
+        if "WRONGTYPE" in str(reply):
+            return None
+        raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
+    if not isinstance(reply, list) or len(reply) != 3:
+        raise MalformedReply(f"HMGET replied {type(reply).__name__}")
+    token, generation, since = reply
+    if not token or len(token) > 255 or not isinstance(generation, bytes):
+        return None
+    if not generation.startswith(server_id + b"/"):
+        return None
+    if since is None:
+        return bytes(token), 0
+    if not isinstance(since, bytes) or not _DIGITS.match(since):
+        return None
+    return bytes(token), int(since)
+
+
+def _cluster_batch(
+    requests: Sequence[LookupRequest], node_of: Callable[[str], str]
+) -> Op[list[LookupReply | None]]:
+    """:func:`read_hits` of a batch on a cluster: ``HMGET`` of every entry, token and
+    partition hash on its node, then one :data:`READ_HITS` per node involved (for
+    its clock and identity; after that node's ``HMGET``s, so never more lenient).
+    Each value is judged against its own node's identity; a key whose slot moved
+    meanwhile is read on one node and judged against another's: not a hit."""
+    out: list[LookupReply | None] = [None] * len(requests)
+    eligible = [i for i, r in enumerate(requests) if not r.drop]
+    if not eligible:
+        return out
+    factor = requests[eligible[0]].refresh_factor
+    token_keys = list(dict.fromkeys(requests[i].token_key for i in eligible))
+    partition_keys = list(
+        dict.fromkeys(requests[i].partition_key for i in eligible if requests[i].partition_key)
+    )
+    calls = [
+        Call(None, ("HMGET", r.key, "e:" + r.field, "x:" + r.field, "g", "d:" + r.field))
+        for r in (requests[i] for i in eligible)
+    ]
+    calls += [Call(None, ("HMGET", key, "i", "q", "n")) for key in token_keys]
+    calls += [Call(None, ("HMGET", key, "t", "g", "c")) for key in partition_keys]
+    nodes: dict[str, str] = {}  # key -> node
+    for key in (*(requests[i].key for i in eligible), *token_keys, *partition_keys):
+        nodes[key] = node_of(key)
+    probes = {node: key for key, node in reversed(list(nodes.items()))}
+    calls += [Call(READ_HITS, (key, 0, 0, 0, f"{factor:.6g}"), 1) for key in probes.values()]
+    replies = yield RedisBatch(calls, errors_as_values=True)
+    n, t, p = len(eligible), len(token_keys), len(partition_keys)
+    seen: dict[str, tuple[int, bytes]] = {}
+    for node, reply in zip(probes, replies[n + t + p :], strict=True):
+        if isinstance(reply, Exception):
+            raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
+        probe = parse_hits(reply, 0, 0, 0)
+        seen[node] = (probe.server_ms, probe.server_id)
+    tokens = {
+        key: _checked_tokens(reply, seen[nodes[key]][1])
+        for key, reply in zip(token_keys, replies[n : n + t], strict=True)
+    }
+    partitions = {
+        key: _checked_partition(reply, seen[nodes[key]][1])
+        for key, reply in zip(partition_keys, replies[n + t : n + t + p], strict=True)
+    }
+    no_partition: tuple[bytes, int] | None = (b"", 0)
+    for i, reply in zip(eligible, replies[:n], strict=True):
+        r = requests[i]
+        now, server_id = seen[nodes[r.key]]
+        entry = _checked_entry(reply, server_id, now, factor)
+        partition = partitions[r.partition_key] if r.partition_key else no_partition
+        out[i] = _hit(entry, tokens[r.token_key], partition, now)
+    return out
+
+
 def parse_hits(reply: bytes, n: int, t: int, p: int) -> _Hits:
     """Parse a :data:`READ_HITS` reply (see there); :class:`MalformedReply` for any
     other shape."""
@@ -273,18 +365,27 @@ def _parse_hits(reply: bytes, n: int, t: int, p: int) -> _Hits:
     return _Hits(int(head[0]), head[1], tokens, partitions, entries)
 
 
-def read_hits(requests: Sequence[LookupRequest], cluster: bool) -> Op[list[LookupReply | None]]:
+def read_hits(
+    requests: Sequence[LookupRequest],
+    cluster: bool,
+    node_of: Callable[[str], str] | None = None,
+) -> Op[list[LookupReply | None]]:
     """The hits among ``requests``, read with :data:`READ_HITS`; None where the lookup
     script must decide (a miss, a lease, a drop, anything to repair).
 
     One command on one node (every key of a batch with it); on a cluster, where
     the entries, their table's tokens and a page's partition live in other
-    slots, one command per key, in one pipelined round trip. A hit here is
-    exactly a hit the lookup script would return, with the same reply. A reply
-    of another shape is a Redis error (the scripts' boundary handles it).
+    slots, one command per key, in one pipelined round trip. A batch reads its
+    entries with ``HMGET`` instead, then one :data:`READ_HITS` per node (on a
+    cluster, given ``node_of``, the name of a key's node) for the clock, the
+    identity and the tokens (see :func:`_cluster_batch`). A hit here is exactly
+    a hit the lookup script would return, with the same reply. A reply of
+    another shape is a Redis error (the scripts' boundary handles it).
     """
     if len(requests) == 1 and not cluster and not requests[0].drop:
         return (yield from _read_one_hit(requests[0]))
+    if cluster and node_of is not None and len(requests) > 1:
+        return (yield from _cluster_batch(requests, node_of))
     out: list[LookupReply | None] = [None] * len(requests)
     eligible = [i for i, r in enumerate(requests) if not r.drop]
     if not eligible:

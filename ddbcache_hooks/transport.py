@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -25,6 +25,14 @@ from .effects import Call
 from .scripts import LOOKUP_OR_LEASE, READ_HITS
 
 log = logging.getLogger("ddbcache_hooks")
+
+
+def node_lookup(transport: SyncTransport | AsyncTransport) -> Callable[[str], str] | None:
+    """On a cluster, the name of the node a key's slot is served by (the client's
+    current slot map, no round trip); None on one node."""
+    if not transport.cluster:
+        return None
+    return lambda key: str(transport.client.get_node_from_key(key).name)
 
 
 def _queue(pipe: Any, call: Call, cluster: Any = None) -> Any:

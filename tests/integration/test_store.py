@@ -12,7 +12,7 @@ from ddbcache_hooks.effects import Op
 from ddbcache_hooks.handlers import drive
 from ddbcache_hooks.scripts import FillStatus, LookupStatus
 from ddbcache_hooks.store import FillRequest, LookupRequest
-from ddbcache_hooks.transport import SyncTransport
+from ddbcache_hooks.transport import SyncTransport, node_lookup
 
 
 @pytest.fixture(params=[False, True], ids=["bytes", "decoded"])
@@ -392,19 +392,44 @@ def test_a_batch_judges_its_entries_as_the_hit_script_does(
     raw.delete(keys[4])
     raw.set(keys[4], "a string")  # another type
     requests = [LookupRequest(key, "v", TOKENS, "unused", 5000) for key in keys]
-    replies = run(transport, store.read_hits(requests, transport.cluster))
-    assert [r.entry if r else None for r in replies] == [
-        b"entry0",
-        None,
-        None,
-        None,
-        None,
-        b"entry5",
-    ]
-    for key, reply in zip(keys, replies, strict=True):
-        single = hit_read(transport, key)
-        assert (single is None) == (reply is None), key
+    # On a cluster, both ways: one hit script per key, and HMGETs with one per node.
+    ways = [None, node_lookup(transport)] if transport.cluster else [None]
+    expected = [b"entry0", None, None, None, None, b"entry5"]
+    for node_of in ways:
+        replies = run(transport, store.read_hits(requests, transport.cluster, node_of))
+        assert [r.entry if r else None for r in replies] == expected
+        for key, reply in zip(keys, replies, strict=True):
+            single = hit_read(transport, key)
+            assert (single is None) == (reply is None), key
+            assert single is None or single._replace(server_ms=0) == reply._replace(server_ms=0)
     raw.hset(keys[5], "d:v", 10_000_000)  # its fill cost: an early refresh is due
     refreshing = [r._replace(refresh_factor=1.0) for r in requests]
-    replies = run(transport, store.read_hits(refreshing, transport.cluster))
-    assert replies[0] is not None and replies[5] is None
+    for node_of in ways:
+        replies = run(transport, store.read_hits(refreshing, transport.cluster, node_of))
+        assert replies[0] is not None and replies[5] is None
+    raw.hset(TOKENS, "n", "another-server")  # the tokens another server made: no hits
+    for node_of in ways:
+        assert run(transport, store.read_hits(requests, transport.cluster, node_of)) == [None] * 6
+
+
+def test_a_cluster_batch_reads_each_nodes_clock_and_identity_once(
+    redis_cluster: Any, namespace: str
+) -> None:
+    import redis.cluster
+
+    host, port = redis_cluster.startup_nodes[0]
+    transport = SyncTransport(redis.cluster.RedisCluster(host=host, port=port))
+    keys = [f"{namespace}:i:{{spread{i}}}:t" for i in range(12)]  # over the three masters
+    for i, key in enumerate(keys):
+        lookup(transport, key, f"L{i}")
+        fill(transport, key, f"L{i}", f"entry{i}".encode())
+    node_of = node_lookup(transport)
+    assert node_of is not None
+    requests = [LookupRequest(key, "v", TOKENS, "unused", 5000) for key in keys]
+    op = store.read_hits(requests, True, node_of)
+    batch = next(op)
+    names = [call.script.name if call.script else call.args[0] for call in batch.calls]
+    nodes = {node_of(key) for key in [*keys, TOKENS]}
+    assert names == ["HMGET"] * 13 + ["read_hits"] * len(nodes) and len(nodes) == 3
+    replies = drive_rest(op, batch, transport)
+    assert [r.entry for r in replies] == [f"entry{i}".encode() for i in range(12)]
