@@ -44,8 +44,8 @@ class RedisBatch(NamedTuple):
     """Commands sent together: one round trip (one per node, in parallel, on a cluster)."""
 
     calls: Sequence[Call]
-    #: Error replies come back as values (a peek's plain reads: a key of another
-    #: type is not an outage) instead of failing the batch.
+    #: Error replies come back as values (a peek's plain reads, a batch's hit read:
+    #: a key of another type is not an outage) instead of failing the batch.
     errors_as_values: bool = False
 
 

@@ -248,8 +248,8 @@ def _count_read_hits() -> Callable[[], int]:
     lock = threading.Lock()
     counted = [0]
 
-    def read_hits(requests: Any, cluster: bool) -> Generator[Any, Any, Any]:
-        replies = yield from original(requests, cluster)
+    def read_hits(requests: Any, *args: Any) -> Generator[Any, Any, Any]:
+        replies = yield from original(requests, *args)
         with lock:
             counted[0] += sum(reply is not None for reply in replies)
         return replies
