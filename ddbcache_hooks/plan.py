@@ -9,6 +9,7 @@ with their own errors); it never guesses.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -408,7 +409,10 @@ class Planner:
 
     def _remember(self, memo_key: tuple[Any, ...], ids: tuple[str, str]) -> None:
         if len(self._memo) >= MEMO_SIZE:
-            del self._memo[next(iter(self._memo))]  # the oldest
+            # The oldest; when another thread changes the map meanwhile, it stays
+            # about bounded (a few entries over).
+            with contextlib.suppress(RuntimeError, StopIteration):
+                self._memo.pop(next(iter(self._memo)), None)
         self._memo[memo_key] = ids
 
     def _item_slot(

@@ -109,3 +109,43 @@ def test_memo_is_bounded_and_keeps_answers_exact(aws: None, redis_server: RedisS
         assert c.slots[0].key == a.slots[0].key and c.slots[0].field != a.slots[0].field  # type: ignore[union-attr]
     finally:
         registration.unregister()
+
+
+def test_memo_under_threads_never_fails_a_plan(aws: None, redis_server: RedisServer) -> None:
+    """Eight threads planning distinct requests past the bound at once: every plan is
+    exact and none fails while another thread evicts."""
+    import threading
+
+    from ddbcache_hooks import plan as plan_module
+    from ddbcache_hooks.keys import item_digest
+
+    registration = ddbcache_hooks.register(
+        boto3.Session(region_name="us-east-1"),
+        redis.Redis(port=redis_server.port),
+        namespace="memo-threads",
+    )
+    errors: list[BaseException] = []
+    try:
+        planner = registration._protocol.planner
+        here = Location("aws", "us-east-1")
+        (table,) = here.refs("items")
+
+        def plan_many(offset: int) -> None:
+            try:
+                for i in range(plan_module.MEMO_SIZE // 2):
+                    key = {"pk": {"S": f"{offset}-{i}"}}
+                    got = planner.plan("GetItem", {"TableName": "items", "Key": key}, here)
+                    want = planner.layout.item(table, item_digest(table, key))
+                    assert got.slots[0].key == want  # type: ignore[union-attr]
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=plan_many, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors[:3]
+        assert len(planner._memo) <= plan_module.MEMO_SIZE + 8
+    finally:
+        registration.unregister()
