@@ -318,9 +318,9 @@ return {2, fallback, corrupt, tokens[1], tokens[2], gen, part[1], part[2], now}
 #: lengths of the two values that follow, or ``- -`` for none: item and query
 #: token; partition token and since when its history is known, the second a
 #: number in place of a length; an entry's generation and entry), a newline,
-#: then the values. With N = 0 it reads the tokens, the partitions, the clock and
-#: the identity only: a batch reads its entries with ``HMGET`` in the same
-#: pipeline, before it (store.read_hits says why), and checks them by the same
+#: then the values. With no keys to read (N = T = P = 0) it reports the clock and
+#: the identity only: a batch reads its hashes with ``HMGET`` in the same
+#: pipeline, before it (store._batch says why), and judges them by the same
 #: rules against what it returns.
 READ_HITS = _script(
     "read_hits",

@@ -202,20 +202,36 @@ def _hit(
 _DIGITS = re.compile(rb"[0-9]+\Z")
 
 
+#: A request without a partition: what :func:`_hit` takes for "nothing to check".
+_NO_PARTITION: tuple[bytes, int] | None = (b"", 0)
+
+
+def _one_node(key: str) -> str:
+    return ""
+
+
+def _fields(reply: Any, count: int) -> list[Any] | None:
+    """An ``HMGET`` reply of ``count`` fields; None for a key of another type (not a
+    hit: the lookup script repairs it). Any other error reply is raised."""
+    if isinstance(reply, Exception):
+        if "WRONGTYPE" in str(reply):
+            return None
+        raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
+    if not isinstance(reply, list) or len(reply) != count:
+        raise MalformedReply(f"HMGET replied {type(reply).__name__}")
+    return reply
+
+
 def _checked_entry(
     reply: Any, server_id: bytes, now: int, factor: float
 ) -> tuple[bytes, bytes] | None:
     """An entry read with ``HMGET <key> e:<v> x:<v> g d:<v>``, as :data:`READ_HITS` would
     judge it: (generation, entry) of a hit, else None (the lookup script decides).
-    Numbers are plain decimals (what the scripts write); anything else is not a hit.
-    A key of another type is not a hit either; any other error reply is raised."""
-    if isinstance(reply, Exception):
-        if "WRONGTYPE" in str(reply):
-            return None
-        raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
-    if not isinstance(reply, list) or len(reply) != 4:
-        raise MalformedReply(f"HMGET replied {type(reply).__name__}")
-    blob, expires, generation, cost = reply
+    Numbers are plain decimals (what the scripts write); anything else is not a hit."""
+    fields = _fields(reply, 4)
+    if fields is None:
+        return None
+    blob, expires, generation, cost = fields
     if not blob or not isinstance(generation, bytes):
         return None
     if not generation.startswith(server_id + b"/"):
@@ -230,13 +246,10 @@ def _checked_entry(
 
 def _checked_tokens(reply: Any, server_id: bytes) -> tuple[bytes, bytes] | None:
     """A table's token hash read with ``HMGET <key> i q n``, as :data:`READ_HITS` judges it."""
-    if isinstance(reply, Exception):
-        if "WRONGTYPE" in str(reply):
-            return None
-        raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
-    if not isinstance(reply, list) or len(reply) != 3:
-        raise MalformedReply(f"HMGET replied {type(reply).__name__}")
-    item, query, maker = reply
+    fields = _fields(reply, 3)
+    if fields is None:
+        return None
+    item, query, maker = fields
     if not item or not query or maker != server_id:
         return None
     if len(item) > 255 or len(query) > 255:
@@ -246,13 +259,10 @@ def _checked_tokens(reply: Any, server_id: bytes) -> tuple[bytes, bytes] | None:
 
 def _checked_partition(reply: Any, server_id: bytes) -> tuple[bytes, int] | None:
     """A partition hash read with ``HMGET <key> t g c``, as :data:`READ_HITS` judges it."""
-    if isinstance(reply, Exception):
-        if "WRONGTYPE" in str(reply):
-            return None
-        raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
-    if not isinstance(reply, list) or len(reply) != 3:
-        raise MalformedReply(f"HMGET replied {type(reply).__name__}")
-    token, generation, since = reply
+    fields = _fields(reply, 3)
+    if fields is None:
+        return None
+    token, generation, since = fields
     if not token or len(token) > 255 or not isinstance(generation, bytes):
         return None
     if not generation.startswith(server_id + b"/"):
@@ -264,14 +274,17 @@ def _checked_partition(reply: Any, server_id: bytes) -> tuple[bytes, int] | None
     return bytes(token), int(since)
 
 
-def _cluster_batch(
+def _batch(
     requests: Sequence[LookupRequest], node_of: Callable[[str], str]
 ) -> Op[list[LookupReply | None]]:
-    """:func:`read_hits` of a batch on a cluster: ``HMGET`` of every entry, token and
-    partition hash on its node, then one :data:`READ_HITS` per node involved (for
-    its clock and identity; after that node's ``HMGET``s, so never more lenient).
-    Each value is judged against its own node's identity; a key whose slot moved
-    meanwhile is read on one node and judged against another's: not a hit."""
+    """:func:`read_hits` of a batch: ``HMGET`` of every entry, token and partition hash
+    (each on its node), then one :data:`READ_HITS` per node involved, for its clock
+    and identity, after that node's ``HMGET``s (so never more lenient). Each value
+    is judged by the script's rules against its own node's identity; a key whose
+    slot moved meanwhile is read on one node and judged against another's: not a
+    hit. A script that reads the entries itself would copy each into Lua and
+    back: for 100 entries three times the time of the ``HMGET``s
+    (docs/performance.md)."""
     out: list[LookupReply | None] = [None] * len(requests)
     eligible = [i for i, r in enumerate(requests) if not r.drop]
     if not eligible:
@@ -308,12 +321,11 @@ def _cluster_batch(
         key: _checked_partition(reply, seen[nodes[key]][1])
         for key, reply in zip(partition_keys, replies[n + t : n + t + p], strict=True)
     }
-    no_partition: tuple[bytes, int] | None = (b"", 0)
     for i, reply in zip(eligible, replies[:n], strict=True):
         r = requests[i]
         now, server_id = seen[nodes[r.key]]
         entry = _checked_entry(reply, server_id, now, factor)
-        partition = partitions[r.partition_key] if r.partition_key else no_partition
+        partition = partitions[r.partition_key] if r.partition_key else _NO_PARTITION
         out[i] = _hit(entry, tokens[r.token_key], partition, now)
     return out
 
@@ -373,19 +385,18 @@ def read_hits(
     """The hits among ``requests``, read with :data:`READ_HITS`; None where the lookup
     script must decide (a miss, a lease, a drop, anything to repair).
 
-    One command on one node (every key of a batch with it); on a cluster, where
-    the entries, their table's tokens and a page's partition live in other
-    slots, one command per key, in one pipelined round trip. A batch reads its
-    entries with ``HMGET`` instead, then one :data:`READ_HITS` per node (on a
-    cluster, given ``node_of``, the name of a key's node) for the clock, the
-    identity and the tokens (see :func:`_cluster_batch`). A hit here is exactly
-    a hit the lookup script would return, with the same reply. A reply of
-    another shape is a Redis error (the scripts' boundary handles it).
+    One GetItem or page on one node: one command, one reply. A batch: the
+    entries with ``HMGET``, then one :data:`READ_HITS` per node for its clock
+    and identity (see :func:`_batch`; on a cluster ``node_of`` names a key's
+    node). On a cluster without ``node_of``, and for one request there: one
+    :data:`READ_HITS` per key, in one pipelined round trip. A hit here is
+    exactly a hit the lookup script would return, with the same reply. A reply
+    of another shape is a Redis error (the scripts' boundary handles it).
     """
     if len(requests) == 1 and not cluster and not requests[0].drop:
         return (yield from _read_one_hit(requests[0]))
-    if cluster and node_of is not None and len(requests) > 1:
-        return (yield from _cluster_batch(requests, node_of))
+    if len(requests) > 1 and (not cluster or node_of is not None):
+        return (yield from _batch(requests, node_of or _one_node))
     out: list[LookupReply | None] = [None] * len(requests)
     eligible = [i for i, r in enumerate(requests) if not r.drop]
     if not eligible:
@@ -395,53 +406,26 @@ def read_hits(
     partition_keys = list(
         dict.fromkeys(requests[i].partition_key for i in eligible if requests[i].partition_key)
     )
-    entry_keys = [requests[i].key for i in eligible]
-    fields = [requests[i].field for i in eligible]
-    if not cluster:
-        # The entries with HMGET, then one hit script for the tokens, partitions,
-        # clock and identity (after the HMGETs: its clock is never more lenient).
-        # A script that reads the entries itself would copy each into Lua and
-        # back: three times the server's time of the HMGETs for 100 entries
-        # (docs/performance.md).
-        calls = [
-            Call(None, ("HMGET", key, "e:" + field, "x:" + field, "g", "d:" + field))
-            for key, field in zip(entry_keys, fields, strict=True)
-        ]
-        t, p = len(token_keys), len(partition_keys)
-        calls.append(Call(READ_HITS, (*token_keys, *partition_keys, 0, t, p, factor), t + p))
-        replies = yield RedisBatch(calls, errors_as_values=True)
-        last = replies[-1]
-        if isinstance(last, Exception):
-            raise last if isinstance(last, RedisError) else RedisError(str(last))
-        hits = parse_hits(last, 0, t, p)
-        factor_value = requests[eligible[0]].refresh_factor
-        entries = [
-            _checked_entry(reply, hits.server_id, hits.server_ms, factor_value)
-            for reply in replies[:-1]
-        ]
-        token_list, partition_list = hits.tokens, hits.partitions
-        clocks = [hits.server_ms] * len(entry_keys)
-    else:
-        calls = [
-            Call(READ_HITS, (key, 1, 0, 0, factor, field), 1)
-            for key, field in zip(entry_keys, fields, strict=True)
-        ]
-        calls += [Call(READ_HITS, (key, 0, 1, 0, factor), 1) for key in token_keys]
-        calls += [Call(READ_HITS, (key, 0, 0, 1, factor), 1) for key in partition_keys]
-        replies = yield RedisBatch(calls)
-        n, t = len(entry_keys), len(token_keys)
-        parsed = [parse_hits(r, 1, 0, 0) for r in replies[:n]]
-        entries = [h.entries[0] for h in parsed]
-        clocks = [h.server_ms for h in parsed]
-        token_list = [parse_hits(r, 0, 1, 0).tokens[0] for r in replies[n : n + t]]
-        partition_list = [parse_hits(r, 0, 0, 1).partitions[0] for r in replies[n + t :]]
-    tokens = dict(zip(token_keys, token_list, strict=True))
-    partitions = dict(zip(partition_keys, partition_list, strict=True))
-    no_partition: tuple[bytes, int] | None = (b"", 0)
-    for i, entry, now in zip(eligible, entries, clocks, strict=True):
+    calls = [
+        Call(READ_HITS, (requests[i].key, 1, 0, 0, factor, requests[i].field), 1) for i in eligible
+    ]
+    calls += [Call(READ_HITS, (key, 0, 1, 0, factor), 1) for key in token_keys]
+    calls += [Call(READ_HITS, (key, 0, 0, 1, factor), 1) for key in partition_keys]
+    replies = yield RedisBatch(calls)
+    n, t = len(eligible), len(token_keys)
+    tokens = {
+        key: parse_hits(reply, 0, 1, 0).tokens[0]
+        for key, reply in zip(token_keys, replies[n : n + t], strict=True)
+    }
+    partitions = {
+        key: parse_hits(reply, 0, 0, 1).partitions[0]
+        for key, reply in zip(partition_keys, replies[n + t :], strict=True)
+    }
+    for i, reply in zip(eligible, replies[:n], strict=True):
         r = requests[i]
-        partition = partitions[r.partition_key] if r.partition_key else no_partition
-        out[i] = _hit(entry, tokens[r.token_key], partition, now)
+        hits = parse_hits(reply, 1, 0, 0)
+        partition = partitions[r.partition_key] if r.partition_key else _NO_PARTITION
+        out[i] = _hit(hits.entries[0], tokens[r.token_key], partition, hits.server_ms)
     return out
 
 

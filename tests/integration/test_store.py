@@ -351,13 +351,14 @@ def test_the_hit_read_of_a_batch_is_one_round_trip(
     requests = [LookupRequest(key, "v", TOKENS, "unused", 5000) for key in keys]
     op = store.read_hits(requests, transport.cluster)
     batch = next(op)
-    # One node: the five entries' HMGETs, then one hit script for their table's tokens;
-    # a cluster: one hit script per entry and one for the tokens, each on its node.
+    # One node: the HMGETs of the five entries and their table's tokens, then one hit
+    # script for the clock and identity; a cluster (without its node lookup): one hit
+    # script per entry and one for the tokens, each on its node.
     names = [call.script.name if call.script else call.args[0] for call in batch.calls]
     if transport.cluster:
         assert names == ["read_hits"] * 6
     else:
-        assert names == ["HMGET"] * 5 + ["read_hits"]
+        assert names == ["HMGET"] * 6 + ["read_hits"]
     replies = drive_rest(op, batch, transport)
     assert [r.entry if r else None for r in replies] == [
         b"entry0",
