@@ -74,6 +74,18 @@ def run_workers(
     return Outcome(records, checker.find_stale(records, initial), read_hits)
 
 
+def seed_hot_keys(moto_url: str, keys: tuple[str, ...], seed: int) -> dict[str, str]:
+    """Create the checker's table if needed and give each hot key its initial value."""
+    admin = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
+    if checker.TABLE not in admin.list_tables()["TableNames"]:
+        make_table(admin, checker.TABLE)
+    initial = {}
+    for key in keys:
+        initial[key] = f"init-{seed}-{key}"
+        admin.put_item(TableName=checker.TABLE, Item={"pk": {"S": key}, "v": {"S": initial[key]}})
+    return initial
+
+
 def run_checker(
     moto_url: str,
     redis_url: str,
@@ -86,13 +98,7 @@ def run_checker(
     """Run the randomized item workload (boto3 threads, or aioboto3 tasks)."""
     seconds, processes, threads = checker.workload_size()
     keys = ("k1", "k2", "k3")
-    admin = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
-    if checker.TABLE not in admin.list_tables()["TableNames"]:
-        make_table(admin, checker.TABLE)
-    initial = {}
-    for key in keys:
-        initial[key] = f"init-{seed}-{key}"
-        admin.put_item(TableName=checker.TABLE, Item={"pk": {"S": key}, "v": {"S": initial[key]}})
+    initial = seed_hot_keys(moto_url, keys, seed)
     config = checker.Config(
         moto_url,
         redis_url,
@@ -477,13 +483,7 @@ def run_write_through_checker(
     """The write-through workload: (reads per source, writes, stale reads by either rule)."""
     seconds, processes, threads = checker.workload_size()
     keys = ("w1", "w2")
-    admin = boto3.Session(region_name="us-east-1").client("dynamodb", endpoint_url=moto_url)
-    if checker.TABLE not in admin.list_tables()["TableNames"]:
-        make_table(admin, checker.TABLE)
-    initial = {}
-    for key in keys:
-        initial[key] = f"init-{seed}-{key}"
-        admin.put_item(TableName=checker.TABLE, Item={"pk": {"S": key}, "v": {"S": initial[key]}})
+    initial = seed_hot_keys(moto_url, keys, seed)
     config = checker.Config(
         moto_url, redis_url, "chw" + uuid.uuid4().hex[:8], keys, 2 * seconds, threads, seed, naive
     )
