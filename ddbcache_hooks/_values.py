@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import ConfigurationError
+from .keys import MAX_BUCKETS
 from .near import NearCache
 
 TTL_KINDS = ("item", "item_negative", "query", "scan")
@@ -35,6 +36,12 @@ def _positive_int(name: str, value: Any) -> int:
 def _non_negative_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigurationError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _buckets(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BUCKETS:
+        raise ConfigurationError(f"{name} must be 0 or 1-{MAX_BUCKETS}, got {value!r}")
     return value
 
 

@@ -159,6 +159,7 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
         check("memory", lambda: doctor.memory(redis))
         check("persistence", lambda: doctor.persistence(redis))
         check("round trip", lambda: doctor.round_trip(redis))
+        check("layout", lambda: doctor.layout(redis, settings))
         check("scripts", lambda: _load_scripts(redis))
         check("permissions", lambda: doctor.permissions(redis, settings.namespace, lacking))
         print(f"Cache cycle (scratch keys of namespace {settings.namespace!r})", file=out)

@@ -24,6 +24,7 @@ from ._values import (
     TTL_KINDS,
     _account_id,
     _boolean,
+    _buckets,
     _env_bool,
     _env_int,
     _env_json,
@@ -43,6 +44,7 @@ from ._values import (
     _ttl_config,
 )
 from .errors import ConfigurationError
+from .keys import MAX_BUCKETS
 from .near import NearCache
 from .policy import POLICIES, ReadKind
 
@@ -232,6 +234,7 @@ class Options(TypedDict, total=False):
     iam_cache_name: str | None
     iam_region: str | None
     iam_serverless: bool
+    cluster_buckets: int
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -476,6 +479,16 @@ OPTIONS: tuple[Option, ...] = (
         "The cache is ElastiCache Serverless (the token names ResourceType=ServerlessCache).",
         _env_bool,
     ),
+    Option(
+        "cluster_buckets",
+        0,
+        _buckets,
+        "On a Redis Cluster: spread each table over this many buckets, each with a copy of "
+        "the table's tokens, so a hit reads one node (every process of the namespace must "
+        "agree; see docs/operations.md); 0: each entry in a slot of its own.",
+        _env_int,
+        form=f"0, or 1-{MAX_BUCKETS} (about 4 per shard)",
+    ),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -556,6 +569,7 @@ class Settings:
     iam_cache_name: str | None = None
     iam_region: str | None = None
     iam_serverless: bool = False
+    cluster_buckets: int = 0
     _table_cache: dict[str, TableSettings | None] = field(
         default_factory=dict, repr=False, compare=False
     )

@@ -17,11 +17,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from . import acl
+from . import acl, layout_marker
 from .config import Settings
 from .connections import is_cluster
 from .handlers import drive
-from .keys import Location
+from .keys import KeyLayout, Location
 from .plan import Invalidation, ReadPlan, WritePlan
 from .protocol import Protocol
 from .scripts import READ_HITS
@@ -115,6 +115,30 @@ def persistence(client: Any) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(saved))
         rdb = f"last RDB snapshot {when} UTC, {changes} changes since"
     return f"{aof}, {rdb} (a restart from an old snapshot starts the cache cold, safely)"
+
+
+def layout(client: Any, settings: Settings) -> str:
+    """The key layout this configuration uses, against the one the namespace's processes
+    recorded (a cluster's ``cluster_buckets``, see layout_marker.py); nothing is written."""
+    buckets = settings.cluster_buckets
+    if not is_cluster(client):
+        if buckets:
+            raise ValueError(
+                f"cluster_buckets={buckets} has no effect on a single node: unset "
+                "DDBCACHE_CLUSTER_BUCKETS"
+            )
+        return "single node: every key on one server, a hit is one command"
+    ours = (
+        f"{buckets} buckets per table: a hit reads one node"
+        if buckets
+        else "entries spread by key: a GetItem hit reads two nodes (cluster_buckets makes it one)"
+    )
+    marker = KeyLayout(settings.namespace).marker()
+    found = client.get(marker)
+    if found is not None:
+        layout_marker.check_recorded(found, buckets, marker)
+        return f"{ours}; the namespace's processes use the same"
+    return f"{ours}; no process of the namespace has recorded its layout yet"
 
 
 def round_trip(client: Any, count: int = 5) -> str:

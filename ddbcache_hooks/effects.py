@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+from redis.exceptions import AskError, ResponseError, TryAgainError
+
 T = TypeVar("T")
 
 
@@ -57,6 +59,20 @@ class DescribeTable(NamedTuple):
     """Fetch a table's key schema with the calling DynamoDB client; result may be None."""
 
     table: str
+
+
+#: Errors a slot in migration answers (``MIGRATING`` / ``IMPORTING``): not an outage.
+#: A script whose key exists on the source runs there, and once it deleted the key
+#: it may not create it again; keys in flight answer ASK, split multi-key calls
+#: TRYAGAIN. Each is sent again, alone, to the node the cluster client now names.
+NON_LOCAL_KEY = "non local key"
+
+
+def migrating(reply: Any) -> bool:
+    """An error reply that a slot in migration explains (see :data:`NON_LOCAL_KEY`)."""
+    return isinstance(reply, (AskError, TryAgainError)) or (
+        isinstance(reply, ResponseError) and NON_LOCAL_KEY in str(reply)
+    )
 
 
 Effect = RedisBatch | Sleep | DescribeTable

@@ -25,7 +25,7 @@ from redis.exceptions import MaxConnectionsError, OutOfMemoryError, RedisError
 
 from . import access, tracing, writes
 from . import schema as schema_mod
-from .effects import DescribeTable, Op, RedisBatch, Sleep
+from .effects import DescribeTable, Op, RedisBatch, Sleep, migrating
 from .keys import TableRef, location_of
 from .plan import ReadPlan, WritePlan, shape_miss_request
 from .policy import CACHED_OPERATIONS, POLICIES
@@ -33,7 +33,7 @@ from .principals import PRINCIPALS
 from .protocol import NOT_PRIMARY_MESSAGE, Protocol, not_primary
 from .resilience import AsyncBackgroundWork, refused
 from .schema import TableSchema
-from .transport import AsyncTransport, SyncTransport, migrating
+from .transport import AsyncTransport, SyncTransport
 from .writethrough import Intent
 
 log = logging.getLogger("ddbcache_hooks")

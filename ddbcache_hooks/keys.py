@@ -360,6 +360,10 @@ def partition_digest(table: TableRef, name: str | None, value: Any = None) -> st
     return _key_digest(parts, b"ddbcache-part")
 
 
+#: The most buckets a table's entries may spread over on a cluster (``cluster_buckets``).
+MAX_BUCKETS = 1024
+
+
 class KeyLayout:
     """Names of every Redis key the library writes, for one namespace.
 
@@ -367,29 +371,72 @@ class KeyLayout:
     an item's state in one slot (one Lua script touches it) while different
     items and query variants spread over all slots. Keys name the table's
     place (Region, a foreign account, a non-AWS endpoint's digest) before its name.
+
+    With ``buckets`` (``cluster_buckets``, on a cluster only), a table's entries
+    spread over that many hash tags instead, ``{<b>#<place>:<name>}``, and each
+    bucket holds its own copy of the table's version tokens (``t:{<b>#…}``): an
+    item's hash, its bucket's tokens and, for a Query page, its partition's hash
+    share one slot, so a hit reads one node. A table-wide invalidation then
+    replaces every copy (docs/consistency.md, "One node per hit on a cluster").
+    The table's own token hash (:meth:`tokens`) keeps its generation and stays
+    the name of the table everywhere else.
     """
 
-    __slots__ = ("namespace", "prefix")
+    __slots__ = ("buckets", "namespace", "prefix")
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, buckets: int = 0) -> None:
+        if not 0 <= buckets <= MAX_BUCKETS:
+            raise ValueError(f"buckets must be 0..{MAX_BUCKETS}, got {buckets}")
         self.namespace = namespace
         self.prefix = namespace + ":"
+        self.buckets = buckets
+
+    def _tagged(self, kind: str, table: TableRef, entry_id: str, bucket_of: str) -> str:
+        tag = _tag(table)
+        if not self.buckets:
+            return f"{self.prefix}{kind}:{{{entry_id}}}:{tag}"
+        bucket = int(bucket_of[:8], 16) % self.buckets
+        return f"{self.prefix}{kind}:{{{bucket}#{tag}}}:{entry_id}:{tag}"
 
     def item(self, table: TableRef, item_id: str) -> str:
-        return f"{self.prefix}i:{{{item_id}}}:{_tag(table)}"
+        return self._tagged("i", table, item_id, item_id)
 
-    def query(self, table: TableRef, variant_id: str) -> str:
-        return f"{self.prefix}q:{{{variant_id}}}:{_tag(table)}"
+    def query(self, table: TableRef, variant_id: str, partition_id: str = "") -> str:
+        """A Query/Scan variant's hash; with buckets, in the bucket of the partition its
+        pages depend on (``partition_id``, when the page has one of its own)."""
+        return self._tagged("q", table, variant_id, partition_id or variant_id)
 
     def partition(self, table: TableRef, partition_id: str) -> str:
         """A partition's token hash (see :func:`partition_digest`): spread over slots."""
-        return f"{self.prefix}p:{{{partition_id}}}:{_tag(table)}"
+        return self._tagged("p", table, partition_id, partition_id)
 
     def tokens(self, table: TableRef) -> str:
+        """The table's token hash: its generation, and its name in invalidations."""
         return f"{self.prefix}t:{{{_tag(table)}}}"
+
+    def tokens_for(self, table: TableRef, key: str) -> str:
+        """The token hash an entry at ``key`` (an item or variant hash) is checked against:
+        the table's, or with buckets the copy in the key's own bucket (same slot)."""
+        if not self.buckets:
+            return self.tokens(table)
+        start = key.index("{", len(self.prefix))
+        return self.prefix + "t:" + key[start : key.index("}", start) + 1]
+
+    def token_copies(self, token_key: str) -> list[str]:
+        """The bucket copies of a table's token hash (none without buckets, and none of
+        a key that is itself a copy)."""
+        head = self.prefix + "t:{"
+        if not self.buckets or not token_key.startswith(head) or "#" in token_key:
+            return []
+        tag = token_key[len(head) : -1]
+        return [f"{head}{bucket}#{tag}}}" for bucket in range(self.buckets)]
 
     def schema(self, table: TableRef) -> str:
         return f"{self.prefix}k:{{{_tag(table)}}}"
+
+    def marker(self) -> str:
+        """Which layout the namespace uses on a cluster (see plugin.check_layout)."""
+        return f"{self.prefix}layout"
 
     def table_pattern(self, name: str) -> str:
         """SCAN pattern matching every entry (and partition token) of the tables called
@@ -397,7 +444,8 @@ class KeyLayout:
         return f"{self.prefix}[iqp]:{{*}}:*:{name}"
 
     def tokens_pattern(self, name: str) -> str:
-        """SCAN pattern matching the token hashes of the tables called ``name``."""
+        """SCAN pattern matching the token hashes of the tables called ``name`` (their
+        bucket copies too)."""
         return f"{self.prefix}t:{{*:{name}}}"
 
     def namespace_pattern(self) -> str:

@@ -298,15 +298,20 @@ class Planner:
         else:
             shape = variant(params, policy.skip)
             query = (operation, *table, shape, scope) if scope else (operation, *table, shape)
-            slot = self._query_slot(table, policy.read_kind, query, config)
-            if config.query_invalidation != "ttl":
+            if config.query_invalidation == "ttl":
+                slot = self._query_slot(table, policy.read_kind, query, config)
+            else:
                 narrow = (
                     config.query_invalidation == "partition" and policy.read_kind is ReadKind.QUERY
                 )
+                partition = self._partition(table, params) if narrow else None
+                # A page of one partition lives in that partition's bucket (one node
+                # per hit on a cluster with buckets); a page on the table-wide token
+                # is spread by its own variant.
+                own = partition_digest(table, *partition) if partition is not None else ""
+                slot = self._query_slot(table, policy.read_kind, query, config, own)
                 slot.token_kind = PARTITION_TOKEN
-                slot.partition_key = self.partition_key(
-                    table, self._partition(table, params) if narrow else None
-                )
+                slot.partition_key = self.partition_key(table, partition)
         return ReadPlan(
             operation,
             policy,
@@ -422,7 +427,7 @@ class Planner:
             table,
             item_key,
             field_name,
-            self.layout.tokens(table),
+            self.layout.tokens_for(table, item_key),
             ITEM_TOKEN,
             config.ttl_ms["item"],
             config.ttl_ms["item_negative"],
@@ -432,13 +437,19 @@ class Planner:
         )
 
     def _query_slot(
-        self, table: TableRef, kind: ReadKind, shape: Any, config: TableSettings
+        self,
+        table: TableRef,
+        kind: ReadKind,
+        shape: Any,
+        config: TableSettings,
+        partition_id: str = "",
     ) -> Slot:
+        key = self.layout.query(table, digest(shape), partition_id)
         return Slot(
             table,
-            self.layout.query(table, digest(shape)),
+            key,
             "",
-            self.layout.tokens(table),
+            self.layout.tokens_for(table, key),
             QUERY_TOKEN,
             config.ttl_ms[kind.value],
             config.ttl_ms[kind.value],

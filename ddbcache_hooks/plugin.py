@@ -22,12 +22,12 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError, ResponseError
 
-from . import forks, peek, tracking
+from . import forks, layout_marker, peek, tracking
 from .config import Options, Settings, Unpack, env_flag
 from .connections import Connections, connect_async, connect_holder, exit_twin, redact
 from .errors import CacheConnectionError, RegistrationError
 from .handlers import AsyncHooks, SyncHooks, drive, drive_async
-from .keys import Location, NotCanonical, TableRef, refs_for_table_arn
+from .keys import KeyLayout, Location, NotCanonical, TableRef, refs_for_table_arn
 from .near import listen_async
 from .peek import Peek
 from .plan import Invalidation, Slot
@@ -434,7 +434,7 @@ def register(target: Any = None, redis: Any = None, **options: Unpack[Options]) 
         return inactive(Registration, settings, SyncHooks)
     holder = connect_holder(redis, settings, session=_session_of(target))
     transport = SyncTransport(holder)
-    _check(transport, redis)
+    _check(transport, redis, settings)
     protocol = _label(Protocol(settings, cluster=transport.cluster), redis)
     registration = Registration(protocol, transport, SyncHooks)
     registration._set_clock()
@@ -485,6 +485,13 @@ def log_attached(target: str, redis: Any, settings: Settings, cluster: bool, mod
         mode,
         "cluster" if cluster else "single node",
     )
+    if settings.cluster_buckets and not cluster:
+        log.warning(
+            "ddbcache-hooks: cluster_buckets=%d has no effect: %s is a single node, where "
+            "every key is on the one server already; unset DDBCACHE_CLUSTER_BUCKETS",
+            settings.cluster_buckets,
+            describe_redis(redis),
+        )
 
 
 def already_registered(kind: str, resolved: Any) -> Registration | None:
@@ -568,7 +575,7 @@ def register_from_environment(
     try:
         settings = Settings.resolve({}, environ=environ)
         transport = SyncTransport(connect_holder(url, settings))
-        _check(transport, url)
+        _check(transport, url, settings)
     except Exception as exc:
         log.warning("ddbcache-hooks: caching is off: %s", exc)
         return None
@@ -638,13 +645,17 @@ def _session_of(target: Any) -> Any:
     return target  # a session, or a DynamoDB client (its credentials) or resource
 
 
-def _check(transport: SyncTransport, target: Any) -> None:
-    """Ping Redis and load the scripts: fail at start-up, not on the first call."""
+def _check(transport: SyncTransport, target: Any, settings: Settings) -> None:
+    """Ping Redis and load the scripts: fail at start-up, not on the first call.
+    On a cluster, check that the namespace's processes agree on its key layout."""
     try:
         transport.ping()
         for script in SCRIPTS:
             transport.client.script_load(script.source)
         replication = None if transport.cluster else _replication(transport.client.info)
+        if transport.cluster:
+            layout = KeyLayout(settings.namespace)
+            layout_marker.check(transport.client, layout.marker(), settings.cluster_buckets)
     except RedisError as exc:
         raise CacheConnectionError(f"Could not connect to Redis {_where(target)}: {exc}") from exc
     _say_if_replica(replication, target)
@@ -857,6 +868,9 @@ async def _start_async(
         if not transport.cluster:
             with contextlib.suppress(ResponseError):
                 replication = await transport.client.info("replication")
+        else:
+            marker = KeyLayout(settings.namespace).marker()
+            await layout_marker.check_async(transport.client, marker, settings.cluster_buckets)
         seconds, micros = await transport.client.time()
         server_ms = int(seconds) * 1000 + int(micros) // 1000
     except RedisError as exc:

@@ -149,7 +149,7 @@ class Protocol(writethrough.WriteThroughSteps, schema_steps.SchemaSteps):
 
     def __init__(self, settings: Settings, *, cluster: bool = False) -> None:
         self.settings = settings
-        self.layout = KeyLayout(settings.namespace)
+        self.layout = KeyLayout(settings.namespace, settings.cluster_buckets if cluster else 0)
         #: Key names from the key_schema option, by table name: they apply wherever
         #: the table lives.
         self._configured: dict[str, TableSchema] = {
@@ -237,7 +237,9 @@ class Protocol(writethrough.WriteThroughSteps, schema_steps.SchemaSteps):
                     # Pages under a partition token are not held near: a write's
                     # message names the partition, not the pages that hang off it.
                     if slot.state == HIT and not slot.partition_key:
-                        self.near.put(slot.key, slot.field, slot.token_key, slot.blob, epoch)
+                        # Under the table's own token key: invalidations name it.
+                        tokens = self.layout.tokens(slot.table)
+                        self.near.put(slot.key, slot.field, tokens, slot.blob, epoch)
         if len(plan.slots) == 1 and plan.slots[0].state == WAIT:
             yield from self._wait_for_fill(plan.slots[0])
         if plan.probe and (plan.proved is None or not plan.proved()):
@@ -785,6 +787,7 @@ class Protocol(writethrough.WriteThroughSteps, schema_steps.SchemaSteps):
             channel=self.channel if self.settings.publish_invalidations else None,
             lifecycle=list(invalidation.lifecycle.items()),
             generations=[(key, *check) for key, check in invalidation.generations.items()],
+            copies=self.layout.token_copies,
         )
         self.forget_locally(invalidation)
         for tokens in stale:

@@ -16,10 +16,11 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from redis.exceptions import RedisError, ResponseError
+from redis.crc import key_slot
+from redis.exceptions import ClusterError, RedisError, ResponseError
 
 from . import forks
-from .effects import Call, Op, RedisBatch
+from .effects import Call, Op, RedisBatch, migrating
 from .near import encode_message
 from .scripts import (
     FILL_IF_LEASED,
@@ -169,7 +170,12 @@ def _read_one_hit(r: LookupRequest) -> Op[list[LookupReply | None]]:
         (r.key, r.token_key, *part, 1, 1, p, f"{r.refresh_factor:.6g}", r.field),
         2 + p,
     )
-    (reply,) = yield RedisBatch([call])
+    (reply,) = yield RedisBatch([call], errors_as_values=True)
+    if isinstance(reply, Exception):
+        if migrating(reply) or isinstance(reply, ClusterError):
+            # The slot is moving (a cluster): the lookup script, key by key, follows it.
+            return [None]
+        raise reply if isinstance(reply, RedisError) else RedisError(str(reply))
     hits = parse_hits(reply, 1, 1, p)
     partition = hits.partitions[0] if p else (b"", 0)
     return [_hit(hits.entries[0], hits.tokens[0], partition, hits.server_ms)]
@@ -393,7 +399,7 @@ def read_hits(
     exactly a hit the lookup script would return, with the same reply. A reply
     of another shape is a Redis error (the scripts' boundary handles it).
     """
-    if len(requests) == 1 and not cluster and not requests[0].drop:
+    if len(requests) == 1 and not requests[0].drop and (not cluster or _colocated(requests[0])):
         return (yield from _read_one_hit(requests[0]))
     if len(requests) > 1 and (not cluster or node_of is not None):
         return (yield from _batch(requests, node_of or _one_node))
@@ -427,6 +433,15 @@ def read_hits(
         partition = partitions[r.partition_key] if r.partition_key else _NO_PARTITION
         out[i] = _hit(hits.entries[0], tokens[r.token_key], partition, hits.server_ms)
     return out
+
+
+def _colocated(request: LookupRequest) -> bool:
+    """Whether a request's entry, tokens and partition share one slot (a cluster with
+    ``cluster_buckets``): then its hit is one command on one node."""
+    slot = key_slot(request.key.encode("utf-8"))
+    if key_slot(request.token_key.encode("utf-8")) != slot:
+        return False
+    return not request.partition_key or key_slot(request.partition_key.encode("utf-8")) == slot
 
 
 def _scripted(
@@ -547,16 +562,6 @@ class Lifecycle(NamedTuple):
     ttl_ms: int = 0
 
 
-def group_by_slot(keys: Sequence[str]) -> list[list[str]]:
-    """Split keys into same-slot groups, for multi-key scripts on a cluster."""
-    from redis.crc import key_slot
-
-    groups: dict[int, list[str]] = {}
-    for key in keys:
-        groups.setdefault(key_slot(key.encode("utf-8")), []).append(key)
-    return list(groups.values())
-
-
 def invalidate(
     keys: Sequence[str],
     settle_ms: int,
@@ -566,6 +571,7 @@ def invalidate(
     channel: str | None = None,
     lifecycle: Sequence[tuple[str, Lifecycle]] = (),
     generations: Sequence[tuple[str, str, bytes]] = (),
+    copies: Callable[[str], Sequence[str]] = lambda key: (),
 ) -> Op[list[str]]:
     """Drop items and replace table tokens, and tell the near caches: one round trip.
 
@@ -573,14 +579,27 @@ def invalidate(
     ``lifecycle`` (token key, change) pairs; ``generations`` (token key, schema
     key, generation) for writes projected with a learned key schema. Returns the
     token keys whose generation was not current (their tables were dropped whole).
-    On a cluster, keys are grouped by slot (a script touches one slot).
+    On a cluster, each key is a script of its own (a script touches one slot).
+    ``copies`` names a token hash's bucket copies (KeyLayout.token_copies): each
+    is replaced with it, a lifecycle mark set on each; a failed generation check
+    replaces them in a second round trip.
     """
-    groups = group_by_slot(keys) if cluster else [list(keys)]
+    # On a cluster, one key per script: a slot split by a migration refuses a script
+    # over two of its keys (TRYAGAIN) until the migration ends, one key it sends on.
+    groups = [[key] for key in keys] if cluster else [list(keys)]
     nonce = new_token()
     calls = [Call(INVALIDATE_ITEMS, (*g, settle_ms, nonce), len(g)) for g in groups if g]
     calls += [
         Call(REPLACE_TOKENS, (key, new_token(), new_token(), int(items), token_ttl_ms), 1)
-        for key, items in tokens
+        for table_key, items in tokens
+        for key in (table_key, *copies(table_key))
+    ]
+    calls += [
+        # A copy takes the mark and new tokens; generation and schema stay the table's.
+        Call(TABLE_LIFECYCLE, (key, key, new_token(), new_token(), "", change.mark, ttl), 2)
+        for table_key, change in lifecycle
+        for key in copies(table_key)
+        for ttl in (max(token_ttl_ms, change.ttl_ms),)
     ]
     checked = len(calls)
     calls += [
@@ -623,6 +642,16 @@ def invalidate(
     for (key, _, _), reply in zip(generations, replies[checked:], strict=False):
         if _error(reply) or int(reply[2]):
             stale.append(key)  # a failed check: the fallback dropped the table whole
+    followed = [
+        Call(REPLACE_TOKENS, (copy, new_token(), new_token(), 1, token_ttl_ms), 1)
+        for key in stale
+        for copy in copies(key)
+    ]
+    if followed:
+        replies = yield RedisBatch(followed, errors_as_values=True)
+        failed = [(c, r) for c, r in zip(followed, replies, strict=True) if _error(r)]
+        if failed:
+            yield from _drop_instead(failed)
     return stale
 
 

@@ -17,11 +17,20 @@ from typing import Any
 
 import redis
 from redis.client import NEVER_DECODE
-from redis.exceptions import AskError, NoScriptError, RedisError, ResponseError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connections import Connections, is_cluster
-from .effects import Call
+from .effects import Call, migrating
 from .scripts import LOOKUP_OR_LEASE, READ_HITS
 
 log = logging.getLogger("ddbcache_hooks")
@@ -51,20 +60,8 @@ def _queue(pipe: Any, call: Call, cluster: Any = None) -> Any:
     return pipe.execute_command(*call.args, **options)
 
 
-#: Errors a slot in migration answers (``MIGRATING`` / ``IMPORTING``): not an outage.
-#: A script whose key exists on the source runs there, and once it deleted the key
-#: it may not create it again; keys in flight answer ASK, split multi-key calls
-#: TRYAGAIN. Each is sent again, alone, to the node the cluster client now names.
-NON_LOCAL_KEY = "non local key"
 MIGRATION_RETRIES = 3
 MIGRATION_PAUSE_S = 0.01
-
-
-def migrating(reply: Any) -> bool:
-    """An error reply that a slot in migration explains (see :data:`NON_LOCAL_KEY`)."""
-    return isinstance(reply, (AskError, TryAgainError)) or (
-        isinstance(reply, ResponseError) and NON_LOCAL_KEY in str(reply)
-    )
 
 
 def _first_error(replies: Sequence[Any]) -> None:
@@ -91,6 +88,13 @@ def ours(client: Any) -> bool:
 
 def _holder(target: Any) -> Connections:
     return target if isinstance(target, Connections) else Connections.given(target)
+
+
+def _unreachable(exc: RedisClusterException) -> RedisError:
+    """redis-py's cluster client raises no RedisError when no node serves a slot (a
+    cluster down or failing over): the cache's one boundary for Redis errors must see
+    one, or the exception would reach the application's DynamoDB call."""
+    return RedisConnectionError(f"Redis Cluster: {type(exc).__name__}: {exc}")
 
 
 def _suspects(exc: RedisError, calls: Sequence[Call]) -> RedisError:
@@ -159,13 +163,21 @@ class SyncTransport:
             return self._execute(calls, errors_as_values)
         except RedisError as exc:
             raise _suspects(exc, calls) from None
+        except RedisClusterException as exc:
+            raise _unreachable(exc) from exc
 
     def ping(self) -> None:
         self.client.ping()
 
     def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
-        if _packable(calls, errors_as_values) and ours(self.client):
-            return self._packed(calls, errors_as_values)
+        if _packable(calls, errors_as_values):
+            if ours(self.client):
+                return self._packed(calls, errors_as_values)
+            node = self._node_of_one(calls)
+            if node is not None:
+                replies = self._packed_on_node(node, calls, errors_as_values)
+                if replies is not None:
+                    return replies
         if len(calls) == 1 and not self.cluster:
             try:
                 return [self._single(calls[0])]
@@ -186,24 +198,59 @@ class SyncTransport:
             _first_error(replies)
         return replies
 
-    def _packed(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
+    def _node_of_one(self, calls: Sequence[Call]) -> Any:
+        """On a cluster, the node client of a single call (a hit read whose keys share a
+        slot: ``cluster_buckets``) when its pool is the library's; else None."""
+        if not self.cluster or len(calls) != 1:
+            return None
+        try:
+            node = self.client.get_node_from_key(calls[0].first_key).redis_connection
+        except (RedisError, RedisClusterException):
+            return None  # no node serves the slot now: the cluster client decides
+        return node if ours(node) else None
+
+    def _packed_on_node(
+        self, node: Any, calls: Sequence[Call], errors_as_values: bool
+    ) -> list[Any] | None:
+        """:meth:`_packed` on one node of a cluster; None (send it through the cluster
+        client, which follows redirects and learns the new slot map) when the slot
+        moved, the cluster fails over, or the node cannot be reached. A slot in
+        migration (ASK, TRYAGAIN) comes back as the reply when errors are values:
+        the hit read leaves that key to the lookup script (store._read_one_hit)."""
+        try:
+            replies = self._packed(calls, True, node)
+        except RedisConnectionError:
+            return None
+        if any(isinstance(reply, (MovedError, ClusterDownError)) for reply in replies):
+            return None
+        if not errors_as_values:
+            if any(migrating(reply) for reply in replies):
+                return None
+            _first_error(replies)
+        return replies
+
+    def _packed(
+        self, calls: Sequence[Call], errors_as_values: bool, target: Any = None
+    ) -> list[Any]:
         """Commands written at once on one pooled connection, replies raw: what a
         pipeline does, without its per-command bookkeeping (a third of a hit's
-        Redis cost on the client). Only on the library's own pools (:func:`ours`).
+        Redis cost on the client). Only on the library's own pools (:func:`ours`);
+        ``target``: a cluster node's client (else the client's own pool).
         """
-        replies = self._send_packed(calls)
+        target = self.client if target is None else target
+        replies = self._send_packed(calls, target)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # a restarted (or flushed) server forgot the hit script
-            self.client.script_load(READ_HITS.source)
-            again = self._send_packed([calls[i] for i in missing])
+            target.script_load(READ_HITS.source)
+            again = self._send_packed([calls[i] for i in missing], target)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         if not errors_as_values:
             _first_error(replies)
         return replies
 
-    def _send_packed(self, calls: Sequence[Call]) -> list[Any]:
-        pool = self.client.connection_pool
+    def _send_packed(self, calls: Sequence[Call], target: Any) -> list[Any]:
+        pool = target.connection_pool
         connection = pool.get_connection(*_POOL_ARGS)
         try:
             connection.send_packed_command([_pack(calls)])
@@ -256,7 +303,7 @@ class SyncTransport:
                     assert script is not None
                     self.client.script_load(script.source)
                     replies[i] = _queue(self.client, calls[i])
-                except ResponseError as exc:
+                except (ResponseError, ClusterError) as exc:  # ClusterError: TTL exhausted
                     replies[i] = exc
 
     def scan_delete(self, pattern: str, batch: int = 500) -> int:
@@ -298,6 +345,8 @@ class AsyncTransport:
             return await self._execute(calls, errors_as_values)
         except RedisError as exc:
             raise _suspects(exc, calls) from None
+        except RedisClusterException as exc:
+            raise _unreachable(exc) from exc
 
     async def _execute(self, calls: Sequence[Call], errors_as_values: bool) -> list[Any]:
         if _packable(calls, errors_as_values) and ours(self.client):
@@ -388,5 +437,5 @@ class AsyncTransport:
                     assert script is not None
                     await self.client.script_load(script.source)
                     replies[i] = await _queue(self.client, calls[i])
-                except ResponseError as exc:
+                except (ResponseError, ClusterError) as exc:  # ClusterError: TTL exhausted
                     replies[i] = exc

@@ -243,7 +243,7 @@ def target(planner: Planner, plan: WritePlan) -> Intent | str | None:
     return Intent(
         table,
         item_key,
-        planner.layout.tokens(table),
+        planner.layout.tokens_for(table, item_key),
         "",  # the variant of a GetItem naming only TableName and Key
         config.ttl_ms["item"],
         config.ttl_ms["item_negative"],

@@ -63,6 +63,8 @@ class Config:
     query_invalidation: str = "partition"
     #: Share of GetItem / BatchGetItem reads made inside ddbcache_hooks.refresh().
     refresh: float = 0.0
+    #: ``cluster_buckets`` of the registrations (a cluster's one-node hits).
+    cluster_buckets: int = 0
 
 
 #: A fill that ignores leases: what the checker must catch.
@@ -371,6 +373,7 @@ def _item_workload(config: Config) -> Workload:
         failures=tuple(f"needs-retry.dynamodb.{op}" for op in ITEM_WRITES),
         options={
             "namespace": config.namespace,
+            "cluster_buckets": config.cluster_buckets,
             "key_schema": {TABLE: "pk"},
             "redis_timeout_ms": 2000,
             "lease_wait_ms": 100,
@@ -485,6 +488,7 @@ def run_write_through_worker(config: Config, worker: int) -> Part:
         failures=tuple(f"needs-retry.dynamodb.{op}" for op in writes),
         options={
             "namespace": config.namespace,
+            "cluster_buckets": config.cluster_buckets,
             "key_schema": {TABLE: "pk"},
             "redis_timeout_ms": 2000,
             "lease_wait_ms": 100,
@@ -590,6 +594,7 @@ def _page_workload(config: Config) -> Workload:
         failures=tuple(f"needs-retry.dynamodb.{op}" for op in PAGE_WRITES),
         options={
             "namespace": config.namespace,
+            "cluster_buckets": config.cluster_buckets,
             "query_invalidation": config.query_invalidation,
             "scan_admission": 1,
             "redis_timeout_ms": 2000,

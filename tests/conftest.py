@@ -11,7 +11,7 @@ import collections
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import boto3
@@ -125,6 +125,8 @@ class Backend:
 
     name: str
     make: Callable[..., Any]
+    #: Registration options the backend implies (the cluster with ``cluster_buckets``).
+    options: dict[str, Any] = field(default_factory=dict)
 
     def client(self, decode_responses: bool = False) -> Any:
         return self.make(decode_responses)
@@ -151,13 +153,23 @@ def _fake() -> Callable[[bool], fakeredis.FakeRedis]:
     return lambda decode: fakeredis.FakeRedis(server=server, decode_responses=decode)
 
 
-@pytest.fixture(params=["redis", "cluster", "valkey", "valkey-cluster", "fakeredis"])
+#: The buckets of the "cluster-buckets" backend (few, so that tests hit shared buckets).
+BUCKETS = 8
+
+
+@pytest.fixture(
+    params=["redis", "cluster", "cluster-buckets", "valkey", "valkey-cluster", "fakeredis"]
+)
 def backend(request: pytest.FixtureRequest) -> Backend:
-    """The behavioural suite runs once per backend: Redis and Valkey, single node and cluster."""
+    """The behavioural suite runs once per backend: Redis and Valkey, single node and cluster
+    (on Redis, with and without ``cluster_buckets``)."""
     if request.param == "redis":
         return Backend("redis", _real(request.getfixturevalue("redis_server")))
     if request.param == "cluster":
         return Backend("cluster", _cluster(request.getfixturevalue("redis_cluster")))
+    if request.param == "cluster-buckets":
+        cluster = _cluster(request.getfixturevalue("redis_cluster"))
+        return Backend("cluster-buckets", cluster, {"cluster_buckets": BUCKETS})
     if request.param == "valkey":
         return Backend("valkey", _real(request.getfixturevalue("valkey_server")))
     if request.param == "valkey-cluster":
@@ -178,6 +190,16 @@ def fresh_access() -> None:
 @pytest.fixture
 def real_redis(redis_server: RedisServer) -> Backend:
     return Backend("redis", _real(redis_server))
+
+
+@pytest.fixture(params=["redis", "cluster-buckets"])
+def redis_or_buckets(request: pytest.FixtureRequest) -> Backend:
+    """A real Redis, then the cluster with ``cluster_buckets`` (table-wide steps write
+    every bucket's copy of the tokens there)."""
+    if request.param == "redis":
+        return Backend("redis", _real(request.getfixturevalue("redis_server")))
+    cluster = _cluster(request.getfixturevalue("redis_cluster"))
+    return Backend("cluster-buckets", cluster, {"cluster_buckets": BUCKETS})
 
 
 @pytest.fixture
@@ -297,7 +319,7 @@ def registered(
 ) -> Iterator[ddbcache_hooks.Registration]:
     """A registration of ``session`` on ``backend`` for one test (a fixture's body)."""
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, **options
+        session, backend.client(), namespace=namespace, **{**backend.options, **options}
     )
     yield registration
     registration.unregister()

@@ -14,16 +14,19 @@ from typing import Any
 
 import boto3
 import pytest
+import redis.cluster
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
 from tests import checker
 from tests.conftest import CallCounter, make_table
 
-#: The servers the checkers run on: Redis and Valkey, one node and a 3-master cluster.
+#: The servers the checkers run on: Redis and Valkey, one node and a 3-master cluster
+#: (on Redis, with and without ``cluster_buckets``).
 BACKENDS = {
     "redis": "redis_server",
     "cluster": "redis_cluster",
+    "cluster-buckets": "redis_cluster",
     "valkey": "valkey_server",
     "valkey-cluster": "valkey_cluster",
 }
@@ -31,6 +34,11 @@ BACKENDS = {
 
 def server_url(request: pytest.FixtureRequest, backend: str) -> str:
     return str(request.getfixturevalue(BACKENDS[backend]).url)
+
+
+def buckets(backend: str) -> int:
+    """The ``cluster_buckets`` a backend's registrations use."""
+    return 8 if backend == "cluster-buckets" else 0
 
 
 @dataclass
@@ -41,6 +49,7 @@ class Outcome:
     stale: list[checker.Stale]
     #: Lookups the read-only hit script (scripts.READ_HITS) answered as hits.
     read_hits: int
+    namespace: str = ""
 
     @property
     def reads(self) -> int:
@@ -71,7 +80,32 @@ def run_workers(
         parts = list(pool.map(worker, [config] * processes, range(processes)))
     records = [r for part in parts for r in part.records]
     read_hits = sum(part.read_hits for part in parts)
-    return Outcome(records, checker.find_stale(records, initial), read_hits)
+    return Outcome(records, checker.find_stale(records, initial), read_hits, config.namespace)
+
+
+def assert_bucketed(redis_url: str, namespace: str, cluster_buckets: int) -> None:
+    """With ``cluster_buckets``, the run's entries were in bucket hashes (``{<b>#…}``), each
+    in the slot of its bucket's copy of the table's tokens: the one-node hit was checked."""
+    if not cluster_buckets:
+        return
+    from redis.crc import key_slot
+
+    client = redis.cluster.RedisCluster.from_url(redis_url)
+    try:
+        hashes = [k.decode() for k in client.scan_iter(match=f"{namespace}:[iq]:*", count=1000)]
+        copies = list(client.scan_iter(match=f"{namespace}:t:{{*#*}}", count=1000))
+        assert hashes and copies, "the run left no item, page or token hashes in buckets"
+        for key in hashes:
+            tag = key[key.index("{") : key.index("}") + 1]
+            assert "#" in tag, key
+            tokens = f"{namespace}:t:{tag}"
+            assert key_slot(tokens.encode()) == key_slot(key.encode())
+            # An entry's bucket holds its tokens (a write's settle marker may sit in a
+            # bucket nothing read).
+            if any(field.startswith(b"e:") for field in client.hkeys(key)):
+                assert client.exists(tokens), tokens
+    finally:
+        client.close()
 
 
 def seed_hot_keys(moto_url: str, keys: tuple[str, ...], seed: int) -> dict[str, str]:
@@ -94,6 +128,7 @@ def run_checker(
     seed: int,
     refresh: float = 0.0,
     asynchronous: bool = False,
+    cluster_buckets: int = 0,
 ) -> Outcome:
     """Run the randomized item workload (boto3 threads, or aioboto3 tasks)."""
     seconds, processes, threads = checker.workload_size()
@@ -109,21 +144,32 @@ def run_checker(
         seed,
         naive,
         refresh=refresh,
+        cluster_buckets=cluster_buckets,
     )
     worker = checker.run_async_worker if asynchronous else checker.run_worker
     return run_workers(worker, config, processes, initial)
 
 
-def _check_items(moto_url: str, redis_url: str, seeds: tuple[int, ...], how: str) -> None:
+def _check_items(
+    moto_url: str, redis_url: str, seeds: tuple[int, ...], how: str, cluster_buckets: int = 0
+) -> None:
     """The item checker finds 0 stale reads, and the cache answered a good share of them."""
     for seed in seeds:
-        run = run_checker(moto_url, redis_url, naive=False, seed=seed, asynchronous=how == "async")
+        run = run_checker(
+            moto_url,
+            redis_url,
+            naive=False,
+            seed=seed,
+            asynchronous=how == "async",
+            cluster_buckets=cluster_buckets,
+        )
         print(
             f"{how}: checked {run.reads} reads ({run.hits} hits, {run.read_hits} lookups "
             f"answered by read_hits) against {run.writes} writes: {len(run.stale)} stale"
         )
         assert not run.stale, f"{len(run.stale)} stale reads, e.g. {run.stale[:3]}"
         assert run.reads > 100 and run.writes > 50
+        assert_bucketed(redis_url, run.namespace, cluster_buckets)
         # Entries were served, by the read-only hit script: the check covers the hit path.
         assert run.hits > run.reads // 10 and run.read_hits > run.reads // 10
 
@@ -134,16 +180,16 @@ def test_no_stale_reads_with_leases(
 ) -> None:
     # Two runs on the reference server; one on each other backend (CI time).
     seeds = (1, 2) if backend == "redis" else (1,)
-    _check_items(moto_url, server_url(request, backend), seeds, "sync")
+    _check_items(moto_url, server_url(request, backend), seeds, "sync", buckets(backend))
 
 
 @pytest.mark.aio  # needs aioboto3: the async extra's session
-@pytest.mark.parametrize("backend", ["redis", "cluster", "valkey"])
+@pytest.mark.parametrize("backend", ["redis", "cluster", "cluster-buckets", "valkey"])
 def test_no_stale_async_reads_with_leases(
     moto_url: str, request: pytest.FixtureRequest, backend: str
 ) -> None:
     """The same workload as tasks of aioboto3 clients registered with register_async()."""
-    _check_items(moto_url, server_url(request, backend), (1,), "async")
+    _check_items(moto_url, server_url(request, backend), (1,), "async", buckets(backend))
 
 
 def test_no_stale_reads_with_refreshes(moto_url: str, redis_server: RedisServer) -> None:
@@ -192,7 +238,13 @@ def test_the_checker_catches_fills_without_leases(
 
 
 def run_page_checker(
-    moto_url: str, redis_url: str, mode: str, *, seed: int, asynchronous: bool = False
+    moto_url: str,
+    redis_url: str,
+    mode: str,
+    *,
+    seed: int,
+    asynchronous: bool = False,
+    cluster_buckets: int = 0,
 ) -> tuple[collections.Counter[str], Outcome]:
     """Run the randomized Query/Scan workload; (pages per source, outcome)."""
     seconds, processes, threads = checker.workload_size()
@@ -223,6 +275,7 @@ def run_page_checker(
         threads,
         seed,
         query_invalidation=mode,
+        cluster_buckets=cluster_buckets,
     )
     worker = checker.run_async_page_worker if asynchronous else checker.run_page_worker
     run = run_workers(worker, config, processes, initial)
@@ -235,13 +288,23 @@ def run_page_checker(
     return pages, run
 
 
-def _check_pages(moto_url: str, redis_url: str, mode: str, asynchronous: bool = False) -> None:
-    pages, run = run_page_checker(moto_url, redis_url, mode, seed=7, asynchronous=asynchronous)
+def _check_pages(
+    moto_url: str, redis_url: str, mode: str, asynchronous: bool = False, cluster_buckets: int = 0
+) -> None:
+    pages, run = run_page_checker(
+        moto_url,
+        redis_url,
+        mode,
+        seed=7,
+        asynchronous=asynchronous,
+        cluster_buckets=cluster_buckets,
+    )
     print(
         f"{mode}: {sorted(pages.items())} ({run.read_hits} lookups answered by read_hits) "
         f"against {run.writes} writes"
     )
     assert not run.stale, f"{checker.stale_pages(run.stale)} stale pages, e.g. {run.stale[:3]}"
+    assert_bucketed(redis_url, run.namespace, cluster_buckets)
     for source in ("Query base", "Query LSI", "Query GSI", "Scan"):
         assert pages[source] + pages[source + " hit"] > 20, source
     # The cache served pages, by the read-only hit script: the check covers the hit path.
@@ -254,17 +317,21 @@ def test_no_stale_query_or_scan_pages(moto_url: str, redis_server: RedisServer, 
     _check_pages(moto_url, redis_server.url, mode)
 
 
-@pytest.mark.parametrize("backend", ["cluster", "valkey", "valkey-cluster"])
+@pytest.mark.parametrize("backend", ["cluster", "cluster-buckets", "valkey", "valkey-cluster"])
 def test_no_stale_query_or_scan_pages_on_other_backends(
     moto_url: str, request: pytest.FixtureRequest, backend: str
 ) -> None:
-    _check_pages(moto_url, server_url(request, backend), "partition")
+    _check_pages(moto_url, server_url(request, backend), "partition", False, buckets(backend))
 
 
 @pytest.mark.aio  # needs aioboto3: the async extra's session
-def test_no_stale_async_query_or_scan_pages_on_a_cluster(moto_url: str, redis_cluster: Any) -> None:
-    """The page workload as aioboto3 tasks, on the cluster (one hit read per key and slot)."""
-    _check_pages(moto_url, redis_cluster.url, "partition", asynchronous=True)
+@pytest.mark.parametrize("cluster_buckets", [0, 8])
+def test_no_stale_async_query_or_scan_pages_on_a_cluster(
+    moto_url: str, redis_cluster: Any, cluster_buckets: int
+) -> None:
+    """The page workload as aioboto3 tasks, on the cluster (one hit read per key and slot;
+    with buckets, one per page of one partition)."""
+    _check_pages(moto_url, redis_cluster.url, "partition", True, cluster_buckets)
 
 
 def test_the_checker_catches_ttl_only_pages(moto_url: str, redis_server: RedisServer) -> None:
@@ -478,14 +545,22 @@ def test_without_the_consumer_unregistered_writes_stay_stale(
 
 
 def run_write_through_checker(
-    moto_url: str, redis_url: str, *, naive: bool, seed: int
+    moto_url: str, redis_url: str, *, naive: bool, seed: int, cluster_buckets: int = 0
 ) -> tuple[collections.Counter[str], int, list[checker.Stale]]:
     """The write-through workload: (reads per source, writes, stale reads by either rule)."""
     seconds, processes, threads = checker.workload_size()
     keys = ("w1", "w2")
     initial = seed_hot_keys(moto_url, keys, seed)
     config = checker.Config(
-        moto_url, redis_url, "chw" + uuid.uuid4().hex[:8], keys, 2 * seconds, threads, seed, naive
+        moto_url,
+        redis_url,
+        "chw" + uuid.uuid4().hex[:8],
+        keys,
+        2 * seconds,
+        threads,
+        seed,
+        naive,
+        cluster_buckets=cluster_buckets,
     )
     run = run_workers(checker.run_write_through_worker, config, processes, initial)
     reads = collections.Counter(r.source for r in run.records if r.kind == "read")
@@ -493,8 +568,10 @@ def run_write_through_checker(
     return reads, run.writes, stale
 
 
-def _check_write_through(moto_url: str, redis_url: str) -> None:
-    reads, writes, stale = run_write_through_checker(moto_url, redis_url, naive=False, seed=11)
+def _check_write_through(moto_url: str, redis_url: str, cluster_buckets: int = 0) -> None:
+    reads, writes, stale = run_write_through_checker(
+        moto_url, redis_url, naive=False, seed=11, cluster_buckets=cluster_buckets
+    )
     print(f"write-through: {sorted(reads.items())} against {writes} writes: {len(stale)} stale")
     assert not stale, f"{len(stale)} stale reads, e.g. {stale[:3]}"
     assert writes > 50 and reads[checker.CONSISTENT] > 20
@@ -505,8 +582,11 @@ def test_no_stale_reads_with_write_through(moto_url: str, redis_server: RedisSer
     _check_write_through(moto_url, redis_server.url)
 
 
-def test_no_stale_reads_with_write_through_on_a_cluster(moto_url: str, redis_cluster: Any) -> None:
-    _check_write_through(moto_url, redis_cluster.url)
+@pytest.mark.parametrize("cluster_buckets", [0, 8])
+def test_no_stale_reads_with_write_through_on_a_cluster(
+    moto_url: str, redis_cluster: Any, cluster_buckets: int
+) -> None:
+    _check_write_through(moto_url, redis_cluster.url, cluster_buckets)
 
 
 def test_the_checker_catches_write_through_without_intents(

@@ -99,7 +99,7 @@ def test_oversized_entries_are_not_cached(
     session: boto3.Session, backend: Any, namespace: str
 ) -> None:
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, max_entry_bytes=1000
+        session, backend.client(), namespace=namespace, **backend.options, max_entry_bytes=1000
     )
     try:
         c = session.client("dynamodb")
@@ -120,7 +120,7 @@ def test_oversized_entries_are_not_cached(
 
 def test_large_entries_are_compressed(session: boto3.Session, backend: Any, namespace: str) -> None:
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, compress_min_bytes=256
+        session, backend.client(), namespace=namespace, **backend.options, compress_min_bytes=256
     )
     try:
         c = session.client("dynamodb")
@@ -141,7 +141,7 @@ SIGNING_KEY = b"0123456789abcdef0123456789abcdef"
 @pytest.fixture
 def signed(session: boto3.Session, backend: Any, namespace: str) -> Iterator[tuple[Any, Any, Any]]:
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, signing_key=SIGNING_KEY
+        session, backend.client(), namespace=namespace, **backend.options, signing_key=SIGNING_KEY
     )
     c = session.client("dynamodb")
     make_table(c, "items")

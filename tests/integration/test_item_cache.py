@@ -217,6 +217,7 @@ def test_negative_entries_use_their_own_ttl(
         session,
         backend.client(),
         namespace=namespace,
+        **backend.options,
         ttl_config={"item_negative": 1, "item": 60},
         settle_ms=0,  # the put below must not shorten the positive entry's TTL
     )
@@ -323,7 +324,7 @@ def test_decode_responses_client_round_trips_binary(
     session: boto3.Session, backend: Any, namespace: str
 ) -> None:
     registration = ddbcache_hooks.register(
-        session, backend.client(decode_responses=True), namespace=namespace
+        session, backend.client(decode_responses=True), namespace=namespace, **backend.options
     )
     try:
         c = session.client("dynamodb")
@@ -383,6 +384,7 @@ def test_hits_are_read_without_the_lookup_script(backend: Any, client: Any, cach
             assert "CacheMetadata" in client.get_item(TableName="items", Key=key)
     finally:
         del cache._transport.execute
-    # One node: the entry and its table's tokens in one command; a cluster: one per slot.
-    per_hit = ("read_hits", "read_hits") if "cluster" in backend.name else ("read_hits",)
+    # One node, or a cluster with buckets (the entry and its bucket's tokens share a
+    # slot): one command; a cluster without: one per slot.
+    per_hit = ("read_hits", "read_hits") if backend.name.endswith("cluster") else ("read_hits",)
     assert sent == [per_hit] * len(keys)

@@ -41,7 +41,7 @@ def fake(moto_url: str) -> Iterator[FakeDynamoDB]:
 
 @pytest.fixture
 def clients(
-    fake: FakeDynamoDB, real_redis: Backend, namespace: str, tmp_path: Path
+    fake: FakeDynamoDB, redis_or_buckets: Backend, namespace: str, tmp_path: Path
 ) -> Iterator[Any]:
     """Registered clients of the fake endpoint, each on its own session (a process each)."""
     made = []
@@ -50,7 +50,12 @@ def clients(
         session = boto3.Session(region_name=REGION)
         later_operations(session, tmp_path, {"FrobnicateTable": {"TableName": "TableArn"}})
         made.append(
-            ddbcache_hooks.register(session, real_redis.client(), namespace=namespace, **options)
+            ddbcache_hooks.register(
+                session,
+                redis_or_buckets.client(),
+                namespace=namespace,
+                **{**redis_or_buckets.options, **options},
+            )
         )
         client = session.client("dynamodb", endpoint_url=fake.url)
         client.calls = CallCounter().attach(client)

@@ -194,6 +194,7 @@ def write_invalidated(session: boto3.Session, backend: Any, namespace: str) -> A
         session,
         backend.client(),
         namespace=namespace,
+        **backend.options,
         tables={
             "live": TablePolicy(query_invalidation="write"),
             "other": TablePolicy(query_invalidation="ttl"),
@@ -238,7 +239,11 @@ def test_settle_window_bounds_fills_after_a_write(
 ) -> None:
     settle_s = 1.0
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, settle_ms=int(settle_s * 1000)
+        session,
+        backend.client(),
+        namespace=namespace,
+        **backend.options,
+        settle_ms=int(settle_s * 1000),
     )
     try:
         c = session.client("dynamodb")
@@ -275,7 +280,7 @@ def test_strict_mode_reads_misses_consistently(
     session: boto3.Session, backend: Any, namespace: str
 ) -> None:
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, consistency="strict"
+        session, backend.client(), namespace=namespace, **backend.options, consistency="strict"
     )
     try:
         c = session.client("dynamodb")

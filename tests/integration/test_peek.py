@@ -16,15 +16,18 @@ import pytest
 
 import ddbcache_hooks
 from ddbcache_hooks._redis_server import RedisServer
-from tests.conftest import REGION, Backend, _cluster, _real, make_table
+from tests.conftest import BUCKETS, REGION, Backend, _cluster, _real, make_table
 
 KEY = {"pk": {"S": "a"}}
 
 
-@pytest.fixture(params=["redis", "cluster"])
+@pytest.fixture(params=["redis", "cluster", "cluster-buckets"])
 def store(request: pytest.FixtureRequest) -> Backend:
     if request.param == "cluster":
         return Backend("cluster", _cluster(request.getfixturevalue("redis_cluster")))
+    if request.param == "cluster-buckets":
+        cluster = _cluster(request.getfixturevalue("redis_cluster"))
+        return Backend("cluster-buckets", cluster, {"cluster_buckets": BUCKETS})
     return Backend("redis", _real(request.getfixturevalue("redis_server")))
 
 
@@ -42,7 +45,12 @@ def cached(
     session: boto3.Session, store: Backend, namespace: str
 ) -> Iterator[tuple[ddbcache_hooks.Registration, Any, Any]]:
     registration = ddbcache_hooks.register(
-        session, store.client(), namespace=namespace, ttl=1, stale_if_error_s=30
+        session,
+        store.client(),
+        namespace=namespace,
+        ttl=1,
+        stale_if_error_s=30,
+        **store.options,
     )
     client = session.client("dynamodb")
     make_table(client, "items")

@@ -344,7 +344,7 @@ def test_strict_mode_never_reads_a_gsi_consistently(
 ) -> None:
     """DynamoDB rejects ConsistentRead on a GSI: a strict miss there reads as asked."""
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, consistency="strict"
+        session, backend.client(), namespace=namespace, **backend.options, consistency="strict"
     )
     try:
         c = session.client("dynamodb")
@@ -363,7 +363,7 @@ def test_ttl_mode_leaves_pages_to_their_ttl(
     session: boto3.Session, backend: Any, namespace: str
 ) -> None:
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, query_invalidation="ttl"
+        session, backend.client(), namespace=namespace, **backend.options, query_invalidation="ttl"
     )
     try:
         c = session.client("dynamodb")
@@ -385,7 +385,7 @@ def test_settle_window_bounds_page_fills_after_a_write(
     session: boto3.Session, backend: Any, namespace: str
 ) -> None:
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, settle_ms=400
+        session, backend.client(), namespace=namespace, **backend.options, settle_ms=400
     )
     try:
         c = session.client("dynamodb")
@@ -439,7 +439,12 @@ def test_scan_admission_is_configurable(
     session: boto3.Session, backend: Any, namespace: str
 ) -> None:
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, scan_admission=1, query_admission=2
+        session,
+        backend.client(),
+        namespace=namespace,
+        **backend.options,
+        scan_admission=1,
+        query_admission=2,
     )
     try:
         c = session.client("dynamodb")
@@ -484,7 +489,7 @@ def test_consistent_queries_and_scans_bypass(orders: Any) -> None:
 
 def test_query_ttl(session: boto3.Session, backend: Any, namespace: str) -> None:
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, ttl_config={"query": 1}
+        session, backend.client(), namespace=namespace, **backend.options, ttl_config={"query": 1}
     )
     try:
         c = session.client("dynamodb")

@@ -17,11 +17,12 @@ import time
 from typing import Any
 
 import boto3
+import pytest
 import redis.cluster
 from redis.crc import key_slot
 
 import ddbcache_hooks
-from ddbcache_hooks.transport import migrating
+from ddbcache_hooks.effects import migrating
 from tests.conftest import make_table
 from tests.servers import RedisCluster, _cmd
 
@@ -58,12 +59,19 @@ def _hold_migrating(cluster: RedisCluster, slot: int, target_index: int, load_s:
     cluster.wait_consistent()
 
 
+@pytest.mark.parametrize("cluster_buckets", [0, 8])
 def test_migrating_the_slot_of_a_hot_key_under_load(
-    session: boto3.Session, redis_cluster: RedisCluster, namespace: str
+    session: boto3.Session, redis_cluster: RedisCluster, namespace: str, cluster_buckets: int
 ) -> None:
+    """With buckets, the slot holds the item's hash and its bucket's tokens, and a hit is
+    sent packed to the node the slot map names: a redirect sends it through the cluster
+    client instead."""
     host, port = redis_cluster.startup_nodes[0]
     registration = ddbcache_hooks.register(
-        session, redis.cluster.RedisCluster(host=host, port=port), namespace=namespace
+        session,
+        redis.cluster.RedisCluster(host=host, port=port),
+        namespace=namespace,
+        cluster_buckets=cluster_buckets,
     )
     stop = threading.Event()
     retried = [0]  # batches a migration refused in part, sent again

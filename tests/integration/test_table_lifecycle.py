@@ -22,14 +22,17 @@ KEY = {"pk": {"S": "a"}}
 
 
 @pytest.fixture
-def registered(session: boto3.Session, real_redis: Backend, namespace: str) -> Any:
+def registered(session: boto3.Session, redis_or_buckets: Backend, namespace: str) -> Any:
     """Registrations sharing one Redis, each on its own session (a process each)."""
     made = []
 
     def register(**options: Any) -> Any:
         own = boto3.Session(region_name=REGION)
         registration = ddbcache_hooks.register(
-            own, real_redis.client(), namespace=namespace, **options
+            own,
+            redis_or_buckets.client(),
+            namespace=namespace,
+            **{**redis_or_buckets.options, **options},
         )
         made.append(registration)
         return own.client("dynamodb")

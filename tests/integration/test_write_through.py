@@ -47,7 +47,7 @@ def cache(
     session: boto3.Session, backend: Backend, namespace: str
 ) -> Iterator[ddbcache_hooks.Registration]:
     registration = ddbcache_hooks.register(
-        session, backend.client(), namespace=namespace, write_through=True
+        session, backend.client(), namespace=namespace, **backend.options, write_through=True
     )
     yield registration
     registration.unregister()
@@ -321,6 +321,7 @@ def test_a_decoding_redis_client_works_the_same(
         session,
         backend.client(decode_responses=True),
         namespace=namespace,
+        **backend.options,
         write_through=True,
         key_schema={"items": "pk"},
         signing_key=b"k" * 32,

@@ -49,6 +49,7 @@ _METHOD = r"(?:client|pipe|transport\.client|self\._client)\.(\w+)\("
 #: Client methods and the command each sends.
 _SENDS = {
     "expire": "expire",
+    "get": "get",
     "hdel": "hdel",
     "hgetall": "hgetall",
     "hmget": "hmget",

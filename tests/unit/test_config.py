@@ -320,3 +320,17 @@ def test_write_through_option() -> None:
         Settings.resolve({"tables": {"t": {"write_through": 1}}})
     with pytest.raises(ConfigurationError, match="DDBCACHE_WRITE_THROUGH"):
         from_environment({"DDBCACHE_WRITE_THROUGH": "maybe"})
+
+
+def test_cluster_buckets_option() -> None:
+    assert Settings.resolve({}, environ={}).cluster_buckets == 0
+    assert Settings.resolve({}, environ={"DDBCACHE_CLUSTER_BUCKETS": "16"}).cluster_buckets == 16
+    assert Settings.resolve({"cluster_buckets": 1024}).cluster_buckets == 1024
+    for bad in (-1, 1025, True, "8", 2.0):
+        with pytest.raises(ConfigurationError, match=r"cluster_buckets must be 0 or 1-1024"):
+            Settings.resolve({"cluster_buckets": bad})
+    with pytest.raises(ConfigurationError) as raised:
+        from_environment({"DDBCACHE_CLUSTER_BUCKETS": "many"})
+    assert str(raised.value) == (
+        "DDBCACHE_CLUSTER_BUCKETS must be 0, or 1-1024 (about 4 per shard), got 'many'"
+    )

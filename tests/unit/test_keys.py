@@ -183,6 +183,58 @@ def test_key_layout_tags_items_and_tables() -> None:
     assert layout.tokens(t) == "CC:t:{us-east-1:t}"
 
 
+def test_bucketed_layout_puts_an_entry_and_its_tokens_in_one_slot() -> None:
+    """With cluster_buckets, an item's hash, a page of one partition, that partition's hash
+    and the bucket's copy of the table's tokens share a slot; entries spread over every
+    bucket; the table's own token hash names the copies."""
+    from fnmatch import fnmatchcase
+
+    from redis.crc import key_slot
+
+    def slot(key: str) -> int:
+        return key_slot(key.encode())
+
+    layout = KeyLayout("app:v1", buckets=16)
+    t = keys.TableRef("aws", "us-east-1", "", "orders")
+    copies = layout.token_copies(layout.tokens(t))
+    assert copies == [f"app:v1:t:{{{b}#us-east-1:orders}}" for b in range(16)]
+    assert len({slot(c) for c in copies}) == 16
+    used = set()
+    for n in range(400):
+        item = keys.item_digest(t, {"pk": {"S": f"k{n}"}})
+        key = layout.item(t, item)
+        tokens = layout.tokens_for(t, key)
+        assert tokens in copies and slot(tokens) == slot(key)
+        assert key.endswith(f":{item}:us-east-1:orders")
+        assert keys.table_of_key(key) == keys.table_of_key(tokens) == "orders"
+        assert fnmatchcase(key, layout.table_pattern("orders"))
+        used.add(tokens)
+        partition = keys.partition_digest(t, "pk", {"S": f"k{n}"})
+        page = layout.query(t, keys.digest(("Query", n)), partition)
+        assert (
+            slot(page) == slot(layout.partition(t, partition)) == slot(layout.tokens_for(t, page))
+        )
+    assert used == set(copies)  # every bucket takes entries
+    assert all(fnmatchcase(c, layout.tokens_pattern("orders")) for c in copies)
+    assert not fnmatchcase(copies[0], layout.tokens_pattern("ders"))
+    # A copy has no copies; without buckets there are none, and the layout is as before.
+    assert layout.token_copies(copies[3]) == []
+    plain = KeyLayout("app:v1")
+    assert plain.token_copies(plain.tokens(t)) == []
+    item = keys.item_digest(t, {"pk": {"S": "x"}})
+    assert plain.tokens_for(t, plain.item(t, item)) == plain.tokens(t)
+    assert plain.query(t, "ab" * 16, "cd" * 16) == plain.query(t, "ab" * 16)
+    # Tables, Regions and namespaces never share a bucket's tag.
+    other = layout.token_copies(layout.tokens(t._replace(region="eu-west-1")))
+    assert not set(other) & set(copies)
+    assert not set(KeyLayout("app:v2", 16).token_copies("app:v2:t:{us-east-1:orders}")) & set(
+        copies
+    )
+    for bad in (-1, keys.MAX_BUCKETS + 1):
+        with pytest.raises(ValueError, match="buckets"):
+            KeyLayout("CC", bad)
+
+
 def test_reserved_words_used_literally_never_share_the_placeholder_form() -> None:
     """DynamoDB rejects ``name`` written as is; ``#n`` -> name is valid: two entries."""
     literal = {"ProjectionExpression": "name"}
