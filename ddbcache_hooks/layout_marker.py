@@ -10,12 +10,24 @@ reads. The record lives a week past the last start of a process with it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
+from .keys import KeyLayout
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 #: How long the record outlives the last start that confirmed it.
 MARKER_TTL_S = 7 * 86400
+
+
+def check_settings(client: Any, cluster: bool, settings: Settings) -> None:
+    """:func:`check` for a client of the given settings, on a cluster only (what
+    invalidates without a registration, the streams consumer and the Lambda
+    handler, is a process of the namespace too)."""
+    if cluster:
+        check(client, KeyLayout(settings.namespace).marker(), settings.cluster_buckets)
 
 
 def layout_value(buckets: int) -> str:
@@ -23,7 +35,9 @@ def layout_value(buckets: int) -> str:
 
 
 def check(client: Any, key: str, buckets: int) -> None:
-    """Record this process's layout, or raise ConfigurationError when another is recorded."""
+    """Record this process's layout, or raise ConfigurationError when another is recorded.
+
+    ``client`` is a cluster client; ``key`` is ``KeyLayout.marker()``."""
     value = layout_value(buckets)
     client.set(key, value, nx=True, ex=MARKER_TTL_S)
     _judge(client.get(key), value, key)

@@ -653,9 +653,7 @@ def _check(transport: SyncTransport, target: Any, settings: Settings) -> None:
         for script in SCRIPTS:
             transport.client.script_load(script.source)
         replication = None if transport.cluster else _replication(transport.client.info)
-        if transport.cluster:
-            layout = KeyLayout(settings.namespace)
-            layout_marker.check(transport.client, layout.marker(), settings.cluster_buckets)
+        layout_marker.check_settings(transport.client, transport.cluster, settings)
     except RedisError as exc:
         raise CacheConnectionError(f"Could not connect to Redis {_where(target)}: {exc}") from exc
     _say_if_replica(replication, target)

@@ -33,7 +33,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
-from .. import acl
+from .. import acl, layout_marker
 from ..config import Settings
 from ..errors import ConfigurationError
 from ..handlers import drive
@@ -124,6 +124,7 @@ class Consumer:
         target = redis if redis is not None else os.environ.get("DDBCACHE_REDIS_URL") or None
         self.transport = SyncTransport(connect(target, self.settings))
         """Its Redis connections."""
+        self._layout_checked = False
         self.protocol = Protocol(self.settings, cluster=self.transport.cluster)
         """The write path a record is applied with; its ``stats`` are the consumer's counters."""
         if streams_client is None or dynamodb_client is None:
@@ -234,6 +235,10 @@ class Consumer:
 
     def step(self) -> int:
         """One round over every shard; the number of records applied."""
+        if not self._layout_checked:  # a process of the namespace: its key layout must agree
+            client, cluster = self.transport.client, self.transport.cluster
+            layout_marker.check_settings(client, cluster, self.settings)
+            self._layout_checked = True
         if not self._streams or time.monotonic() - self._described >= self.describe_s:
             self._describe()
         streams = list(self._streams.values())

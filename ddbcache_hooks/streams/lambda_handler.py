@@ -22,6 +22,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from .. import layout_marker
 from ..config import Settings
 from ..errors import CacheConnectionError
 from ..keys import parse_table_arn
@@ -50,8 +51,10 @@ class Invalidator:
 
         with self._lock:
             if self._transport is None:
-                self._transport = SyncTransport(connect(self._target, self.settings))
-                self._protocol = Protocol(self.settings, cluster=self._transport.cluster)
+                transport = SyncTransport(connect(self._target, self.settings))
+                layout_marker.check_settings(transport.client, transport.cluster, self.settings)
+                self._transport = transport
+                self._protocol = Protocol(self.settings, cluster=transport.cluster)
             assert self._protocol is not None
             return self._protocol, self._transport
 

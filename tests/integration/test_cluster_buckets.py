@@ -343,3 +343,34 @@ def test_a_slot_no_node_serves_is_an_outage_not_an_exception(
         assert answer["Item"]["v"] == {"S": "1"} and "CacheMetadata" not in answer
     assert registration.stats()["errors"] > before
     monkeypatch.undo()
+
+
+def test_stream_invalidators_check_the_layout_too(
+    redis_cluster: RedisCluster, namespace: str, aws: None
+) -> None:
+    """The streams consumer and the Lambda handler drop entries without a registration:
+    with another cluster_buckets they would drop the wrong keys, so they refuse too."""
+    from ddbcache_hooks.config import Settings
+    from ddbcache_hooks.streams import Consumer
+    from ddbcache_hooks.streams.lambda_handler import Invalidator
+
+    ddbcache_hooks.register(
+        boto3.Session(region_name=REGION),
+        cluster_client(redis_cluster),
+        namespace=namespace,
+        cluster_buckets=BUCKETS,
+    ).unregister()
+    consumer = Consumer(["items"], redis=redis_cluster.url, namespace=namespace)
+    with pytest.raises(ConfigurationError, match="cluster_buckets=0 here"):
+        consumer.step()
+    record = {
+        "eventSource": "aws:dynamodb",
+        "eventSourceARN": f"arn:aws:dynamodb:{REGION}:123456789012:table/items/stream/s",
+        "dynamodb": {"Keys": KEY, "SequenceNumber": "1"},
+    }
+    settings = Settings.resolve({"namespace": namespace, "cluster_buckets": 16})
+    with pytest.raises(ConfigurationError, match="cluster_buckets=16 here"):
+        Invalidator(settings, redis_cluster.url).apply([record])
+    # Agreeing, the record is applied.
+    agreed = Settings.resolve({"namespace": namespace, "cluster_buckets": BUCKETS})
+    assert Invalidator(agreed, redis_cluster.url).apply([record]) == []
