@@ -1312,7 +1312,8 @@ def _target_near(env: Env) -> dict[str, float]:
 
 
 def _target_cluster(env: Env) -> dict[str, float]:
-    """A hit on a 3-master Redis Cluster against the floor and one cluster GET."""
+    """A hit on a 3-master Redis Cluster against the floor and one cluster GET: with
+    ``cluster_buckets`` (one node per hit) and, for comparison, without."""
     import redis.cluster
 
     from tests.conftest import CountingConnection
@@ -1322,23 +1323,32 @@ def _target_cluster(env: Env) -> dict[str, float]:
         sends = 0
         sent: list[bytes] = []  # noqa: RUF012
 
-    with RedisCluster(masters=3) as cluster:
-        host, port = cluster.startup_nodes[0]
+    def registered(host: str, port: int, **options: Any) -> tuple[Any, Any]:
         session = env.session()
         counted = redis.cluster.RedisCluster(host=host, port=port, connection_class=Counting)
         registration = ddbcache_hooks.register(
-            session, counted, namespace="bench-" + uuid.uuid4().hex[:8]
+            session, counted, namespace="bench-" + uuid.uuid4().hex[:8], **options
         )
-        client = session.client("dynamodb")
-        make_table(client, "cl", items=1, size=900)
-        k = key(0)
+        return registration, session.client("dynamodb")
+
+    def nodes_per_hit(client: Any) -> float:
         for _ in range(3):
             response = client.get_item(TableName="cl", Key=k)
         assert "CacheMetadata" in response
         before = Counting.sends
         for _ in range(10):
             client.get_item(TableName="cl", Key=k)
-        packets = (Counting.sends - before) / 10
+        return (Counting.sends - before) / 10
+
+    with RedisCluster(masters=3) as cluster:
+        host, port = cluster.startup_nodes[0]
+        spread_registration, spread = registered(host, port)
+        registration, client = registered(host, port, cluster_buckets=16)
+        make_table(client, "cl", items=1, size=900)
+        k = key(0)
+        packets = nodes_per_hit(client)
+        spread_packets = nodes_per_hit(spread)
+        response = client.get_item(TableName="cl", Key=k)
         raw = redis.cluster.RedisCluster(host=host, port=port)
         raw.set("bench:entry", os.urandom(1000))
         floor = canned_client(env.session(), response)
@@ -1348,20 +1358,37 @@ def _target_cluster(env: Env) -> dict[str, float]:
                     TableName="cl", Key=k
                 ),
                 "cluster GET of a 1 KB value": lambda: raw.get("bench:entry"),
-                "GetItem hit on the cluster": lambda: client.get_item(TableName="cl", Key=k),
+                "GetItem hit on the cluster (cluster_buckets=16)": lambda: client.get_item(
+                    TableName="cl", Key=k
+                ),
+                "GetItem hit on the cluster (no buckets)": lambda: spread.get_item(
+                    TableName="cl", Key=k
+                ),
             },
             rounds=env.rounds,
             per_round=env.per_round,
         )
         registration.unregister()
+        spread_registration.unregister()
         raw.close()
     print(table_of(series, "floor: botocore call answered by a handler"))
-    print(f"cluster hit: {packets:.0f} packets (nodes written to) per hit, in one round trip")
+    print(
+        f"cluster hit: {packets:.0f} packet(s) (nodes written to) per hit with buckets, "
+        f"{spread_packets:.0f} without, in one round trip"
+    )
     m = {name: s.median_us for name, s in series.items()}
+    limit = m["floor: botocore call answered by a handler"] + m["cluster GET of a 1 KB value"]
     return {
-        "TARGET cluster hit / (floor + cluster GET) (<= 1.35)": m["GetItem hit on the cluster"]
-        / (m["floor: botocore call answered by a handler"] + m["cluster GET of a 1 KB value"]),
+        "TARGET cluster hit / (floor + cluster GET) (<= 1.35)": m[
+            "GetItem hit on the cluster (cluster_buckets=16)"
+        ]
+        / limit,
         "TARGET cluster hit: nodes sent to per hit (1)": packets,
+        "cluster hit without buckets / (floor + cluster GET)": m[
+            "GetItem hit on the cluster (no buckets)"
+        ]
+        / limit,
+        "cluster hit without buckets: nodes sent to per hit": spread_packets,
     }
 
 
