@@ -5,7 +5,8 @@ without it (keys.KeyLayout), so two processes that disagree on it would not
 drop each other's entries on writes. Each registration on a cluster records
 its layout in ``<namespace>:layout`` (if none is recorded) and refuses to
 start when another is: one message, by name, with the fix, instead of stale
-reads. The record lives a week past the last start of a process with it.
+reads. The record lives 30 days past the last start of a process with it
+(deployments, where configurations change, start processes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from .config import Settings
 
 #: How long the record outlives the last start that confirmed it.
-MARKER_TTL_S = 7 * 86400
+MARKER_TTL_S = 30 * 86400
 
 
 def check_settings(client: Any, cluster: bool, settings: Settings) -> None:
