@@ -374,3 +374,49 @@ def test_stream_invalidators_check_the_layout_too(
     # Agreeing, the record is applied.
     agreed = Settings.resolve({"namespace": namespace, "cluster_buckets": BUCKETS})
     assert Invalidator(agreed, redis_cluster.url).apply([record]) == []
+
+
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
+def test_an_async_hit_is_one_command_on_one_node(
+    redis_cluster: RedisCluster, namespace: str, moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The async twin: a bucketed cluster hit is one EVALSHA of the hit script, sent to the
+    slot's node (not through the cluster pipeline)."""
+    import asyncio
+
+    import aioboto3
+    import redis.asyncio as aredis
+
+    sent: list[tuple[int, list[tuple[bytes, ...]]]] = []
+    original = aredis.Connection.send_packed_command
+
+    async def recording(connection: Any, command: Any, check_health: bool = True) -> None:
+        data = command if isinstance(command, (bytes, str)) else b"".join(command)
+        packed = data.encode() if isinstance(data, str) else bytes(data)
+        sent.append((connection.port, commands_of(packed)))
+        await original(connection, command, check_health)
+
+    admin = boto3.Session(region_name=REGION).client("dynamodb", endpoint_url=moto_url)
+    make_table(admin, "items")
+    admin.put_item(TableName="items", Item=KEY)
+
+    async def main() -> None:
+        session = aioboto3.Session(region_name=REGION)
+        registration = await ddbcache_hooks.register_async(
+            session, redis_cluster.url, namespace=namespace, cluster_buckets=BUCKETS
+        )
+        try:
+            async with session.client("dynamodb", endpoint_url=moto_url) as c:
+                for _ in range(3):  # the access check's read, the fill, then a hit
+                    await c.get_item(TableName="items", Key=KEY)
+                monkeypatch.setattr(aredis.Connection, "send_packed_command", recording)
+                answer = await c.get_item(TableName="items", Key=KEY)
+                monkeypatch.undo()
+                assert "CacheMetadata" in answer
+                assert len(sent) == 1
+                assert [cmd[:2] for cmd in sent[0][1]] == [(b"EVALSHA", READ_HITS.sha.encode())]
+        finally:
+            monkeypatch.undo()
+            await registration.aclose()
+
+    asyncio.run(main())
