@@ -435,7 +435,7 @@ class KeyLayout:
         return f"{self.prefix}k:{{{_tag(table)}}}"
 
     def marker(self) -> str:
-        """Which layout the namespace uses on a cluster (see plugin.check_layout)."""
+        """Which layout the namespace uses on a cluster (see layout_marker.py)."""
         return f"{self.prefix}layout"
 
     def table_pattern(self, name: str) -> str:

@@ -11,6 +11,7 @@ reads. The record lives 30 days past the last start of a process with it
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
@@ -19,6 +20,8 @@ from .keys import KeyLayout
 if TYPE_CHECKING:
     from .config import Settings
 
+#: What :func:`layout_value` writes.
+_RECORD = re.compile(r"spread|buckets=([1-9][0-9]*)")
 #: How long the record outlives the last start that confirmed it.
 MARKER_TTL_S = 30 * 86400
 
@@ -64,7 +67,14 @@ def _judge(found: Any, value: str, key: str) -> None:
     if found is None or found == value:
         return  # none (evicted meanwhile): nothing to disagree with
     ours = value.partition("=")[2] or "0"
-    theirs = str(found).partition("=")[2] or "0"
+    recorded = _RECORD.fullmatch(str(found))
+    if recorded is None:
+        raise ConfigurationError(
+            f"{key} holds {found!r}, which is no layout this library records (another "
+            f"application writes into the namespace?): delete the key (DEL {key}) if "
+            f"nothing else owns it, or give this cache a namespace of its own"
+        )
+    theirs = recorded.group(1) or "0"
     raise ConfigurationError(
         f"cluster_buckets={ours} here, but processes of this namespace use "
         f"cluster_buckets={theirs} ({key} = {found!r}): their writes would not drop this "

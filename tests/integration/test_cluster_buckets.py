@@ -420,3 +420,23 @@ def test_an_async_hit_is_one_command_on_one_node(
             await registration.aclose()
 
     asyncio.run(main())
+
+
+def test_a_layout_record_nobody_of_ours_wrote_is_named(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    """Another application wrote into the namespace's layout key: said, with the fix."""
+    raw = cluster_client(redis_cluster)
+    raw.set(f"{namespace}:layout", "v2")
+    with pytest.raises(ConfigurationError) as raised:
+        ddbcache_hooks.register(
+            boto3.Session(region_name=REGION), cluster_client(redis_cluster), namespace=namespace
+        )
+    assert str(raised.value).startswith(f"{namespace}:layout holds 'v2', which is no layout")
+    assert f"DEL {namespace}:layout" in str(raised.value)
+    raw.delete(f"{namespace}:layout")
+    ddbcache_hooks.register(
+        boto3.Session(region_name=REGION), cluster_client(redis_cluster), namespace=namespace
+    ).unregister()
+    assert raw.get(f"{namespace}:layout") == b"spread"
+    raw.close()
