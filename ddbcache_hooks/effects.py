@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-from redis.exceptions import AskError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    ResponseError,
+    TryAgainError,
+)
 
 T = TypeVar("T")
 
@@ -69,10 +75,17 @@ NON_LOCAL_KEY = "non local key"
 
 
 def migrating(reply: Any) -> bool:
-    """An error reply that a slot in migration explains (see :data:`NON_LOCAL_KEY`)."""
-    return isinstance(reply, (AskError, TryAgainError)) or (
-        isinstance(reply, ResponseError) and NON_LOCAL_KEY in str(reply)
-    )
+    """An error reply that a slot in migration explains (see :data:`NON_LOCAL_KEY`).
+
+    Also redis-py's ``ClusterError`` ("TTL exhausted": it followed redirections, or
+    waited out ``TRYAGAIN``, as often as it allows), which only a slot in flux
+    causes; not ``ClusterDownError``, its subclass for a cluster that is down.
+    """
+    if isinstance(reply, (AskError, TryAgainError)):
+        return True
+    if isinstance(reply, ClusterError) and not isinstance(reply, ClusterDownError):
+        return True
+    return isinstance(reply, ResponseError) and NON_LOCAL_KEY in str(reply)
 
 
 Effect = RedisBatch | Sleep | DescribeTable

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from redis.crc import key_slot
-from redis.exceptions import ClusterError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from . import forks
 from .effects import Call, Op, RedisBatch, migrating
@@ -172,7 +172,7 @@ def _read_one_hit(r: LookupRequest) -> Op[list[LookupReply | None]]:
     )
     (reply,) = yield RedisBatch([call], errors_as_values=True)
     if isinstance(reply, Exception):
-        if migrating(reply) or isinstance(reply, ClusterError):
+        if migrating(reply):
             # The slot is moving (a cluster): the lookup script, key by key, follows it.
             return [None]
         raise reply if isinstance(reply, RedisError) else RedisError(str(reply))

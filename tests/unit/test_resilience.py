@@ -157,3 +157,29 @@ def test_backlog_keeps_table_lifecycle_changes_and_generation_checks() -> None:
     assert pending.generations == {"CC:t:{u}": ("CC:k:{u}", b"g1")}
     backlog.discard(pending, upto)
     assert not backlog and backlog.snapshot()[0].generations == {}
+
+
+def test_what_a_slot_in_migration_answers() -> None:
+    """ASK, TRYAGAIN, a script's non-local key and redis-py's exhausted redirections are a
+    slot in flux (retried, then a miss); a cluster that is down is an outage."""
+    from redis.exceptions import (
+        AskError,
+        ClusterDownError,
+        ClusterError,
+        MasterDownError,
+        MovedError,
+        ResponseError,
+        TryAgainError,
+    )
+
+    from ddbcache_hooks.effects import migrating
+
+    assert migrating(AskError("12 127.0.0.1:7001"))
+    assert migrating(MovedError("12 127.0.0.1:7001"))
+    assert migrating(TryAgainError("TRYAGAIN"))
+    assert migrating(ClusterError("TTL exhausted."))
+    assert migrating(ResponseError("Script attempted to access a non local key in a cluster node"))
+    assert not migrating(ClusterDownError("CLUSTERDOWN The cluster is down"))
+    assert not migrating(MasterDownError("MASTERDOWN"))
+    assert not migrating(ResponseError("WRONGTYPE"))
+    assert not migrating(None)
