@@ -34,6 +34,15 @@ def cluster_client(cluster: RedisCluster) -> redis.cluster.RedisCluster:
     return redis.cluster.RedisCluster(host=host, port=port)
 
 
+def another_process(
+    cluster: RedisCluster, namespace: str, **options: Any
+) -> ddbcache_hooks.Registration:
+    """A registration on a session of its own (a process of the namespace)."""
+    return ddbcache_hooks.register(
+        boto3.Session(region_name=REGION), cluster_client(cluster), namespace=namespace, **options
+    )
+
+
 class Wire:
     """What each write to a server carried: (port, commands), one per round trip."""
 
@@ -202,38 +211,19 @@ def test_processes_that_disagree_on_buckets_refuse_to_start(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    first = ddbcache_hooks.register(
-        boto3.Session(region_name=REGION),
-        cluster_client(redis_cluster),
-        namespace=namespace,
-        cluster_buckets=BUCKETS,
-    )
+    first = another_process(redis_cluster, namespace, cluster_buckets=BUCKETS)
     try:
         # The same layout: starts.
-        ddbcache_hooks.register(
-            boto3.Session(region_name=REGION),
-            cluster_client(redis_cluster),
-            namespace=namespace,
-            cluster_buckets=BUCKETS,
-        ).unregister()
+        another_process(redis_cluster, namespace, cluster_buckets=BUCKETS).unregister()
         for other in (0, 16):
             with pytest.raises(ConfigurationError) as raised:
-                ddbcache_hooks.register(
-                    boto3.Session(region_name=REGION),
-                    cluster_client(redis_cluster),
-                    namespace=namespace,
-                    cluster_buckets=other,
-                )
+                another_process(redis_cluster, namespace, cluster_buckets=other)
             message = str(raised.value)
             assert f"cluster_buckets={other} here" in message
             assert f"use cluster_buckets={BUCKETS} ({namespace}:layout" in message
             assert "ddbcache flush" in message
         # Another namespace is another cache: it may choose its own.
-        ddbcache_hooks.register(
-            boto3.Session(region_name=REGION),
-            cluster_client(redis_cluster),
-            namespace=namespace + "x",
-        ).unregister()
+        another_process(redis_cluster, namespace + "x").unregister()
         # Environment activation: said once, and the application runs uncached.
         monkeypatch.setenv("DDBCACHE_NAMESPACE", namespace)
         from ddbcache_hooks import plugin
@@ -256,12 +246,7 @@ def test_processes_that_disagree_on_buckets_refuse_to_start(
     out = io.StringIO()
     code = cli.main(["flush", "--redis-url", redis_cluster.url, "--yes"], out=out)
     assert code == 0, out.getvalue()
-    ddbcache_hooks.register(
-        boto3.Session(region_name=REGION),
-        cluster_client(redis_cluster),
-        namespace=namespace,
-        cluster_buckets=16,
-    ).unregister()
+    another_process(redis_cluster, namespace, cluster_buckets=16).unregister()
 
 
 def test_buckets_on_a_single_node_are_said_once_and_change_nothing(
@@ -354,12 +339,7 @@ def test_stream_invalidators_check_the_layout_too(
     from ddbcache_hooks.streams import Consumer
     from ddbcache_hooks.streams.lambda_handler import Invalidator
 
-    ddbcache_hooks.register(
-        boto3.Session(region_name=REGION),
-        cluster_client(redis_cluster),
-        namespace=namespace,
-        cluster_buckets=BUCKETS,
-    ).unregister()
+    another_process(redis_cluster, namespace, cluster_buckets=BUCKETS).unregister()
     consumer = Consumer(["items"], redis=redis_cluster.url, namespace=namespace)
     with pytest.raises(ConfigurationError, match="cluster_buckets=0 here"):
         consumer.step()
@@ -429,14 +409,10 @@ def test_a_layout_record_nobody_of_ours_wrote_is_named(
     raw = cluster_client(redis_cluster)
     raw.set(f"{namespace}:layout", "v2")
     with pytest.raises(ConfigurationError) as raised:
-        ddbcache_hooks.register(
-            boto3.Session(region_name=REGION), cluster_client(redis_cluster), namespace=namespace
-        )
+        another_process(redis_cluster, namespace)
     assert str(raised.value).startswith(f"{namespace}:layout holds 'v2', which is no layout")
     assert f"DEL {namespace}:layout" in str(raised.value)
     raw.delete(f"{namespace}:layout")
-    ddbcache_hooks.register(
-        boto3.Session(region_name=REGION), cluster_client(redis_cluster), namespace=namespace
-    ).unregister()
+    another_process(redis_cluster, namespace).unregister()
     assert raw.get(f"{namespace}:layout") == b"spread"
     raw.close()
