@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,17 +45,20 @@ def another_process(
 
 
 class Wire:
-    """What each write to a server carried: (port, commands), one per round trip."""
+    """What each write to a server carried: (port, commands), one per round trip; only
+    this thread's (the registration's background threads write on their own)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sent: list[tuple[int, list[tuple[bytes, ...]]]] = []
         self._monkeypatch = monkeypatch
         original = redis.Connection.send_packed_command
+        caller = threading.get_ident()
 
         def recording(connection: Any, command: Any, check_health: bool = True) -> None:
-            data = command if isinstance(command, (bytes, str)) else b"".join(command)
-            packed = data.encode() if isinstance(data, str) else bytes(data)
-            self.sent.append((connection.port, commands_of(packed)))
+            if threading.get_ident() == caller:
+                data = command if isinstance(command, (bytes, str)) else b"".join(command)
+                packed = data.encode() if isinstance(data, str) else bytes(data)
+                self.sent.append((connection.port, commands_of(packed)))
             original(connection, command, check_health)
 
         self._recording = recording
