@@ -14,7 +14,7 @@ import pytest
 import ddbcache_hooks
 from ddbcache_hooks import cli
 from ddbcache_hooks._redis_server import RedisServer, free_port
-from tests.conftest import make_table
+from tests.conftest import NO_SETTLE, make_table
 
 
 def ddbcache(*argv: str) -> tuple[int, str]:
@@ -578,7 +578,11 @@ def test_acl_prints_the_rule_for_the_namespace() -> None:
 def test_get_prints_what_a_read_would_find_and_changes_nothing(
     session: boto3.Session, redis_server: RedisServer, namespace: str
 ) -> None:
-    registration = ddbcache_hooks.register(session, redis_server.url, namespace=namespace)
+    # Filled right after its write: without the settle window, it lives its TTL (a
+    # loaded machine may take longer than the window between the fill and the read).
+    registration = ddbcache_hooks.register(
+        session, redis_server.url, namespace=namespace, **NO_SETTLE
+    )
     redis = __import__("redis").Redis(port=redis_server.port)
 
     def dump() -> dict[Any, Any]:
