@@ -34,6 +34,12 @@ def check_settings(client: Any, cluster: bool, settings: Settings) -> None:
         check(client, KeyLayout(settings.namespace).marker(), settings.cluster_buckets)
 
 
+async def check_settings_async(client: Any, cluster: bool, settings: Settings) -> None:
+    """:func:`check_settings` for a redis.asyncio client."""
+    if cluster:
+        await check_async(client, KeyLayout(settings.namespace).marker(), settings.cluster_buckets)
+
+
 def layout_value(buckets: int) -> str:
     return f"buckets={buckets}" if buckets else "spread"
 

@@ -27,7 +27,7 @@ from .config import Options, Settings, Unpack, env_flag
 from .connections import Connections, connect_async, connect_holder, exit_twin, redact
 from .errors import CacheConnectionError, RegistrationError
 from .handlers import AsyncHooks, SyncHooks, drive, drive_async
-from .keys import KeyLayout, Location, NotCanonical, TableRef, refs_for_table_arn
+from .keys import Location, NotCanonical, TableRef, refs_for_table_arn
 from .near import listen_async
 from .peek import Peek
 from .plan import Invalidation, Slot
@@ -866,9 +866,7 @@ async def _start_async(
         if not transport.cluster:
             with contextlib.suppress(ResponseError):
                 replication = await transport.client.info("replication")
-        else:
-            marker = KeyLayout(settings.namespace).marker()
-            await layout_marker.check_async(transport.client, marker, settings.cluster_buckets)
+        await layout_marker.check_settings_async(transport.client, transport.cluster, settings)
         seconds, micros = await transport.client.time()
         server_ms = int(seconds) * 1000 + int(micros) // 1000
     except RedisError as exc:

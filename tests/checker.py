@@ -364,6 +364,17 @@ def _naive_fills(config: Config) -> None:
 ITEM_WRITES = ("PutItem", "UpdateItem", "DeleteItem", "ExecuteStatement")
 
 
+def _options(config: Config, **extra: Any) -> dict[str, Any]:
+    """What every workload registers with (a worker's options), plus its own."""
+    return {
+        "namespace": config.namespace,
+        "cluster_buckets": config.cluster_buckets,
+        "redis_timeout_ms": 2000,
+        "lease_wait_ms": 100,
+        **extra,
+    }
+
+
 def _item_workload(config: Config) -> Workload:
     return Workload(
         functools.partial(_item_step, config),
@@ -371,13 +382,7 @@ def _item_workload(config: Config) -> Workload:
             f"after-call.dynamodb.{op}": 1.0 for op in ("GetItem", "BatchGetItem", *ITEM_WRITES)
         },
         failures=tuple(f"needs-retry.dynamodb.{op}" for op in ITEM_WRITES),
-        options={
-            "namespace": config.namespace,
-            "cluster_buckets": config.cluster_buckets,
-            "key_schema": {TABLE: "pk"},
-            "redis_timeout_ms": 2000,
-            "lease_wait_ms": 100,
-        },
+        options=_options(config, key_schema={TABLE: "pk"}),
     )
 
 
@@ -486,14 +491,7 @@ def run_write_through_worker(config: Config, worker: int) -> Part:
         functools.partial(_write_through_step, config),
         delays,
         failures=tuple(f"needs-retry.dynamodb.{op}" for op in writes),
-        options={
-            "namespace": config.namespace,
-            "cluster_buckets": config.cluster_buckets,
-            "key_schema": {TABLE: "pk"},
-            "redis_timeout_ms": 2000,
-            "lease_wait_ms": 100,
-            "write_through": True,
-        },
+        options=_options(config, key_schema={TABLE: "pk"}, write_through=True),
     )
     return _run_threads(config, worker, workload)
 
@@ -592,14 +590,7 @@ def _page_workload(config: Config) -> Workload:
         functools.partial(_page_step, config),
         delays={f"after-call.dynamodb.{op}": 1.0 for op in ("Query", "Scan", *PAGE_WRITES)},
         failures=tuple(f"needs-retry.dynamodb.{op}" for op in PAGE_WRITES),
-        options={
-            "namespace": config.namespace,
-            "cluster_buckets": config.cluster_buckets,
-            "query_invalidation": config.query_invalidation,
-            "scan_admission": 1,
-            "redis_timeout_ms": 2000,
-            "lease_wait_ms": 100,
-        },
+        options=_options(config, query_invalidation=config.query_invalidation, scan_admission=1),
     )
 
 

@@ -420,3 +420,29 @@ def test_a_layout_record_nobody_of_ours_wrote_is_named(
     another_process(redis_cluster, namespace).unregister()
     assert raw.get(f"{namespace}:layout") == b"spread"
     raw.close()
+
+
+@pytest.mark.aio  # needs aiobotocore / aioboto3: the async extra's session
+def test_an_async_registration_checks_the_layout_too(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    import asyncio
+
+    import aioboto3
+
+    another_process(redis_cluster, namespace, cluster_buckets=BUCKETS).unregister()
+
+    async def main() -> None:
+        with pytest.raises(ConfigurationError, match=f"cluster_buckets=0 here, .*={BUCKETS}"):
+            await ddbcache_hooks.register_async(
+                aioboto3.Session(region_name=REGION), redis_cluster.url, namespace=namespace
+            )
+        agreed = await ddbcache_hooks.register_async(
+            aioboto3.Session(region_name=REGION),
+            redis_cluster.url,
+            namespace=namespace,
+            cluster_buckets=BUCKETS,
+        )
+        await agreed.aclose()
+
+    asyncio.run(main())
